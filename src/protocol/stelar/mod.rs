@@ -1,0 +1,1 @@
+//! The stelar protocol's framing and envelopes (PROTOCOL.md).
