@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Runs every check shardcast has, on a fresh Debian machine or a dev box:
+#   formatting, clippy (warnings are errors), the architecture invariants,
+#   `cargo test --workspace` (unit, property and integration tests against real server
+#   processes), the Autobahn conformance run (PyPI `kosoku`) and interop tests with
+#   third-party clients (Python `websockets`).
+# Installs what it needs: Python packages go into a venv under target/.
+# Prints a summary; exits non-zero if anything failed.
+set -uo pipefail
+cd "$(dirname "$0")"
+
+VENV="target/venv"
+PY_PACKAGES=("kosoku==0.1.0" "websockets==17.4")
+declare -a RESULTS=()
+FAILED=0
+START_ALL=$(date +%s)
+
+step() { # step NAME CMD...
+  local name="$1"; shift
+  local t0=$(date +%s)
+  echo
+  echo "==> $name"
+  if "$@"; then
+    RESULTS+=("PASS  $name ($(( $(date +%s) - t0 ))s)")
+  else
+    RESULTS+=("FAIL  $name ($(( $(date +%s) - t0 ))s)")
+    FAILED=1
+  fi
+}
+
+ensure_python() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV" || { apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv "$VENV"; } || return 1
+  fi
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+}
+
+architecture_invariants() {
+  local bad=0
+  # protocol/ is sans-IO: no sockets, no executor, no clock reads.
+  if grep -rnE 'glommio|std::net|tokio|Instant::now|SystemTime::now|std::thread' src/protocol; then
+    echo "architecture invariant broken: src/protocol must not do I/O, spawn or read clocks"; bad=1
+  fi
+  # shards/ knows nothing of WebSocket or stelar.
+  if grep -rniE 'websocket|stelar|shardcast::' shards/src; then
+    echo "architecture invariant broken: shards/ must not know about WebSocket or stelar"; bad=1
+  fi
+  # loadgen reuses protocol/ only, never app/ or conn/.
+  if grep -rnE 'shardcast::(app|conn|hub|relay)' loadgen/src; then
+    echo "architecture invariant broken: loadgen must only use shardcast::protocol"; bad=1
+  fi
+  return $bad
+}
+
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy (deny warnings)" cargo clippy --workspace --all-targets --quiet -- -D warnings
+step "architecture invariants" architecture_invariants
+step "python venv ($VENV: ${PY_PACKAGES[*]})" ensure_python
+export SHARDCAST_TEST_PYTHON="$PWD/$VENV/bin/python"
+step "cargo test --workspace" cargo test --workspace --quiet
+
+echo
+echo "==================== summary ===================="
+for r in "${RESULTS[@]}"; do echo "$r"; done
+echo "total: $(( $(date +%s) - START_ALL ))s"
+if [ $FAILED -ne 0 ]; then echo "RESULT: FAILED"; exit 1; fi
+echo "RESULT: all passed"
