@@ -10,4 +10,6 @@
 //! `shardcast-loadgen`. See ARCHITECTURE.md for the map and its invariants.
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod config;
+pub mod hub;
 pub mod protocol;
