@@ -13,3 +13,4 @@
 pub mod config;
 pub mod hub;
 pub mod protocol;
+pub mod stats;

@@ -1,0 +1,447 @@
+//! Counters, and the two ways they are read: `/health` (stelar-compatible JSON,
+//! PROTOCOL.md §1.3) and `/metrics` (Prometheus text exposition format 0.0.4).
+//!
+//! Each shard owns a [`Counters`] of plain `Cell`s: counting costs an add, no atomics, no
+//! locks. A reader asks every shard for a [`Snapshot`] over the mesh and sums them
+//! ([`Snapshot::merge`]); the rendering functions here are pure.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// The two client transports, for per-transport counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// WebSocket (the stelar JSON envelope, or a raw bench endpoint).
+    Ws,
+    /// stelar binary TCP.
+    Tcp,
+}
+
+/// One shard's counters. Only the owning shard writes them.
+#[derive(Default, Debug)]
+pub struct Counters {
+    ws_opened: Cell<u64>,
+    tcp_opened: Cell<u64>,
+    ws_closed: Cell<u64>,
+    tcp_closed: Cell<u64>,
+    /// Data messages received from clients.
+    pub messages_received: Cell<u64>,
+    /// Messages queued to clients (one per recipient).
+    pub messages_sent: Cell<u64>,
+    /// Bytes read from client sockets.
+    pub bytes_received: Cell<u64>,
+    /// Bytes written to client sockets.
+    pub bytes_sent: Cell<u64>,
+    /// Socket writes (each may carry many frames).
+    pub writes: Cell<u64>,
+    /// Messages handed to other shards.
+    pub mesh_sent: Cell<u64>,
+    /// HTTP requests answered (not upgrades).
+    pub http_requests: Cell<u64>,
+    /// Labelled counters: protocol errors by kind.
+    errors: RefCell<BTreeMap<&'static str, u64>>,
+    /// Labelled counters: connections closed by the server, by reason.
+    disconnects: RefCell<BTreeMap<&'static str, u64>>,
+    /// Labelled counters: connections or requests refused, by reason.
+    refused: RefCell<BTreeMap<&'static str, u64>>,
+    /// Labelled counters: messages dropped, by reason.
+    dropped: RefCell<BTreeMap<&'static str, u64>>,
+}
+
+fn bump(c: &Cell<u64>, n: u64) {
+    c.set(c.get().wrapping_add(n));
+}
+
+fn bump_label(map: &RefCell<BTreeMap<&'static str, u64>>, label: &'static str) {
+    *map.borrow_mut().entry(label).or_insert(0) += 1;
+}
+
+impl Counters {
+    /// A connection of `t` was accepted (and not refused).
+    pub fn opened(&self, t: Transport) {
+        match t {
+            Transport::Ws => bump(&self.ws_opened, 1),
+            Transport::Tcp => bump(&self.tcp_opened, 1),
+        }
+    }
+    /// A connection of `t` ended (for any reason).
+    pub fn closed(&self, t: Transport) {
+        match t {
+            Transport::Ws => bump(&self.ws_closed, 1),
+            Transport::Tcp => bump(&self.tcp_closed, 1),
+        }
+    }
+    /// Adds `n` to a plain counter.
+    pub fn add(c: &Cell<u64>, n: u64) {
+        bump(c, n);
+    }
+    /// Counts a protocol error by its label.
+    pub fn error(&self, label: &'static str) {
+        bump_label(&self.errors, label);
+    }
+    /// Counts a server-initiated disconnect by reason.
+    pub fn disconnect(&self, reason: &'static str) {
+        bump_label(&self.disconnects, reason);
+    }
+    /// Counts a refusal by reason.
+    pub fn refuse(&self, reason: &'static str) {
+        bump_label(&self.refused, reason);
+    }
+    /// Counts a dropped message by reason.
+    pub fn drop_message(&self, reason: &'static str) {
+        bump_label(&self.dropped, reason);
+    }
+
+    /// A copy that can travel to another shard.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            ws_opened: self.ws_opened.get(),
+            tcp_opened: self.tcp_opened.get(),
+            ws_closed: self.ws_closed.get(),
+            tcp_closed: self.tcp_closed.get(),
+            messages_received: self.messages_received.get(),
+            messages_sent: self.messages_sent.get(),
+            bytes_received: self.bytes_received.get(),
+            bytes_sent: self.bytes_sent.get(),
+            writes: self.writes.get(),
+            mesh_sent: self.mesh_sent.get(),
+            http_requests: self.http_requests.get(),
+            errors: self.errors.borrow().clone(),
+            disconnects: self.disconnects.borrow().clone(),
+            refused: self.refused.borrow().clone(),
+            dropped: self.dropped.borrow().clone(),
+            rooms: 0,
+            shards: 1,
+        }
+    }
+}
+
+/// Counters summed over shards, plus gauges filled in by the reader.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// WebSocket connections ever opened.
+    pub ws_opened: u64,
+    /// TCP connections ever opened.
+    pub tcp_opened: u64,
+    /// WebSocket connections ended.
+    pub ws_closed: u64,
+    /// TCP connections ended.
+    pub tcp_closed: u64,
+    /// Data messages received.
+    pub messages_received: u64,
+    /// Messages queued to clients.
+    pub messages_sent: u64,
+    /// Bytes read.
+    pub bytes_received: u64,
+    /// Bytes written.
+    pub bytes_sent: u64,
+    /// Socket writes.
+    pub writes: u64,
+    /// Cross-shard messages sent.
+    pub mesh_sent: u64,
+    /// HTTP requests answered.
+    pub http_requests: u64,
+    /// Protocol errors by kind.
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Server-initiated disconnects by reason.
+    pub disconnects: BTreeMap<&'static str, u64>,
+    /// Refusals by reason.
+    pub refused: BTreeMap<&'static str, u64>,
+    /// Dropped messages by reason.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Rooms in the process (a gauge: the reader sets it, merge keeps the largest view).
+    pub rooms: u64,
+    /// Shards summed.
+    pub shards: u64,
+}
+
+fn merge_map(into: &mut BTreeMap<&'static str, u64>, from: &BTreeMap<&'static str, u64>) {
+    for (k, v) in from {
+        *into.entry(k).or_insert(0) += v;
+    }
+}
+
+impl Snapshot {
+    /// Adds another shard's snapshot.
+    pub fn merge(&mut self, o: &Snapshot) {
+        self.ws_opened += o.ws_opened;
+        self.tcp_opened += o.tcp_opened;
+        self.ws_closed += o.ws_closed;
+        self.tcp_closed += o.tcp_closed;
+        self.messages_received += o.messages_received;
+        self.messages_sent += o.messages_sent;
+        self.bytes_received += o.bytes_received;
+        self.bytes_sent += o.bytes_sent;
+        self.writes += o.writes;
+        self.mesh_sent += o.mesh_sent;
+        self.http_requests += o.http_requests;
+        merge_map(&mut self.errors, &o.errors);
+        merge_map(&mut self.disconnects, &o.disconnects);
+        merge_map(&mut self.refused, &o.refused);
+        merge_map(&mut self.dropped, &o.dropped);
+        self.rooms = self.rooms.max(o.rooms);
+        self.shards += o.shards;
+    }
+
+    /// Open WebSocket connections.
+    pub fn ws_active(&self) -> u64 {
+        self.ws_opened.saturating_sub(self.ws_closed)
+    }
+    /// Open TCP connections.
+    pub fn tcp_active(&self) -> u64 {
+        self.tcp_opened.saturating_sub(self.tcp_closed)
+    }
+}
+
+/// Process facts read at render time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Process {
+    /// Milliseconds since start.
+    pub uptime_ms: u64,
+    /// Resident set size in bytes.
+    pub rss_bytes: u64,
+}
+
+impl Process {
+    /// Reads RSS from `/proc/self/statm`; `uptime_ms` from the caller.
+    pub fn read(uptime_ms: u64) -> Process {
+        Process {
+            uptime_ms,
+            rss_bytes: rss_bytes().unwrap_or(0),
+        }
+    }
+}
+
+/// Resident set size of this process, from `/proc/self/statm`.
+pub fn rss_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).unwrap_or(4096))
+}
+
+/// The `/health` body: stelar's keys in stelar's order (PROTOCOL.md §1.3, Q21), with
+/// `memoryUsage` filled from RSS (there is no JS heap), then shardcast's own additions.
+pub fn health_json(s: &Snapshot, p: &Process) -> String {
+    let rss = p.rss_bytes;
+    let active = s.ws_active() + s.tcp_active();
+    let mut out = String::with_capacity(512);
+    let _ = write!(
+        out,
+        concat!(
+            "{{\"status\":\"ok\",\"totalConnections\":{},\"activeConnections\":{},",
+            "\"totalMessagesReceived\":{},\"totalMessagesSent\":{},\"totalRooms\":{},",
+            "\"uptime\":{},\"wsConnections\":{},\"tcpConnections\":{},",
+            "\"memoryUsage\":{{\"rss\":{},\"heapTotal\":{},\"heapUsed\":{},\"external\":0,\"arrayBuffers\":0}},",
+            "\"rateLimiterEntries\":0,\"uptimeSeconds\":{},\"memoryMB\":{:.2},",
+            "\"server\":\"shardcast\",\"version\":\"{}\",\"shards\":{}}}"
+        ),
+        s.ws_opened + s.tcp_opened,
+        active,
+        s.messages_received,
+        s.messages_sent,
+        s.rooms,
+        p.uptime_ms,
+        s.ws_active(),
+        s.tcp_active(),
+        rss,
+        rss,
+        rss,
+        p.uptime_ms / 1000,
+        rss as f64 / (1024.0 * 1024.0),
+        env!("CARGO_PKG_VERSION"),
+        s.shards,
+    );
+    out
+}
+
+fn prom_labelled(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    map: &BTreeMap<&'static str, u64>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (k, v) in map {
+        let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
+    }
+}
+
+/// The `/metrics` body in the Prometheus text format.
+pub fn prometheus_text(s: &Snapshot, p: &Process) -> String {
+    let mut out = String::with_capacity(2048);
+    let mut counter = |name: &str, help: &str, rows: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (labels, v) in rows {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {v}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        }
+    };
+    counter(
+        "shardcast_connections_total",
+        "Client connections accepted.",
+        &[
+            ("transport=\"ws\"", s.ws_opened),
+            ("transport=\"tcp\"", s.tcp_opened),
+        ],
+    );
+    counter(
+        "shardcast_messages_received_total",
+        "Data messages received from clients.",
+        &[("", s.messages_received)],
+    );
+    counter(
+        "shardcast_messages_sent_total",
+        "Messages queued to clients, one per recipient.",
+        &[("", s.messages_sent)],
+    );
+    counter(
+        "shardcast_bytes_received_total",
+        "Bytes read from client sockets.",
+        &[("", s.bytes_received)],
+    );
+    counter(
+        "shardcast_bytes_sent_total",
+        "Bytes written to client sockets.",
+        &[("", s.bytes_sent)],
+    );
+    counter(
+        "shardcast_socket_writes_total",
+        "Socket writes; each carries every frame queued for that client during a loop turn.",
+        &[("", s.writes)],
+    );
+    counter(
+        "shardcast_mesh_messages_total",
+        "Messages handed from one shard to another.",
+        &[("", s.mesh_sent)],
+    );
+    counter(
+        "shardcast_http_requests_total",
+        "Plain HTTP requests answered.",
+        &[("", s.http_requests)],
+    );
+    prom_labelled(
+        &mut out,
+        "shardcast_protocol_errors_total",
+        "Malformed input from clients, by kind.",
+        "kind",
+        &s.errors,
+    );
+    prom_labelled(
+        &mut out,
+        "shardcast_disconnects_total",
+        "Connections closed by the server, by reason.",
+        "reason",
+        &s.disconnects,
+    );
+    prom_labelled(
+        &mut out,
+        "shardcast_refused_total",
+        "Connections or requests refused, by reason.",
+        "reason",
+        &s.refused,
+    );
+    prom_labelled(
+        &mut out,
+        "shardcast_dropped_messages_total",
+        "Messages dropped, by reason.",
+        "reason",
+        &s.dropped,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_connections_active Open client connections.\n# TYPE shardcast_connections_active gauge\nshardcast_connections_active{{transport=\"ws\"}} {}\nshardcast_connections_active{{transport=\"tcp\"}} {}",
+        s.ws_active(),
+        s.tcp_active()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_rooms Rooms with at least one member.\n# TYPE shardcast_rooms gauge\nshardcast_rooms {}",
+        s.rooms
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_shards Shards (threads) serving.\n# TYPE shardcast_shards gauge\nshardcast_shards {}",
+        s.shards
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_uptime_seconds Seconds since start.\n# TYPE shardcast_uptime_seconds gauge\nshardcast_uptime_seconds {}",
+        p.uptime_ms / 1000
+    );
+    let _ = writeln!(
+        out,
+        "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
+        p.rss_bytes
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_has_stelar_keys_in_order() {
+        let c = Counters::default();
+        c.opened(Transport::Ws);
+        c.opened(Transport::Tcp);
+        c.opened(Transport::Tcp);
+        c.closed(Transport::Tcp);
+        let mut s = c.snapshot();
+        s.rooms = 4;
+        let text = health_json(&s, &Process { uptime_ms: 12_345, rss_bytes: 3 * 1024 * 1024 });
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["totalConnections"], 3);
+        assert_eq!(v["activeConnections"], 2);
+        assert_eq!(v["wsConnections"], 1);
+        assert_eq!(v["tcpConnections"], 1);
+        assert_eq!(v["totalRooms"], 4);
+        assert_eq!(v["uptimeSeconds"], 12);
+        assert_eq!(v["memoryMB"], 3.0);
+        let keys = [
+            "status", "totalConnections", "activeConnections", "totalMessagesReceived",
+            "totalMessagesSent", "totalRooms", "uptime", "wsConnections", "tcpConnections",
+            "memoryUsage", "rateLimiterEntries", "uptimeSeconds", "memoryMB",
+        ];
+        let mut last = 0;
+        for k in keys {
+            let at = text.find(&format!("\"{k}\"")).unwrap();
+            assert!(at >= last, "{k} out of order");
+            last = at;
+        }
+    }
+
+    #[test]
+    fn merge_sums_and_prometheus_renders_labels() {
+        let a = Counters::default();
+        a.error("ws_invalid_utf8");
+        a.error("ws_invalid_utf8");
+        a.disconnect("slow_consumer");
+        let b = Counters::default();
+        b.error("ws_invalid_utf8");
+        let mut s = a.snapshot();
+        s.merge(&b.snapshot());
+        assert_eq!(s.errors["ws_invalid_utf8"], 3);
+        assert_eq!(s.shards, 2);
+        let text = prometheus_text(&s, &Process::default());
+        assert!(text.contains("shardcast_protocol_errors_total{kind=\"ws_invalid_utf8\"} 3"));
+        assert!(text.contains("shardcast_disconnects_total{reason=\"slow_consumer\"} 1"));
+        // Every sample line belongs to a declared family.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+        }
+    }
+
+    #[test]
+    fn rss_is_readable() {
+        assert!(rss_bytes().unwrap() > 0);
+    }
+}
