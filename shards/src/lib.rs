@@ -1,1 +1,85 @@
-//! The thread-per-core runtime (being written).
+//! `shardcast-shards`: the thread-per-core runtime under shardcast's server and load generator.
+//!
+//! # What it owns
+//! - **Shards** ([`Runtime`], [`Builder`], [`Shard`]): `N` glommio executors (default: one per
+//!   CPU this process may use), each on a named thread pinned to its CPU, started together:
+//!   [`Builder::start`] returns once every shard is up, or with the first shard's setup error
+//!   and nothing left running; [`Runtime::join`] returns when every shard has ended.
+//! - **Listeners** ([`Listener`]): for each named address, one `SO_REUSEPORT` socket per shard
+//!   on the same port (port 0 picks one for all), all bound before any shard runs; an accept
+//!   loop that counts errors and backs off on `EMFILE` instead of spinning.
+//! - **The mesh** ([`MeshSender`], [`ShardMesh`], [`Inbox`]): one bounded MPSC inbox per shard
+//!   for a caller-defined message type `M`, fed from shards or plain threads, drained in
+//!   batches, with a doorbell that wakes an idle shard and costs nothing while it is busy.
+//! - **Timers** ([`TimerWheel`], [`Timers`], [`Expirations`]): a clock-free hashed timer wheel
+//!   and the glue that drives one wheel per shard from a single glommio timer.
+//! - **Shutdown** ([`Shutdown`]): a process-wide handle (optionally driven by SIGINT/SIGTERM)
+//!   that every shard observes as a future: phase 1 drains, phase 2 (explicit or after the
+//!   drain timeout) forces.
+//!
+//! # What it does not own
+//! No WebSocket, no stelar, no HTTP: a stream is handed to the caller as a glommio
+//! `TcpStream`, and a mesh message is whatever `M` the caller defines (the server's `hub/`
+//! decides what `Publish` or `Direct` mean, and which shard owns a client). Connection state,
+//! rooms and metrics rendering live in the server; this crate only exposes counters.
+//!
+//! # Use
+//! ```no_run
+//! use shardcast_shards::Runtime;
+//!
+//! enum Msg { Ping(usize) }
+//!
+//! let runtime = Runtime::builder()
+//!     .shards(2)
+//!     .listen("ws", "127.0.0.1:0")
+//!     .start(|shard| async move {
+//!         let listener = shard.take_listener("ws").expect("configured above");
+//!         let mut inbox = shard.take_inbox().expect("taken once");
+//!         shard.spawn(async move {
+//!             let mut batch = Vec::new();
+//!             loop {
+//!                 batch.clear();
+//!                 inbox.recv_batch(&mut batch).await;
+//!                 for Msg::Ping(_from) in batch.drain(..) {}
+//!             }
+//!         }).detach();
+//!         let peer = (shard.id() + 1) % shard.count();
+//!         let _ = shard.mesh().send(peer, Msg::Ping(shard.id()));
+//!         let s = shard.clone();
+//!         let _ = listener.accept_loop(move |stream| {
+//!             s.spawn(async move { drop(stream) }).detach();
+//!         }).await; // returns when shutdown begins
+//!         shard.forced().await; // or: close clients and return when drained
+//!     })?;
+//! println!("listening on {:?}", runtime.bound_addrs());
+//! runtime.shutdown_handle().trigger();
+//! runtime.join()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Layout
+//! `runtime.rs` start/join and configuration; `shard.rs` the per-shard handle; `listener.rs`
+//! binding and accepting; `mesh.rs` inboxes; `doorbell.rs` the wake-up handshake; `timer/`
+//! the wheel and its driver; `shutdown.rs` phases; `signals.rs` SIGINT/SIGTERM; `event.rs` a
+//! shard-local set-once event; `sys.rs` the libc calls.
+//!
+//! glommio is re-exported as [`glommio`] so callers name the same version's types.
+
+mod doorbell;
+mod event;
+mod listener;
+mod mesh;
+mod runtime;
+mod shard;
+mod shutdown;
+mod signals;
+mod sys;
+pub mod timer;
+
+pub use glommio;
+pub use listener::{AcceptCounters, AcceptError, BoundListener, Listener};
+pub use mesh::{Inbox, InboxCounters, InboxStats, MeshError, MeshSender, ShardMesh};
+pub use runtime::{Builder, JoinError, Runtime, ShardExit, StartError};
+pub use shard::{Shard, ShutdownFuture};
+pub use shutdown::{Phase, Shutdown};
+pub use timer::{Expirations, TimerId, TimerWheel, Timers};

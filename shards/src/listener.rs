@@ -1,0 +1,335 @@
+//! Listeners: one `SO_REUSEPORT` socket per shard per configured address, all bound before any
+//! shard starts, and the accept loop each shard runs on its own socket.
+//!
+//! Binding (DESIGN.md "Each shard binds its own SO_REUSEPORT listener on every port"): for each
+//! named address, [`bind_group`] creates one socket per shard on the same port. Port 0 works:
+//! the first socket lets the kernel choose and the others bind the port it chose. Everything
+//! is bound in the starting thread before a shard runs, so "address in use" surfaces as a
+//! start error at once and the bound ports can be logged in one line.
+//!
+//! Accepting ([`Listener::accept_loop`]): accept on this shard's socket and hand each stream
+//! to a callback, until shutdown begins, then close the socket (stop accepting). Errors are
+//! classified (accept(2)): per-connection failures (`ECONNABORTED`, `EPROTO`, `EPERM`, network
+//! errors) are counted and the loop goes on; resource exhaustion (`EMFILE`, `ENFILE`,
+//! `ENOBUFS`, `ENOMEM`) is counted and the loop backs off (5 ms doubling to 500 ms) so that a
+//! full fd table does not spin the CPU; anything else means the listener itself is broken and
+//! ends the loop with an error. What a connection is (WebSocket, stelar) is not known here.
+
+use std::cell::Cell;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::shutdown::ShardShutdown;
+use crate::sys;
+
+/// Yield to other tasks after this many back-to-back accepts (a connection storm must not
+/// starve the connections already accepted).
+const ACCEPTS_PER_YIELD: u32 = 32;
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// One configured address with its name, as bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundListener {
+    /// The name given to `Builder::listen` (e.g. `"ws"`, `"tcp"`).
+    pub name: String,
+    /// The address every shard's socket is bound to (with the real port if 0 was asked).
+    pub addr: SocketAddr,
+}
+
+/// Binds `shards` sockets on `addr`. All share the port (the kernel's choice if `addr` has
+/// port 0).
+pub(crate) fn bind_group(
+    addr: SocketAddr,
+    shards: usize,
+    backlog: u32,
+) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
+    let mut fds = Vec::with_capacity(shards);
+    let first = sys::reuseport_listener(addr, backlog)?;
+    let bound = sys::local_addr(&first)?;
+    fds.push(first);
+    for _ in 1..shards {
+        fds.push(sys::reuseport_listener(bound, backlog)?);
+    }
+    Ok((bound, fds))
+}
+
+/// A fault of the accept path, each with its own counter label.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The process or system ran out of descriptors or memory (`EMFILE`, `ENFILE`,
+    /// `ENOBUFS`, `ENOMEM`). Transient: the loop backs off and retries.
+    #[error("accept: out of resources: {0}")]
+    ResourceExhausted(#[source] io::Error),
+    /// One incoming connection failed before it could be accepted (`ECONNABORTED`, `EPROTO`,
+    /// `EPERM`, network errors). Transient: the loop continues at once.
+    #[error("accept: connection failed: {0}")]
+    ConnectionFailed(#[source] io::Error),
+    /// The listening socket itself is unusable (`EBADF`, `EINVAL`, ...). Fatal for the loop.
+    #[error("accept: listener broken: {0}")]
+    ListenerBroken(#[source] io::Error),
+}
+
+impl AcceptError {
+    fn classify(err: io::Error) -> Self {
+        match err.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                Self::ResourceExhausted(err)
+            }
+            Some(
+                libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::EINTR
+                | libc::EAGAIN
+                | libc::ENETDOWN
+                | libc::ENETUNREACH
+                | libc::ENONET
+                | libc::EHOSTDOWN
+                | libc::EHOSTUNREACH
+                | libc::ENOPROTOOPT
+                | libc::EOPNOTSUPP
+                | libc::ETIMEDOUT
+                | libc::ECONNRESET,
+            ) => Self::ConnectionFailed(err),
+            _ if err.kind() == io::ErrorKind::Interrupted => Self::ConnectionFailed(err),
+            _ => Self::ListenerBroken(err),
+        }
+    }
+
+    /// A short static label for counters (`accept_errors{reason="..."}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::ResourceExhausted(_) => "resource_exhausted",
+            Self::ConnectionFailed(_) => "connection_failed",
+            Self::ListenerBroken(_) => "listener_broken",
+        }
+    }
+}
+
+/// Counters of one shard's listener. Shared (`Rc`) so the shard can read them while the
+/// accept loop owns the listener.
+#[derive(Debug, Default)]
+pub struct AcceptCounters {
+    accepted: Cell<u64>,
+    connection_failed: Cell<u64>,
+    resource_exhausted: Cell<u64>,
+}
+
+impl AcceptCounters {
+    /// Connections accepted.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.get()
+    }
+    /// Per-connection accept failures (the loop went on).
+    pub fn connection_failed(&self) -> u64 {
+        self.connection_failed.get()
+    }
+    /// Out-of-resource accept failures (the loop backed off).
+    pub fn resource_exhausted(&self) -> u64 {
+        self.resource_exhausted.get()
+    }
+}
+
+fn bump(c: &Cell<u64>) {
+    c.set(c.get().wrapping_add(1));
+}
+
+/// This shard's socket for one configured address.
+pub struct Listener {
+    name: Rc<str>,
+    addr: SocketAddr,
+    inner: TcpListener,
+    shutdown: Rc<ShardShutdown>,
+    counters: Rc<AcceptCounters>,
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener").field("name", &self.name).field("addr", &self.addr).finish()
+    }
+}
+
+impl Listener {
+    /// Wraps a bound, listening socket. Must run on the shard's executor.
+    pub(crate) fn attach(
+        name: Rc<str>,
+        addr: SocketAddr,
+        fd: OwnedFd,
+        shutdown: Rc<ShardShutdown>,
+    ) -> Self {
+        // SAFETY: `fd` is a bound, listening TCP socket that we own; ownership moves into
+        // glommio's listener, which closes it on drop.
+        let inner = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+        Self { name, addr, inner, shutdown, counters: Rc::default() }
+    }
+
+    /// The name given to `Builder::listen`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bound address (shared by every shard's socket for this name).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// This listener's counters.
+    pub fn counters(&self) -> Rc<AcceptCounters> {
+        Rc::clone(&self.counters)
+    }
+
+    /// Accepts one connection (counting it, or counting and classifying the failure).
+    pub async fn accept(&self) -> Result<TcpStream, AcceptError> {
+        match self.inner.accept().await {
+            Ok(stream) => {
+                bump(&self.counters.accepted);
+                Ok(stream)
+            }
+            Err(e) => {
+                let err = AcceptError::classify(e.into());
+                match &err {
+                    AcceptError::ResourceExhausted(_) => bump(&self.counters.resource_exhausted),
+                    AcceptError::ConnectionFailed(_) => bump(&self.counters.connection_failed),
+                    AcceptError::ListenerBroken(_) => {}
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Accepts connections and hands each to `on_stream` until shutdown begins on this shard;
+    /// then returns `Ok(())` and drops the socket, so this shard stops accepting. Transient
+    /// errors are counted (see [`Listener::counters`]) and handled as the module doc says;
+    /// only a broken listener ends the loop with an error.
+    ///
+    /// `on_stream` typically spawns the connection's task (`Shard::spawn(...).detach()`).
+    pub async fn accept_loop<F>(self, mut on_stream: F) -> Result<(), AcceptError>
+    where
+        F: FnMut(TcpStream),
+    {
+        let mut stop = self.shutdown.draining();
+        let mut backoff = BACKOFF_MIN;
+        let mut since_yield = 0u32;
+        loop {
+            let accepted = futures_lite::future::or(
+                async {
+                    (&mut stop).await;
+                    None
+                },
+                async { Some(self.accept().await) },
+            )
+            .await;
+            match accepted {
+                None => return Ok(()),
+                Some(Ok(stream)) => {
+                    backoff = BACKOFF_MIN;
+                    on_stream(stream);
+                    since_yield += 1;
+                    if since_yield >= ACCEPTS_PER_YIELD {
+                        since_yield = 0;
+                        futures_lite::future::yield_now().await;
+                    }
+                }
+                Some(Err(AcceptError::ConnectionFailed(error))) => {
+                    tracing::debug!(listener = %self.name, %error, "accept failed for one connection");
+                }
+                Some(Err(AcceptError::ResourceExhausted(error))) => {
+                    tracing::warn!(listener = %self.name, %error, ?backoff, "accept: out of resources, backing off");
+                    let slept = futures_lite::future::or(
+                        async {
+                            glommio::timer::sleep(backoff).await;
+                            true
+                        },
+                        async {
+                            (&mut stop).await;
+                            false
+                        },
+                    )
+                    .await;
+                    if !slept {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Some(Err(err @ AcceptError::ListenerBroken(_))) => {
+                    tracing::error!(listener = %self.name, error = %err, "accept loop ended");
+                    return Err(err);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(code: i32) -> io::Error {
+        io::Error::from_raw_os_error(code)
+    }
+
+    #[test]
+    fn accept_errors_are_classified() {
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert_eq!(AcceptError::classify(os(code)).label(), "resource_exhausted");
+        }
+        for code in [libc::ECONNABORTED, libc::EPROTO, libc::EPERM, libc::EINTR] {
+            assert_eq!(AcceptError::classify(os(code)).label(), "connection_failed");
+        }
+        for code in [libc::EBADF, libc::EINVAL, libc::ENOTSOCK] {
+            assert_eq!(AcceptError::classify(os(code)).label(), "listener_broken");
+        }
+    }
+
+    #[test]
+    fn bind_group_shares_one_port_and_port_zero_works() {
+        let (addr, fds) = bind_group("127.0.0.1:0".parse().unwrap(), 3, 128).unwrap();
+        assert_ne!(addr.port(), 0);
+        assert_eq!(fds.len(), 3);
+        for fd in &fds {
+            assert_eq!(sys::local_addr(fd).unwrap(), addr);
+        }
+    }
+
+    #[test]
+    fn accept_loop_counts_and_stops_on_shutdown() {
+        let ex = glommio::LocalExecutorBuilder::default().io_memory(64 << 10).make().unwrap();
+        ex.run(async {
+            let (addr, mut fds) = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
+            let shutdown = ShardShutdown::new();
+            let listener =
+                Listener::attach("t".into(), addr, fds.remove(0), Rc::clone(&shutdown));
+            let counters = listener.counters();
+            let accepted = Rc::new(Cell::new(0));
+            let five = crate::event::LocalEvent::new();
+            let (seen, five_set) = (Rc::clone(&accepted), Rc::clone(&five));
+            let task = glommio::spawn_local(listener.accept_loop(move |_s| {
+                seen.set(seen.get() + 1);
+                if seen.get() == 5 {
+                    five_set.set();
+                }
+            }));
+            let clients = std::thread::spawn(move || {
+                (0..5).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect::<Vec<_>>()
+            });
+            five.wait().await;
+            assert_eq!(counters.accepted(), 5);
+            shutdown_for_test(&shutdown);
+            assert!(task.await.is_ok());
+            drop(clients.join().unwrap());
+            // The socket is closed: new connections are refused.
+            assert!(std::net::TcpStream::connect(addr).is_err());
+        });
+    }
+
+    fn shutdown_for_test(s: &Rc<ShardShutdown>) {
+        s.set_draining_for_test();
+    }
+}

@@ -1,0 +1,742 @@
+//! Starting and joining the shards: [`Builder`] → [`Runtime`] (DESIGN.md "Thread-per-core,
+//! shared-nothing").
+//!
+//! `Builder::start` does, in order, on the calling thread:
+//! 1. resolves the shard count (default: the CPUs in this process's affinity mask) and a CPU
+//!    per shard (pinning is skipped with a warning when there are more shards than CPUs);
+//! 2. raises the soft `RLIMIT_MEMLOCK` to the hard limit (see "Locked memory" below);
+//! 3. binds every listener, one `SO_REUSEPORT` socket per shard (`listener.rs`), so that an
+//!    address in use fails here, before any thread exists;
+//! 4. creates the mesh inboxes and shutdown doorbells, and registers the signal handler if
+//!    asked;
+//! 5. spawns one named thread per shard, which blocks SIGINT/SIGTERM, pins itself, builds its
+//!    glommio executor, wraps its sockets and reports ready — then waits for "go";
+//! 6. waits for every report. All ready: sends "go" and returns the [`Runtime`]. Any failure
+//!    (executor creation, thread spawn, a panic): tells the others to stand down, joins them
+//!    and returns the first error. So the caller never hangs on a half-started runtime.
+//!
+//! **Locked memory.** glommio registers its I/O buffer (`io_memory`) with each of its three
+//! io_uring rings per executor, and without `CAP_IPC_LOCK` the kernel charges each
+//! registration against `RLIMIT_MEMLOCK` (per user). glommio's default, 10 MiB per executor,
+//! does not fit a common 8 MiB limit even once. This runtime does no storage I/O, which is all
+//! that buffer serves, so it asks for glommio's minimum, 64 KiB: 3 × 64 KiB = 192 KiB per
+//! shard, about 40 shards under 8 MiB. Beyond that glommio logs a warning and runs without
+//! registered buffers, which sockets do not use anyway. Ring memory itself is charged to the
+//! memory cgroup on kernels ≥ 5.12, not to the memlock limit. glommio refuses to start if the
+//! soft limit is under 512 KiB, hence step 2.
+//!
+//! The join side: [`Runtime::join`] waits for every shard thread and reports how each ended.
+//! Dropping a `Runtime` without joining forces shutdown and joins.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::doorbell::Doorbell;
+use crate::listener::{bind_group, BoundListener, Listener};
+use crate::mesh::{self, InboxParts, MeshSender};
+use crate::shard::{Shard, ShardInner};
+use crate::shutdown::{self, ShardShutdown, Shutdown};
+use crate::{signals, sys};
+
+/// Defaults, documented on the builder methods.
+const DEFAULT_BACKLOG: u32 = 4096;
+const DEFAULT_INBOX_CAPACITY: usize = 16 * 1024;
+const DEFAULT_INBOX_BATCH: usize = 256;
+const DEFAULT_IO_MEMORY: usize = 64 * 1024;
+const DEFAULT_RING_DEPTH: usize = 128;
+const DEFAULT_PREEMPT_TIMER: Duration = Duration::from_millis(5);
+const DEFAULT_TIMER_TICK: Duration = Duration::from_millis(100);
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the runtime could not start. Nothing is left running when `start` returns this.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `shards(0)` was configured.
+    #[error("the shard count must be at least 1")]
+    ZeroShards,
+    /// Two listeners were given the same name.
+    #[error("listener name {name:?} is used twice")]
+    DuplicateListener {
+        /// The repeated name.
+        name: String,
+    },
+    /// A listener's address did not resolve to any socket address.
+    #[error("listener {name:?}: cannot resolve {addr:?}: {source}")]
+    Resolve {
+        /// Listener name.
+        name: String,
+        /// The address as given.
+        addr: String,
+        /// Resolver error.
+        #[source]
+        source: io::Error,
+    },
+    /// Creating, binding or listening on a socket failed (e.g. address in use).
+    #[error("listener {name:?}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// The address we tried.
+        addr: SocketAddr,
+        /// The OS error (`AddrInUse`, `PermissionDenied`, ...).
+        #[source]
+        source: io::Error,
+    },
+    /// Creating a doorbell socketpair failed (out of descriptors).
+    #[error("cannot create a shard doorbell: {0}")]
+    Doorbell(#[source] io::Error),
+    /// Installing the SIGINT/SIGTERM handler failed.
+    #[error("cannot install the signal handler: {0}")]
+    Signals(#[source] io::Error),
+    /// The OS refused to create a shard thread.
+    #[error("shard {shard}: cannot spawn its thread: {source}")]
+    SpawnThread {
+        /// Shard index.
+        shard: usize,
+        /// OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// glommio could not create the shard's executor (io_uring setup, memlock limit, ...).
+    #[error("shard {shard}: cannot create its executor: {source}")]
+    Executor {
+        /// Shard index.
+        shard: usize,
+        /// glommio's error, as an `io::Error`.
+        #[source]
+        source: io::Error,
+    },
+    /// A shard thread died (panicked) during start-up.
+    #[error("shard {shard}: thread ended during start-up")]
+    ShardDied {
+        /// Shard index.
+        shard: usize,
+    },
+}
+
+impl StartError {
+    /// A short static label for logs and counters.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::ZeroShards => "zero_shards",
+            Self::DuplicateListener { .. } => "duplicate_listener",
+            Self::Resolve { .. } => "resolve",
+            Self::Bind { .. } => "bind",
+            Self::Doorbell(_) => "doorbell",
+            Self::Signals(_) => "signals",
+            Self::SpawnThread { .. } => "spawn_thread",
+            Self::Executor { .. } => "executor",
+            Self::ShardDied { .. } => "shard_died",
+        }
+    }
+
+    /// True for an address-in-use bind failure (another process holds the port).
+    pub fn is_addr_in_use(&self) -> bool {
+        matches!(self, Self::Bind { source, .. } if source.kind() == io::ErrorKind::AddrInUse)
+    }
+}
+
+/// A shard thread panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("shard(s) {shards:?} panicked")]
+pub struct JoinError {
+    /// Indices of the shards whose thread panicked.
+    pub shards: Vec<usize>,
+    /// How every shard ended (`Panicked` for those above).
+    pub exits: Vec<ShardExit>,
+}
+
+impl JoinError {
+    /// A short static label for logs and counters.
+    pub fn label(&self) -> &'static str {
+        "shard_panicked"
+    }
+}
+
+/// How one shard ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardExit {
+    /// Its main future returned.
+    Finished,
+    /// Its drain timeout elapsed before its main future returned; it was dropped.
+    DrainTimedOut,
+    /// `Shutdown::force` was called before its main future returned; it was dropped.
+    Forced,
+    /// Its thread panicked (the runtime then triggered shutdown on every other shard).
+    Panicked,
+}
+
+enum ListenAddr {
+    Resolved(SocketAddr),
+    Failed { addr: String, error: io::Error },
+}
+
+struct ListenSpec {
+    name: String,
+    addr: ListenAddr,
+}
+
+/// Configures and starts a [`Runtime`]. Obtain with [`Runtime::builder`].
+pub struct Builder {
+    shards: Option<usize>,
+    pin: bool,
+    listeners: Vec<ListenSpec>,
+    backlog: u32,
+    inbox_capacity: usize,
+    inbox_batch: usize,
+    io_memory: usize,
+    ring_depth: usize,
+    preempt_timer: Duration,
+    timer_tick: Duration,
+    drain_timeout: Duration,
+    handle_signals: bool,
+    thread_name: String,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("shards", &self.shards)
+            .field("pin", &self.pin)
+            .field("listeners", &self.listeners.iter().map(|l| &l.name).collect::<Vec<_>>())
+            .field("backlog", &self.backlog)
+            .field("inbox_capacity", &self.inbox_capacity)
+            .field("inbox_batch", &self.inbox_batch)
+            .field("io_memory", &self.io_memory)
+            .field("ring_depth", &self.ring_depth)
+            .field("preempt_timer", &self.preempt_timer)
+            .field("timer_tick", &self.timer_tick)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("handle_signals", &self.handle_signals)
+            .finish()
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            shards: None,
+            pin: true,
+            listeners: Vec::new(),
+            backlog: DEFAULT_BACKLOG,
+            inbox_capacity: DEFAULT_INBOX_CAPACITY,
+            inbox_batch: DEFAULT_INBOX_BATCH,
+            io_memory: DEFAULT_IO_MEMORY,
+            ring_depth: DEFAULT_RING_DEPTH,
+            preempt_timer: DEFAULT_PREEMPT_TIMER,
+            timer_tick: DEFAULT_TIMER_TICK,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            handle_signals: false,
+            thread_name: "shard".into(),
+        }
+    }
+}
+
+impl Builder {
+    /// Number of shards. Default: the number of CPUs this process may run on.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = Some(n);
+        self
+    }
+
+    /// Pin each shard to its own CPU (default `true`). Pinning is skipped, with a warning,
+    /// when there are more shards than CPUs or the OS refuses it.
+    pub fn pin(mut self, pin: bool) -> Self {
+        self.pin = pin;
+        self
+    }
+
+    /// Adds a listener: every shard gets its own `SO_REUSEPORT` socket on `addr` and takes it
+    /// with `Shard::take_listener(name)`. Port 0 picks a free port (read it back with
+    /// [`Runtime::bound_addr`]). Only the first resolved address is used.
+    pub fn listen(mut self, name: impl Into<String>, addr: impl ToSocketAddrs + fmt::Debug) -> Self {
+        let shown = format!("{addr:?}");
+        let addr = match addr.to_socket_addrs().map(|mut it| it.next()) {
+            Ok(Some(a)) => ListenAddr::Resolved(a),
+            Ok(None) => ListenAddr::Failed {
+                addr: shown,
+                error: io::Error::new(io::ErrorKind::NotFound, "no address"),
+            },
+            Err(error) => ListenAddr::Failed { addr: shown, error },
+        };
+        self.listeners.push(ListenSpec { name: name.into(), addr });
+        self
+    }
+
+    /// Listen backlog per socket (default 4096, for connection storms; the kernel caps it at
+    /// `net.core.somaxconn`).
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// Capacity of each shard's mesh inbox (default 16 384 messages; memory per shard is
+    /// about `capacity × (size_of::<M>() + 8)`, preallocated).
+    pub fn inbox_capacity(mut self, capacity: usize) -> Self {
+        self.inbox_capacity = capacity.max(1);
+        self
+    }
+
+    /// Maximum messages per `Inbox::recv_batch` (default 256).
+    pub fn inbox_batch(mut self, batch: usize) -> Self {
+        self.inbox_batch = batch.max(1);
+        self
+    }
+
+    /// glommio's per-executor I/O buffer (default 64 KiB, glommio's minimum; see the module
+    /// doc on locked memory before raising it).
+    pub fn io_memory(mut self, bytes: usize) -> Self {
+        self.io_memory = bytes;
+        self
+    }
+
+    /// io_uring submission queue depth per ring (default 128).
+    pub fn ring_depth(mut self, depth: usize) -> Self {
+        self.ring_depth = depth.max(1);
+        self
+    }
+
+    /// How long a shard runs ready tasks before polling for I/O again (default 5 ms;
+    /// glommio's own default, 100 ms, is too coarse for a network server under load).
+    pub fn preempt_timer(mut self, every: Duration) -> Self {
+        self.preempt_timer = every;
+        self
+    }
+
+    /// Granularity of the shard timer wheels (`Shard::timers`; default 100 ms).
+    pub fn timer_tick(mut self, tick: Duration) -> Self {
+        self.timer_tick = tick;
+        self
+    }
+
+    /// How long a shard may drain after shutdown begins before it is forced (default 10 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Turn SIGINT/SIGTERM into shutdown: the first drains, the second forces (default
+    /// `false`; a server binary turns it on). See `signals.rs` for how.
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.handle_signals = on;
+        self
+    }
+
+    /// Thread name prefix; shard `i` runs on thread `"{prefix}-{i}"` (default `"shard"`).
+    pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
+        self.thread_name = prefix.into();
+        self
+    }
+
+    /// Binds, spawns the shards and runs `main(shard)` on each once all are up. Returns when
+    /// every shard is ready, or with the first error (and nothing left running).
+    ///
+    /// `main` runs on the shard's thread; its future need not be `Send`. When it returns, the
+    /// shard ends (tasks it spawned are dropped).
+    pub fn start<M, F, Fut>(self, main: F) -> Result<Runtime<M>, StartError>
+    where
+        M: Send + 'static,
+        F: Fn(Shard<M>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let cpus = sys::allowed_cpus().unwrap_or_default();
+        let count = match self.shards {
+            Some(0) => return Err(StartError::ZeroShards),
+            Some(n) => n,
+            None => cpus.len().max(1),
+        };
+        for (i, spec) in self.listeners.iter().enumerate() {
+            if self.listeners[..i].iter().any(|other| other.name == spec.name) {
+                return Err(StartError::DuplicateListener { name: spec.name.clone() });
+            }
+        }
+        let placement: Vec<Option<usize>> = if !self.pin {
+            vec![None; count]
+        } else if count > cpus.len() {
+            tracing::warn!(
+                shards = count,
+                cpus = cpus.len(),
+                "more shards than CPUs: running unpinned"
+            );
+            vec![None; count]
+        } else {
+            cpus.iter().take(count).map(|&c| Some(c)).collect()
+        };
+
+        match sys::raise_memlock_soft_limit() {
+            Ok((soft, _)) => tracing::debug!(memlock = soft, "RLIMIT_MEMLOCK soft limit"),
+            Err(error) => tracing::warn!(%error, "cannot read or raise RLIMIT_MEMLOCK"),
+        }
+
+        // 3. Bind every socket up front.
+        let mut bound = Vec::with_capacity(self.listeners.len());
+        // per_shard[shard] = [(name, addr, fd)] in listener order.
+        let mut per_shard: Vec<Vec<(String, SocketAddr, OwnedFd)>> =
+            (0..count).map(|_| Vec::new()).collect();
+        for spec in &self.listeners {
+            let addr = match &spec.addr {
+                ListenAddr::Resolved(a) => *a,
+                ListenAddr::Failed { addr, error } => {
+                    return Err(StartError::Resolve {
+                        name: spec.name.clone(),
+                        addr: addr.clone(),
+                        source: io::Error::new(error.kind(), error.to_string()),
+                    });
+                }
+            };
+            let (actual, fds) =
+                bind_group(addr, count, self.backlog).map_err(|source| StartError::Bind {
+                    name: spec.name.clone(),
+                    addr,
+                    source,
+                })?;
+            bound.push(BoundListener { name: spec.name.clone(), addr: actual });
+            for (shard, fd) in fds.into_iter().enumerate() {
+                per_shard[shard].push((spec.name.clone(), actual, fd));
+            }
+        }
+
+        // 4. Mesh, shutdown doorbells, signals.
+        let (mesh, inbox_parts) =
+            mesh::build::<M>(count, self.inbox_capacity).map_err(StartError::Doorbell)?;
+        let mut shutdown_bells = Vec::with_capacity(count);
+        let mut shutdown_reads = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (read, write) = sys::doorbell_pair().map_err(StartError::Doorbell)?;
+            shutdown_bells.push(Arc::new(Doorbell::new(write)));
+            shutdown_reads.push(read);
+        }
+        let shutdown = Shutdown::new(shutdown_bells.into_boxed_slice());
+        if self.handle_signals {
+            signals::register(&shutdown).map_err(StartError::Signals)?;
+        }
+
+        // 5. Spawn the shards.
+        let config = Arc::new(ShardConfig {
+            count,
+            io_memory: self.io_memory,
+            ring_depth: self.ring_depth,
+            preempt_timer: self.preempt_timer,
+            timer_tick: self.timer_tick,
+            drain_timeout: self.drain_timeout,
+            inbox_batch: self.inbox_batch,
+        });
+        let main = Arc::new(main);
+        let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), StartError>)>();
+        let mut threads = Vec::with_capacity(count);
+        let mut gos = Vec::with_capacity(count);
+        let mut spawn_error = None;
+        let parts = inbox_parts.into_iter().zip(shutdown_reads).zip(per_shard).zip(placement);
+        for (id, (((inbox, shutdown_read), listeners), cpu)) in parts.enumerate() {
+            let (go_tx, go_rx) = mpsc::channel::<bool>();
+            let setup = ShardSetup {
+                id,
+                cpu,
+                config: Arc::clone(&config),
+                inbox,
+                mesh: mesh.clone(),
+                shutdown: shutdown.clone(),
+                shutdown_read,
+                listeners,
+                ready: ready_tx.clone(),
+                go: go_rx,
+            };
+            let main = Arc::clone(&main);
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}-{id}", self.thread_name))
+                .spawn(move || run_shard(setup, main));
+            match spawned {
+                Ok(handle) => {
+                    threads.push(handle);
+                    gos.push(go_tx);
+                }
+                Err(source) => {
+                    spawn_error = Some(StartError::SpawnThread { shard: id, source });
+                    break;
+                }
+            }
+        }
+        drop(ready_tx);
+
+        // 6. Wait for every spawned shard's report (or its death: its sender drops).
+        let mut first_error = spawn_error;
+        let mut reported = vec![false; threads.len()];
+        for _ in 0..threads.len() {
+            match ready_rx.recv() {
+                Ok((id, Ok(()))) => {
+                    if let Some(r) = reported.get_mut(id) {
+                        *r = true;
+                    }
+                }
+                Ok((id, Err(e))) => {
+                    if let Some(r) = reported.get_mut(id) {
+                        *r = true;
+                    }
+                    first_error.get_or_insert(e);
+                }
+                Err(mpsc::RecvError) => break,
+            }
+        }
+        if first_error.is_none() {
+            if let Some(dead) = reported.iter().position(|r| !r) {
+                first_error = Some(StartError::ShardDied { shard: dead });
+            }
+        }
+        if let Some(error) = first_error {
+            for go in &gos {
+                let _ = go.send(false);
+            }
+            for t in threads {
+                let _ = t.join();
+            }
+            return Err(error);
+        }
+        for go in &gos {
+            let _ = go.send(true);
+        }
+        tracing::debug!(shards = count, "shards started");
+        Ok(Runtime { count, bound, mesh, shutdown, threads: Some(threads) })
+    }
+}
+
+struct ShardConfig {
+    count: usize,
+    io_memory: usize,
+    ring_depth: usize,
+    preempt_timer: Duration,
+    timer_tick: Duration,
+    drain_timeout: Duration,
+    inbox_batch: usize,
+}
+
+/// Everything a shard thread receives (all `Send`).
+struct ShardSetup<M> {
+    id: usize,
+    cpu: Option<usize>,
+    config: Arc<ShardConfig>,
+    inbox: InboxParts<M>,
+    mesh: MeshSender<M>,
+    shutdown: Shutdown,
+    shutdown_read: OwnedFd,
+    listeners: Vec<(String, SocketAddr, OwnedFd)>,
+    ready: mpsc::Sender<(usize, Result<(), StartError>)>,
+    go: mpsc::Receiver<bool>,
+}
+
+/// Triggers a process-wide shutdown if its shard thread unwinds, so the other shards drain
+/// and `join` returns instead of the process limping on without a shard.
+struct PanicGuard {
+    shard: usize,
+    shutdown: Shutdown,
+}
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(shard = self.shard, "shard panicked: shutting down all shards");
+            self.shutdown.trigger();
+        }
+    }
+}
+
+fn run_shard<M, F, Fut>(setup: ShardSetup<M>, main: Arc<F>) -> ShardExit
+where
+    M: Send + 'static,
+    F: Fn(Shard<M>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let ShardSetup {
+        id,
+        cpu,
+        config,
+        inbox,
+        mesh,
+        shutdown,
+        shutdown_read,
+        listeners,
+        ready,
+        go,
+    } = setup;
+    let _guard = PanicGuard { shard: id, shutdown: shutdown.clone() };
+
+    // Before glommio spawns its helper thread (which inherits this mask).
+    if let Err(error) = sys::block_shutdown_signals_in_current_thread() {
+        tracing::warn!(shard = id, %error, "cannot block SIGINT/SIGTERM on the shard thread");
+    }
+    // Pin before the executor allocates, so its memory is NUMA-local.
+    let cpu = cpu.and_then(|c| match sys::pin_current_thread(c) {
+        Ok(()) => Some(c),
+        Err(error) => {
+            tracing::warn!(shard = id, cpu = c, %error, "cannot pin shard: running unpinned");
+            None
+        }
+    });
+
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name(&format!("shard-{id}"))
+        .io_memory(config.io_memory)
+        .ring_depth(config.ring_depth)
+        .preempt_timer(config.preempt_timer)
+        .make();
+    let executor = match executor {
+        Ok(ex) => ex,
+        Err(e) => {
+            let _ = ready.send((id, Err(StartError::Executor { shard: id, source: e.into() })));
+            return ShardExit::Finished;
+        }
+    };
+
+    executor.run(async move {
+        let local_shutdown = ShardShutdown::new();
+        let listeners: Vec<Listener> = listeners
+            .into_iter()
+            .map(|(name, addr, fd)| {
+                Listener::attach(Rc::from(name.as_str()), addr, fd, Rc::clone(&local_shutdown))
+            })
+            .collect();
+        let (shard_mesh, inbox) = mesh::attach(id, inbox, mesh, config.inbox_batch);
+        let shard = Shard {
+            inner: Rc::new(ShardInner {
+                id,
+                count: config.count,
+                cpu,
+                mesh: shard_mesh,
+                inbox: std::cell::RefCell::new(Some(inbox)),
+                listeners: std::cell::RefCell::new(listeners),
+                shutdown: Rc::clone(&local_shutdown),
+                global_shutdown: shutdown.clone(),
+                timer_tick: config.timer_tick,
+            }),
+        };
+        if ready.send((id, Ok(()))).is_err() {
+            return ShardExit::Finished;
+        }
+        drop(ready);
+        // Blocking is fine here: nothing else runs on this executor yet.
+        if !matches!(go.recv(), Ok(true)) {
+            return ShardExit::Finished;
+        }
+        tracing::debug!(shard = id, ?cpu, "shard running");
+
+        glommio::spawn_local(shutdown::watch(
+            shutdown,
+            Rc::clone(&local_shutdown),
+            shutdown_read,
+            config.drain_timeout,
+        ))
+        .detach();
+
+        let forced = local_shutdown.forced();
+        futures_lite::future::or(
+            async move {
+                main(shard).await;
+                ShardExit::Finished
+            },
+            async move {
+                forced.await;
+                if local_shutdown.timed_out() {
+                    ShardExit::DrainTimedOut
+                } else {
+                    ShardExit::Forced
+                }
+            },
+        )
+        .await
+    })
+}
+
+/// The running shards. Obtain with [`Runtime::builder`] … [`Builder::start`].
+///
+/// `M` is the cross-shard message type.
+pub struct Runtime<M = ()> {
+    count: usize,
+    bound: Vec<BoundListener>,
+    mesh: MeshSender<M>,
+    shutdown: Shutdown,
+    threads: Option<Vec<JoinHandle<ShardExit>>>,
+}
+
+impl<M> fmt::Debug for Runtime<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("shards", &self.count)
+            .field("bound", &self.bound)
+            .field("phase", &self.shutdown.phase())
+            .finish()
+    }
+}
+
+impl Runtime<()> {
+    /// A builder with the defaults documented on its methods.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+}
+
+impl<M> Runtime<M> {
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.count
+    }
+
+    /// Every configured listener with the address it is bound to, in configuration order
+    /// (for the start-up log line).
+    pub fn bound_addrs(&self) -> &[BoundListener] {
+        &self.bound
+    }
+
+    /// The bound address of the listener named `name`.
+    pub fn bound_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.bound.iter().find(|b| b.name == name).map(|b| b.addr)
+    }
+
+    /// A sender into every shard's inbox, usable from any thread.
+    pub fn mesh(&self) -> &MeshSender<M> {
+        &self.mesh
+    }
+
+    /// The process-wide shutdown handle.
+    pub fn shutdown_handle(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Waits for every shard to end and reports how each did. Shards end when their main
+    /// future returns or when they are forced; call `shutdown_handle().trigger()` (or let a
+    /// signal do it) to begin.
+    pub fn join(mut self) -> Result<Vec<ShardExit>, JoinError> {
+        let threads = self.threads.take().unwrap_or_default();
+        let exits: Vec<ShardExit> = threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or(ShardExit::Panicked))
+            .collect();
+        let panicked: Vec<usize> = exits
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| **e == ShardExit::Panicked)
+            .map(|(i, _)| i)
+            .collect();
+        if panicked.is_empty() {
+            Ok(exits)
+        } else {
+            Err(JoinError { shards: panicked, exits })
+        }
+    }
+}
+
+impl<M> Drop for Runtime<M> {
+    fn drop(&mut self) {
+        if let Some(threads) = self.threads.take() {
+            self.shutdown.force();
+            for t in threads {
+                let _ = t.join();
+            }
+        }
+    }
+}
