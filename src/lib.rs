@@ -11,6 +11,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod config;
+pub mod conn;
 pub mod hub;
 pub mod protocol;
 pub mod stats;

@@ -1,0 +1,5 @@
+//! One connection's life: bytes in → codec → dispatch → batched writes.
+//!
+//! (being assembled)
+
+pub mod outq;

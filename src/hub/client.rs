@@ -1,0 +1,278 @@
+//! The part of a connection the rest of its shard can touch: its id, its write queue, its
+//! rooms, and the flags that tell its task to act.
+//!
+//! The socket itself belongs to the connection's task (`conn/`). Everything else on the
+//! shard — fan-out, timers, handlers — talks to a connection through this struct: it queues
+//! frames and wakes the task, which writes everything queued in one `sendmsg` when it next
+//! runs. Single-threaded by construction (`Rc`, `Cell`, `RefCell`): a client never leaves
+//! its shard.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::Waker;
+
+use bytes::Bytes;
+
+use super::id::ClientId;
+use super::outgoing::WsForm;
+use crate::conn::outq::OutQueue;
+use crate::stats::Transport;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted; HTTP request or WebSocket handshake not complete. Not a client yet.
+    Handshake,
+    /// A client: WebSocket upgraded, or TCP connected.
+    Open,
+    /// Closing: no more messages are queued to it.
+    Closing,
+}
+
+/// Why the server closes a connection. Each maps to a close code / ERROR text in `conn/`
+/// and to a disconnect counter label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The queue passed `limits.max_queued_bytes`.
+    SlowConsumer,
+    /// No sign of life within the heartbeat timeout.
+    HeartbeatTimeout,
+    /// The handshake (or an HTTP request) did not complete in time.
+    HandshakeTimeout,
+    /// The server is shutting down.
+    Shutdown,
+    /// An application asked for it, with a close code and reason.
+    Kicked {
+        /// WebSocket close code.
+        code: u16,
+        /// Reason (static so closing builds no strings).
+        reason: &'static str,
+    },
+}
+
+impl CloseCause {
+    /// Counter label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseCause::SlowConsumer => "slow_consumer",
+            CloseCause::HeartbeatTimeout => "heartbeat_timeout",
+            CloseCause::HandshakeTimeout => "handshake_timeout",
+            CloseCause::Shutdown => "shutdown",
+            CloseCause::Kicked { .. } => "kicked",
+        }
+    }
+}
+
+/// Facts about a WebSocket client's upgrade request, for handlers.
+#[derive(Debug, Default, Clone)]
+pub struct RequestInfo {
+    /// Request path (without the query).
+    pub path: String,
+    /// Raw query string, without `?`.
+    pub query: Option<String>,
+    /// Header fields in arrival order; names lower-cased.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// One connection, as its shard sees it.
+#[derive(Debug)]
+pub struct Client {
+    /// Its id (names its shard and slot).
+    pub id: ClientId,
+    /// Slot in the shard's slab.
+    pub slot: u32,
+    /// Peer address.
+    pub peer: SocketAddr,
+    transport: Cell<Transport>,
+    phase: Cell<Phase>,
+    ws_form: Cell<WsForm>,
+    /// Whether the connection speaks the stelar envelope (false on raw bench endpoints).
+    stelar: Cell<bool>,
+    out: RefCell<OutQueue>,
+    /// The connection task's waker, set each time it parks.
+    waker: RefCell<Option<Waker>>,
+    /// A close the server wants; the task acts on it.
+    close: Cell<Option<CloseCause>>,
+    /// The shard's timer for this connection fired (handshake deadline or heartbeat).
+    timer_fired: Cell<bool>,
+    /// Coarse time (shard clock, ms) of the last bytes received.
+    last_seen: Cell<u64>,
+    /// Rooms joined, for cleanup and the per-client cap.
+    rooms: RefCell<Vec<Rc<str>>>,
+    /// Application metadata.
+    meta: RefCell<Vec<(String, String)>>,
+    /// The WebSocket upgrade request, when there was one.
+    request: RefCell<Option<Rc<RequestInfo>>>,
+}
+
+impl Client {
+    /// A freshly accepted connection.
+    pub fn new(id: ClientId, slot: u32, peer: SocketAddr, transport: Transport, now: u64) -> Self {
+        Client {
+            id,
+            slot,
+            peer,
+            transport: Cell::new(transport),
+            phase: Cell::new(Phase::Handshake),
+            ws_form: Cell::new(WsForm::Plain),
+            stelar: Cell::new(true),
+            out: RefCell::new(OutQueue::default()),
+            waker: RefCell::new(None),
+            close: Cell::new(None),
+            timer_fired: Cell::new(false),
+            last_seen: Cell::new(now),
+            rooms: RefCell::new(Vec::new()),
+            meta: RefCell::new(Vec::new()),
+            request: RefCell::new(None),
+        }
+    }
+
+    /// Transport.
+    pub fn transport(&self) -> Transport {
+        self.transport.get()
+    }
+    /// Phase.
+    pub fn phase(&self) -> Phase {
+        self.phase.get()
+    }
+    /// Moves to `phase`.
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.set(phase);
+    }
+    /// The WebSocket compression form this client takes.
+    pub fn ws_form(&self) -> WsForm {
+        self.ws_form.get()
+    }
+    /// Sets the compression form (after the handshake).
+    pub fn set_ws_form(&self, form: WsForm) {
+        self.ws_form.set(form);
+    }
+    /// Whether this connection speaks stelar envelopes.
+    pub fn is_stelar(&self) -> bool {
+        self.stelar.get()
+    }
+    /// Marks a raw bench-endpoint connection.
+    pub fn set_stelar(&self, on: bool) {
+        self.stelar.set(on);
+    }
+    /// Whether the connection is an open client that takes messages.
+    pub fn is_open(&self) -> bool {
+        self.phase.get() == Phase::Open
+    }
+
+    /// Queues a frame. Returns the queue's byte count afterwards so the caller can apply the
+    /// slow-consumer limit. Frames for a connection that is not open are dropped.
+    pub fn queue(&self, frame: Bytes) -> usize {
+        let mut out = self.out.borrow_mut();
+        out.push(frame);
+        let n = out.bytes();
+        drop(out);
+        self.wake();
+        n
+    }
+
+    /// Queues a frame regardless of phase (handshake responses, close frames).
+    pub fn queue_control(&self, frame: Bytes) {
+        self.out.borrow_mut().push(frame);
+        self.wake();
+    }
+
+    /// The write queue, for the connection task.
+    pub fn out(&self) -> &RefCell<OutQueue> {
+        &self.out
+    }
+
+    /// Wakes the connection task.
+    pub fn wake(&self) {
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Stores the task's waker (called by the task before it parks).
+    pub fn register(&self, waker: &Waker) {
+        let mut slot = self.waker.borrow_mut();
+        match slot.as_ref() {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    /// Asks the task to close with `cause` (the first cause wins).
+    pub fn request_close(&self, cause: CloseCause) {
+        if self.close.get().is_none() {
+            self.close.set(Some(cause));
+        }
+        self.wake();
+    }
+
+    /// The close the server asked for, if any.
+    pub fn close_requested(&self) -> Option<CloseCause> {
+        self.close.get()
+    }
+
+    /// Marks the timer as fired and wakes the task.
+    pub fn fire_timer(&self) {
+        self.timer_fired.set(true);
+        self.wake();
+    }
+
+    /// Takes the timer flag.
+    pub fn take_timer(&self) -> bool {
+        self.timer_fired.replace(false)
+    }
+
+    /// Records that bytes arrived at shard time `now`.
+    pub fn seen(&self, now: u64) {
+        self.last_seen.set(now);
+    }
+
+    /// Shard time of the last bytes received.
+    pub fn last_seen(&self) -> u64 {
+        self.last_seen.get()
+    }
+
+    /// Rooms joined.
+    pub fn rooms(&self) -> std::cell::Ref<'_, Vec<Rc<str>>> {
+        self.rooms.borrow()
+    }
+
+    /// Rooms joined, mutable (hub only).
+    pub(crate) fn rooms_mut(&self) -> std::cell::RefMut<'_, Vec<Rc<str>>> {
+        self.rooms.borrow_mut()
+    }
+
+    /// Metadata value.
+    pub fn meta(&self, key: &str) -> Option<String> {
+        self.meta
+            .borrow()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Sets a metadata value (replacing any previous one).
+    pub fn set_meta(&self, key: &str, value: String) {
+        let mut m = self.meta.borrow_mut();
+        match m.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => m.push((key.to_owned(), value)),
+        }
+    }
+
+    /// The upgrade request (WebSocket clients).
+    pub fn request(&self) -> Option<Rc<RequestInfo>> {
+        self.request.borrow().clone()
+    }
+
+    /// Stores the upgrade request.
+    pub fn set_request(&self, req: RequestInfo) {
+        *self.request.borrow_mut() = Some(Rc::new(req));
+    }
+
+    /// Switches the transport (a WebSocket-port socket stays `Ws`; kept for symmetry).
+    pub fn set_transport(&self, t: Transport) {
+        self.transport.set(t);
+    }
+}
