@@ -542,7 +542,10 @@ pub struct Request<B> {
 /// [`Limits::max_head_size`]; once `buf` holds that many bytes without a complete head the
 /// answer is an error, so the caller never needs to buffer more than the limit. Bytes past
 /// [`Request::head_len`] are not looked at.
-pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Request<&'b [u8]>>, HttpError> {
+pub fn parse_request<'b>(
+    buf: &'b [u8],
+    limits: &Limits,
+) -> Result<Option<Request<&'b [u8]>>, HttpError> {
     let window = buf.get(..limits.max_head_size).unwrap_or(buf);
     let slots = limits.max_headers.clamp(1, MAX_HEADERS_CAP);
     let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
@@ -1030,20 +1033,39 @@ enum Framing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
     /// Reading hex digits; `digits` so far, `line` bytes of this line so far.
-    Size { size: u64, digits: u8, line: usize },
+    Size {
+        size: u64,
+        digits: u8,
+        line: usize,
+    },
     /// After the size: optional whitespace before `;` or CR.
-    SizeWs { size: u64, line: usize },
+    SizeWs {
+        size: u64,
+        line: usize,
+    },
     /// Inside chunk extensions: skipped up to CR.
-    Ext { size: u64, line: usize },
+    Ext {
+        size: u64,
+        line: usize,
+    },
     /// Saw CR after the size line; LF must follow.
-    SizeLf { size: u64 },
+    SizeLf {
+        size: u64,
+    },
     /// Copying chunk data.
-    Data { remaining: u64 },
+    Data {
+        remaining: u64,
+    },
     DataCr,
     DataLf,
     /// In the trailer section: `line` bytes of the current field line, `total` overall.
-    Trailer { line: usize, total: usize },
-    TrailerLf { total: usize },
+    Trailer {
+        line: usize,
+        total: usize,
+    },
+    TrailerLf {
+        total: usize,
+    },
     EndLf,
 }
 
@@ -1124,11 +1146,17 @@ fn feed_chunked(
         *state = match *state {
             Data { remaining } => {
                 // Bulk copy; `remaining` was checked against `max` when the size line ended.
-                let take = rest.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                let take = rest
+                    .len()
+                    .min(usize::try_from(remaining).unwrap_or(usize::MAX));
                 out.extend_from_slice(rest.get(..take).unwrap_or_default());
                 i += take;
                 let left = remaining.saturating_sub(take as u64);
-                *state = if left == 0 { DataCr } else { Data { remaining: left } };
+                *state = if left == 0 {
+                    DataCr
+                } else {
+                    Data { remaining: left }
+                };
                 continue;
             }
             Size { size, digits, line } => {
@@ -1149,8 +1177,14 @@ fn feed_chunked(
                     }
                     // RFC 9112 §7.1: chunk-size = 1*HEXDIG.
                     _ if digits == 0 => return Err(HttpError::InvalidChunkSize),
-                    (None, b' ' | b'\t') => SizeWs { size, line: line + 1 },
-                    (None, b';') => Ext { size, line: line + 1 },
+                    (None, b' ' | b'\t') => SizeWs {
+                        size,
+                        line: line + 1,
+                    },
+                    (None, b';') => Ext {
+                        size,
+                        line: line + 1,
+                    },
                     (None, b'\r') => SizeLf { size },
                     _ => return Err(HttpError::InvalidChunkSize),
                 }
@@ -1160,8 +1194,14 @@ fn feed_chunked(
                     return Err(HttpError::ChunkLineTooLong);
                 }
                 match b {
-                    b' ' | b'\t' => SizeWs { size, line: line + 1 },
-                    b';' => Ext { size, line: line + 1 },
+                    b' ' | b'\t' => SizeWs {
+                        size,
+                        line: line + 1,
+                    },
+                    b';' => Ext {
+                        size,
+                        line: line + 1,
+                    },
                     b'\r' => SizeLf { size },
                     _ => return Err(HttpError::InvalidChunkSize),
                 }
@@ -1170,7 +1210,10 @@ fn feed_chunked(
                 b'\r' => SizeLf { size },
                 b'\n' | 0 => return Err(HttpError::InvalidChunkSize),
                 _ if line >= MAX_CHUNK_LINE => return Err(HttpError::ChunkLineTooLong),
-                _ => Ext { size, line: line + 1 },
+                _ => Ext {
+                    size,
+                    line: line + 1,
+                },
             },
             SizeLf { size } => {
                 if b != b'\n' {
@@ -1246,8 +1289,20 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
-            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`'
-                | b'|' | b'~'
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
         )
 }
 
@@ -1423,7 +1478,13 @@ impl<'a> ResponseWriter<'a> {
 
 /// Writes a complete response with a body of `content_type`. Statuses without content get
 /// none. `keep_alive == false` adds `Connection: close`.
-pub fn write_response(out: &mut BytesMut, status: StatusCode, content_type: &str, body: &[u8], keep_alive: bool) -> Result<(), HttpError> {
+pub fn write_response(
+    out: &mut BytesMut,
+    status: StatusCode,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+) -> Result<(), HttpError> {
     let mut w = ResponseWriter::new(out, status);
     w.keep_alive(keep_alive);
     w.body(content_type, body)
@@ -1507,13 +1568,17 @@ pub struct Response<B> {
 /// Parses a response head from the start of `buf`; `Ok(None)` = need more bytes, with the
 /// same size limits as [`parse_request`]. Bytes after [`Response::head_len`] (a body, or
 /// WebSocket frames after a 101) are not looked at.
-pub fn parse_response<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Response<&'b [u8]>>, HttpError> {
+pub fn parse_response<'b>(
+    buf: &'b [u8],
+    limits: &Limits,
+) -> Result<Option<Response<&'b [u8]>>, HttpError> {
     let window = buf.get(..limits.max_head_size).unwrap_or(buf);
     let slots = limits.max_headers.clamp(1, MAX_HEADERS_CAP);
     let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
     let storage = storage.get_mut(..slots).unwrap_or_default();
     let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, window, storage);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, window, storage);
     let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
@@ -1667,7 +1732,10 @@ mod tests {
         buf.advance(r.head_len());
         let mut body = BodyDecoder::new(r.body_kind(), &Limits::default()).unwrap();
         let got = body.decode(&mut buf).unwrap().unwrap();
-        assert_eq!(&got[..], &b"{\"room\":\"lobby\",\"event\":\"chat\",\"data\":{\"msg\":\"hi\"}}"[..]);
+        assert_eq!(
+            &got[..],
+            &b"{\"room\":\"lobby\",\"event\":\"chat\",\"data\":{\"msg\":\"hi\"}}"[..]
+        );
         assert!(buf.is_empty());
     }
 
@@ -1681,7 +1749,11 @@ mod tests {
         let mut body = BodyDecoder::new(r.body_kind(), &Limits::default()).unwrap();
         let got = body.decode(&mut buf).unwrap().unwrap();
         assert_eq!(&got[..], &b"{\"event\":\"tick\",\"data\":1}"[..]);
-        assert_eq!(&buf[..], &b"GET /next HTTP/1.1\r\n"[..], "pipelined bytes stay");
+        assert_eq!(
+            &buf[..],
+            &b"GET /next HTTP/1.1\r\n"[..],
+            "pipelined bytes stay"
+        );
     }
 
     #[test]
@@ -1708,14 +1780,20 @@ mod tests {
         assert_eq!(r.version(), Version::Http10);
         assert!(!r.keep_alive());
         let r = parse_ok(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
-        assert!(r.keep_alive(), "HTTP/1.0 without Host is fine, keep-alive opt-in");
+        assert!(
+            r.keep_alive(),
+            "HTTP/1.0 without Host is fine, keep-alive opt-in"
+        );
     }
 
     #[test]
     fn node_websocket_lowercase_headers() {
         let r = parse_ok(NODE_UNDICI_WS);
         assert!(r.wants_upgrade());
-        assert_eq!(r.header("Sec-WebSocket-Key"), Some(&b"YHj42EjYyGlyrkAm/zLAyg=="[..]));
+        assert_eq!(
+            r.header("Sec-WebSocket-Key"),
+            Some(&b"YHj42EjYyGlyrkAm/zLAyg=="[..])
+        );
         assert_eq!(r.query_param("token").as_deref(), Some("a b"));
         let protos: Vec<&[u8]> = r.headers().list("Sec-WebSocket-Protocol").collect();
         assert_eq!(protos, vec![&b"stelar.v1"[..], &b"chat"[..]]);
@@ -1726,7 +1804,11 @@ mod tests {
         for capture in CAPTURES {
             let full = parse_ok(capture);
             for cut in 0..full.head_len() {
-                assert_eq!(parse(&capture[..cut]).unwrap().map(|r| r.head_len()), None, "cut {cut}");
+                assert_eq!(
+                    parse(&capture[..cut]).unwrap().map(|r| r.head_len()),
+                    None,
+                    "cut {cut}"
+                );
             }
             for cut in full.head_len()..=capture.len() {
                 assert_eq!(parse_ok(&capture[..cut]).head_len(), full.head_len());
@@ -1759,12 +1841,18 @@ mod tests {
         head.resize(63, b'a');
         assert!(matches!(parse_request(&head, &limits), Ok(None)));
         head.push(b'a');
-        assert_eq!(parse_request(&head, &limits).unwrap_err(), HttpError::HeadTooLarge);
+        assert_eq!(
+            parse_request(&head, &limits).unwrap_err(),
+            HttpError::HeadTooLarge
+        );
         // A complete head exactly at the limit is fine.
         let mut exact = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: ".to_vec();
         exact.resize(60, b'a');
         exact.extend_from_slice(b"\r\n\r\n");
-        assert_eq!(parse_request(&exact, &limits).unwrap().unwrap().head_len(), 64);
+        assert_eq!(
+            parse_request(&exact, &limits).unwrap().unwrap().head_len(),
+            64
+        );
     }
 
     #[test]
@@ -1790,24 +1878,50 @@ mod tests {
         let e = parse_request(req, &limits).unwrap_err();
         assert_eq!(e, HttpError::TooManyHeaders);
         assert_eq!(e.status().as_u16(), 431);
-        assert!(parse_request(b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n", &limits).unwrap().is_some());
+        assert!(parse_request(
+            b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n",
+            &limits
+        )
+        .unwrap()
+        .is_some());
     }
 
     #[test]
     fn version_errors() {
-        assert_eq!(parse_err(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"), HttpError::UnsupportedVersion);
-        assert_eq!(parse_err(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n"), HttpError::UnsupportedVersion);
+        assert_eq!(
+            parse_err(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"),
+            HttpError::UnsupportedVersion
+        );
+        assert_eq!(
+            parse_err(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n"),
+            HttpError::UnsupportedVersion
+        );
         assert_eq!(HttpError::UnsupportedVersion.status().as_u16(), 505);
-        assert_eq!(parse_err(b"GET / HTTX/1.1\r\nHost: a\r\n\r\n"), HttpError::InvalidVersion);
+        assert_eq!(
+            parse_err(b"GET / HTTX/1.1\r\nHost: a\r\n\r\n"),
+            HttpError::InvalidVersion
+        );
         assert_eq!(HttpError::InvalidVersion.status().as_u16(), 400);
     }
 
     #[test]
     fn malformed_heads() {
-        assert_eq!(parse_err(b"GE(T / HTTP/1.1\r\n\r\n"), HttpError::InvalidRequestLine);
-        assert_eq!(parse_err(b"GET  HTTP/1.1\r\n\r\n"), HttpError::InvalidRequestLine);
-        assert_eq!(parse_err(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"), HttpError::InvalidHeaderName);
-        assert_eq!(parse_err(b"GET / HTTP/1.1\r\nA: x\x01y\r\n\r\n"), HttpError::InvalidHeaderValue);
+        assert_eq!(
+            parse_err(b"GE(T / HTTP/1.1\r\n\r\n"),
+            HttpError::InvalidRequestLine
+        );
+        assert_eq!(
+            parse_err(b"GET  HTTP/1.1\r\n\r\n"),
+            HttpError::InvalidRequestLine
+        );
+        assert_eq!(
+            parse_err(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"),
+            HttpError::InvalidHeaderName
+        );
+        assert_eq!(
+            parse_err(b"GET / HTTP/1.1\r\nA: x\x01y\r\n\r\n"),
+            HttpError::InvalidHeaderValue
+        );
         assert_eq!(parse_err(b"GET / HTTP/1.1\rX"), HttpError::InvalidNewLine);
         // A TLS ClientHello on the plain port is refused at once, not buffered to the limit.
         assert!(parse(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03").is_err());
@@ -1816,13 +1930,21 @@ mod tests {
     #[test]
     fn host_rules() {
         assert_eq!(parse_err(b"GET / HTTP/1.1\r\n\r\n"), HttpError::MissingHost);
-        assert_eq!(parse_err(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"), HttpError::DuplicateHost);
-        assert_eq!(parse_err(b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n"), HttpError::DuplicateHost);
+        assert_eq!(
+            parse_err(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"),
+            HttpError::DuplicateHost
+        );
+        assert_eq!(
+            parse_err(b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n"),
+            HttpError::DuplicateHost
+        );
     }
 
     #[test]
     fn content_length_rules() {
-        let r = parse_ok(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
+        let r = parse_ok(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+        );
         assert_eq!(r.content_length(), Some(5));
         let r = parse_ok(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7, 7\r\n\r\n");
         assert_eq!(r.content_length(), Some(7));
@@ -1834,10 +1956,17 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
         ] {
-            assert_eq!(parse_err(bad), HttpError::InvalidContentLength, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_err(bad),
+                HttpError::InvalidContentLength,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert_eq!(
-            parse_err(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+            parse_err(
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"
+            ),
             HttpError::ConflictingContentLength
         );
         assert_eq!(
@@ -1867,15 +1996,23 @@ mod tests {
 
     #[test]
     fn expect_continue() {
-        let r = parse_ok(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\nExpect: 100-continue\r\n\r\n");
+        let r = parse_ok(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\nExpect: 100-continue\r\n\r\n",
+        );
         assert!(r.expects_continue());
-        let r = parse_ok(b"POST / HTTP/1.0\r\nContent-Length: 2000\r\nExpect: 100-continue\r\n\r\n");
-        assert!(!r.expects_continue(), "RFC 9110 §10.1.1: ignored for HTTP/1.0");
+        let r =
+            parse_ok(b"POST / HTTP/1.0\r\nContent-Length: 2000\r\nExpect: 100-continue\r\n\r\n");
+        assert!(
+            !r.expects_continue(),
+            "RFC 9110 §10.1.1: ignored for HTTP/1.0"
+        );
     }
 
     #[test]
     fn paths_and_targets() {
-        let r = parse_ok(b"GET http://example.com:3000/chat/room?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n");
+        let r = parse_ok(
+            b"GET http://example.com:3000/chat/room?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        );
         assert_eq!(r.path(), "/chat/room");
         assert_eq!(r.query(), Some("x=1"));
         let r = parse_ok(b"GET http://example.com HTTP/1.1\r\nHost: example.com\r\n\r\n");
@@ -1889,7 +2026,10 @@ mod tests {
         let r = parse_ok(b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n");
         assert!(matches!(r.path_decoded().unwrap(), Cow::Borrowed("/plain")));
         let r = parse_ok(b"GET /bad%zz HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert_eq!(r.path_decoded().unwrap_err(), HttpError::InvalidPercentEncoding);
+        assert_eq!(
+            r.path_decoded().unwrap_err(),
+            HttpError::InvalidPercentEncoding
+        );
         let r = parse_ok(b"GET /bad%ff HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(r.path_decoded().unwrap_err(), HttpError::PathNotUtf8);
         let r = parse_ok(b"GET /x?a=1#frag HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -1901,9 +2041,10 @@ mod tests {
 
     #[test]
     fn query_pairs_decoding() {
-        let pairs: Vec<(String, String)> = QueryPairs::new("token=abc.def&room=a%20b+c&&flag&e=&%zz=%4&u=%C3%A9&bad=%FF")
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let pairs: Vec<(String, String)> =
+            QueryPairs::new("token=abc.def&room=a%20b+c&&flag&e=&%zz=%4&u=%C3%A9&bad=%FF")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
         assert_eq!(
             pairs,
             vec![
@@ -1916,9 +2057,15 @@ mod tests {
                 ("bad".into(), "\u{FFFD}".into()),
             ]
         );
-        assert!(matches!(QueryPairs::new("a=b").next(), Some((Cow::Borrowed("a"), Cow::Borrowed("b")))));
+        assert!(matches!(
+            QueryPairs::new("a=b").next(),
+            Some((Cow::Borrowed("a"), Cow::Borrowed("b")))
+        ));
         assert_eq!(QueryPairs::new("").count(), 0);
-        assert_eq!(QueryPairs::new("a=b=c").next().map(|(_, v)| v.into_owned()), Some("b=c".into()));
+        assert_eq!(
+            QueryPairs::new("a=b=c").next().map(|(_, v)| v.into_owned()),
+            Some("b=c".into())
+        );
     }
 
     #[test]
@@ -1926,9 +2073,18 @@ mod tests {
         assert_eq!(percent_decode(b"a%2Fb", false).unwrap().as_ref(), b"a/b");
         assert_eq!(percent_decode(b"a+b", true).unwrap().as_ref(), b"a b");
         assert_eq!(percent_decode(b"a+b", false).unwrap().as_ref(), b"a+b");
-        assert_eq!(percent_decode(b"%", false).unwrap_err(), HttpError::InvalidPercentEncoding);
-        assert_eq!(percent_decode(b"%4", false).unwrap_err(), HttpError::InvalidPercentEncoding);
-        assert_eq!(percent_decode(b"%g0", false).unwrap_err(), HttpError::InvalidPercentEncoding);
+        assert_eq!(
+            percent_decode(b"%", false).unwrap_err(),
+            HttpError::InvalidPercentEncoding
+        );
+        assert_eq!(
+            percent_decode(b"%4", false).unwrap_err(),
+            HttpError::InvalidPercentEncoding
+        );
+        assert_eq!(
+            percent_decode(b"%g0", false).unwrap_err(),
+            HttpError::InvalidPercentEncoding
+        );
     }
 
     #[test]
@@ -1937,11 +2093,18 @@ mod tests {
         assert!(r.headers().has_token("connection", "upgrade"));
         assert!(r.headers().has_token("CONNECTION", "Keep-Alive"));
         assert!(!r.headers().has_token("connection", "close"));
-        assert_eq!(r.headers().get_all("x").collect::<Vec<_>>(), vec![&b"1"[..], &b"2"[..]]);
+        assert_eq!(
+            r.headers().get_all("x").collect::<Vec<_>>(),
+            vec![&b"1"[..], &b"2"[..]]
+        );
         assert_eq!(r.headers().count("X"), 2);
         assert!(r.wants_upgrade());
         let long = "x".repeat(40);
-        assert_eq!(r.headers().get(&long), None, "long names take the heap path");
+        assert_eq!(
+            r.headers().get(&long),
+            None,
+            "long names take the heap path"
+        );
         let names: Vec<&str> = r.headers().iter().map(|(n, _)| n).collect();
         assert_eq!(names, vec!["Host", "Connection", "Upgrade", "X", "x"]);
     }
@@ -1967,8 +2130,14 @@ mod tests {
             max_body_size: 10,
             ..Limits::default()
         };
-        assert_eq!(BodyDecoder::new(BodyKind::Length(11), &limits).unwrap_err(), HttpError::BodyTooLarge);
-        assert_eq!(BodyDecoder::new(BodyKind::Length(u64::MAX), &limits).unwrap_err(), HttpError::BodyTooLarge);
+        assert_eq!(
+            BodyDecoder::new(BodyKind::Length(11), &limits).unwrap_err(),
+            HttpError::BodyTooLarge
+        );
+        assert_eq!(
+            BodyDecoder::new(BodyKind::Length(u64::MAX), &limits).unwrap_err(),
+            HttpError::BodyTooLarge
+        );
         let mut d = BodyDecoder::new(BodyKind::Length(10), &limits).unwrap();
         let mut buf = BytesMut::from(&b"01234"[..]);
         assert_eq!(d.decode(&mut buf).unwrap(), None);
@@ -2020,16 +2189,30 @@ mod tests {
             (b"0\r\n\rX", HttpError::InvalidNewLine),
         ];
         for (input, want) in cases {
-            assert_eq!(decode_chunked(input, 10).unwrap_err(), *want, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                decode_chunked(input, 10).unwrap_err(),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
         let mut long = b"1;".to_vec();
         long.resize(2000, b'a');
-        assert_eq!(decode_chunked(&long, 10).unwrap_err(), HttpError::ChunkLineTooLong);
+        assert_eq!(
+            decode_chunked(&long, 10).unwrap_err(),
+            HttpError::ChunkLineTooLong
+        );
         let mut trailers = b"0\r\n".to_vec();
         trailers.resize(200, b'a');
-        assert_eq!(decode_chunked(&trailers, 10).unwrap_err(), HttpError::TrailersTooLarge);
+        assert_eq!(
+            decode_chunked(&trailers, 10).unwrap_err(),
+            HttpError::TrailersTooLarge
+        );
         // Two chunks whose sum passes the cap: refused at the second size line.
-        assert_eq!(decode_chunked(b"6\r\nhello!\r\n5\r\n", 10).unwrap_err(), HttpError::BodyTooLarge);
+        assert_eq!(
+            decode_chunked(b"6\r\nhello!\r\n5\r\n", 10).unwrap_err(),
+            HttpError::BodyTooLarge
+        );
     }
 
     #[test]
@@ -2051,8 +2234,14 @@ mod tests {
     fn response_writer_rules() {
         let mut out = BytesMut::from(&b"previous"[..]);
         let mut w = ResponseWriter::new(&mut out, StatusCode::OK);
-        w.header("Access-Control-Allow-Origin", b"https://a.example\r\nSet-Cookie: x=1");
-        assert_eq!(w.body(CONTENT_TYPE_TEXT, b"x").unwrap_err(), HttpError::InvalidResponseHeader);
+        w.header(
+            "Access-Control-Allow-Origin",
+            b"https://a.example\r\nSet-Cookie: x=1",
+        );
+        assert_eq!(
+            w.body(CONTENT_TYPE_TEXT, b"x").unwrap_err(),
+            HttpError::InvalidResponseHeader
+        );
         assert_eq!(&out[..], b"previous", "nothing of the bad response remains");
 
         let mut out = BytesMut::new();
@@ -2065,7 +2254,10 @@ mod tests {
         let mut w = ResponseWriter::new(&mut out, StatusCode::NO_CONTENT);
         w.header("Access-Control-Max-Age", b"86400");
         w.body(CONTENT_TYPE_JSON, b"ignored").unwrap();
-        assert_eq!(&out[..], &b"HTTP/1.1 204 No Content\r\nAccess-Control-Max-Age: 86400\r\n\r\n"[..]);
+        assert_eq!(
+            &out[..],
+            &b"HTTP/1.1 204 No Content\r\nAccess-Control-Max-Age: 86400\r\n\r\n"[..]
+        );
 
         let mut out = BytesMut::new();
         let mut w = ResponseWriter::new(&mut out, StatusCode::OK);
@@ -2077,10 +2269,15 @@ mod tests {
         let mut w = ResponseWriter::new(&mut out, StatusCode::SWITCHING_PROTOCOLS);
         w.header("Upgrade", b"websocket");
         w.finish_head().unwrap();
-        assert_eq!(&out[..], &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"[..]);
+        assert_eq!(
+            &out[..],
+            &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"[..]
+        );
 
         let mut out = BytesMut::new();
-        ResponseWriter::new(&mut out, StatusCode::from_u16(299).unwrap()).empty().unwrap();
+        ResponseWriter::new(&mut out, StatusCode::from_u16(299).unwrap())
+            .empty()
+            .unwrap();
         assert_eq!(&out[..], &b"HTTP/1.1 299 \r\nContent-Length: 0\r\n\r\n"[..]);
         assert_eq!(StatusCode::from_u16(99), None);
         assert_eq!(StatusCode::from_u16(1000), None);
@@ -2099,13 +2296,33 @@ mod tests {
     fn every_error_has_a_status_and_label() {
         use HttpError::*;
         let all = [
-            HeadTooLarge, UriTooLong, TooManyHeaders, InvalidRequestLine, UnsupportedVersion,
-            InvalidVersion, InvalidHeaderName, InvalidHeaderValue, InvalidNewLine,
-            InvalidStatusLine, MissingHost, DuplicateHost, InvalidContentLength,
-            ConflictingContentLength, ContentLengthWithTransferEncoding, TransferEncodingInHttp10,
-            ChunkedNotFinal, InvalidTransferEncoding, UnsupportedTransferCoding, BodyTooLarge,
-            InvalidChunkSize, ChunkLineTooLong, InvalidChunkTerminator, TrailersTooLarge,
-            InvalidPercentEncoding, PathNotUtf8, InvalidResponseHeader,
+            HeadTooLarge,
+            UriTooLong,
+            TooManyHeaders,
+            InvalidRequestLine,
+            UnsupportedVersion,
+            InvalidVersion,
+            InvalidHeaderName,
+            InvalidHeaderValue,
+            InvalidNewLine,
+            InvalidStatusLine,
+            MissingHost,
+            DuplicateHost,
+            InvalidContentLength,
+            ConflictingContentLength,
+            ContentLengthWithTransferEncoding,
+            TransferEncodingInHttp10,
+            ChunkedNotFinal,
+            InvalidTransferEncoding,
+            UnsupportedTransferCoding,
+            BodyTooLarge,
+            InvalidChunkSize,
+            ChunkLineTooLong,
+            InvalidChunkTerminator,
+            TrailersTooLarge,
+            InvalidPercentEncoding,
+            PathNotUtf8,
+            InvalidResponseHeader,
         ];
         let mut labels: Vec<&str> = all.iter().map(|e| e.label()).collect();
         labels.sort_unstable();
@@ -2132,13 +2349,33 @@ mod tests {
         assert_eq!(r.header("sec-websocket-protocol"), Some(&b"chat"[..]));
         assert_eq!(&WEBSOCKETS_101[r.head_len()..], b"\xc1\x04\xca\xc8\x04\x00");
         for cut in 0..r.head_len() {
-            assert!(parse_response(&WEBSOCKETS_101[..cut], &limits).unwrap().is_none(), "cut {cut}");
+            assert!(
+                parse_response(&WEBSOCKETS_101[..cut], &limits)
+                    .unwrap()
+                    .is_none(),
+                "cut {cut}"
+            );
         }
-        assert_eq!(parse_response(b"HTTP/1.1 abc OK\r\n\r\n", &limits).unwrap_err(), HttpError::InvalidStatusLine);
-        assert_eq!(parse_response(b"HTTP/2.0 200 OK\r\n\r\n", &limits).unwrap_err(), HttpError::UnsupportedVersion);
-        assert_eq!(parse_response(b"SSH-2.0-OpenSSH\r\n", &limits).unwrap_err(), HttpError::InvalidStatusLine);
-        let small = Limits { max_head_size: 16, ..limits };
-        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nX: yyyy", &small).unwrap_err(), HttpError::HeadTooLarge);
+        assert_eq!(
+            parse_response(b"HTTP/1.1 abc OK\r\n\r\n", &limits).unwrap_err(),
+            HttpError::InvalidStatusLine
+        );
+        assert_eq!(
+            parse_response(b"HTTP/2.0 200 OK\r\n\r\n", &limits).unwrap_err(),
+            HttpError::UnsupportedVersion
+        );
+        assert_eq!(
+            parse_response(b"SSH-2.0-OpenSSH\r\n", &limits).unwrap_err(),
+            HttpError::InvalidStatusLine
+        );
+        let small = Limits {
+            max_head_size: 16,
+            ..limits
+        };
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nX: yyyy", &small).unwrap_err(),
+            HttpError::HeadTooLarge
+        );
     }
 
     proptest! {
