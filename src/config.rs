@@ -26,6 +26,8 @@ pub struct Config {
     pub shards: usize,
     /// Adds the raw `/echo` and `/broadcast` WebSocket paths (conformance and comparison runs).
     pub bench_endpoints: bool,
+    /// When set, the HTTP API (`/api/*`) requires `Authorization: Bearer KEY` or `X-API-Key`.
+    pub api_key: Option<String>,
     /// Connection and message limits.
     pub limits: Limits,
     /// Heartbeats and timeouts.
@@ -109,6 +111,7 @@ impl Default for Config {
             tcp_port: None,
             shards: 0,
             bench_endpoints: false,
+            api_key: None,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             compression: Compression::default(),

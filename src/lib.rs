@@ -10,8 +10,12 @@
 //! `shardcast-loadgen`. See ARCHITECTURE.md for the map and its invariants.
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod app;
 pub mod config;
 pub mod conn;
 pub mod hub;
 pub mod protocol;
+pub mod server;
 pub mod stats;
+
+pub use app::{Context, Json, Payload, Server};

@@ -1,5 +1,185 @@
-//! The `shardcast` binary.
-fn main() {
-    eprintln!("shardcast: the server is not assembled yet");
-    std::process::exit(1);
+//! The `shardcast` binary: the standalone relay server.
+//!
+//! Settings come, lowest precedence first, from the defaults, the `--config` TOML file,
+//! `SHARDCAST_*` environment variables and command-line flags (see `--help`).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use shardcast::config::Config;
+use shardcast::{server, Server};
+
+/// shardcast: a thread-per-core real-time messaging server speaking the stelar protocol over
+/// WebSocket (port) and stelar binary TCP (port + 1).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (the default when no command is given).
+    Serve(ServeArgs),
+    /// Print the effective configuration as TOML-like text and exit.
+    CheckConfig(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct ServeArgs {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, short = 'c', env = "SHARDCAST_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0].
+    #[arg(long, env = "SHARDCAST_HOST")]
+    host: Option<IpAddr>,
+    /// WebSocket + HTTP port; 0 picks a free one [default: 3000].
+    #[arg(long, short = 'p', env = "SHARDCAST_PORT")]
+    port: Option<u16>,
+    /// stelar TCP port; 0 disables TCP [default: --port + 1, which stelar TCP clients dial].
+    #[arg(long, env = "SHARDCAST_TCP_PORT")]
+    tcp_port: Option<u16>,
+    /// Shards (threads pinned one per core) [default: every available core].
+    #[arg(long, env = "SHARDCAST_SHARDS")]
+    shards: Option<usize>,
+    /// Add the raw /echo and /broadcast WebSocket paths (Autobahn, load comparisons).
+    #[arg(long, env = "SHARDCAST_BENCH_ENDPOINTS")]
+    bench_endpoints: bool,
+    /// Require this key for the HTTP API (/api/*): `Authorization: Bearer KEY` or `X-API-Key`.
+    #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Most simultaneous clients; 0 = unlimited [default: 0].
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Largest WebSocket frame payload / stelar TCP frame, in bytes [default: 10485760].
+    #[arg(long, env = "SHARDCAST_MAX_FRAME_SIZE")]
+    max_frame_size: Option<usize>,
+    /// Largest message after reassembly and decompression, in bytes [default: 10485760].
+    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<usize>,
+    /// Server heartbeat (ping) interval in milliseconds [default: 30000].
+    #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL_MS")]
+    heartbeat_interval_ms: Option<u64>,
+    /// Drop a client silent for this many milliseconds [default: 60000].
+    #[arg(long, env = "SHARDCAST_HEARTBEAT_TIMEOUT_MS")]
+    heartbeat_timeout_ms: Option<u64>,
+    /// Close sockets that have not completed a handshake/request within this many ms [default: 10000].
+    #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT_MS")]
+    handshake_timeout_ms: Option<u64>,
+    /// Disable permessage-deflate (otherwise negotiated when a client offers it).
+    #[arg(long, env = "SHARDCAST_NO_COMPRESSION")]
+    no_compression: bool,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    /// Log filter (tracing env-filter syntax, e.g. info, shardcast=debug) [default: info].
+    #[arg(long, env = "SHARDCAST_LOG", default_value = "info")]
+    log: String,
+}
+
+impl ServeArgs {
+    fn to_config(&self) -> Result<Config, String> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.host {
+            c.host = v;
+        }
+        if let Some(v) = self.port {
+            c.port = v;
+        }
+        if let Some(v) = self.tcp_port {
+            c.tcp_port = Some(v);
+        }
+        if let Some(v) = self.shards {
+            c.shards = v;
+        }
+        if self.bench_endpoints {
+            c.bench_endpoints = true;
+        }
+        if let Some(v) = &self.api_key {
+            c.api_key = Some(v.clone());
+        }
+        if let Some(v) = self.max_connections {
+            c.limits.max_connections = v;
+        }
+        if let Some(v) = self.max_frame_size {
+            c.limits.max_frame_size = v;
+        }
+        if let Some(v) = self.max_message_size {
+            c.limits.max_message_size = v;
+        }
+        if let Some(v) = self.heartbeat_interval_ms {
+            c.timeouts.heartbeat_interval_ms = v;
+        }
+        if let Some(v) = self.heartbeat_timeout_ms {
+            c.timeouts.heartbeat_timeout_ms = v;
+        }
+        if let Some(v) = self.handshake_timeout_ms {
+            c.timeouts.handshake_timeout_ms = v;
+        }
+        if self.no_compression {
+            c.compression.enabled = false;
+        }
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+}
+
+fn init_logging(args: &ServeArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format.as_deref() == Some("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (args, check_only) = match cli.command {
+        Some(Command::Serve(a)) => (a, false),
+        Some(Command::CheckConfig(a)) => (a, true),
+        None => (cli.serve, false),
+    };
+    init_logging(&args);
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shardcast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if check_only {
+        println!("{config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    let running = match Server::builder().config(config).relay(true).start() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shardcast: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    server::log_listening(&running);
+    match running.join() {
+        Ok(()) => {
+            tracing::info!("shut down");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shardcast: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

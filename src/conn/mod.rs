@@ -1,5 +1,410 @@
 //! One connection's life: bytes in → codec → dispatch → batched writes.
 //!
-//! (being assembled)
+//! Each accepted socket is one task on the shard that accepted it, and never leaves it.
+//! - `ws.rs`: the WebSocket/HTTP port — the HTTP phase (`/health`, `/metrics`, the API in
+//!   `http.rs`, or the upgrade), then a [`Session`] speaking stelar envelopes (or a raw bench
+//!   endpoint).
+//! - `tcp.rs`: the stelar TCP port — CONNECT first, then a [`Session`] over TCP frames.
+//! - [`drive`]: the open phase shared by both: one future that flushes the write queue,
+//!   reads and decodes, acts on timers and close requests, until the connection ends.
+//!
+//! Reads land in a per-shard 64 KiB scratch buffer (borrowed only inside one `poll`, since
+//! glommio's read never holds the caller's buffer while pending) and are appended to the
+//! connection's own buffer, which is dropped whenever it is drained: an idle connection holds
+//! no read buffer. Codecs parse and unmask in place in that buffer and hand payloads out as
+//! `Bytes` views of it. Writes are queued as `Bytes` (`outq.rs`) and leave in one `sendmsg`
+//! per turn.
 
+pub(crate) mod http;
 pub mod outq;
+pub(crate) mod tcp;
+pub(crate) mod ws;
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use shardcast_shards::TimerId;
+
+use crate::app::App;
+use crate::hub::client::{CloseCause, Client, Phase};
+use crate::hub::Hub;
+use crate::protocol::http::Limits as HttpLimits;
+use crate::protocol::ws::handshake::{DeflateConfig, ServerConfig};
+use crate::stats::Counters;
+
+/// Size of the per-shard read scratch buffer (one `recv` at most).
+const SCRATCH: usize = 64 * 1024;
+/// Most reads handled in one poll before the task yields to others.
+const READ_BUDGET: usize = 16;
+/// How long a closing connection waits for the peer's close frame / EOF before dropping it.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What one shard's connections share.
+pub(crate) struct Shared {
+    pub hub: Rc<Hub>,
+    pub app: Arc<App>,
+    scratch: RefCell<Box<[u8]>>,
+    pub handshake: ServerConfig,
+    pub http_limits: HttpLimits,
+    /// Connection tasks alive on this shard (for the shutdown drain).
+    live: Cell<usize>,
+    drained: RefCell<Option<Waker>>,
+    /// Timer handles by client slot.
+    timers: RefCell<Vec<Option<TimerId>>>,
+}
+
+impl Shared {
+    pub fn new(hub: Rc<Hub>, app: Arc<App>) -> Shared {
+        let c = &app.config;
+        let handshake = ServerConfig {
+            subprotocols: Vec::new(),
+            deflate: DeflateConfig {
+                enabled: c.compression.enabled,
+                ..DeflateConfig::default()
+            },
+        };
+        let http_limits = HttpLimits {
+            max_head_size: c.limits.max_http_head,
+            max_body_size: c.limits.max_http_body,
+            ..HttpLimits::default()
+        };
+        Shared {
+            hub,
+            app,
+            scratch: RefCell::new(vec![0u8; SCRATCH].into_boxed_slice()),
+            handshake,
+            http_limits,
+            live: Cell::new(0),
+            drained: RefCell::new(None),
+            timers: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Resolves once no connection task is alive.
+    pub async fn drained(&self) {
+        poll_fn(|cx| {
+            if self.live.get() == 0 {
+                Poll::Ready(())
+            } else {
+                *self.drained.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn enter(&self) {
+        self.live.set(self.live.get() + 1);
+    }
+
+    fn leave(&self) {
+        self.live.set(self.live.get() - 1);
+        if self.live.get() == 0 {
+            if let Some(w) = self.drained.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Arms (or re-arms) the client's single timer `after` from now.
+    pub fn arm_timer(&self, client: &Client, after: Duration) {
+        let mut timers = self.timers.borrow_mut();
+        let slot = client.slot as usize;
+        if timers.len() <= slot {
+            timers.resize(slot + 1, None);
+        }
+        let t = self.hub.timers();
+        if let Some(id) = timers[slot] {
+            if t.reschedule_after(id, after) {
+                return;
+            }
+        }
+        timers[slot] = Some(t.insert_after(after, client.id));
+    }
+
+    /// Cancels the client's timer.
+    pub fn cancel_timer(&self, client: &Client) {
+        let mut timers = self.timers.borrow_mut();
+        if let Some(Some(id)) = timers.get_mut(client.slot as usize).map(Option::take) {
+            self.hub.timers().cancel(id);
+        }
+    }
+}
+
+/// Marks a connection task alive for the shutdown drain; ends it on drop.
+pub(crate) struct Live(Rc<Shared>);
+
+impl Live {
+    pub fn new(shared: &Rc<Shared>) -> Live {
+        shared.enter();
+        Live(shared.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+/// A socket with its read buffer.
+pub(crate) struct Io {
+    stream: TcpStream,
+    fd: RawFd,
+    /// Bytes read and not yet consumed. Empty (and unallocated) while idle.
+    pub rbuf: BytesMut,
+}
+
+impl Io {
+    pub fn new(stream: TcpStream) -> Io {
+        let fd = stream.as_raw_fd();
+        Io {
+            stream,
+            fd,
+            rbuf: BytesMut::new(),
+        }
+    }
+
+    /// Reads once into the shard's scratch buffer and appends to `rbuf`. `Ready(Ok(0))` is
+    /// end of stream.
+    pub fn poll_fill(&mut self, cx: &mut TaskContext<'_>, shared: &Shared) -> Poll<io::Result<usize>> {
+        let mut scratch = shared.scratch.borrow_mut();
+        match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    let data = &scratch[..n];
+                    if self.rbuf.is_empty() {
+                        // Exactly what arrived; a frame split off it later is zero-copy.
+                        self.rbuf = BytesMut::from(data);
+                    } else {
+                        self.rbuf.extend_from_slice(data);
+                    }
+                    Counters::add(&shared.hub.counters.bytes_received, n as u64);
+                }
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+
+    /// Releases the read buffer's memory when nothing is buffered.
+    pub fn release_if_empty(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+    }
+
+    /// Writes the client's queue; `Ready(Ok)` once it is empty, `Pending` while the socket is
+    /// full (woken when it drains).
+    pub fn poll_flush(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        client: &Client,
+        counters: &Counters,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let front = {
+                let mut q = client.out().borrow_mut();
+                if q.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                match q.write_to(self.fd) {
+                    Ok(n) => {
+                        Counters::add(&counters.bytes_sent, n as u64);
+                        Counters::add(&counters.writes, 1);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => match q.front() {
+                        Some(f) => f.clone(),
+                        None => return Poll::Ready(Ok(())),
+                    },
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            };
+            // The socket is full: let glommio arm a write-readiness poll (its send attempt
+            // may also succeed now, in which case we account for what it wrote).
+            match Pin::new(&mut self.stream).poll_write(cx, &front) {
+                Poll::Ready(Ok(n)) => {
+                    client.out().borrow_mut().consume(n);
+                    Counters::add(&counters.bytes_sent, n as u64);
+                    Counters::add(&counters.writes, 1);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Flushes the queue completely (HTTP phase).
+    pub async fn flush(&mut self, client: &Client, counters: &Counters) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush(cx, client, counters)).await
+    }
+
+    /// Shuts down the write side and drops the socket.
+    pub fn close(self) {
+        // SAFETY: `fd` is this stream's descriptor, still open (the stream is alive).
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_WR);
+        }
+        drop(self.stream);
+    }
+}
+
+/// Why a wait in the HTTP phase ended without data.
+#[derive(Debug)]
+pub(crate) enum Interrupted {
+    /// The peer closed or the socket failed.
+    Gone,
+    /// The handshake/request deadline passed.
+    Timeout,
+    /// The server asked the connection to close (shutdown).
+    Close,
+}
+
+/// Waits for more bytes (HTTP phase), also ending on the client's timer or a close request.
+pub(crate) async fn fill(io: &mut Io, shared: &Shared, client: &Client) -> Result<usize, Interrupted> {
+    poll_fn(|cx| {
+        if client.close_requested().is_some() {
+            return Poll::Ready(Err(Interrupted::Close));
+        }
+        if client.take_timer() {
+            return Poll::Ready(Err(Interrupted::Timeout));
+        }
+        match io.poll_fill(cx, shared) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Err(Interrupted::Gone)),
+            Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
+            Poll::Pending => {
+                client.register(cx.waker());
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// What a session wants after handling input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Keep going.
+    Continue,
+    /// Stop reading: the connection is failing or closing (the answer is queued).
+    Stop,
+}
+
+/// A transport's open phase: decode and dispatch, and the frames of closing and heartbeats.
+pub(crate) trait Session {
+    /// Decodes every complete message in `buf` and dispatches it.
+    fn handle_input(&mut self, buf: &mut BytesMut, shared: &Shared, client: &Rc<Client>) -> Flow;
+    /// Queues what the server sends when it closes for `cause`.
+    fn begin_close(&mut self, cause: CloseCause, client: &Client);
+    /// A heartbeat ping frame.
+    fn ping(&self) -> Bytes;
+    /// Whether the connection is finished once the queue is flushed.
+    fn done(&self) -> bool;
+}
+
+/// How an open connection ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// Closed (handshake complete, or the peer went away).
+    Closed,
+    /// The socket failed.
+    Failed(io::Error),
+    /// The server cut it off after its close grace period.
+    Abandoned,
+}
+
+/// Runs the open phase until the connection ends.
+pub(crate) async fn drive<S: Session>(
+    io: &mut Io,
+    session: &mut S,
+    shared: &Shared,
+    client: &Rc<Client>,
+) -> End {
+    let hub = &shared.hub;
+    let config = hub.config().clone();
+    let interval = config.heartbeat_interval();
+    let timeout_ms = config.timeouts.heartbeat_timeout_ms;
+    let mut closing = false;
+    let mut reading = true;
+    let mut deadline: Option<std::time::Instant> = None;
+    shared.arm_timer(client, interval);
+    poll_fn(|cx| {
+        let mut budget = READ_BUDGET;
+        loop {
+            if let Some(cause) = client.close_requested() {
+                if !closing {
+                    closing = true;
+                    if client.phase() == Phase::Open {
+                        client.set_phase(Phase::Closing);
+                        hub.counters.disconnect(cause.label());
+                    }
+                    session.begin_close(cause, client);
+                    deadline = Some(std::time::Instant::now() + CLOSE_GRACE);
+                    shared.arm_timer(client, CLOSE_GRACE);
+                }
+            }
+            if client.take_timer() {
+                if let Some(d) = deadline {
+                    if std::time::Instant::now() >= d {
+                        return Poll::Ready(End::Abandoned);
+                    }
+                    shared.arm_timer(client, d - std::time::Instant::now());
+                } else if hub.tick_clock().saturating_sub(client.last_seen()) > timeout_ms {
+                    client.request_close(CloseCause::HeartbeatTimeout);
+                    continue;
+                } else {
+                    client.queue_control(session.ping());
+                    shared.arm_timer(client, interval);
+                }
+            }
+            match io.poll_flush(cx, client, &hub.counters) {
+                Poll::Ready(Err(e)) => return Poll::Ready(End::Failed(e)),
+                Poll::Ready(Ok(())) => {
+                    if session.done() {
+                        return Poll::Ready(End::Closed);
+                    }
+                }
+                Poll::Pending => {}
+            }
+            if !reading {
+                break;
+            }
+            if budget == 0 {
+                // Let other connections run; come back in this same loop turn.
+                cx.waker().wake_by_ref();
+                break;
+            }
+            budget -= 1;
+            match io.poll_fill(cx, shared) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(End::Closed),
+                Poll::Ready(Ok(_)) => {
+                    client.seen(hub.tick_clock());
+                    if session.handle_input(&mut io.rbuf, shared, client) == Flow::Stop {
+                        reading = false;
+                        if deadline.is_none() {
+                            deadline = Some(std::time::Instant::now() + CLOSE_GRACE);
+                            shared.arm_timer(client, CLOSE_GRACE);
+                        }
+                    }
+                    io.release_if_empty();
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(End::Failed(e)),
+                Poll::Pending => break,
+            }
+        }
+        client.register(cx.waker());
+        Poll::Pending
+    })
+    .await
+}

@@ -161,15 +161,10 @@ impl Client {
         self.phase.get() == Phase::Open
     }
 
-    /// Queues a frame. Returns the queue's byte count afterwards so the caller can apply the
-    /// slow-consumer limit. Frames for a connection that is not open are dropped.
-    pub fn queue(&self, frame: Bytes) -> usize {
-        let mut out = self.out.borrow_mut();
-        out.push(frame);
-        let n = out.bytes();
-        drop(out);
+    /// Queues a frame and wakes the task (the hub applies the slow-consumer limit first).
+    pub fn queue(&self, frame: Bytes) {
+        self.out.borrow_mut().push(frame);
         self.wake();
-        n
     }
 
     /// Queues a frame regardless of phase (handshake responses, close frames).

@@ -74,6 +74,15 @@ pub enum ShardMsg {
         to: ClientId,
         /// The message.
         msg: Arc<Outgoing>,
+        /// The sending client, told with a `server:error` if `to` is gone.
+        from: Option<ClientId>,
+    },
+    /// A direct message from `from` found no client `to`.
+    DirectFailed {
+        /// The sender to tell.
+        from: ClientId,
+        /// The missing recipient.
+        to: ClientId,
     },
     /// Deliver to the local clients of the raw `/broadcast` bench endpoint.
     RawBroadcast {
@@ -181,9 +190,9 @@ pub struct Hub {
     clock: Cell<u64>,
     gathers: RefCell<ahash::HashMap<u64, Gather>>,
     next_gather: Cell<u64>,
-    /// Open clients in the whole process, as last summed (refreshed by the stats loop);
-    /// used for `limits.max_connections` without a cross-shard round trip per accept.
-    pub process_clients: Arc<std::sync::atomic::AtomicUsize>,
+    /// Open clients in the whole process (shared by every shard's hub; one relaxed add per
+    /// connect and disconnect), for `limits.max_connections`.
+    process_clients: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Hub {
@@ -261,6 +270,11 @@ impl Hub {
         self.open.get()
     }
 
+    /// Open clients in the whole process.
+    pub fn process_clients(&self) -> usize {
+        self.process_clients.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     // -----------------------------------------------------------------------------------
     // Registry
     // -----------------------------------------------------------------------------------
@@ -286,6 +300,8 @@ impl Hub {
         if client.phase() == Phase::Handshake {
             client.set_phase(Phase::Open);
             self.open.set(self.open.get() + 1);
+            self.process_clients
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.counters.opened(client.transport());
         }
     }
@@ -301,6 +317,8 @@ impl Hub {
         }
         if was_open {
             self.open.set(self.open.get().saturating_sub(1));
+            self.process_clients
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             self.counters.closed(client.transport());
         }
         client.set_phase(Phase::Closing);
@@ -343,18 +361,20 @@ impl Hub {
     // Delivery
     // -----------------------------------------------------------------------------------
 
-    /// Queues `frame` on `client`, applying the slow-consumer limit. Returns false if the
-    /// client does not take messages (not open, or just cut off as a slow consumer).
+    /// Queues `frame` on `client`, applying the slow-consumer limit: a client that already has
+    /// more than `limits.max_queued_bytes` waiting is cut off (so one message larger than the
+    /// limit still goes to a client that keeps up). Returns false if the client does not take
+    /// messages (not open, or just cut off).
     pub fn send_frame(&self, client: &Client, frame: Bytes) -> bool {
         if !client.is_open() {
             return false;
         }
-        let queued = client.queue(frame);
-        Counters::add(&self.counters.messages_sent, 1);
-        if queued > self.config.limits.max_queued_bytes {
+        if client.out().borrow().bytes() > self.config.limits.max_queued_bytes {
             self.cut_off(client, CloseCause::SlowConsumer);
             return false;
         }
+        client.queue(frame);
+        Counters::add(&self.counters.messages_sent, 1);
         true
     }
 
@@ -520,24 +540,39 @@ impl Hub {
         }
     }
 
-    /// Sends to one client anywhere in the process. Returns false when the id names a
-    /// local client that is gone (remote delivery is fire-and-forget and counted there).
-    pub fn direct(&self, to: ClientId, msg: Arc<Outgoing>) -> bool {
+    /// Sends to one client anywhere in the process. When the recipient is gone, `from` (if
+    /// given) is told with a `server:error` event, whichever shard found out. Returns false
+    /// when that is known at once (a local recipient, or an id no shard can own).
+    pub fn direct(&self, to: ClientId, msg: Arc<Outgoing>, from: Option<ClientId>) -> bool {
         let shard = to.location().shard;
         if shard == self.shard {
             match self.client(to) {
-                Some(c) => self.send_to(&c, &msg),
-                None => {
-                    self.counters.drop_message("direct_unknown_client");
+                Some(c) if c.is_open() => self.send_to(&c, &msg),
+                _ => {
+                    self.direct_failed(from, to);
                     false
                 }
             }
         } else if shard < self.shards {
-            self.send_mesh(shard, ShardMsg::Direct { to, msg });
+            self.send_mesh(shard, ShardMsg::Direct { to, msg, from });
             true
         } else {
-            self.counters.drop_message("direct_unknown_client");
+            self.direct_failed(from, to);
             false
+        }
+    }
+
+    fn direct_failed(&self, from: Option<ClientId>, to: ClientId) {
+        self.counters.drop_message("direct_unknown_client");
+        let Some(from) = from else { return };
+        if from.location().shard == self.shard {
+            if let Some(c) = self.client(from) {
+                let text = to.to_string();
+                let err = Outgoing::server_error("unknown_client", "no client with this id is connected", Some(&text));
+                self.send_to(&c, &err);
+            }
+        } else {
+            self.send_mesh(from.location().shard, ShardMsg::DirectFailed { from, to });
         }
     }
 
@@ -710,12 +745,13 @@ impl Hub {
             ShardMsg::All { msg, exclude } => {
                 self.deliver_all(&msg, exclude, true);
             }
-            ShardMsg::Direct { to, msg } => match self.client(to) {
-                Some(c) => {
+            ShardMsg::Direct { to, msg, from } => match self.client(to) {
+                Some(c) if c.is_open() => {
                     self.send_to(&c, &msg);
                 }
-                None => self.counters.drop_message("direct_unknown_client"),
+                _ => self.direct_failed(from, to),
             },
+            ShardMsg::DirectFailed { from, to } => self.direct_failed(Some(from), to),
             ShardMsg::RawBroadcast { msg, exclude } => self.deliver_raw(&msg, exclude, true),
             ShardMsg::Query { from, id, query } => {
                 let reply = self.answer(&query);

@@ -108,6 +108,25 @@ impl Outgoing {
         })
     }
 
+    /// The non-fatal error event (PROTOCOL.md §10 Q12): `server:error` with
+    /// `{"code":C,"message":M,"event":E}` (`event` omitted when not about one).
+    pub fn server_error(code: &str, message: &str, event: Option<&str>) -> Arc<Outgoing> {
+        use crate::protocol::stelar::json::{quoted_len, write_quoted};
+        let mut data = bytes::BytesMut::with_capacity(
+            40 + quoted_len(code) + quoted_len(message) + event.map_or(0, quoted_len),
+        );
+        data.extend_from_slice(b"{\"code\":");
+        write_quoted(&mut data, code);
+        data.extend_from_slice(b",\"message\":");
+        write_quoted(&mut data, message);
+        if let Some(e) = event {
+            data.extend_from_slice(b",\"event\":");
+            write_quoted(&mut data, e);
+        }
+        data.extend_from_slice(b"}");
+        Self::event("server:error", Some(data.freeze()))
+    }
+
     /// The body.
     pub fn body(&self) -> &Body {
         &self.body

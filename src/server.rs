@@ -1,0 +1,201 @@
+//! Starting and stopping a server: binds the ports, starts one shard per core, and wires each
+//! shard's hub, inbox, timers and accept loops together.
+//!
+//! Each shard runs: an accept loop per port (each accepted socket becomes a connection task,
+//! `conn/`), a task draining the mesh inbox into [`Hub::handle_mesh`], and a task turning
+//! timer-wheel expirations into wake-ups of the connections concerned. On shutdown (SIGINT /
+//! SIGTERM or [`Running::shutdown`]) the shards stop accepting, ask every client to close
+//! (WebSocket 1001 "Shutting down", TCP DISCONNECT), and end once their connections are gone
+//! or `timeouts.shutdown_timeout_ms` has passed.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use shardcast_shards::{Runtime, Shard};
+
+use crate::app::App;
+use crate::config::{Config, ConfigError};
+use crate::conn::{self, Shared};
+use crate::hub::client::CloseCause;
+use crate::hub::id::ClientId;
+use crate::hub::{Hub, ShardMsg};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The runtime could not start (a port in use, no io_uring, ...).
+    #[error("{0}")]
+    Runtime(#[from] shardcast_shards::StartError),
+    /// A shard panicked.
+    #[error("shard(s) {0:?} panicked")]
+    Panicked(Vec<usize>),
+}
+
+/// A started server.
+pub struct Running {
+    runtime: Runtime<ShardMsg>,
+    ws: SocketAddr,
+    tcp: Option<SocketAddr>,
+    shards: usize,
+}
+
+impl Running {
+    /// The WebSocket/HTTP address.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws
+    }
+    /// The stelar TCP address, if enabled.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp
+    }
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+    /// Begins a graceful shutdown.
+    pub fn shutdown(&self) {
+        self.runtime.shutdown_handle().trigger();
+    }
+    /// Waits until every shard has ended.
+    pub fn join(self) -> Result<(), StartError> {
+        self.runtime
+            .join()
+            .map(|_| ())
+            .map_err(|e| StartError::Panicked(e.shards))
+    }
+}
+
+/// Starts `app` (binds, spawns shards) and returns once every shard is serving.
+pub fn start(app: App) -> Result<Running, StartError> {
+    app.config.validate()?;
+    let config = Arc::new(app.config.clone());
+    let app = Arc::new(app);
+    let mut builder = Runtime::builder()
+        .handle_signals(true)
+        .drain_timeout(config.shutdown_timeout())
+        .listen("ws", SocketAddr::new(config.host, config.port));
+    if config.shards > 0 {
+        builder = builder.shards(config.shards);
+    }
+    let tcp_port = config.effective_tcp_port();
+    if let Some(port) = tcp_port {
+        builder = builder.listen("tcp", SocketAddr::new(config.host, port));
+    }
+    let clients = Arc::new(AtomicUsize::new(0));
+    let runtime = builder.start(move |shard: Shard<ShardMsg>| {
+        let app = app.clone();
+        let config = config.clone();
+        let clients = clients.clone();
+        async move { run_shard(shard, app, config, clients).await }
+    })?;
+    let ws = runtime.bound_addr("ws").expect("the ws listener is always configured");
+    let tcp = runtime.bound_addr("tcp");
+    let shards = runtime.shards();
+    Ok(Running {
+        runtime,
+        ws,
+        tcp,
+        shards,
+    })
+}
+
+async fn run_shard(shard: Shard<ShardMsg>, app: Arc<App>, config: Arc<Config>, clients: Arc<AtomicUsize>) {
+    let (timers, mut expirations) = shard.timers::<ClientId>();
+    let hub = Rc::new(Hub::new(
+        shard.id() as u16,
+        shard.count() as u16,
+        config,
+        shard.mesh().clone(),
+        timers,
+        clients,
+    ));
+    let shared = Rc::new(Shared::new(hub.clone(), app));
+
+    // The mesh inbox.
+    if let Some(mut inbox) = shard.take_inbox() {
+        let hub = hub.clone();
+        shard
+            .spawn(async move {
+                let mut batch = Vec::with_capacity(256);
+                loop {
+                    inbox.recv_batch(&mut batch).await;
+                    for msg in batch.drain(..) {
+                        hub.handle_mesh(msg);
+                    }
+                    if hub.overflow_needs_flush() {
+                        let hub = hub.clone();
+                        glommio::spawn_local(async move {
+                            while !hub.flush_overflow() {
+                                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                            }
+                        })
+                        .detach();
+                    }
+                }
+            })
+            .detach();
+    }
+
+    // Timer expirations → wake the connection concerned.
+    {
+        let hub = hub.clone();
+        shard
+            .spawn(async move {
+                let mut expired = Vec::new();
+                loop {
+                    expirations.next_batch(&mut expired).await;
+                    for id in expired.drain(..) {
+                        if let Some(c) = hub.client(id) {
+                            c.fire_timer();
+                        }
+                    }
+                }
+            })
+            .detach();
+    }
+
+    // Accept loops.
+    let mut accepts = Vec::new();
+    if let Some(listener) = shard.take_listener("ws") {
+        let shared = shared.clone();
+        accepts.push(shard.spawn(listener.accept_loop(move |stream| {
+            glommio::spawn_local(conn::ws::serve(stream, shared.clone())).detach();
+        })));
+    }
+    if let Some(listener) = shard.take_listener("tcp") {
+        let shared = shared.clone();
+        accepts.push(shard.spawn(listener.accept_loop(move |stream| {
+            glommio::spawn_local(conn::tcp::serve(stream, shared.clone())).detach();
+        })));
+    }
+
+    // Shutdown: stop accepting (the accept loops end by themselves), close every client,
+    // wait for the connections to finish (the runtime forces us after the drain timeout).
+    shard.shutdown().await;
+    for a in accepts {
+        let _ = a.await;
+    }
+    hub.close_all(CloseCause::Shutdown);
+    shared.drained().await;
+}
+
+/// Logs the bound addresses in one line (tests and scripts read `ws=` and `tcp=` from it).
+pub fn log_listening(running: &Running) {
+    let tcp = running
+        .tcp_addr()
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
+    // Printed on stdout as well as logged, so a parent process can read it without parsing
+    // log formats.
+    println!(
+        "shardcast listening ws={} tcp={} shards={}",
+        running.ws_addr(),
+        tcp,
+        running.shards()
+    );
+    tracing::info!(ws = %running.ws_addr(), tcp = %tcp, shards = running.shards(), "listening");
+}
