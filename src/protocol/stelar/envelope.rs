@@ -9,7 +9,8 @@
 //! are validated and ignored, duplicate keys: the last wins (as `JSON.parse` does).
 //!
 //! It runs on the structural scanner in `json.rs`, chosen by measurement
-//! (`bench/benches/envelope.rs`; figures in the bench file's doc) over the two other
+//! (`bench/benches/envelope.rs` has the method and the table: a 100-byte chat envelope in
+//! ~120 ns against ~190 ns for serde_json and ~450 ns for simd-json) over the two other
 //! candidates kept in [`candidates`]: serde_json with a borrowed `&RawValue` for `data`
 //! (also the differential-test oracle), and simd-json (which cannot give `data`'s span and
 //! is measured only for its validation + parse cost). simd-json remains the parser for
