@@ -93,7 +93,9 @@ pub fn start(app: App) -> Result<Running, StartError> {
         let clients = clients.clone();
         async move { run_shard(shard, app, config, clients).await }
     })?;
-    let ws = runtime.bound_addr("ws").expect("the ws listener is always configured");
+    let ws = runtime
+        .bound_addr("ws")
+        .expect("the ws listener is always configured");
     let tcp = runtime.bound_addr("tcp");
     let shards = runtime.shards();
     Ok(Running {
@@ -104,7 +106,12 @@ pub fn start(app: App) -> Result<Running, StartError> {
     })
 }
 
-async fn run_shard(shard: Shard<ShardMsg>, app: Arc<App>, config: Arc<Config>, clients: Arc<AtomicUsize>) {
+async fn run_shard(
+    shard: Shard<ShardMsg>,
+    app: Arc<App>,
+    config: Arc<Config>,
+    clients: Arc<AtomicUsize>,
+) {
     let (timers, mut expirations) = shard.timers::<ClientId>();
     let hub = Rc::new(Hub::new(
         shard.id() as u16,

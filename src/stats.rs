@@ -396,7 +396,13 @@ mod tests {
         c.closed(Transport::Tcp);
         let mut s = c.snapshot();
         s.rooms = 4;
-        let text = health_json(&s, &Process { uptime_ms: 12_345, rss_bytes: 3 * 1024 * 1024 });
+        let text = health_json(
+            &s,
+            &Process {
+                uptime_ms: 12_345,
+                rss_bytes: 3 * 1024 * 1024,
+            },
+        );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["totalConnections"], 3);
         assert_eq!(v["activeConnections"], 2);
@@ -406,9 +412,19 @@ mod tests {
         assert_eq!(v["uptimeSeconds"], 12);
         assert_eq!(v["memoryMB"], 3.0);
         let keys = [
-            "status", "totalConnections", "activeConnections", "totalMessagesReceived",
-            "totalMessagesSent", "totalRooms", "uptime", "wsConnections", "tcpConnections",
-            "memoryUsage", "rateLimiterEntries", "uptimeSeconds", "memoryMB",
+            "status",
+            "totalConnections",
+            "activeConnections",
+            "totalMessagesReceived",
+            "totalMessagesSent",
+            "totalRooms",
+            "uptime",
+            "wsConnections",
+            "tcpConnections",
+            "memoryUsage",
+            "rateLimiterEntries",
+            "uptimeSeconds",
+            "memoryMB",
         ];
         let mut last = 0;
         for k in keys {

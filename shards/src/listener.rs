@@ -152,7 +152,10 @@ pub struct Listener {
 
 impl fmt::Debug for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Listener").field("name", &self.name).field("addr", &self.addr).finish()
+        f.debug_struct("Listener")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -167,7 +170,13 @@ impl Listener {
         // SAFETY: `fd` is a bound, listening TCP socket that we own; ownership moves into
         // glommio's listener, which closes it on drop.
         let inner = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
-        Self { name, addr, inner, shutdown, counters: Rc::default() }
+        Self {
+            name,
+            addr,
+            inner,
+            shutdown,
+            counters: Rc::default(),
+        }
     }
 
     /// The name given to `Builder::listen`.
@@ -278,7 +287,10 @@ mod tests {
     #[test]
     fn accept_errors_are_classified() {
         for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
-            assert_eq!(AcceptError::classify(os(code)).label(), "resource_exhausted");
+            assert_eq!(
+                AcceptError::classify(os(code)).label(),
+                "resource_exhausted"
+            );
         }
         for code in [libc::ECONNABORTED, libc::EPROTO, libc::EPERM, libc::EINTR] {
             assert_eq!(AcceptError::classify(os(code)).label(), "connection_failed");
@@ -300,12 +312,14 @@ mod tests {
 
     #[test]
     fn accept_loop_counts_and_stops_on_shutdown() {
-        let ex = glommio::LocalExecutorBuilder::default().io_memory(64 << 10).make().unwrap();
+        let ex = glommio::LocalExecutorBuilder::default()
+            .io_memory(64 << 10)
+            .make()
+            .unwrap();
         ex.run(async {
             let (addr, mut fds) = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
             let shutdown = ShardShutdown::new();
-            let listener =
-                Listener::attach("t".into(), addr, fds.remove(0), Rc::clone(&shutdown));
+            let listener = Listener::attach("t".into(), addr, fds.remove(0), Rc::clone(&shutdown));
             let counters = listener.counters();
             let accepted = Rc::new(Cell::new(0));
             let five = crate::event::LocalEvent::new();
@@ -317,7 +331,9 @@ mod tests {
                 }
             }));
             let clients = std::thread::spawn(move || {
-                (0..5).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect::<Vec<_>>()
+                (0..5)
+                    .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                    .collect::<Vec<_>>()
             });
             five.wait().await;
             assert_eq!(counters.accepted(), 5);

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::{App, Json};
-use crate::hub::client::{CloseCause, Client, RequestInfo};
+use crate::hub::client::{Client, CloseCause, RequestInfo};
 use crate::hub::id::ClientId;
 use crate::hub::outgoing::Outgoing;
 use crate::hub::{Hub, JoinRefusal};
@@ -116,7 +116,11 @@ impl Context {
     }
 
     /// Sends `event` with a serializable value.
-    pub fn emit_value<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<(), SendError> {
+    pub fn emit_value<T: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        data: &T,
+    ) -> Result<(), SendError> {
         self.emit(event, &Json::from_value(data))
     }
 
@@ -223,7 +227,12 @@ pub struct Emit<'a> {
 
 impl Emit<'_> {
     /// To every client, optionally excluding one.
-    pub fn broadcast(&self, event: &str, data: &Json, exclude: Option<ClientId>) -> Result<usize, SendError> {
+    pub fn broadcast(
+        &self,
+        event: &str,
+        data: &Json,
+        exclude: Option<ClientId>,
+    ) -> Result<usize, SendError> {
         check_name(event)?;
         Ok(self
             .hub
@@ -231,9 +240,16 @@ impl Emit<'_> {
     }
 
     /// A binary message to every client (stelar's `broadcastBinary` includes the sender).
-    pub fn broadcast_binary(&self, event: &str, payload: Bytes, exclude: Option<ClientId>) -> Result<usize, SendError> {
+    pub fn broadcast_binary(
+        &self,
+        event: &str,
+        payload: Bytes,
+        exclude: Option<ClientId>,
+    ) -> Result<usize, SendError> {
         check_name(event)?;
-        Ok(self.hub.broadcast(Outgoing::binary(event, payload), exclude))
+        Ok(self
+            .hub
+            .broadcast(Outgoing::binary(event, payload), exclude))
     }
 
     /// To a room's members, optionally excluding one.

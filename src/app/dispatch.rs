@@ -90,8 +90,8 @@ pub(crate) fn send_ack_reply(
 ) {
     let frame = match client.transport() {
         Transport::Ws => {
-            let env =
-                TextEnvelope::ack_reply(event, Some(result), ack.correlation_id.as_deref()).encode();
+            let env = TextEnvelope::ack_reply(event, Some(result), ack.correlation_id.as_deref())
+                .encode();
             server_frame(OpCode::Text, &env)
         }
         Transport::Tcp => match (OutFrame::AckRes {
@@ -185,7 +185,11 @@ pub(crate) fn binary(env: &Env<'_>, event: &str, payload: Bytes) {
     if env.app.relay && relay::binary(env, event, payload) {
         return;
     }
-    env.error("unknown_event", "no handler for this binary event", Some(event));
+    env.error(
+        "unknown_event",
+        "no handler for this binary event",
+        Some(event),
+    );
 }
 
 /// A join request (TCP JOIN frame, or `join-room`).
@@ -233,13 +237,19 @@ pub(crate) async fn connect(
 /// Runs the connect hooks (after the client is open).
 pub(crate) fn connected(hub: &Rc<Hub>, app: &Arc<App>, client: &Rc<Client>) {
     for hook in &app.on_connect {
-        spawn_handler(hub, hook(Context::new(hub.clone(), client.clone(), app.clone())));
+        spawn_handler(
+            hub,
+            hook(Context::new(hub.clone(), client.clone(), app.clone())),
+        );
     }
 }
 
 /// Runs the disconnect hooks (after the client left its rooms).
 pub(crate) fn disconnected(hub: &Rc<Hub>, app: &Arc<App>, client: &Rc<Client>) {
     for hook in &app.on_disconnect {
-        spawn_handler(hub, hook(Context::new(hub.clone(), client.clone(), app.clone())));
+        spawn_handler(
+            hub,
+            hook(Context::new(hub.clone(), client.clone(), app.clone())),
+        );
     }
 }

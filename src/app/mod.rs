@@ -230,7 +230,9 @@ impl Builder {
         F: Fn(Context) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + 'static,
     {
-        self.app.on_disconnect.push(Arc::new(move |c| Box::pin(f(c))));
+        self.app
+            .on_disconnect
+            .push(Arc::new(move |c| Box::pin(f(c))));
         self
     }
 

@@ -102,7 +102,11 @@ impl Payload {
         }
         crate::protocol::stelar::names::room_from_json(self.bytes.as_ref()?, usize::MAX)
             .ok()
-            .filter(|_| self.bytes.as_ref().is_some_and(|b| b.first() == Some(&b'"')))
+            .filter(|_| {
+                self.bytes
+                    .as_ref()
+                    .is_some_and(|b| b.first() == Some(&b'"'))
+            })
     }
 }
 
@@ -179,7 +183,9 @@ mod tests {
         assert_eq!(s.as_str().unwrap(), "hé");
         let n = Payload::json("e", None);
         assert!(matches!(n.parse::<u32>(), Err(PayloadError::Missing)));
-        let v = Payload::json("e", Some(Bytes::from_static(b"[1,2]"))).value().unwrap();
+        let v = Payload::json("e", Some(Bytes::from_static(b"[1,2]")))
+            .value()
+            .unwrap();
         assert_eq!(v.to_string(), "[1,2]");
     }
 

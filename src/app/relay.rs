@@ -74,7 +74,11 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<&Bytes>) -> bool {
                 _ => relay.direct,
             };
             if !allowed {
-                env.error("forbidden", "this relay event is disabled on this server", Some(event));
+                env.error(
+                    "forbidden",
+                    "this relay event is disabled on this server",
+                    Some(event),
+                );
                 return true;
             }
             let Some(raw) = data else {
@@ -113,7 +117,11 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<&Bytes>) -> bool {
                     if relay.publish_requires_membership
                         && !env.client.rooms().iter().any(|r| **r == *room)
                     {
-                        env.error("not_member", "publishing requires membership of the room", Some(event));
+                        env.error(
+                            "not_member",
+                            "publishing requires membership of the room",
+                            Some(event),
+                        );
                         return true;
                     }
                     env.hub.publish(&room, msg, Some(env.client.id));
@@ -190,7 +198,11 @@ pub(crate) fn binary(env: &Env<'_>, event: &str, payload: Bytes) -> bool {
     if env.app.config.relay.publish_requires_membership
         && !env.client.rooms().iter().any(|r| &**r == room)
     {
-        env.error("not_member", "publishing requires membership of the room", Some(event));
+        env.error(
+            "not_member",
+            "publishing requires membership of the room",
+            Some(event),
+        );
         return true;
     }
     env.hub

@@ -56,7 +56,12 @@ fn error(status: StatusCode, message: &str, keep_alive: bool, req: &Request<Byte
 }
 
 /// Answers one plain HTTP request.
-pub(crate) async fn respond(shared: &Shared, req: &Request<Bytes>, body: Bytes, keep_alive: bool) -> Bytes {
+pub(crate) async fn respond(
+    shared: &Shared,
+    req: &Request<Bytes>,
+    body: Bytes,
+    keep_alive: bool,
+) -> Bytes {
     let hub = &shared.hub;
     let path = req.path();
     let method = req.method();
@@ -68,7 +73,10 @@ pub(crate) async fn respond(shared: &Shared, req: &Request<Bytes>, body: Bytes, 
             w.header("Access-Control-Allow-Origin", origin);
         }
         w.header("Access-Control-Allow-Methods", b"GET, POST, OPTIONS")
-            .header("Access-Control-Allow-Headers", b"Content-Type, Authorization, X-API-Key")
+            .header(
+                "Access-Control-Allow-Headers",
+                b"Content-Type, Authorization, X-API-Key",
+            )
             .header("Access-Control-Max-Age", b"86400");
         let _ = w.empty();
         return out.freeze();
@@ -103,7 +111,12 @@ pub(crate) async fn respond(shared: &Shared, req: &Request<Bytes>, body: Bytes, 
         let given = bearer.or(header);
         if !given.is_some_and(|g| constant_time_eq(g, key.as_bytes())) {
             hub.counters.refuse("api_unauthorized");
-            return error(StatusCode::UNAUTHORIZED, "missing or wrong API key", keep_alive, req);
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong API key",
+                keep_alive,
+                req,
+            );
         }
     }
     let status_ok = StatusCode::ACCEPTED;
@@ -129,8 +142,15 @@ pub(crate) async fn respond(shared: &Shared, req: &Request<Bytes>, body: Bytes, 
             match api_path {
                 "publish" => {
                     let max = hub.config().limits.max_room_name;
-                    let Some(room) = str_field(&body, fields.room).filter(|r| !r.is_empty() && r.len() <= max) else {
-                        return error(StatusCode::BAD_REQUEST, "room must be a non-empty string", keep_alive, req);
+                    let Some(room) =
+                        str_field(&body, fields.room).filter(|r| !r.is_empty() && r.len() <= max)
+                    else {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "room must be a non-empty string",
+                            keep_alive,
+                            req,
+                        );
                     };
                     hub.publish(&room, msg, None);
                 }
@@ -138,11 +158,23 @@ pub(crate) async fn respond(shared: &Shared, req: &Request<Bytes>, body: Bytes, 
                     hub.broadcast(msg, None);
                 }
                 _ => {
-                    let Some(to) = str_field(&body, fields.to).and_then(|t| ClientId::parse(t.as_bytes())) else {
-                        return error(StatusCode::BAD_REQUEST, "to must be a client id", keep_alive, req);
+                    let Some(to) =
+                        str_field(&body, fields.to).and_then(|t| ClientId::parse(t.as_bytes()))
+                    else {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "to must be a client id",
+                            keep_alive,
+                            req,
+                        );
                     };
                     if to.location().shard == hub.shard() && hub.client(to).is_none() {
-                        return error(StatusCode::NOT_FOUND, "no client with this id is connected", keep_alive, req);
+                        return error(
+                            StatusCode::NOT_FOUND,
+                            "no client with this id is connected",
+                            keep_alive,
+                            req,
+                        );
                     }
                     hub.direct(to, msg, None);
                 }
@@ -176,10 +208,20 @@ pub(crate) async fn respond(shared: &Shared, req: &Request<Bytes>, body: Bytes, 
         (Method::Get | Method::Head, p) if p.starts_with("rooms/") => {
             let raw = &p["rooms/".len()..];
             let Ok(room) = percent_decode(raw.as_bytes(), false) else {
-                return error(StatusCode::BAD_REQUEST, "bad room name encoding", keep_alive, req);
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad room name encoding",
+                    keep_alive,
+                    req,
+                );
             };
             let Ok(room) = std::str::from_utf8(&room) else {
-                return error(StatusCode::BAD_REQUEST, "room name is not UTF-8", keep_alive, req);
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "room name is not UTF-8",
+                    keep_alive,
+                    req,
+                );
             };
             let replies = hub_gather(shared, Query::Members(room.into())).await;
             let mut body = BytesMut::from(&b"{\"room\":"[..]);
@@ -207,9 +249,12 @@ pub(crate) async fn respond(shared: &Shared, req: &Request<Bytes>, body: Bytes, 
             let body = health_json(&s, &Process::read(hub.uptime_ms()));
             json_response(StatusCode::OK, body.as_bytes(), keep_alive, req)
         }
-        (_, "publish" | "broadcast" | "send" | "rooms" | "stats") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", keep_alive, req)
-        }
+        (_, "publish" | "broadcast" | "send" | "rooms" | "stats") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+            keep_alive,
+            req,
+        ),
         _ => error(StatusCode::NOT_FOUND, "not found", keep_alive, req),
     }
 }

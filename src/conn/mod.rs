@@ -36,7 +36,7 @@ use glommio::net::TcpStream;
 use shardcast_shards::TimerId;
 
 use crate::app::App;
-use crate::hub::client::{CloseCause, Client, Phase};
+use crate::hub::client::{Client, CloseCause, Phase};
 use crate::hub::Hub;
 use crate::protocol::http::Limits as HttpLimits;
 use crate::protocol::ws::handshake::{DeflateConfig, ServerConfig};
@@ -177,7 +177,11 @@ impl Io {
 
     /// Reads once into the shard's scratch buffer and appends to `rbuf`. `Ready(Ok(0))` is
     /// end of stream.
-    pub fn poll_fill(&mut self, cx: &mut TaskContext<'_>, shared: &Shared) -> Poll<io::Result<usize>> {
+    pub fn poll_fill(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        shared: &Shared,
+    ) -> Poll<io::Result<usize>> {
         let mut scratch = shared.scratch.borrow_mut();
         match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
             Poll::Ready(Ok(n)) => {
@@ -272,7 +276,11 @@ pub(crate) enum Interrupted {
 }
 
 /// Waits for more bytes (HTTP phase), also ending on the client's timer or a close request.
-pub(crate) async fn fill(io: &mut Io, shared: &Shared, client: &Client) -> Result<usize, Interrupted> {
+pub(crate) async fn fill(
+    io: &mut Io,
+    shared: &Shared,
+    client: &Client,
+) -> Result<usize, Interrupted> {
     poll_fn(|cx| {
         if client.close_requested().is_some() {
             return Poll::Ready(Err(Interrupted::Close));

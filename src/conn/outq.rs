@@ -104,9 +104,7 @@ impl OutQueue {
             // SAFETY: every iovec points into a `Bytes` owned by `self.frames`, which is not
             // touched until the call returns; MSG_NOSIGNAL turns EPIPE into an error
             // instead of a SIGPIPE.
-            let n = unsafe {
-                libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-            };
+            let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
             if n >= 0 {
                 let n = n as usize;
                 self.consume(n);

@@ -13,7 +13,7 @@ use glommio::net::TcpStream;
 
 use super::{drive, End, Flow, Io, Live, Session, Shared};
 use crate::app::dispatch::{self, AckRequest, Env};
-use crate::hub::client::{CloseCause, Client};
+use crate::hub::client::{Client, CloseCause};
 use crate::protocol::stelar::{envelope, json, names, FrameDecoder, FrameType, OutFrame};
 use crate::stats::Transport;
 
@@ -115,7 +115,11 @@ impl Session for TcpSession {
                         Ok(n) => n,
                         Err(e) => {
                             hub.counters.error(e.label());
-                            env.error("invalid_message", "event names are 1-256 bytes of UTF-8", None);
+                            env.error(
+                                "invalid_message",
+                                "event names are 1-256 bytes of UTF-8",
+                                None,
+                            );
                             continue;
                         }
                     };
@@ -124,7 +128,11 @@ impl Session for TcpSession {
                             // Never forward what is not JSON.
                             if json::validate(&frame.payload).is_err() {
                                 hub.counters.error("tcp_invalid_json");
-                                env.error("invalid_message", "a JSON frame's payload must be valid JSON", Some(name));
+                                env.error(
+                                    "invalid_message",
+                                    "a JSON frame's payload must be valid JSON",
+                                    Some(name),
+                                );
                                 continue;
                             }
                             let data = (!frame.payload.is_empty()).then(|| frame.payload.clone());
@@ -136,7 +144,9 @@ impl Session for TcpSession {
                 }
                 FrameType::Join | FrameType::Leave => {
                     match names::room_from_raw(&frame.payload, max_room) {
-                        Ok(room) if frame.frame_type == FrameType::Join => dispatch::join(&env, room),
+                        Ok(room) if frame.frame_type == FrameType::Join => {
+                            dispatch::join(&env, room)
+                        }
                         Ok(room) => dispatch::leave(&env, room),
                         // §4.2: an empty payload is ignored; others counted.
                         Err(e) => hub.counters.error(e.label()),
@@ -151,9 +161,18 @@ impl Session for TcpSession {
     fn begin_close(&mut self, cause: CloseCause, client: &Client) {
         let frame = match cause {
             CloseCause::Shutdown => Ok(Bytes::from_static(&[0, 0, 0, 7, 0x08, 0, 0])),
-            CloseCause::SlowConsumer => OutFrame::Error { text: "Slow consumer" }.encode(),
-            CloseCause::HeartbeatTimeout => OutFrame::Error { text: "Heartbeat timeout" }.encode(),
-            CloseCause::HandshakeTimeout => OutFrame::Error { text: "Handshake timeout" }.encode(),
+            CloseCause::SlowConsumer => OutFrame::Error {
+                text: "Slow consumer",
+            }
+            .encode(),
+            CloseCause::HeartbeatTimeout => OutFrame::Error {
+                text: "Heartbeat timeout",
+            }
+            .encode(),
+            CloseCause::HandshakeTimeout => OutFrame::Error {
+                text: "Handshake timeout",
+            }
+            .encode(),
             CloseCause::Kicked { reason, .. } => OutFrame::Error { text: reason }.encode(),
         };
         if cause == CloseCause::SlowConsumer {
@@ -200,7 +219,11 @@ impl TcpSession {
                 }
                 Err(e) => {
                     env.hub.counters.error(e.label());
-                    env.error("invalid_message", "an ACK request's payload must be valid JSON", Some(ack_name));
+                    env.error(
+                        "invalid_message",
+                        "an ACK request's payload must be valid JSON",
+                        Some(ack_name),
+                    );
                 }
             },
         }

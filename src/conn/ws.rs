@@ -19,7 +19,7 @@ use glommio::net::TcpStream;
 
 use super::{drive, fill, http, End, Flow, Interrupted, Io, Live, Session, Shared};
 use crate::app::dispatch::{self, AckRequest, Env};
-use crate::hub::client::{CloseCause, Client, RequestInfo};
+use crate::hub::client::{Client, CloseCause, RequestInfo};
 use crate::hub::outgoing::{Body, Outgoing, WsForm};
 use crate::protocol::http::{parse_request, BodyDecoder, BodyKind, Request, CONTINUE_RESPONSE};
 use crate::protocol::stelar::{binary, envelope};
@@ -141,7 +141,12 @@ async fn http_phase(io: &mut Io, shared: &Shared, client: &Rc<Client>) -> Option
     }
 }
 
-async fn respond_error(io: &mut Io, shared: &Shared, client: &Client, e: crate::protocol::http::HttpError) {
+async fn respond_error(
+    io: &mut Io,
+    shared: &Shared,
+    client: &Client,
+    e: crate::protocol::http::HttpError,
+) {
     shared.hub.counters.error(e.label());
     let mut out = BytesMut::new();
     e.write_response(&mut out);
@@ -151,7 +156,12 @@ async fn respond_error(io: &mut Io, shared: &Shared, client: &Client, e: crate::
 
 /// Completes the upgrade and runs the WebSocket until it ends. Returns whether the client was
 /// opened (so disconnect hooks are due).
-async fn websocket(io: &mut Io, shared: &Rc<Shared>, client: &Rc<Client>, req: Request<Bytes>) -> bool {
+async fn websocket(
+    io: &mut Io,
+    shared: &Rc<Shared>,
+    client: &Rc<Client>,
+    req: Request<Bytes>,
+) -> bool {
     let hub = &shared.hub;
     let config = hub.config().clone();
     let mode = match req.path() {
@@ -243,7 +253,13 @@ async fn websocket(io: &mut Io, shared: &Rc<Shared>, client: &Rc<Client>, req: R
 }
 
 /// Sends a close frame with `code` and `reason` after the 101 and flushes it.
-async fn refuse(io: &mut Io, client: &Client, hub: &crate::hub::Hub, code: u16, reason: Cow<'static, str>) {
+async fn refuse(
+    io: &mut Io,
+    client: &Client,
+    hub: &crate::hub::Hub,
+    code: u16,
+    reason: Cow<'static, str>,
+) {
     let code = CloseCode::new(code).unwrap_or(CloseCode::POLICY);
     client.queue_control(server_close(Some(&CloseFrame { code, reason })));
     let _ = io.flush(client, &hub.counters).await;
@@ -291,7 +307,11 @@ impl WsSession {
             },
             Err(err) => {
                 env.hub.counters.error(err.label());
-                env.error("invalid_message", "binary message needs u32 header length + JSON header", None);
+                env.error(
+                    "invalid_message",
+                    "binary message needs u32 header length + JSON header",
+                    None,
+                );
             }
         }
     }
@@ -301,7 +321,9 @@ fn invalid_text(err: &crate::protocol::stelar::Error) -> &'static str {
     use crate::protocol::stelar::Error as E;
     match err {
         E::NotAnObject => "a text message must be a JSON object",
-        E::MissingEvent | E::EventNotString | E::EmptyEvent => "a text message needs a non-empty string event",
+        E::MissingEvent | E::EventNotString | E::EmptyEvent => {
+            "a text message needs a non-empty string event"
+        }
         E::EventTooLong => "event names are at most 256 bytes",
         _ => "a text message must be valid JSON",
     }

@@ -132,13 +132,8 @@ pub fn random_bytes() -> [u8; 16] {
     let mut filled = 0;
     while filled < out.len() {
         // SAFETY: the pointer and length describe the unfilled tail of `out`.
-        let n = unsafe {
-            libc::getrandom(
-                out[filled..].as_mut_ptr().cast(),
-                out.len() - filled,
-                0,
-            )
-        };
+        let n =
+            unsafe { libc::getrandom(out[filled..].as_mut_ptr().cast(), out.len() - filled, 0) };
         if n > 0 {
             filled += n as usize;
         } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {

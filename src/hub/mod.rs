@@ -35,7 +35,7 @@ use crate::protocol::ws::deflate::Deflater;
 use crate::protocol::ws::frame::OpCode;
 use crate::stats::{Counters, Snapshot, Transport};
 
-use client::{CloseCause, Client, Phase};
+use client::{Client, CloseCause, Phase};
 use id::ClientId;
 use outgoing::{Compressors, Outgoing, WsForm};
 use rooms::{Interest, Join, Leave, Rooms};
@@ -272,7 +272,8 @@ impl Hub {
 
     /// Open clients in the whole process.
     pub fn process_clients(&self) -> usize {
-        self.process_clients.load(std::sync::atomic::Ordering::Relaxed)
+        self.process_clients
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     // -----------------------------------------------------------------------------------
@@ -331,7 +332,9 @@ impl Hub {
             }
         }
         self.announce(announce);
-        self.raw_broadcast.borrow_mut().retain(|s| *s != client.slot);
+        self.raw_broadcast
+            .borrow_mut()
+            .retain(|s| *s != client.slot);
         client.out().borrow_mut().clear();
         self.clients.borrow_mut()[client.slot as usize] = None;
         self.free.borrow_mut().push(client.slot);
@@ -568,7 +571,11 @@ impl Hub {
         if from.location().shard == self.shard {
             if let Some(c) = self.client(from) {
                 let text = to.to_string();
-                let err = Outgoing::server_error("unknown_client", "no client with this id is connected", Some(&text));
+                let err = Outgoing::server_error(
+                    "unknown_client",
+                    "no client with this id is connected",
+                    Some(&text),
+                );
                 self.send_to(&c, &err);
             }
         } else {
@@ -588,7 +595,10 @@ impl Hub {
             return Err(JoinRefusal::ClientRoomLimit);
         }
         let mut announce = Vec::new();
-        let outcome = self.rooms.borrow_mut().join(room, client.slot, &mut announce);
+        let outcome = self
+            .rooms
+            .borrow_mut()
+            .join(room, client.slot, &mut announce);
         match outcome {
             Join::TooManyRooms => return Err(JoinRefusal::RoomLimit),
             Join::Confirmed => self.confirm(client, "joined-room", room),
@@ -604,7 +614,10 @@ impl Hub {
     /// Removes `client` from `room` and confirms (`left-room`), member or not, as stelar does.
     pub fn leave(&self, client: &Rc<Client>, room: &str) {
         let mut announce = Vec::new();
-        let outcome = self.rooms.borrow_mut().leave(room, client.slot, &mut announce);
+        let outcome = self
+            .rooms
+            .borrow_mut()
+            .leave(room, client.slot, &mut announce);
         if let Leave::Left { was_pending } = outcome {
             if was_pending {
                 self.confirm(client, "joined-room", room);

@@ -164,9 +164,7 @@ impl Outgoing {
     pub fn ws(&self, form: WsForm, c: &mut Compressors) -> &Bytes {
         match form {
             WsForm::Plain => self.ws_plain(),
-            WsForm::Deflate => self
-                .ws_deflate
-                .get_or_init(|| self.compress(&mut c.full)),
+            WsForm::Deflate => self.ws_deflate.get_or_init(|| self.compress(&mut c.full)),
             WsForm::DeflateNarrow => self
                 .ws_deflate_narrow
                 .get_or_init(|| self.compress(&mut c.narrow)),

@@ -351,7 +351,10 @@ impl Rooms {
     pub fn route(&self, room: &str) -> (&[u32], ShardSet) {
         match self.rooms.get(room) {
             Some(e) => (
-                e.local.as_ref().map(|l| l.members.as_slice()).unwrap_or(&[]),
+                e.local
+                    .as_ref()
+                    .map(|l| l.members.as_slice())
+                    .unwrap_or(&[]),
                 e.remote,
             ),
             None => (&[], ShardSet::default()),
@@ -392,9 +395,15 @@ mod tests {
         assert_eq!(r.join("a", 2, &mut out), Join::Confirmed);
         assert!(out.is_empty());
         assert_eq!(r.members("a"), &[1, 2]);
-        assert_eq!(r.leave("a", 1, &mut out), Leave::Left { was_pending: false });
+        assert_eq!(
+            r.leave("a", 1, &mut out),
+            Leave::Left { was_pending: false }
+        );
         assert_eq!(r.leave("a", 1, &mut out), Leave::NotMember);
-        assert_eq!(r.leave("a", 2, &mut out), Leave::Left { was_pending: false });
+        assert_eq!(
+            r.leave("a", 2, &mut out),
+            Leave::Left { was_pending: false }
+        );
         assert!(r.is_empty());
         assert!(out.is_empty());
     }

@@ -1,0 +1,460 @@
+//! Test harness: starts the real `shardcast` binary on free ports and talks to it with real
+//! clients (tokio-tungstenite for WebSocket, a stelar TCP client on a tokio socket).
+//!
+//! Every wait has a deadline; nothing sleeps and hopes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use shardcast::protocol::stelar::{Frame, FrameDecoder, FrameType, OutFrame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single expectation may take.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A running server process, stopped (SIGTERM, then kill) on drop.
+pub struct ServerProc {
+    child: Child,
+    pub ws: SocketAddr,
+    pub tcp: Option<SocketAddr>,
+    pub shards: usize,
+    output: mpsc::Receiver<String>,
+}
+
+impl ServerProc {
+    /// Starts `shardcast` on 127.0.0.1 with free ports and `args`.
+    pub fn start(args: &[&str]) -> ServerProc {
+        let bin = env!("CARGO_BIN_EXE_shardcast");
+        let mut cmd = Command::new(bin);
+        // With --port 0 the TCP port defaults to "any free port" too.
+        cmd.args(["--host", "127.0.0.1", "--port", "0"]);
+        cmd.args(args)
+            .env("SHARDCAST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start shardcast");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[server] {line}");
+                let _ = tx2.send(format!("stderr: {line}"));
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("server did not print its listening line in 30 s");
+            if let Some(rest) = line.strip_prefix("shardcast listening ") {
+                let mut ws = None;
+                let mut tcp = None;
+                let mut shards = 0;
+                for part in rest.split_whitespace() {
+                    if let Some(v) = part.strip_prefix("ws=") {
+                        ws = v.parse().ok();
+                    } else if let Some(v) = part.strip_prefix("tcp=") {
+                        tcp = v.parse().ok();
+                    } else if let Some(v) = part.strip_prefix("shards=") {
+                        shards = v.parse().unwrap_or(0);
+                    }
+                }
+                return ServerProc {
+                    child,
+                    ws: ws.expect("ws address"),
+                    tcp,
+                    shards,
+                    output: rx,
+                };
+            }
+        }
+    }
+
+    /// `ws://127.0.0.1:PORT{path}`.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.ws, path)
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.ws, path)
+    }
+
+    /// Sends SIGTERM and waits for the exit status (with a deadline).
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if self.terminate().is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// Runs `fut` with the harness deadline.
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(DEADLINE, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {DEADLINE:?}: {what}"),
+    }
+}
+
+/// A WebSocket client speaking stelar envelopes (tokio-tungstenite).
+pub struct Ws {
+    pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub async fn connect(url: &str) -> Ws {
+        let (inner, _) = within("ws connect", tokio_tungstenite::connect_async(url))
+            .await
+            .expect("ws connect");
+        Ws { inner }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.inner
+            .send(Message::Text(v.to_string()))
+            .await
+            .expect("ws send");
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.inner
+            .send(Message::Text(text.to_owned()))
+            .await
+            .expect("ws send");
+    }
+
+    pub async fn emit(&mut self, event: &str, data: Value) {
+        self.send(json!({"event": event, "data": data})).await;
+    }
+
+    /// The next data message (text as JSON; pings/pongs skipped). Panics on close.
+    pub async fn recv(&mut self) -> Value {
+        within("ws recv", async {
+            loop {
+                match self.inner.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        return serde_json::from_str(&t).expect("server sent JSON");
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => panic!("expected a text message, got {other:?}"),
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next binary message.
+    pub async fn recv_binary(&mut self) -> Vec<u8> {
+        within("ws recv binary", async {
+            loop {
+                match self.inner.next().await {
+                    Some(Ok(Message::Binary(b))) => return b.to_vec(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => panic!("expected a binary message, got {other:?}"),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Joins and waits for the confirmation.
+    pub async fn join(&mut self, room: &str) {
+        self.emit("join-room", json!(room)).await;
+        let v = self.recv().await;
+        assert_eq!(v, json!({"event": "joined-room", "data": room}));
+    }
+
+    /// ACK request; returns the reply.
+    pub async fn request(&mut self, ack: &str, event: &str, data: Value, corr: &str) -> Value {
+        self.send(json!({"event": event, "data": data, "_ackName": ack, "_correlationId": corr}))
+            .await;
+        self.recv().await
+    }
+
+    /// This client's id (built-in `whoami` ACK).
+    pub async fn whoami(&mut self) -> String {
+        let v = self.request("whoami", "whoami", Value::Null, "who#1").await;
+        v["data"].as_str().expect("id").to_owned()
+    }
+
+    /// Asserts no data message arrives within `wait` (used after a barrier message).
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Ok(Some(Ok(m))) = tokio::time::timeout(wait, self.inner.next()).await {
+            if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
+                panic!("expected nothing, got {m:?}");
+            }
+        }
+    }
+}
+
+/// A stelar TCP client.
+pub struct Tcp {
+    pub sock: TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    pub id: String,
+}
+
+impl Tcp {
+    /// Connects and reads the CONNECT frame.
+    pub async fn connect(addr: SocketAddr) -> Tcp {
+        let sock = within("tcp connect", TcpStream::connect(addr))
+            .await
+            .expect("tcp connect");
+        sock.set_nodelay(true).unwrap();
+        let mut t = Tcp {
+            sock,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::default(),
+            id: String::new(),
+        };
+        let f = t.recv().await;
+        assert_eq!(f.frame_type, FrameType::Connect);
+        assert_eq!(&f.event[..], b"connect");
+        t.id = String::from_utf8(f.payload.to_vec()).unwrap();
+        t
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).await.expect("tcp write");
+    }
+
+    pub async fn send(&mut self, frame: OutFrame<'_>) {
+        let bytes = frame.encode().unwrap();
+        self.send_raw(&bytes).await;
+    }
+
+    pub async fn emit(&mut self, event: &str, data: &Value) {
+        let d = data.to_string();
+        self.send(OutFrame::Json {
+            event,
+            data: d.as_bytes(),
+        })
+        .await;
+    }
+
+    /// The next frame; PINGs are answered and skipped.
+    pub async fn recv(&mut self) -> Frame {
+        within("tcp recv", async {
+            loop {
+                if let Some(f) = self.decoder.decode(&mut self.buf).expect("valid frames") {
+                    if f.frame_type == FrameType::Ping {
+                        let pong = OutFrame::Pong.encode().unwrap();
+                        self.sock.write_all(&pong).await.unwrap();
+                        continue;
+                    }
+                    return f;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = self.sock.read(&mut chunk).await.expect("tcp read");
+                assert!(n > 0, "server closed the TCP connection");
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+    }
+
+    /// The next frame as (event, JSON payload).
+    pub async fn recv_json(&mut self) -> (String, Value) {
+        let f = self.recv().await;
+        assert_eq!(
+            f.frame_type,
+            FrameType::Json,
+            "expected a JSON frame: {f:?}"
+        );
+        (
+            String::from_utf8(f.event.to_vec()).unwrap(),
+            serde_json::from_slice(&f.payload).expect("JSON payload"),
+        )
+    }
+
+    pub async fn join(&mut self, room: &str) {
+        self.send(OutFrame::Join { room }).await;
+        let (e, d) = self.recv_json().await;
+        assert_eq!(e, "joined-room");
+        assert_eq!(d, json!(room));
+    }
+
+    /// Reads until EOF (with the deadline); returns every byte received.
+    pub async fn read_to_end(&mut self) -> Vec<u8> {
+        let mut out = self.buf.to_vec();
+        within("tcp eof", async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match self.sock.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => out.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        out
+    }
+}
+
+/// The shard a client id names (ids are `SSSSSSSS-HHHH-...`: slot, then shard).
+pub fn shard_of(id: &str) -> u16 {
+    shardcast::hub::id::ClientId::parse(id.as_bytes())
+        .expect("a shardcast id")
+        .location()
+        .shard
+}
+
+/// A raw TCP socket to the WebSocket port that has completed the upgrade by hand.
+pub async fn raw_ws(addr: SocketAddr, path: &str) -> (TcpStream, Vec<u8>) {
+    let mut s = within("raw connect", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    within("101", async {
+        let mut chunk = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed during handshake");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..end]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    (s, got[end..].to_vec())
+}
+
+/// A masked client frame.
+pub fn client_frame(opcode: u8, payload: &[u8], fin: bool) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    shardcast::protocol::ws::codec::write_frame(
+        &mut out,
+        shardcast::protocol::ws::frame::OpCode::from_bits(opcode),
+        fin,
+        false,
+        payload,
+        Some([0x12, 0x34, 0x56, 0x78]),
+    );
+    out.to_vec()
+}
+
+/// Reads everything until EOF and returns it (with the deadline).
+pub async fn read_until_eof(s: &mut TcpStream, mut got: Vec<u8>) -> Vec<u8> {
+    within("eof", async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    got
+}
+
+/// Parses server frames (unmasked) out of `bytes`: (opcode, payload).
+pub fn server_frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut buf = BytesMut::from(bytes);
+    let mut d = shardcast::protocol::ws::codec::Decoder::new(
+        shardcast::protocol::ws::codec::DecoderConfig::new(
+            shardcast::protocol::ws::codec::Role::Client,
+        ),
+    );
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = d.decode(&mut buf) {
+        use shardcast::protocol::ws::codec::Message as M;
+        match m {
+            M::Text(b) => out.push((1, b.to_vec())),
+            M::Binary(b) => out.push((2, b.to_vec())),
+            M::Close(c) => {
+                let mut p = Vec::new();
+                if let Some(c) = c {
+                    p.extend_from_slice(&c.code.get().to_be_bytes());
+                    p.extend_from_slice(c.reason.as_bytes());
+                }
+                out.push((8, p));
+            }
+            M::Ping(b) => out.push((9, b.to_vec())),
+            M::Pong(b) => out.push((10, b.to_vec())),
+        }
+    }
+    out
+}
+
+/// A plain HTTP/1.1 request; returns (status, body).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut s = within("http connect", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).await.unwrap();
+    let got = read_until_eof(&mut s, Vec::new()).await;
+    let text = String::from_utf8_lossy(&got).to_string();
+    let status = text[9..12].parse().expect("status");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Bytes helper.
+pub fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
