@@ -22,6 +22,9 @@ pub struct OutQueue {
     frames: VecDeque<Bytes>,
     /// Sum of `frames[i].len()`.
     bytes: usize,
+    /// The front frame has been partly written: it must be finished before anything else
+    /// goes out, or the peer's framing breaks.
+    front_started: bool,
 }
 
 impl OutQueue {
@@ -49,10 +52,21 @@ impl OutQueue {
         self.frames.is_empty()
     }
 
-    /// Drops everything queued (the connection is going away).
+    /// Drops everything queued that has not started to go out (a slow consumer being cut
+    /// off, a connection failing). A partly written front frame is kept so the frame that
+    /// follows (a close) is still read as a frame.
     pub fn clear(&mut self) {
+        let keep = if self.front_started {
+            self.frames.pop_front()
+        } else {
+            None
+        };
         self.frames.clear();
         self.bytes = 0;
+        if let Some(front) = keep {
+            self.bytes = front.len();
+            self.frames.push_back(front);
+        }
     }
 
     /// The first frame, for the readiness probe when the socket is full.
@@ -71,8 +85,10 @@ impl OutQueue {
             if n >= front.len() {
                 n -= front.len();
                 self.frames.pop_front();
+                self.front_started = false;
             } else {
                 front.advance(n);
+                self.front_started = true;
                 return;
             }
         }
@@ -139,6 +155,26 @@ mod tests {
         q.consume(3);
         assert!(q.is_empty());
         assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn clear_keeps_a_partly_written_front_frame() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abcdef"));
+        q.push(Bytes::from_static(b"ghi"));
+        q.clear();
+        assert!(q.is_empty(), "nothing started: everything dropped");
+        q.push(Bytes::from_static(b"abcdef"));
+        q.push(Bytes::from_static(b"ghi"));
+        q.consume(2);
+        q.clear();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.front().unwrap().as_ref(), b"cdef");
+        assert_eq!(q.bytes(), 4);
+        q.consume(4);
+        q.push(Bytes::from_static(b"x"));
+        q.clear();
+        assert!(q.is_empty(), "front finished: nothing kept");
     }
 
     #[test]

@@ -291,7 +291,7 @@ impl Hub {
             }
         };
         let id = ClientId::new(self.shard, slot, id::random_bytes());
-        let client = Rc::new(Client::new(id, slot, peer, transport, self.now()));
+        let client = Rc::new(Client::new(id, slot, peer, transport, self.tick_clock()));
         clients[slot as usize] = Some(client.clone());
         client
     }
