@@ -72,6 +72,12 @@ impl AckError {
     }
 }
 
+impl From<PayloadError> for AckError {
+    fn from(e: PayloadError) -> AckError {
+        AckError::new("invalid_data", e.to_string())
+    }
+}
+
 /// Why middleware refused a client: WebSocket clients get this close code and reason, TCP
 /// clients an ERROR frame with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +111,7 @@ pub struct App {
     pub(crate) on_disconnect: Vec<Hook>,
     pub(crate) on_join: Option<JoinHook>,
     pub(crate) relay: bool,
+    pub(crate) handle_signals: bool,
 }
 
 impl App {
@@ -132,6 +139,7 @@ impl Server {
                 on_disconnect: Vec::new(),
                 on_join: None,
                 relay: false,
+                handle_signals: true,
             },
         }
     }
@@ -250,6 +258,13 @@ impl Builder {
     /// events"). Application handlers of the same name take precedence.
     pub fn relay(mut self, on: bool) -> Self {
         self.app.relay = on;
+        self
+    }
+
+    /// Whether SIGINT / SIGTERM start a graceful shutdown (default true). Turn it off when
+    /// embedding in a process that handles signals itself; call `Running::shutdown` instead.
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.app.handle_signals = on;
         self
     }
 
