@@ -57,7 +57,13 @@ step "cargo clippy (deny warnings)" cargo clippy --workspace --all-targets --qui
 step "architecture invariants" architecture_invariants
 step "python venv ($VENV: ${PY_PACKAGES[*]})" ensure_python
 export SHARDCAST_TEST_PYTHON="$PWD/$VENV/bin/python"
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+step "cargo build --workspace (binaries the tests start)" cargo build --workspace --bins --quiet
 step "cargo test --workspace" cargo test --workspace --quiet
+autobahn() {
+  "$VENV/bin/python" tests/autobahn/run.py --server "$TARGET_DIR/debug/shardcast" --outdir target/autobahn
+}
+step "Autobahn TestSuite (kosoku, all 517 cases, /echo)" autobahn
 
 echo
 echo "==================== summary ===================="
