@@ -44,7 +44,7 @@ use super::deflate::{Deflater, Inflater};
 pub use super::frame::Role;
 use super::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use super::mask::apply_mask;
-use super::utf8::Utf8Validator;
+use super::utf8::{is_valid as is_valid_utf8, Utf8Validator};
 
 /// Largest control-frame payload (RFC 6455 §5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
@@ -496,13 +496,13 @@ impl Decoder {
             let mut out = Vec::new();
             inflater.push(&payload, &mut out, self.max_message_size)?;
             inflater.finish(&mut out, self.max_message_size)?;
-            if text && std::str::from_utf8(&out).is_err() {
+            if text && !is_valid_utf8(&out) {
                 return Err(Error::InvalidUtf8);
             }
             Bytes::from(out)
         } else {
             // §8.1: text that is not UTF-8 fails the connection.
-            if text && std::str::from_utf8(&payload).is_err() {
+            if text && !is_valid_utf8(&payload) {
                 return Err(Error::InvalidUtf8);
             }
             payload.freeze()
