@@ -1107,6 +1107,21 @@ mod tests {
     }
 
     #[test]
+    fn decoder_and_message_stay_small() {
+        // The decoder lives in every connection; the inflater's state is boxed.
+        assert!(
+            std::mem::size_of::<Decoder>() <= 96,
+            "{}",
+            std::mem::size_of::<Decoder>()
+        );
+        assert!(
+            std::mem::size_of::<Message>() <= 40,
+            "{}",
+            std::mem::size_of::<Message>()
+        );
+    }
+
+    #[test]
     fn labels_are_distinct() {
         let all = [
             Error::UnmaskedClientFrame,

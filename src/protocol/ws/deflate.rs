@@ -149,8 +149,10 @@ fn write_stored_blocks(message: &[u8], out: &mut BytesMut) {
 
 /// Decompresses the messages of one receiving context (one connection).
 pub struct Inflater {
-    /// miniz_oxide streaming state: a 32 KiB wrapping window plus tables (boxed: ~43 KiB).
-    state: Box<InflateState>,
+    /// miniz_oxide streaming state: a 32 KiB wrapping window plus tables (~43 KiB), allocated
+    /// on the first compressed message so that idle connections that negotiated the extension
+    /// cost nothing.
+    state: Option<Box<InflateState>>,
     /// RFC 7692 §7.1.1: the peer does not reuse its window, so we start each message fresh.
     no_context_takeover: bool,
     /// The peer ended the DEFLATE stream with a BFINAL block (§7.2.3.3) in this message;
@@ -163,7 +165,7 @@ impl Inflater {
     /// when we are the server).
     pub fn new(no_context_takeover: bool) -> Inflater {
         Inflater {
-            state: InflateState::new_boxed(DataFormat::Raw),
+            state: None,
             no_context_takeover,
             stream_ended: false,
         }
@@ -194,7 +196,10 @@ impl Inflater {
                 .min(input.len().saturating_mul(8).clamp(1024, 64 * 1024));
             let start = out.len();
             out.resize(start + window, 0);
-            let result = inflate(&mut self.state, input, &mut out[start..], MZFlush::None);
+            let state = self
+                .state
+                .get_or_insert_with(|| InflateState::new_boxed(DataFormat::Raw));
+            let result = inflate(state, input, &mut out[start..], MZFlush::None);
             out.truncate(start + result.bytes_written);
             // bytes_consumed <= input.len(): miniz_oxide never reports more than it was given.
             input = &input[result.bytes_consumed.min(input.len())..];
@@ -228,12 +233,17 @@ impl Inflater {
         } else {
             self.push(&SYNC_TRAILER, out, max_len)
         };
-        if self.no_context_takeover {
-            self.state.reset_as(MinReset);
-        } else if self.stream_ended {
-            // The peer ended its DEFLATE stream; the next message starts a new one. Keep the
-            // window (its bytes and position) so later back-references still resolve.
-            self.state.decompressor().init();
+        if let Some(state) = self.state.as_mut() {
+            if self.no_context_takeover {
+                // MinReset keeps the window's old bytes: a (non-conforming) back-reference past
+                // the message start reads this same peer's earlier data, never anyone else's,
+                // and the result is still UTF-8-checked and size-capped.
+                state.reset_as(MinReset);
+            } else if self.stream_ended {
+                // The peer ended its DEFLATE stream; the next message starts a new one. Keep
+                // the window (its bytes and position) so later back-references still resolve.
+                state.decompressor().init();
+            }
         }
         self.stream_ended = false;
         result
@@ -241,7 +251,9 @@ impl Inflater {
 
     /// Drops any half-decompressed message (after an error): the next message starts clean.
     pub fn reset(&mut self) {
-        self.state.reset_as(MinReset);
+        if let Some(state) = self.state.as_mut() {
+            state.reset_as(MinReset);
+        }
         self.stream_ended = false;
     }
 }
