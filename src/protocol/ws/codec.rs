@@ -1564,7 +1564,11 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+        // 96 cases by default (large payloads); PROPTEST_CASES overrides for deep runs.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96),
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn round_trip_both_roles_any_fragmentation_any_reads(
