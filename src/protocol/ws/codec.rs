@@ -10,7 +10,9 @@
 //! there ([`super::mask`]) and hands the payload out as `Bytes` (refcount only, no copy) for a
 //! single-frame uncompressed message. Fragmented messages are reassembled into one owned buffer
 //! whose capacity never passes the message limit; compressed ones are inflated under the same
-//! limit ([`super::deflate`]). Text is validated as it arrives ([`super::utf8`]). Each fault is
+//! limit ([`super::deflate`]). Text is validated as it arrives ([`super::utf8`]), even inside
+//! a frame that has only partly arrived: those bytes are unmasked and checked in place, so bad
+//! UTF-8 fails the connection as soon as it is certain. Each fault is
 //! one [`Error`] variant; [`Error::close_code`] is the close code to answer it with and
 //! [`Error::label`] a counter label.
 //!

@@ -187,7 +187,11 @@ impl Inflater {
                 return Err(Error::InflatedTooLarge);
             }
             if out.len() == out.capacity() {
-                let want = (out.capacity() * 2).max(input.len() * 4).max(1024);
+                let want = out
+                    .capacity()
+                    .saturating_mul(2)
+                    .max(input.len().saturating_mul(4))
+                    .max(1024);
                 out.reserve_exact(want.min(limit) - out.len());
             }
             // Zero-fill only a window proportional to the input, not all spare capacity.
