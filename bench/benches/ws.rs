@@ -31,13 +31,18 @@ fn json_text(len: usize) -> Vec<u8> {
 
 /// A realistic ~1 KiB JSON message for the deflate benches.
 fn json_message() -> Vec<u8> {
+    json_tick(0)
+}
+
+/// The `seq`-th of a stream of similar ticker messages (numbers change, keys repeat).
+fn json_tick(seq: usize) -> Vec<u8> {
     let mut s = String::from(r#"{"event":"tick","data":["#);
     for i in 0..12 {
         s.push_str(&format!(
             r#"{{"symbol":"SYM{i}","bid":{},"ask":{},"volume":{},"ts":1718000000{i:03}}},"#,
-            100 + i * 7,
-            101 + i * 7,
-            5000 + i * 311
+            100 + i * 7 + seq * 13,
+            101 + i * 7 + seq * 17,
+            5000 + i * 311 + seq * 7919
         ));
     }
     s.pop();
@@ -162,13 +167,18 @@ fn bench_deflate(c: &mut Criterion) {
     let msg = json_message();
     let mut group = c.benchmark_group("deflate_1k_json");
     group.throughput(Throughput::Bytes(msg.len() as u64));
+    // A stream of similar (not identical) messages, as a ticker or chat sends: with context
+    // takeover, later messages refer back to earlier ones.
+    let stream: Vec<Vec<u8>> = (0..64).map(json_tick).collect();
     for (name, no_ctx) in [("no_context_takeover", true), ("context_takeover", false)] {
         let mut deflater = Deflater::new(no_ctx, 15);
         let mut out = BytesMut::with_capacity(4096);
+        let mut next = 0;
         group.bench_function(format!("compress_{name}"), |b| {
             b.iter(|| {
+                next = (next + 1) % stream.len();
                 out.clear();
-                deflater.compress(black_box(&msg), &mut out);
+                deflater.compress(black_box(&stream[next]), &mut out);
                 black_box(out.len())
             })
         });
