@@ -312,20 +312,25 @@ impl Decoder {
             buf.clear();
             return Err(err);
         }
-        match self.decode_frames(buf) {
-            Ok(message) => Ok(message),
-            Err(err) => {
-                self.failed = Some(err);
-                self.partial = None;
-                self.utf8 = Utf8Validator::new();
-                self.progress = 0;
-                if let Some(inflater) = self.inflater.as_mut() {
-                    inflater.reset();
-                }
-                buf.clear();
-                Err(err)
-            }
+        // Returned as is (not re-wrapped) so the message is built in the caller's slot.
+        let result = self.decode_frames(buf);
+        if let Err(err) = result {
+            self.fail(err, buf);
         }
+        result
+    }
+
+    /// Records the first fault and drops all state and input.
+    #[cold]
+    fn fail(&mut self, err: Error, buf: &mut BytesMut) {
+        self.failed = Some(err);
+        self.partial = None;
+        self.utf8 = Utf8Validator::new();
+        self.progress = 0;
+        if let Some(inflater) = self.inflater.as_mut() {
+            inflater.reset();
+        }
+        buf.clear();
     }
 
     /// Checks everything the header alone decides, before the payload arrives.
@@ -453,7 +458,7 @@ impl Decoder {
                     return Ok(Some(Message::Close(frame)));
                 }
                 OpCode::Text | OpCode::Binary if header.fin => {
-                    return self.single_frame_message(header, payload, done).map(Some);
+                    return self.single_frame_message(header, payload, done);
                 }
                 OpCode::Text | OpCode::Binary => {
                     let mut partial = Partial {
@@ -550,7 +555,7 @@ impl Decoder {
         header: FrameHeader,
         payload: BytesMut,
         done: usize,
-    ) -> Result<Message, Error> {
+    ) -> Result<Option<Message>, Error> {
         let text = header.opcode == OpCode::Text;
         let bytes = if header.rsv1 {
             // check_header allows RSV1 only when an inflater exists.
@@ -578,11 +583,11 @@ impl Decoder {
             }
             payload.freeze()
         };
-        Ok(if text {
+        Ok(Some(if text {
             Message::Text(bytes)
         } else {
             Message::Binary(bytes)
-        })
+        }))
     }
 
     /// Bytes held by the decoder itself (a message being reassembled).

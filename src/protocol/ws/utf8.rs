@@ -59,8 +59,12 @@ fn ascii_prefix_len(bytes: &[u8]) -> usize {
 /// start on ASCII.
 #[inline]
 pub fn is_valid(bytes: &[u8]) -> bool {
-    // ascii_prefix_len(bytes) <= bytes.len().
-    std::str::from_utf8(&bytes[ascii_prefix_len(bytes)..]).is_ok()
+    match bytes.get(ascii_prefix_len(bytes)..) {
+        Some([]) => true,
+        Some(rest) => std::str::from_utf8(rest).is_ok(),
+        // Unreachable: ascii_prefix_len(bytes) <= bytes.len(). Say "invalid" to stay safe.
+        None => false,
+    }
 }
 
 /// Validates a UTF-8 stream chunk by chunk. Small (5 bytes): lives inside the decoder.
