@@ -10,7 +10,9 @@
 //! there ([`super::mask`]) and hands the payload out as `Bytes` (refcount only, no copy) for a
 //! single-frame uncompressed message. Fragmented messages are reassembled into one owned buffer
 //! whose capacity never passes the message limit; compressed ones are inflated under the same
-//! limit ([`super::deflate`]). Text is validated as it arrives ([`super::utf8`]). Each fault is
+//! limit ([`super::deflate`]). Text is validated as it arrives ([`super::utf8`]), even inside
+//! a frame that has only partly arrived: those bytes are unmasked and checked in place, so bad
+//! UTF-8 fails the connection as soon as it is certain. Each fault is
 //! one [`Error`] variant; [`Error::close_code`] is the close code to answer it with and
 //! [`Error::label`] a counter label.
 //!
@@ -43,8 +45,8 @@ use super::close::{
 use super::deflate::{Deflater, Inflater};
 pub use super::frame::Role;
 use super::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
-use super::mask::apply_mask;
-use super::utf8::Utf8Validator;
+use super::mask::{apply_mask, apply_mask_offset};
+use super::utf8::{is_valid as is_valid_utf8, Utf8Validator};
 
 /// Largest control-frame payload (RFC 6455 §5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
@@ -237,8 +239,6 @@ struct Partial {
     compressed: bool,
     /// The message so far (inflated if compressed). Invariant: capacity <= max message + 1.
     buf: Vec<u8>,
-    /// UTF-8 state across fragments (text only).
-    utf8: Utf8Validator,
 }
 
 /// Decodes frames from one peer into messages. See the module docs.
@@ -256,6 +256,14 @@ pub struct Decoder {
     partial: Option<Partial>,
     /// Present iff permessage-deflate was negotiated.
     inflater: Option<Inflater>,
+    /// UTF-8 state of the text message in progress: across its fragments, and across the
+    /// pieces of a text frame that has only partly arrived.
+    utf8: Utf8Validator,
+    /// Payload bytes of the (incomplete) frame at the front of the read buffer that were
+    /// already unmasked in place and fed to `utf8`, so invalid text fails the connection
+    /// before the rest of the frame arrives (Autobahn 6.4.3/6.4.4). Invariant: less than that
+    /// frame's payload length; 0 whenever no such frame is pending.
+    progress: usize,
 }
 
 impl Decoder {
@@ -270,6 +278,8 @@ impl Decoder {
             max_message_size: config.max_message_size.min(isize::MAX as usize - 1),
             partial: None,
             inflater: config.inflate.map(|p| Inflater::new(p.no_context_takeover)),
+            utf8: Utf8Validator::new(),
+            progress: 0,
         }
     }
 
@@ -302,18 +312,25 @@ impl Decoder {
             buf.clear();
             return Err(err);
         }
-        match self.decode_frames(buf) {
-            Ok(message) => Ok(message),
-            Err(err) => {
-                self.failed = Some(err);
-                self.partial = None;
-                if let Some(inflater) = self.inflater.as_mut() {
-                    inflater.reset();
-                }
-                buf.clear();
-                Err(err)
-            }
+        // Returned as is (not re-wrapped) so the message is built in the caller's slot.
+        let result = self.decode_frames(buf);
+        if let Err(err) = result {
+            self.fail(err, buf);
         }
+        result
+    }
+
+    /// Records the first fault and drops all state and input.
+    #[cold]
+    fn fail(&mut self, err: Error, buf: &mut BytesMut) {
+        self.failed = Some(err);
+        self.partial = None;
+        self.utf8 = Utf8Validator::new();
+        self.progress = 0;
+        if let Some(inflater) = self.inflater.as_mut() {
+            inflater.reset();
+        }
+        buf.clear();
     }
 
     /// Checks everything the header alone decides, before the payload arrives.
@@ -410,12 +427,19 @@ impl Decoder {
             // the cast nor the sum can overflow.
             let frame_len = header_len + header.payload_len as usize;
             if buf.len() < frame_len {
+                self.validate_ahead(&header, header_len, buf)?;
                 return Ok(None);
             }
             let mut payload = buf.split_to(frame_len);
             payload.advance(header_len);
+            // The first `done` payload bytes were unmasked and validated while arriving.
+            let done = std::mem::take(&mut self.progress);
             if let Some(key) = header.mask {
-                apply_mask(&mut payload, key);
+                if done == 0 {
+                    apply_mask(&mut payload, key);
+                } else if let Some(rest) = payload.get_mut(done..) {
+                    apply_mask_offset(rest, key, done);
+                }
             }
             match header.opcode {
                 OpCode::Ping => return Ok(Some(Message::Ping(payload.freeze()))),
@@ -430,22 +454,24 @@ impl Decoder {
                     };
                     // A message left unfinished by the close is dropped.
                     self.partial = None;
+                    self.utf8 = Utf8Validator::new();
                     return Ok(Some(Message::Close(frame)));
                 }
                 OpCode::Text | OpCode::Binary if header.fin => {
-                    return self.single_frame_message(header, payload).map(Some);
+                    return self.single_frame_message(header, payload, done);
                 }
                 OpCode::Text | OpCode::Binary => {
                     let mut partial = Partial {
                         text: header.opcode == OpCode::Text,
                         compressed: header.rsv1,
                         buf: Vec::new(),
-                        utf8: Utf8Validator::new(),
                     };
                     append_fragment(
                         &mut partial,
+                        &mut self.utf8,
                         self.inflater.as_mut(),
                         &payload,
+                        done,
                         self.max_message_size,
                     )?;
                     self.partial = Some(partial);
@@ -457,8 +483,10 @@ impl Decoder {
                     };
                     append_fragment(
                         partial,
+                        &mut self.utf8,
                         self.inflater.as_mut(),
                         &payload,
+                        done,
                         self.max_message_size,
                     )?;
                     if header.fin {
@@ -467,6 +495,7 @@ impl Decoder {
                         };
                         return finish_message(
                             partial,
+                            &mut self.utf8,
                             self.inflater.as_mut(),
                             self.max_message_size,
                         )
@@ -479,14 +508,54 @@ impl Decoder {
         }
     }
 
+    /// Unmasks and validates what has arrived of an incomplete uncompressed text frame, so
+    /// that invalid UTF-8 is refused as soon as it is certain, not when the frame completes.
+    #[cold]
+    fn validate_ahead(
+        &mut self,
+        header: &FrameHeader,
+        header_len: usize,
+        buf: &mut BytesMut,
+    ) -> Result<(), Error> {
+        let text = match header.opcode {
+            OpCode::Text => !header.rsv1,
+            OpCode::Continuation => self
+                .partial
+                .as_ref()
+                .is_some_and(|p| p.text && !p.compressed),
+            _ => false,
+        };
+        if !text {
+            return Ok(());
+        }
+        // Everything after the header belongs to this frame: it is not complete yet.
+        let Some(arrived) = buf.get_mut(header_len..) else {
+            return Ok(());
+        };
+        let arrived_len = arrived.len();
+        let Some(fresh) = arrived.get_mut(self.progress..) else {
+            return Ok(());
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        if let Some(key) = header.mask {
+            apply_mask_offset(fresh, key, self.progress);
+        }
+        self.utf8.feed(fresh)?;
+        self.progress = arrived_len;
+        Ok(())
+    }
+
     /// The common case: a whole message in one frame. Uncompressed payloads are handed out
-    /// as they lie in the read buffer.
+    /// as they lie in the read buffer. `done` payload bytes were validated while arriving.
     #[inline]
     fn single_frame_message(
         &mut self,
         header: FrameHeader,
         payload: BytesMut,
-    ) -> Result<Message, Error> {
+        done: usize,
+    ) -> Result<Option<Message>, Error> {
         let text = header.opcode == OpCode::Text;
         let bytes = if header.rsv1 {
             // check_header allows RSV1 only when an inflater exists.
@@ -496,22 +565,29 @@ impl Decoder {
             let mut out = Vec::new();
             inflater.push(&payload, &mut out, self.max_message_size)?;
             inflater.finish(&mut out, self.max_message_size)?;
-            if text && std::str::from_utf8(&out).is_err() {
+            if text && !is_valid_utf8(&out) {
                 return Err(Error::InvalidUtf8);
             }
             Bytes::from(out)
         } else {
             // §8.1: text that is not UTF-8 fails the connection.
-            if text && std::str::from_utf8(&payload).is_err() {
-                return Err(Error::InvalidUtf8);
+            if text {
+                if done == 0 {
+                    if !is_valid_utf8(&payload) {
+                        return Err(Error::InvalidUtf8);
+                    }
+                } else {
+                    self.utf8.feed(payload.get(done..).unwrap_or_default())?;
+                    self.utf8.finish()?;
+                }
             }
             payload.freeze()
         };
-        Ok(if text {
+        Ok(Some(if text {
             Message::Text(bytes)
         } else {
             Message::Binary(bytes)
-        })
+        }))
     }
 
     /// Bytes held by the decoder itself (a message being reassembled).
@@ -520,11 +596,14 @@ impl Decoder {
     }
 }
 
-/// Adds one fragment's payload to the message being reassembled, validating text as it goes.
+/// Adds one fragment's payload to the message being reassembled, validating text as it goes
+/// (`done` leading bytes were already validated while the frame arrived).
 fn append_fragment(
     partial: &mut Partial,
+    utf8: &mut Utf8Validator,
     inflater: Option<&mut Inflater>,
     payload: &[u8],
+    done: usize,
     max_message: usize,
 ) -> Result<(), Error> {
     let start = partial.buf.len();
@@ -536,7 +615,7 @@ fn append_fragment(
     } else {
         // Fail fast on bad UTF-8 before copying.
         if partial.text {
-            partial.utf8.feed(payload)?;
+            utf8.feed(payload.get(done..).unwrap_or_default())?;
         }
         // check_header ensured start + payload.len() <= max_message.
         reserve_bounded(&mut partial.buf, payload.len(), max_message);
@@ -544,7 +623,7 @@ fn append_fragment(
         return Ok(());
     }
     if partial.text {
-        partial.utf8.feed(&partial.buf[start..])?;
+        utf8.feed(partial.buf.get(start..).unwrap_or_default())?;
     }
     Ok(())
 }
@@ -552,6 +631,7 @@ fn append_fragment(
 /// Completes a reassembled message.
 fn finish_message(
     mut partial: Partial,
+    utf8: &mut Utf8Validator,
     inflater: Option<&mut Inflater>,
     max_message: usize,
 ) -> Result<Message, Error> {
@@ -562,12 +642,12 @@ fn finish_message(
         let start = partial.buf.len();
         inflater.finish(&mut partial.buf, max_message)?;
         if partial.text {
-            partial.utf8.feed(&partial.buf[start..])?;
+            utf8.feed(partial.buf.get(start..).unwrap_or_default())?;
         }
     }
     let bytes = Bytes::from(partial.buf);
     if partial.text {
-        partial.utf8.finish()?;
+        utf8.finish()?;
         Ok(Message::Text(bytes))
     } else {
         Ok(Message::Binary(bytes))
@@ -1107,6 +1187,21 @@ mod tests {
     }
 
     #[test]
+    fn decoder_and_message_stay_small() {
+        // The decoder lives in every connection; the inflater's state is boxed.
+        assert!(
+            std::mem::size_of::<Decoder>() <= 112,
+            "{}",
+            std::mem::size_of::<Decoder>()
+        );
+        assert!(
+            std::mem::size_of::<Message>() <= 40,
+            "{}",
+            std::mem::size_of::<Message>()
+        );
+    }
+
+    #[test]
     fn labels_are_distinct() {
         let all = [
             Error::UnmaskedClientFrame,
@@ -1234,6 +1329,38 @@ mod tests {
             first_error(&mut with_inflate(Role::Server, false), &wire),
             Error::InvalidUtf8
         );
+    }
+
+    #[test]
+    fn utf8_fails_fast_inside_a_frame_that_has_not_fully_arrived() {
+        // Autobahn 6.4.3: one text frame arrives in chops; the second chop makes the text
+        // certainly invalid (F4 90 is above U+10FFFF). Fail then, not at the end of the frame.
+        let mut payload = "κόσμε".as_bytes().to_vec();
+        payload.extend_from_slice(&[0xF4, 0x90, 0x80, 0x80]);
+        payload.extend_from_slice(b"edited");
+        let frame = masked(0x81, &payload);
+        let mut d = server();
+        let mut buf = BytesMut::from(&frame[..6 + 11]);
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(&frame[17..17 + 2]);
+        assert_eq!(d.decode(&mut buf), Err(Error::InvalidUtf8));
+        // Same inside a continuation frame of a fragmented message.
+        let wire = [masked(0x01, b"ok "), masked(0x80, &payload)].concat();
+        let mut d = server();
+        let mut buf = BytesMut::from(&wire[..9 + 6 + 13]);
+        assert_eq!(d.decode(&mut buf), Err(Error::InvalidUtf8));
+        // Valid text fed one byte at a time still decodes (unmasked progressively).
+        let frame = masked(0x81, "κόσμε κόσμε".as_bytes());
+        let mut d = server();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for b in &frame {
+            buf.extend_from_slice(&[*b]);
+            if let Some(m) = d.decode(&mut buf).unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, vec![text("κόσμε κόσμε")]);
     }
 
     #[test]
@@ -1444,7 +1571,11 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+        // 96 cases by default (large payloads); PROPTEST_CASES overrides for deep runs.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96),
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn round_trip_both_roles_any_fragmentation_any_reads(

@@ -6,7 +6,8 @@
 //!
 //! - [`Deflater`] compresses one message at a time as raw DEFLATE ending in a sync flush, then
 //!   removes the trailing `00 00 ff ff` (RFC 7692 §7.2.1). With context takeover the LZ77
-//!   window carries over to the next message; without, the compressor is reset per message.
+//!   window carries over to the next message; without, each message ends with a full flush,
+//!   which drops the window, so every compressed message stands alone.
 //! - [`Inflater`] decompresses a message pushed in pieces (fragments), appends `00 00 ff ff` at
 //!   the end of the message (§7.2.2) and refuses to produce more than a caller-given number of
 //!   bytes (decompression bombs), stopping as soon as the cap is passed.
@@ -82,7 +83,7 @@ impl Deflater {
     }
 
     /// Appends the compressed form of one whole message to `out`: raw DEFLATE blocks ending
-    /// with a sync flush whose `00 00 ff ff` tail is removed (RFC 7692 §7.2.1). An empty
+    /// with a sync (or, without context takeover, full) flush whose `00 00 ff ff` tail is removed (RFC 7692 §7.2.1). An empty
     /// message becomes the single byte `00` (an empty stored block, §7.2.3.6).
     pub fn compress(&mut self, message: &[u8], out: &mut BytesMut) {
         if message.is_empty() {
@@ -93,23 +94,25 @@ impl Deflater {
             return;
         }
         let start = out.len();
-        let (status, consumed) = compress_to_output(
-            &mut self.compressor,
-            message,
-            TDEFLFlush::Sync,
-            |chunk: &[u8]| {
+        // Without context takeover a full flush ends the message: the same sync marker on the
+        // wire, and miniz_oxide forgets the window (clears its hash chains, window size 0) so
+        // the next message cannot refer back. That is ~3x cheaper than `reset()`, which
+        // rewrites ~370 KiB of state.
+        let flush = if self.no_context_takeover {
+            TDEFLFlush::Full
+        } else {
+            TDEFLFlush::Sync
+        };
+        let (status, consumed) =
+            compress_to_output(&mut self.compressor, message, flush, |chunk: &[u8]| {
                 out.extend_from_slice(chunk);
                 true
-            },
-        );
+            });
         if status == TDEFLStatus::Okay && consumed == message.len() {
             // A sync flush always ends with an empty stored block whose LEN/NLEN are the
             // trailer; remove it.
             if out.len() >= start + 4 && out[out.len() - 4..] == SYNC_TRAILER {
                 out.truncate(out.len() - 4);
-            }
-            if self.no_context_takeover {
-                self.compressor.reset();
             }
         } else {
             // Cannot happen: the output callback always accepts and we never finish the
@@ -146,8 +149,10 @@ fn write_stored_blocks(message: &[u8], out: &mut BytesMut) {
 
 /// Decompresses the messages of one receiving context (one connection).
 pub struct Inflater {
-    /// miniz_oxide streaming state: a 32 KiB wrapping window plus tables (boxed: ~43 KiB).
-    state: Box<InflateState>,
+    /// miniz_oxide streaming state: a 32 KiB wrapping window plus tables (~43 KiB), allocated
+    /// on the first compressed message so that idle connections that negotiated the extension
+    /// cost nothing.
+    state: Option<Box<InflateState>>,
     /// RFC 7692 §7.1.1: the peer does not reuse its window, so we start each message fresh.
     no_context_takeover: bool,
     /// The peer ended the DEFLATE stream with a BFINAL block (§7.2.3.3) in this message;
@@ -160,7 +165,7 @@ impl Inflater {
     /// when we are the server).
     pub fn new(no_context_takeover: bool) -> Inflater {
         Inflater {
-            state: InflateState::new_boxed(DataFormat::Raw),
+            state: None,
             no_context_takeover,
             stream_ended: false,
         }
@@ -182,7 +187,11 @@ impl Inflater {
                 return Err(Error::InflatedTooLarge);
             }
             if out.len() == out.capacity() {
-                let want = (out.capacity() * 2).max(input.len() * 4).max(1024);
+                let want = out
+                    .capacity()
+                    .saturating_mul(2)
+                    .max(input.len().saturating_mul(4))
+                    .max(1024);
                 out.reserve_exact(want.min(limit) - out.len());
             }
             // Zero-fill only a window proportional to the input, not all spare capacity.
@@ -191,7 +200,10 @@ impl Inflater {
                 .min(input.len().saturating_mul(8).clamp(1024, 64 * 1024));
             let start = out.len();
             out.resize(start + window, 0);
-            let result = inflate(&mut self.state, input, &mut out[start..], MZFlush::None);
+            let state = self
+                .state
+                .get_or_insert_with(|| InflateState::new_boxed(DataFormat::Raw));
+            let result = inflate(state, input, &mut out[start..], MZFlush::None);
             out.truncate(start + result.bytes_written);
             // bytes_consumed <= input.len(): miniz_oxide never reports more than it was given.
             input = &input[result.bytes_consumed.min(input.len())..];
@@ -225,12 +237,17 @@ impl Inflater {
         } else {
             self.push(&SYNC_TRAILER, out, max_len)
         };
-        if self.no_context_takeover {
-            self.state.reset_as(MinReset);
-        } else if self.stream_ended {
-            // The peer ended its DEFLATE stream; the next message starts a new one. Keep the
-            // window (its bytes and position) so later back-references still resolve.
-            self.state.decompressor().init();
+        if let Some(state) = self.state.as_mut() {
+            if self.no_context_takeover {
+                // MinReset keeps the window's old bytes: a (non-conforming) back-reference past
+                // the message start reads this same peer's earlier data, never anyone else's,
+                // and the result is still UTF-8-checked and size-capped.
+                state.reset_as(MinReset);
+            } else if self.stream_ended {
+                // The peer ended its DEFLATE stream; the next message starts a new one. Keep
+                // the window (its bytes and position) so later back-references still resolve.
+                state.decompressor().init();
+            }
         }
         self.stream_ended = false;
         result
@@ -238,7 +255,9 @@ impl Inflater {
 
     /// Drops any half-decompressed message (after an error): the next message starts clean.
     pub fn reset(&mut self) {
-        self.state.reset_as(MinReset);
+        if let Some(state) = self.state.as_mut() {
+            state.reset_as(MinReset);
+        }
         self.stream_ended = false;
     }
 }
@@ -306,6 +325,8 @@ mod tests {
         let mut d = Deflater::new(false, 15);
         assert_eq!(deflate(&mut d, b"Hello"), HELLO_COMPRESSED);
         let again = deflate(&mut d, b"Hello");
+        // The RFC shows f2 00 11 00 00; miniz_oxide finds the same back-reference and encodes
+        // it one byte shorter (02 13 00 00). Either way it refers to the previous message.
         assert!(again.len() < HELLO_COMPRESSED.len(), "{again:02x?}");
         let mut inf = Inflater::new(false);
         assert_eq!(
@@ -385,6 +406,30 @@ mod tests {
                 assert!(out == json, "round {round} no_ctx {no_ctx}");
             }
         }
+    }
+
+    #[test]
+    fn without_context_takeover_each_message_stands_alone() {
+        let msg = br#"{"event":"chat","data":"the same text, the same text, again"}"#;
+        for bits in [9u8, 15] {
+            let mut d = Deflater::new(true, bits);
+            for _ in 0..4 {
+                let c = deflate(&mut d, msg);
+                // A fresh inflater (no shared history at all) decodes every one of them.
+                let mut inf = Inflater::new(true);
+                assert_eq!(inflate_message(&mut inf, &[&c], 1000).unwrap(), msg);
+            }
+        }
+        // With context takeover the repeat refers back and is much shorter.
+        let mut d = Deflater::new(false, 15);
+        let first = deflate(&mut d, msg);
+        let second = deflate(&mut d, msg);
+        assert!(
+            second.len() * 3 < first.len(),
+            "{} vs {}",
+            second.len(),
+            first.len()
+        );
     }
 
     #[test]
