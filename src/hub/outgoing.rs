@@ -232,7 +232,7 @@ mod tests {
     fn event_forms() {
         let o = Outgoing::event("chat", Some(Bytes::from_static(b"{\"msg\":\"hi\"}")));
         let ws = o.ws_plain();
-        assert_eq!(&ws[..2], &[0x81, 26]);
+        assert_eq!(&ws[..2], &[0x81, 36]);
         assert_eq!(&ws[2..], b"{\"event\":\"chat\",\"data\":{\"msg\":\"hi\"}}");
         // PROTOCOL.md §9: the TCP JSON frame for emit('chat', {msg:'hi'}).
         let tcp = o.tcp().unwrap();
@@ -241,8 +241,14 @@ mod tests {
             b"\x00\x00\x00\x17\x01\x00\x04chat{\"msg\":\"hi\"}".as_slice()
         );
         let mut c = compressors();
-        let z = o.ws(WsForm::Deflate, &mut c);
+        // Too small to shrink: sent uncompressed even to a deflate client (RSV1 is per message).
+        assert_eq!(o.ws(WsForm::Deflate, &mut c)[0], 0x81);
+        let big = Outgoing::event("chat", Some(Bytes::from(format!("\"{}\"", "ab".repeat(500)))));
+        let z = big.ws(WsForm::Deflate, &mut c);
         assert_eq!(z[0], 0xc1, "FIN + RSV1 + text");
+        assert!(z.len() < 200);
+        let narrow = big.ws(WsForm::DeflateNarrow, &mut c);
+        assert_eq!(narrow[0], 0xc1);
     }
 
     #[test]
