@@ -97,16 +97,16 @@ impl OutQueue {
     /// Writes as much as the socket takes in one `sendmsg` without blocking. Returns the
     /// bytes written; `WouldBlock` when the socket is full.
     pub fn write_to(&mut self, fd: RawFd) -> io::Result<usize> {
-        let mut iov: [libc::iovec; MAX_IOV] = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_IOV];
+        // Only the entries used are initialised: most flushes carry one to a few frames, and
+        // zeroing 512 iovecs (8 KiB) per flush would cost more than building them.
+        let mut iov: [std::mem::MaybeUninit<libc::iovec>; MAX_IOV] =
+            [const { std::mem::MaybeUninit::uninit() }; MAX_IOV];
         let mut count = 0;
         for frame in self.frames.iter().take(MAX_IOV) {
-            iov[count] = libc::iovec {
+            iov[count].write(libc::iovec {
                 iov_base: frame.as_ptr() as *mut libc::c_void,
                 iov_len: frame.len(),
-            };
+            });
             count += 1;
         }
         if count == 0 {
@@ -114,7 +114,8 @@ impl OutQueue {
         }
         // SAFETY: a zeroed msghdr is valid; we set only the iovec fields.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = iov.as_mut_ptr();
+        // `MaybeUninit<iovec>` has iovec's layout and the first `count` entries are written.
+        msg.msg_iov = iov.as_mut_ptr().cast::<libc::iovec>();
         msg.msg_iovlen = count as _;
         loop {
             // SAFETY: every iovec points into a `Bytes` owned by `self.frames`, which is not
