@@ -157,7 +157,7 @@ async fn the_library_api_end_to_end() {
     msg.extend_from_slice(b"\x00\x01");
     futures_util::SinkExt::send(
         &mut a.inner,
-        tokio_tungstenite::tungstenite::Message::Binary(msg.into()),
+        tokio_tungstenite::tungstenite::Message::Binary(msg),
     )
     .await
     .unwrap();

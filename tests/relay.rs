@@ -400,7 +400,7 @@ async fn binary_messages_relay_to_rooms() {
     msg.extend_from_slice(&[0, 1, 2, 255]);
     futures_util::SinkExt::send(
         &mut sender.inner,
-        tokio_tungstenite::tungstenite::Message::Binary(msg.into()),
+        tokio_tungstenite::tungstenite::Message::Binary(msg),
     )
     .await
     .unwrap();

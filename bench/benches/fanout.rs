@@ -59,7 +59,8 @@ fn clear(clients: &[Rc<Client>]) {
 }
 
 fn bench(c: &mut Criterion, hub: Rc<Hub>) {
-    let data = Bytes::from_static(br#"{"user":"alice","text":"hello, room","n":12345,"tags":["a","b"]}"#);
+    let data =
+        Bytes::from_static(br#"{"user":"alice","text":"hello, room","n":12345,"tags":["a","b"]}"#);
     let mut group = c.benchmark_group("fanout_10k");
     group.throughput(Throughput::Elements(MEMBERS as u64));
     for mix in ["ws", "tcp", "ws-deflate", "mixed"] {

@@ -26,32 +26,49 @@ use crate::hub::outgoing::Outgoing;
 use crate::protocol::stelar::json::{self, Document, Kind, Value};
 use crate::protocol::stelar::names;
 
-/// The members of a relay request object we look at.
+/// The members of a publish / broadcast / direct request object (from a client's relay event
+/// or the HTTP API's body), as spans of the request text.
 #[derive(Default)]
-struct Fields {
-    room: Option<Value>,
-    event: Option<Value>,
-    data: Option<Value>,
-    to: Option<Value>,
+pub(crate) struct Fields {
+    pub room: Option<Value>,
+    pub event: Option<Value>,
+    pub data: Option<Value>,
+    pub to: Option<Value>,
 }
 
-fn fields(data: &[u8]) -> Option<Fields> {
-    let mut f = Fields::default();
-    let doc = json::walk(data, |key, v| {
-        match key {
-            b"room" => f.room = Some(v),
-            b"event" => f.event = Some(v),
-            b"data" => f.data = Some(v),
-            b"to" => f.to = Some(v),
-            _ => {}
+/// Why a request object was refused.
+pub(crate) enum FieldsError {
+    /// Not valid JSON.
+    Json,
+    /// Valid JSON, not an object.
+    NotObject,
+}
+
+impl Fields {
+    /// Scans a request object, validating all of it.
+    pub fn parse(data: &[u8]) -> Result<Fields, FieldsError> {
+        let mut f = Fields::default();
+        let doc = json::walk(data, |key, v| {
+            match key {
+                b"room" => f.room = Some(v),
+                b"event" => f.event = Some(v),
+                b"data" => f.data = Some(v),
+                b"to" => f.to = Some(v),
+                _ => {}
+            }
+            Ok(())
+        })
+        .map_err(|_| FieldsError::Json)?;
+        if doc == Document::Object {
+            Ok(f)
+        } else {
+            Err(FieldsError::NotObject)
         }
-        Ok(())
-    })
-    .ok()?;
-    (doc == Document::Object).then_some(f)
+    }
 }
 
-fn string<'a>(input: &'a [u8], v: Option<Value>) -> Option<std::borrow::Cow<'a, str>> {
+/// A member's value if it is a JSON string, unescaped.
+pub(crate) fn string<'a>(input: &'a [u8], v: Option<Value>) -> Option<std::borrow::Cow<'a, str>> {
     let v = v?;
     if v.kind != Kind::String {
         return None;
@@ -85,7 +102,7 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<&Bytes>) -> bool {
                 env.error("invalid_data", "data must be an object", Some(event));
                 return true;
             };
-            let Some(f) = fields(raw) else {
+            let Ok(f) = Fields::parse(raw) else {
                 env.error("invalid_data", "data must be an object", Some(event));
                 return true;
             };

@@ -21,6 +21,7 @@ use std::fmt::Write as _;
 use bytes::{Bytes, BytesMut};
 
 use super::Shared;
+use crate::app::relay::{string, Fields, FieldsError};
 use crate::hub::id::ClientId;
 use crate::hub::outgoing::Outgoing;
 use crate::hub::{Query, Reply};
@@ -28,7 +29,7 @@ use crate::protocol::http::{
     self, percent_decode, Method, Request, ResponseWriter, StatusCode, CONTENT_TYPE_JSON,
     CONTENT_TYPE_PROMETHEUS,
 };
-use crate::protocol::stelar::json::{self, Document, Kind, Value};
+use crate::protocol::stelar::json;
 use crate::protocol::stelar::names;
 use crate::stats::{health_json, prometheus_text, Process};
 
@@ -122,11 +123,26 @@ pub(crate) async fn respond(
     let status_ok = StatusCode::ACCEPTED;
     match (method, api_path) {
         (Method::Post, "publish" | "broadcast" | "send") => {
-            let fields = match parse_fields(&body) {
+            let fields = match Fields::parse(&body) {
                 Ok(f) => f,
-                Err(m) => return error(StatusCode::BAD_REQUEST, m, keep_alive, req),
+                Err(FieldsError::Json) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "body must be valid JSON",
+                        keep_alive,
+                        req,
+                    )
+                }
+                Err(FieldsError::NotObject) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "body must be a JSON object",
+                        keep_alive,
+                        req,
+                    )
+                }
             };
-            let event = match str_field(&body, fields.event) {
+            let event = match string(&body, fields.event) {
                 Some(e) if names::validate_outbound_event(&e).is_ok() => e,
                 _ => {
                     return error(
@@ -143,7 +159,7 @@ pub(crate) async fn respond(
                 "publish" => {
                     let max = hub.config().limits.max_room_name;
                     let Some(room) =
-                        str_field(&body, fields.room).filter(|r| !r.is_empty() && r.len() <= max)
+                        string(&body, fields.room).filter(|r| !r.is_empty() && r.len() <= max)
                     else {
                         return error(
                             StatusCode::BAD_REQUEST,
@@ -159,7 +175,7 @@ pub(crate) async fn respond(
                 }
                 _ => {
                     let Some(to) =
-                        str_field(&body, fields.to).and_then(|t| ClientId::parse(t.as_bytes()))
+                        string(&body, fields.to).and_then(|t| ClientId::parse(t.as_bytes()))
                     else {
                         return error(
                             StatusCode::BAD_REQUEST,
@@ -265,41 +281,6 @@ async fn gather_stats(shared: &Shared) -> crate::stats::Snapshot {
 
 async fn hub_gather(shared: &Shared, q: Query) -> Vec<Reply> {
     shared.hub.clone().gather(q).await
-}
-
-#[derive(Default)]
-struct Fields {
-    room: Option<Value>,
-    event: Option<Value>,
-    data: Option<Value>,
-    to: Option<Value>,
-}
-
-fn parse_fields(body: &[u8]) -> Result<Fields, &'static str> {
-    let mut f = Fields::default();
-    let doc = json::walk(body, |key, v| {
-        match key {
-            b"room" => f.room = Some(v),
-            b"event" => f.event = Some(v),
-            b"data" => f.data = Some(v),
-            b"to" => f.to = Some(v),
-            _ => {}
-        }
-        Ok(())
-    })
-    .map_err(|_| "body must be valid JSON")?;
-    if doc != Document::Object {
-        return Err("body must be a JSON object");
-    }
-    Ok(f)
-}
-
-fn str_field(body: &[u8], v: Option<Value>) -> Option<String> {
-    let v = v?;
-    if v.kind != Kind::String {
-        return None;
-    }
-    json::decode_str(body, v).ok().map(|c| c.into_owned())
 }
 
 /// Compares secrets in time independent of where they differ.

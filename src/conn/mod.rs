@@ -157,6 +157,46 @@ impl Drop for Live {
     }
 }
 
+/// A connection task's registration: the client in the hub, its socket, and the liveness mark
+/// for the shutdown drain. [`Accepted::finish`] undoes it.
+pub(crate) struct Accepted {
+    pub client: Rc<Client>,
+    pub io: Io,
+    _live: Live,
+}
+
+impl Accepted {
+    /// Registers a freshly accepted socket on this shard.
+    pub fn new(
+        stream: TcpStream,
+        shared: &Rc<Shared>,
+        transport: crate::stats::Transport,
+    ) -> Accepted {
+        let live = Live::new(shared);
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        // Latency over throughput for small frames; writes are coalesced anyway.
+        let _ = stream.set_nodelay(true);
+        Accepted {
+            client: shared.hub.register(peer, transport),
+            io: Io::new(stream),
+            _live: live,
+        }
+    }
+
+    /// Leaves the rooms, frees the slot, runs the disconnect hooks when the client had been
+    /// opened, and closes the socket.
+    pub fn finish(self, shared: &Shared, opened: bool) {
+        shared.cancel_timer(&self.client);
+        shared.hub.unregister(&self.client);
+        if opened {
+            crate::app::dispatch::disconnected(&shared.hub, &shared.app, &self.client);
+        }
+        self.io.close();
+    }
+}
+
 /// A socket with its read buffer.
 pub(crate) struct Io {
     stream: TcpStream,

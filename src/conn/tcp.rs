@@ -11,7 +11,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use glommio::net::TcpStream;
 
-use super::{drive, End, Flow, Io, Live, Session, Shared};
+use super::{drive, Accepted, End, Flow, Io, Session, Shared};
 use crate::app::dispatch::{self, AckRequest, Env};
 use crate::hub::client::{Client, CloseCause};
 use crate::protocol::stelar::{envelope, json, names, FrameDecoder, FrameType, OutFrame};
@@ -19,14 +19,10 @@ use crate::stats::Transport;
 
 /// Serves one socket accepted on the TCP port.
 pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
-    let _live = Live::new(&shared);
+    let mut conn = Accepted::new(stream, &shared, Transport::Tcp);
     let hub = shared.hub.clone();
-    let peer = stream
-        .peer_addr()
-        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let _ = stream.set_nodelay(true);
-    let client = hub.register(peer, Transport::Tcp);
-    let mut io = Io::new(stream);
+    let client = conn.client.clone();
+    let io = &mut conn.io;
     let id = client.id.to_text();
     // §4.3: the CONNECT frame is the first thing on the wire. The id is 36 ASCII bytes.
     if let Ok(frame) = (OutFrame::Connect {
@@ -41,10 +37,10 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
     let mut opened = false;
     if max > 0 && hub.process_clients() >= max {
         hub.counters.refuse("server_full");
-        refuse(&mut io, &client, &shared, "Server full").await;
+        refuse(io, &client, &shared, "Server full").await;
     } else if let Err(reject) = dispatch::connect(&hub, &shared.app, &client).await {
         hub.counters.refuse("middleware");
-        refuse(&mut io, &client, &shared, &reject.reason).await;
+        refuse(io, &client, &shared, &reject.reason).await;
     } else {
         hub.open(&client);
         opened = true;
@@ -53,19 +49,14 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
             decoder: FrameDecoder::new(config.limits.max_frame_size),
             done: false,
         };
-        match drive(&mut io, &mut session, &shared, &client).await {
+        match drive(io, &mut session, &shared, &client).await {
             End::Closed | End::Abandoned => {}
             End::Failed(e) => {
                 tracing::debug!(client = %client.id, error = %e, "tcp connection failed");
             }
         }
     }
-    shared.cancel_timer(&client);
-    hub.unregister(&client);
-    if opened {
-        dispatch::disconnected(&hub, &shared.app, &client);
-    }
-    io.close();
+    conn.finish(&shared, opened);
 }
 
 async fn refuse(io: &mut Io, client: &Client, shared: &Shared, reason: &str) {

@@ -17,7 +17,7 @@ use std::rc::Rc;
 use bytes::{Buf, Bytes, BytesMut};
 use glommio::net::TcpStream;
 
-use super::{drive, fill, http, End, Flow, Interrupted, Io, Live, Session, Shared};
+use super::{drive, fill, http, Accepted, End, Flow, Interrupted, Io, Session, Shared};
 use crate::app::dispatch::{self, AckRequest, Env};
 use crate::hub::client::{Client, CloseCause, RequestInfo};
 use crate::hub::outgoing::{Body, Outgoing, WsForm};
@@ -45,25 +45,14 @@ enum Mode {
 
 /// Serves one socket accepted on the WebSocket/HTTP port.
 pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
-    let _live = Live::new(&shared);
-    let hub = shared.hub.clone();
-    let peer = stream
-        .peer_addr()
-        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let _ = stream.set_nodelay(true);
-    let client = hub.register(peer, Transport::Ws);
-    let mut io = Io::new(stream);
-    shared.arm_timer(&client, hub.config().handshake_timeout());
+    let mut conn = Accepted::new(stream, &shared, Transport::Ws);
+    let client = conn.client.clone();
+    shared.arm_timer(&client, shared.hub.config().handshake_timeout());
     let mut opened = false;
-    if let Some(req) = http_phase(&mut io, &shared, &client).await {
-        opened = websocket(&mut io, &shared, &client, req).await;
+    if let Some(req) = http_phase(&mut conn.io, &shared, &client).await {
+        opened = websocket(&mut conn.io, &shared, &client, req).await;
     }
-    shared.cancel_timer(&client);
-    hub.unregister(&client);
-    if opened {
-        dispatch::disconnected(&hub, &shared.app, &client);
-    }
-    io.close();
+    conn.finish(&shared, opened);
 }
 
 /// Answers plain HTTP requests until one asks to upgrade (returned) or the connection ends.

@@ -243,7 +243,10 @@ mod tests {
         let mut c = compressors();
         // Too small to shrink: sent uncompressed even to a deflate client (RSV1 is per message).
         assert_eq!(o.ws(WsForm::Deflate, &mut c)[0], 0x81);
-        let big = Outgoing::event("chat", Some(Bytes::from(format!("\"{}\"", "ab".repeat(500)))));
+        let big = Outgoing::event(
+            "chat",
+            Some(Bytes::from(format!("\"{}\"", "ab".repeat(500)))),
+        );
         let z = big.ws(WsForm::Deflate, &mut c);
         assert_eq!(z[0], 0xc1, "FIN + RSV1 + text");
         assert!(z.len() < 200);

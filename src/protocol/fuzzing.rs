@@ -18,7 +18,11 @@ pub fn ws_frames(data: &[u8]) {
     let Some((&seed, rest)) = data.split_first() else {
         return;
     };
-    let role = if seed & 1 == 0 { Role::Server } else { Role::Client };
+    let role = if seed & 1 == 0 {
+        Role::Server
+    } else {
+        Role::Client
+    };
     let inflate = (seed & 2 != 0).then_some(InflateParams {
         no_context_takeover: seed & 4 != 0,
     });
@@ -138,7 +142,10 @@ mod tests {
             Just(b"Connection: Upgrade\r\n".to_vec()),
             Just(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n".to_vec()),
             Just(b"Sec-WebSocket-Version: 13\r\n".to_vec()),
-            Just(b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n".to_vec()),
+            Just(
+                b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+                    .to_vec()
+            ),
             Just(b"Transfer-Encoding: chunked\r\n".to_vec()),
             Just(b"Content-Length: 5\r\n".to_vec()),
             Just(b"\r\n".to_vec()),

@@ -33,6 +33,9 @@ pub struct ServerProc {
 
 impl ServerProc {
     /// Starts `shardcast` on 127.0.0.1 with free ports and `args`.
+    // The child is waited for by `Drop` once `ServerProc` exists; before that a failed start
+    // panics the test, and the process exits with the test binary.
+    #[allow(clippy::zombie_processes)]
     pub fn start(args: &[&str]) -> ServerProc {
         let bin = env!("CARGO_BIN_EXE_shardcast");
         let mut cmd = Command::new(bin);
