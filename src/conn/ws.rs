@@ -376,7 +376,7 @@ impl Session for WsSession {
                         code: e.close_code(),
                         reason: Cow::Owned(e.to_string()),
                     };
-                    client.out().borrow_mut().clear();
+                    // Answers to the messages before the faulty frame still go out first.
                     client.queue_control(server_close(Some(&frame)));
                     self.decoder.handle_close_sent();
                     self.failed = true;
