@@ -31,6 +31,7 @@
 //!
 //! let runtime = Runtime::builder()
 //!     .shards(2)
+//!     .messages::<Msg>()
 //!     .listen("ws", "127.0.0.1:0")
 //!     .start(|shard| async move {
 //!         let listener = shard.take_listener("ws").expect("configured above");

@@ -31,6 +31,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -183,8 +184,9 @@ struct ListenSpec {
     addr: ListenAddr,
 }
 
-/// Configures and starts a [`Runtime`]. Obtain with [`Runtime::builder`].
-pub struct Builder {
+/// Configures and starts a [`Runtime`]. Obtain with [`Runtime::builder`]; `M` is the
+/// cross-shard message type, `()` until set with [`Builder::messages`].
+pub struct Builder<M = ()> {
     shards: Option<usize>,
     pin: bool,
     listeners: Vec<ListenSpec>,
@@ -198,9 +200,10 @@ pub struct Builder {
     drain_timeout: Duration,
     handle_signals: bool,
     thread_name: String,
+    messages: PhantomData<fn() -> M>,
 }
 
-impl fmt::Debug for Builder {
+impl<M> fmt::Debug for Builder<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("shards", &self.shards)
@@ -219,7 +222,7 @@ impl fmt::Debug for Builder {
     }
 }
 
-impl Default for Builder {
+impl Default for Builder<()> {
     fn default() -> Self {
         Self {
             shards: None,
@@ -235,11 +238,33 @@ impl Default for Builder {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             handle_signals: false,
             thread_name: "shard".into(),
+            messages: PhantomData,
         }
     }
 }
 
-impl Builder {
+impl<M: Send + 'static> Builder<M> {
+    /// Sets the cross-shard message type carried by the mesh (`Shard::mesh`,
+    /// `Shard::take_inbox`, `Runtime::mesh`).
+    pub fn messages<N: Send + 'static>(self) -> Builder<N> {
+        Builder {
+            shards: self.shards,
+            pin: self.pin,
+            listeners: self.listeners,
+            backlog: self.backlog,
+            inbox_capacity: self.inbox_capacity,
+            inbox_batch: self.inbox_batch,
+            io_memory: self.io_memory,
+            ring_depth: self.ring_depth,
+            preempt_timer: self.preempt_timer,
+            timer_tick: self.timer_tick,
+            drain_timeout: self.drain_timeout,
+            handle_signals: self.handle_signals,
+            thread_name: self.thread_name,
+            messages: PhantomData,
+        }
+    }
+
     /// Number of shards. Default: the number of CPUs this process may run on.
     pub fn shards(mut self, n: usize) -> Self {
         self.shards = Some(n);
@@ -340,9 +365,8 @@ impl Builder {
     ///
     /// `main` runs on the shard's thread; its future need not be `Send`. When it returns, the
     /// shard ends (tasks it spawned are dropped).
-    pub fn start<M, F, Fut>(self, main: F) -> Result<Runtime<M>, StartError>
+    pub fn start<F, Fut>(self, main: F) -> Result<Runtime<M>, StartError>
     where
-        M: Send + 'static,
         F: Fn(Shard<M>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + 'static,
     {
