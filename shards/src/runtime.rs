@@ -17,13 +17,17 @@
 //!
 //! **Locked memory.** glommio registers its I/O buffer (`io_memory`) with each of its three
 //! io_uring rings per executor, and without `CAP_IPC_LOCK` the kernel charges each
-//! registration against `RLIMIT_MEMLOCK` (per user). glommio's default, 10 MiB per executor,
-//! does not fit a common 8 MiB limit even once. This runtime does no storage I/O, which is all
-//! that buffer serves, so it asks for glommio's minimum, 64 KiB: 3 × 64 KiB = 192 KiB per
-//! shard, about 40 shards under 8 MiB. Beyond that glommio logs a warning and runs without
-//! registered buffers, which sockets do not use anyway. Ring memory itself is charged to the
-//! memory cgroup on kernels ≥ 5.12, not to the memlock limit. glommio refuses to start if the
-//! soft limit is under 512 KiB, hence step 2.
+//! registration against `RLIMIT_MEMLOCK` (per user). With glommio's default of 10 MiB per
+//! executor that never fits a common 8 MiB limit: registration fails, glommio logs a warning
+//! and carries on without registered buffers, having still allocated 10 MiB per shard for
+//! nothing. This runtime does no storage I/O, which is all that buffer serves, so it asks for
+//! glommio's minimum, 64 KiB: 3 × 64 KiB = 192 KiB per shard, about 40 shards under 8 MiB
+//! (beyond that, the same harmless fallback). Ring memory itself is charged to the memory
+//! cgroup on kernels ≥ 5.12, not to the memlock limit. glommio refuses to create an executor
+//! when the *soft* limit is under 512 KiB, hence step 2; if even the hard limit is below that
+//! (64 KiB is an old distribution default), `start` fails with
+//! [`StartError::MemlockTooLow`] before spawning anything. Checked by the `process`
+//! integration test, which runs under `capsh --drop=cap_ipc_lock` with `ulimit -l 8192`.
 //!
 //! The join side: [`Runtime::join`] waits for every shard thread and reports how each ended.
 //! Dropping a `Runtime` without joining forces shutdown and joins.
@@ -55,6 +59,8 @@ const DEFAULT_RING_DEPTH: usize = 128;
 const DEFAULT_PREEMPT_TIMER: Duration = Duration::from_millis(5);
 const DEFAULT_TIMER_TICK: Duration = Duration::from_millis(100);
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// glommio 0.9's `MIN_MEMLOCK_LIMIT` (sys/uring.rs): it will not create an executor below it.
+const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
 
 /// Why the runtime could not start. Nothing is left running when `start` returns this.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +95,19 @@ pub enum StartError {
         /// The OS error (`AddrInUse`, `PermissionDenied`, ...).
         #[source]
         source: io::Error,
+    },
+    /// `RLIMIT_MEMLOCK` (soft, after raising it to the hard limit) is below the 512 KiB glommio
+    /// requires to create an executor. Raise it: `ulimit -l`, systemd `LimitMEMLOCK=`, docker
+    /// `--ulimit memlock=`.
+    #[error(
+        "RLIMIT_MEMLOCK is {limit} bytes but glommio needs at least {needed}: raise it \
+         (ulimit -l, systemd LimitMEMLOCK=, docker --ulimit memlock=)"
+    )]
+    MemlockTooLow {
+        /// The soft limit in force, in bytes.
+        limit: u64,
+        /// The minimum glommio accepts, in bytes.
+        needed: u64,
     },
     /// Creating a doorbell socketpair failed (out of descriptors).
     #[error("cannot create a shard doorbell: {0}")]
@@ -130,6 +149,7 @@ impl StartError {
             Self::DuplicateListener { .. } => "duplicate_listener",
             Self::Resolve { .. } => "resolve",
             Self::Bind { .. } => "bind",
+            Self::MemlockTooLow { .. } => "memlock_too_low",
             Self::Doorbell(_) => "doorbell",
             Self::Signals(_) => "signals",
             Self::SpawnThread { .. } => "spawn_thread",
@@ -395,6 +415,9 @@ impl<M: Send + 'static> Builder<M> {
         };
 
         match sys::raise_memlock_soft_limit() {
+            Ok((soft, _)) if soft < GLOMMIO_MIN_MEMLOCK => {
+                return Err(StartError::MemlockTooLow { limit: soft, needed: GLOMMIO_MIN_MEMLOCK });
+            }
             Ok((soft, _)) => tracing::debug!(memlock = soft, "RLIMIT_MEMLOCK soft limit"),
             Err(error) => tracing::warn!(%error, "cannot read or raise RLIMIT_MEMLOCK"),
         }
