@@ -29,6 +29,10 @@
 //! [`StartError::MemlockTooLow`] before spawning anything. Checked by the `process`
 //! integration test, which runs under `capsh --drop=cap_ipc_lock` with `ulimit -l 8192`.
 //!
+//! **Wake guard.** glommio 0.9 sometimes parks an executor and misses the completion that
+//! should wake it (see `Builder::wake_guard` and `tests/glommio_wakeup.rs`); every shard
+//! therefore keeps a 10 ms timer armed, which bounds such a stall.
+//!
 //! The join side: [`Runtime::join`] waits for every shard thread and reports how each ended.
 //! Dropping a `Runtime` without joining forces shutdown and joins.
 
@@ -59,6 +63,7 @@ const DEFAULT_RING_DEPTH: usize = 128;
 const DEFAULT_PREEMPT_TIMER: Duration = Duration::from_millis(5);
 const DEFAULT_TIMER_TICK: Duration = Duration::from_millis(100);
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_WAKE_GUARD: Duration = Duration::from_millis(10);
 /// glommio 0.9's `MIN_MEMLOCK_LIMIT` (sys/uring.rs): it will not create an executor below it.
 const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
 
@@ -220,6 +225,7 @@ pub struct Builder<M = ()> {
     drain_timeout: Duration,
     handle_signals: bool,
     thread_name: String,
+    wake_guard: Option<Duration>,
     messages: PhantomData<fn() -> M>,
 }
 
@@ -238,6 +244,7 @@ impl<M> fmt::Debug for Builder<M> {
             .field("timer_tick", &self.timer_tick)
             .field("drain_timeout", &self.drain_timeout)
             .field("handle_signals", &self.handle_signals)
+            .field("wake_guard", &self.wake_guard)
             .finish()
     }
 }
@@ -258,6 +265,7 @@ impl Default for Builder<()> {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             handle_signals: false,
             thread_name: "shard".into(),
+            wake_guard: Some(DEFAULT_WAKE_GUARD),
             messages: PhantomData,
         }
     }
@@ -281,6 +289,7 @@ impl<M: Send + 'static> Builder<M> {
             drain_timeout: self.drain_timeout,
             handle_signals: self.handle_signals,
             thread_name: self.thread_name,
+            wake_guard: self.wake_guard,
             messages: PhantomData,
         }
     }
@@ -371,6 +380,16 @@ impl<M: Send + 'static> Builder<M> {
     /// `false`; a server binary turns it on). See `signals.rs` for how.
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.handle_signals = on;
+        self
+    }
+
+    /// Keeps a glommio timer armed on every shard with this period (default 10 ms; `None`
+    /// turns it off). glommio 0.9 occasionally parks an executor and misses the completion
+    /// that should wake it (reproduced with glommio alone in `tests/glommio_wakeup.rs`); an
+    /// armed timer always wakes it, so a stall lasts at most one period instead of forever.
+    /// Cost: one timer wake-up per period on an idle shard, nothing measurable on a busy one.
+    pub fn wake_guard(mut self, every: Option<Duration>) -> Self {
+        self.wake_guard = every.filter(|d| !d.is_zero());
         self
     }
 
@@ -474,6 +493,7 @@ impl<M: Send + 'static> Builder<M> {
             timer_tick: self.timer_tick,
             drain_timeout: self.drain_timeout,
             inbox_batch: self.inbox_batch,
+            wake_guard: self.wake_guard,
         });
         let main = Arc::new(main);
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), StartError>)>();
@@ -561,6 +581,7 @@ struct ShardConfig {
     timer_tick: Duration,
     drain_timeout: Duration,
     inbox_batch: usize,
+    wake_guard: Option<Duration>,
 }
 
 /// Everything a shard thread receives (all `Send`).
@@ -671,6 +692,15 @@ where
             return ShardExit::Finished;
         }
         tracing::debug!(shard = id, ?cpu, "shard running");
+
+        if let Some(every) = config.wake_guard {
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(every).await;
+                }
+            })
+            .detach();
+        }
 
         glommio::spawn_local(shutdown::watch(
             shutdown,

@@ -417,3 +417,55 @@ fn timers_fire_on_a_shard() {
     assert!(elapsed >= Duration::from_millis(50));
     join_within(rt, Duration::from_secs(10)).unwrap();
 }
+
+/// Shard-to-shard lock-step ping-pong: nearly every hop wakes a parked shard through its
+/// doorbell. Runs with the default wake guard, as shipped; the doorbell protocol itself, with
+/// no guard, is tested in `mesh.rs` with plain threads.
+#[test]
+fn shard_to_shard_ping_pong_never_stalls() {
+    const ROUND_TRIPS: u32 = 20_000;
+    #[derive(Debug)]
+    enum Hop {
+        Ping(u32),
+        Pong(u32),
+    }
+    let (done_tx, done_rx) = mpsc::channel::<u32>();
+    let rt = Runtime::builder()
+        .shards(2)
+        .messages::<Hop>()
+        .start(move |shard| {
+            let done_tx = done_tx.clone();
+            async move {
+                let mut inbox = shard.take_inbox().unwrap();
+                let mesh = shard.mesh().clone();
+                if shard.id() == 0 {
+                    mesh.send(1, Hop::Ping(0)).unwrap();
+                }
+                let mut batch = Vec::new();
+                let work = async {
+                    loop {
+                        batch.clear();
+                        inbox.recv_batch(&mut batch).await;
+                        for hop in batch.drain(..) {
+                            match hop {
+                                Hop::Ping(n) => mesh.send(0, Hop::Pong(n)).unwrap(),
+                                Hop::Pong(n) if n + 1 == ROUND_TRIPS => {
+                                    let _ = done_tx.send(n + 1);
+                                }
+                                Hop::Pong(n) => mesh.send(1, Hop::Ping(n + 1)).unwrap(),
+                            }
+                        }
+                    }
+                };
+                futures_lite::future::or(work, shard.shutdown()).await;
+            }
+        })
+        .unwrap();
+    let n = done_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+        let stats: Vec<_> = (0..2).map(|s| rt.mesh().inbox_stats(s)).collect();
+        panic!("ping-pong stalled: {stats:?}")
+    });
+    assert_eq!(n, ROUND_TRIPS);
+    rt.shutdown_handle().trigger();
+    join_within(rt, Duration::from_secs(10)).unwrap();
+}
