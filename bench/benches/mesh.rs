@@ -37,20 +37,36 @@ const BURST: u64 = 1000;
 
 enum Msg {
     /// Bench thread → shard 0: run `iters` round trips, report the elapsed time.
-    RunPingPong { iters: u64, done: mpsc::Sender<Duration> },
+    RunPingPong {
+        iters: u64,
+        done: mpsc::Sender<Duration>,
+    },
     /// Bench thread → shard 0: run `batches` bursts, report the elapsed time.
-    RunBurst { batches: u64, done: mpsc::Sender<Duration> },
+    RunBurst {
+        batches: u64,
+        done: mpsc::Sender<Duration>,
+    },
     Ping,
     Pong,
-    Data { last: bool },
+    Data {
+        last: bool,
+    },
     BatchDone,
 }
 
 /// What shard 0 is measuring right now.
 enum Run {
     Idle,
-    PingPong { left: u64, start: Instant, done: mpsc::Sender<Duration> },
-    Burst { left: u64, start: Instant, done: mpsc::Sender<Duration> },
+    PingPong {
+        left: u64,
+        start: Instant,
+        done: mpsc::Sender<Duration>,
+    },
+    Burst {
+        left: u64,
+        start: Instant,
+        done: mpsc::Sender<Duration>,
+    },
 }
 
 fn send(mesh: &shardcast_shards::ShardMesh<Msg>, to: usize, msg: Msg) {
@@ -62,7 +78,13 @@ fn send(mesh: &shardcast_shards::ShardMesh<Msg>, to: usize, msg: Msg) {
 
 fn send_burst(mesh: &shardcast_shards::ShardMesh<Msg>) {
     for i in 0..BURST {
-        send(mesh, 1, Msg::Data { last: i + 1 == BURST });
+        send(
+            mesh,
+            1,
+            Msg::Data {
+                last: i + 1 == BURST,
+            },
+        );
     }
 }
 
@@ -84,11 +106,19 @@ fn start_runtime(pin: bool) -> Runtime<Msg> {
                     for msg in batch.drain(..) {
                         match msg {
                             Msg::RunPingPong { iters, done } => {
-                                run = Run::PingPong { left: iters, start: Instant::now(), done };
+                                run = Run::PingPong {
+                                    left: iters,
+                                    start: Instant::now(),
+                                    done,
+                                };
                                 send(&mesh, 1, Msg::Ping);
                             }
                             Msg::RunBurst { batches, done } => {
-                                run = Run::Burst { left: batches, start: Instant::now(), done };
+                                run = Run::Burst {
+                                    left: batches,
+                                    start: Instant::now(),
+                                    done,
+                                };
                                 send_burst(&mesh);
                             }
                             Msg::Ping => send(&mesh, 0, Msg::Pong),
@@ -124,7 +154,10 @@ fn start_runtime(pin: bool) -> Runtime<Msg> {
 }
 
 /// `futures_lite::future::or` without adding a dependency to the bench crate.
-async fn futures_lite_or(a: impl std::future::Future<Output = ()>, b: impl std::future::Future<Output = ()>) {
+async fn futures_lite_or(
+    a: impl std::future::Future<Output = ()>,
+    b: impl std::future::Future<Output = ()>,
+) {
     let mut a = std::pin::pin!(a);
     let mut b = std::pin::pin!(b);
     std::future::poll_fn(|cx| {
@@ -149,7 +182,8 @@ fn run_on_runtime(
     if rt.mesh().send(0, make(tx)).is_err() {
         panic!("control message not delivered");
     }
-    rx.recv_timeout(Duration::from_secs(120)).expect("shard 0 reports")
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("shard 0 reports")
 }
 
 /// Two glommio executors pinned to CPUs 0 and 1 joined by two shared channels. `sender` runs
@@ -157,7 +191,11 @@ fn run_on_runtime(
 fn glommio_pair(iters: u64, burst: bool, pin: bool) -> Duration {
     let (to_b, b_in) = shared_channel::new_bounded::<u64>(16 * 1024);
     let (to_a, a_in) = shared_channel::new_bounded::<u64>(16 * 1024);
-    let cpus = if pin { two_cpus() } else { (Placement::Unbound, Placement::Unbound) };
+    let cpus = if pin {
+        two_cpus()
+    } else {
+        (Placement::Unbound, Placement::Unbound)
+    };
     let b = LocalExecutorBuilder::new(cpus.1)
         .io_memory(64 << 10)
         .spawn(move || async move {
@@ -248,9 +286,14 @@ fn mesh(c: &mut Criterion) {
     let unpinned = start_runtime(false);
 
     let mut g = c.benchmark_group("mesh_pingpong");
-    for (name, rt) in [("shardcast_mesh", &pinned), ("shardcast_mesh_unpinned", &unpinned)] {
+    for (name, rt) in [
+        ("shardcast_mesh", &pinned),
+        ("shardcast_mesh_unpinned", &unpinned),
+    ] {
         g.bench_function(name, |b| {
-            b.iter_custom(|iters| run_on_runtime(rt, iters, |done| Msg::RunPingPong { iters, done }))
+            b.iter_custom(|iters| {
+                run_on_runtime(rt, iters, |done| Msg::RunPingPong { iters, done })
+            })
         });
     }
     g.bench_function("glommio_shared_channel", |b| {
@@ -259,15 +302,23 @@ fn mesh(c: &mut Criterion) {
     g.bench_function("glommio_shared_channel_unpinned", |b| {
         b.iter_custom(|iters| glommio_pair(iters, false, false))
     });
-    g.bench_function("std_mpsc_threads", |b| b.iter_custom(|iters| std_pair(iters, false)));
+    g.bench_function("std_mpsc_threads", |b| {
+        b.iter_custom(|iters| std_pair(iters, false))
+    });
     g.finish();
 
     let mut g = c.benchmark_group("mesh_burst");
     g.throughput(Throughput::Elements(BURST));
-    for (name, rt) in [("shardcast_mesh", &pinned), ("shardcast_mesh_unpinned", &unpinned)] {
+    for (name, rt) in [
+        ("shardcast_mesh", &pinned),
+        ("shardcast_mesh_unpinned", &unpinned),
+    ] {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                run_on_runtime(rt, iters, |done| Msg::RunBurst { batches: iters, done })
+                run_on_runtime(rt, iters, |done| Msg::RunBurst {
+                    batches: iters,
+                    done,
+                })
             })
         });
     }
@@ -277,7 +328,9 @@ fn mesh(c: &mut Criterion) {
     g.bench_function("glommio_shared_channel_unpinned", |b| {
         b.iter_custom(|iters| glommio_pair(iters, true, false))
     });
-    g.bench_function("std_mpsc_threads", |b| b.iter_custom(|iters| std_pair(iters, true)));
+    g.bench_function("std_mpsc_threads", |b| {
+        b.iter_custom(|iters| std_pair(iters, true))
+    });
     g.finish();
 
     for rt in [pinned, unpinned] {

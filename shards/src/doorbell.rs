@@ -37,7 +37,11 @@ pub(crate) struct Doorbell {
 
 impl Doorbell {
     pub(crate) fn new(write: OwnedFd) -> Self {
-        Self { armed: CachePadded(AtomicBool::new(false)), rings: AtomicU64::new(0), write }
+        Self {
+            armed: CachePadded(AtomicBool::new(false)),
+            rings: AtomicU64::new(0),
+            write,
+        }
     }
 
     /// Sender side, called after the message was published. Rings only if the receiver is

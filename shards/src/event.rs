@@ -50,7 +50,10 @@ impl LocalEvent {
 
     /// A future that resolves once the event is set (immediately if it already is).
     pub(crate) fn wait(self: &Rc<Self>) -> Wait {
-        Wait { event: Rc::clone(self), slot: None }
+        Wait {
+            event: Rc::clone(self),
+            slot: None,
+        }
     }
 
     #[cfg(test)]

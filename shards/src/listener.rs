@@ -161,7 +161,10 @@ pub struct Listener {
 
 impl fmt::Debug for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Listener").field("name", &self.name).field("addr", &self.addr).finish()
+        f.debug_struct("Listener")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -177,7 +180,14 @@ impl Listener {
         // glommio's listener, which closes it on drop.
         let fd = fd.into_raw_fd();
         let inner = unsafe { TcpListener::from_raw_fd(fd) };
-        Self { name, addr, fd, inner, shutdown, counters: Rc::default() }
+        Self {
+            name,
+            addr,
+            fd,
+            inner,
+            shutdown,
+            counters: Rc::default(),
+        }
     }
 
     /// The name given to `Builder::listen`.
@@ -298,7 +308,10 @@ mod tests {
     #[test]
     fn accept_errors_are_classified() {
         for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
-            assert_eq!(AcceptError::classify(os(code)).label(), "resource_exhausted");
+            assert_eq!(
+                AcceptError::classify(os(code)).label(),
+                "resource_exhausted"
+            );
         }
         for code in [libc::ECONNABORTED, libc::EPROTO, libc::EPERM, libc::EINTR] {
             assert_eq!(AcceptError::classify(os(code)).label(), "connection_failed");
@@ -320,12 +333,14 @@ mod tests {
 
     #[test]
     fn accept_loop_counts_and_stops_on_shutdown() {
-        let ex = glommio::LocalExecutorBuilder::default().io_memory(64 << 10).make().unwrap();
+        let ex = glommio::LocalExecutorBuilder::default()
+            .io_memory(64 << 10)
+            .make()
+            .unwrap();
         ex.run(async {
             let (addr, mut fds) = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
             let shutdown = ShardShutdown::new();
-            let listener =
-                Listener::attach("t".into(), addr, fds.remove(0), Rc::clone(&shutdown));
+            let listener = Listener::attach("t".into(), addr, fds.remove(0), Rc::clone(&shutdown));
             let counters = listener.counters();
             let accepted = Rc::new(Cell::new(0));
             let five = crate::event::LocalEvent::new();
@@ -337,7 +352,9 @@ mod tests {
                 }
             }));
             let clients = std::thread::spawn(move || {
-                (0..5).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect::<Vec<_>>()
+                (0..5)
+                    .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                    .collect::<Vec<_>>()
             });
             glommio::timer::timeout(Duration::from_secs(10), async {
                 five.wait().await;

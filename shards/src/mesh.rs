@@ -122,13 +122,17 @@ pub struct MeshSender<M> {
 
 impl<M> Clone for MeshSender<M> {
     fn clone(&self) -> Self {
-        Self { shared: Arc::clone(&self.shared) }
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
     }
 }
 
 impl<M> fmt::Debug for MeshSender<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MeshSender").field("shards", &self.shards()).finish()
+        f.debug_struct("MeshSender")
+            .field("shards", &self.shards())
+            .finish()
     }
 }
 
@@ -212,7 +216,11 @@ pub(crate) fn build<M>(
         });
         parts.push(InboxParts { rx, bell_read });
     }
-    let sender = MeshSender { shared: Arc::new(MeshShared { inboxes: inboxes.into() }) };
+    let sender = MeshSender {
+        shared: Arc::new(MeshShared {
+            inboxes: inboxes.into(),
+        }),
+    };
     Ok((sender, parts))
 }
 
@@ -233,13 +241,20 @@ pub struct ShardMesh<M> {
 
 impl<M> Clone for ShardMesh<M> {
     fn clone(&self) -> Self {
-        Self { id: self.id, sender: self.sender.clone(), local: Rc::clone(&self.local) }
+        Self {
+            id: self.id,
+            sender: self.sender.clone(),
+            local: Rc::clone(&self.local),
+        }
     }
 }
 
 impl<M> fmt::Debug for ShardMesh<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShardMesh").field("id", &self.id).field("shards", &self.shards()).finish()
+        f.debug_struct("ShardMesh")
+            .field("id", &self.id)
+            .field("shards", &self.shards())
+            .finish()
     }
 }
 
@@ -306,7 +321,10 @@ pub struct Inbox<M> {
 
 impl<M> fmt::Debug for Inbox<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Inbox").field("id", &self.id).field("counters", &self.counters).finish()
+        f.debug_struct("Inbox")
+            .field("id", &self.id)
+            .field("counters", &self.counters)
+            .finish()
     }
 }
 
@@ -325,7 +343,11 @@ pub(crate) fn attach<M>(
     });
     // SAFETY: `bell_read` is an open socket we own; ownership moves into the stream.
     let bell = unsafe { glommio::net::UnixStream::from_raw_fd(parts.bell_read.into_raw_fd()) };
-    let mesh = ShardMesh { id, sender: sender.clone(), local: Rc::clone(&local) };
+    let mesh = ShardMesh {
+        id,
+        sender: sender.clone(),
+        local: Rc::clone(&local),
+    };
     let inbox = Inbox {
         id,
         rx: parts.rx,
@@ -405,7 +427,9 @@ impl<M> Inbox<M> {
     /// Parks until a sender rings the doorbell or a self-send arrives. See `doorbell.rs`.
     async fn park(&mut self) {
         // `id` is this shard's own index, valid by construction in `attach`.
-        let Some(shared) = self.sender.shared.inboxes.get(self.id) else { return };
+        let Some(shared) = self.sender.shared.inboxes.get(self.id) else {
+            return;
+        };
         let local_pending = !self.local.queue.borrow().is_empty();
         if !arm_and_recheck(&shared.bell, &self.rx, local_pending) {
             return;
@@ -452,7 +476,10 @@ mod tests {
     use super::*;
 
     fn executor() -> glommio::LocalExecutor {
-        glommio::LocalExecutorBuilder::default().io_memory(64 << 10).make().unwrap()
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(64 << 10)
+            .make()
+            .unwrap()
     }
 
     #[test]
@@ -465,12 +492,20 @@ mod tests {
         sender.send(0, "a".into()).unwrap();
         let e = sender.send(0, "b".into()).unwrap_err();
         assert_eq!((e.label(), e.into_inner().as_str()), ("inbox_full", "b"));
-        let e = sender.send_timeout(0, "c".into(), Duration::from_millis(1)).unwrap_err();
+        let e = sender
+            .send_timeout(0, "c".into(), Duration::from_millis(1))
+            .unwrap_err();
         assert_eq!(e.label(), "inbox_full");
         let stats = sender.inbox_stats(0).unwrap();
         assert_eq!(
             stats,
-            InboxStats { len: 1, capacity: 1, wakeups: 0, rejected_full: 2, parked: false }
+            InboxStats {
+                len: 1,
+                capacity: 1,
+                wakeups: 0,
+                rejected_full: 2,
+                parked: false
+            }
         );
         drop(parts);
         let e = sender.send(0, "d".into()).unwrap_err();
@@ -569,7 +604,10 @@ mod tests {
         // hang it).
         let send = move |s: &MeshSender<u64>, mut m: u64| {
             while let Err(e) = s.send(0, m) {
-                assert!(std::time::Instant::now() < deadline, "receiver stuck: lost wake-up");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "receiver stuck: lost wake-up"
+                );
                 m = e.into_inner();
                 std::thread::yield_now();
             }
@@ -592,8 +630,9 @@ mod tests {
         for s in senders {
             s.join().expect("burst sender");
         }
-        let (got, parks) =
-            done_rx.recv_timeout(Duration::from_secs(20)).expect("receiver finished");
+        let (got, parks) = done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("receiver finished");
         assert_eq!(got, BURST_SENDERS * PER_SENDER + LOCKSTEP);
         assert!(parks > 0);
         assert!(sender.inbox_stats(0).unwrap().wakeups > 0);
@@ -617,7 +656,9 @@ mod tests {
             futures_lite::future::yield_now().await;
             // Now from another thread: the doorbell path.
             let s = sender.clone();
-            std::thread::spawn(move || s.send(0, 2).unwrap()).join().unwrap();
+            std::thread::spawn(move || s.send(0, 2).unwrap())
+                .join()
+                .unwrap();
             let (out, counters) = receiver.await;
             assert_eq!(out, vec![1, 2]);
             assert!(counters.parks >= 1);

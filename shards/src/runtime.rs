@@ -234,7 +234,10 @@ impl<M> fmt::Debug for Builder<M> {
         f.debug_struct("Builder")
             .field("shards", &self.shards)
             .field("pin", &self.pin)
-            .field("listeners", &self.listeners.iter().map(|l| &l.name).collect::<Vec<_>>())
+            .field(
+                "listeners",
+                &self.listeners.iter().map(|l| &l.name).collect::<Vec<_>>(),
+            )
             .field("backlog", &self.backlog)
             .field("inbox_capacity", &self.inbox_capacity)
             .field("inbox_batch", &self.inbox_batch)
@@ -310,7 +313,11 @@ impl<M: Send + 'static> Builder<M> {
     /// Adds a listener: every shard gets its own `SO_REUSEPORT` socket on `addr` and takes it
     /// with `Shard::take_listener(name)`. Port 0 picks a free port (read it back with
     /// [`Runtime::bound_addr`]). Only the first resolved address is used.
-    pub fn listen(mut self, name: impl Into<String>, addr: impl ToSocketAddrs + fmt::Debug) -> Self {
+    pub fn listen(
+        mut self,
+        name: impl Into<String>,
+        addr: impl ToSocketAddrs + fmt::Debug,
+    ) -> Self {
         let shown = format!("{addr:?}");
         let addr = match addr.to_socket_addrs().map(|mut it| it.next()) {
             Ok(Some(a)) => ListenAddr::Resolved(a),
@@ -320,7 +327,10 @@ impl<M: Send + 'static> Builder<M> {
             },
             Err(error) => ListenAddr::Failed { addr: shown, error },
         };
-        self.listeners.push(ListenSpec { name: name.into(), addr });
+        self.listeners.push(ListenSpec {
+            name: name.into(),
+            addr,
+        });
         self
     }
 
@@ -416,8 +426,13 @@ impl<M: Send + 'static> Builder<M> {
             None => cpus.len().max(1),
         };
         for (i, spec) in self.listeners.iter().enumerate() {
-            if self.listeners[..i].iter().any(|other| other.name == spec.name) {
-                return Err(StartError::DuplicateListener { name: spec.name.clone() });
+            if self.listeners[..i]
+                .iter()
+                .any(|other| other.name == spec.name)
+            {
+                return Err(StartError::DuplicateListener {
+                    name: spec.name.clone(),
+                });
             }
         }
         let placement: Vec<Option<usize>> = if !self.pin {
@@ -435,7 +450,10 @@ impl<M: Send + 'static> Builder<M> {
 
         match sys::raise_memlock_soft_limit() {
             Ok((soft, _)) if soft < GLOMMIO_MIN_MEMLOCK => {
-                return Err(StartError::MemlockTooLow { limit: soft, needed: GLOMMIO_MIN_MEMLOCK });
+                return Err(StartError::MemlockTooLow {
+                    limit: soft,
+                    needed: GLOMMIO_MIN_MEMLOCK,
+                });
             }
             Ok((soft, _)) => tracing::debug!(memlock = soft, "RLIMIT_MEMLOCK soft limit"),
             Err(error) => tracing::warn!(%error, "cannot read or raise RLIMIT_MEMLOCK"),
@@ -463,7 +481,10 @@ impl<M: Send + 'static> Builder<M> {
                     addr,
                     source,
                 })?;
-            bound.push(BoundListener { name: spec.name.clone(), addr: actual });
+            bound.push(BoundListener {
+                name: spec.name.clone(),
+                addr: actual,
+            });
             for (shard, fd) in fds.into_iter().enumerate() {
                 per_shard[shard].push((spec.name.clone(), actual, fd));
             }
@@ -500,7 +521,11 @@ impl<M: Send + 'static> Builder<M> {
         let mut threads = Vec::with_capacity(count);
         let mut gos = Vec::with_capacity(count);
         let mut spawn_error = None;
-        let parts = inbox_parts.into_iter().zip(shutdown_reads).zip(per_shard).zip(placement);
+        let parts = inbox_parts
+            .into_iter()
+            .zip(shutdown_reads)
+            .zip(per_shard)
+            .zip(placement);
         for (id, (((inbox, shutdown_read), listeners), cpu)) in parts.enumerate() {
             let (go_tx, go_rx) = mpsc::channel::<bool>();
             let setup = ShardSetup {
@@ -569,7 +594,13 @@ impl<M: Send + 'static> Builder<M> {
             let _ = go.send(true);
         }
         tracing::debug!(shards = count, "shards started");
-        Ok(Runtime { count, bound, mesh, shutdown, threads: Some(threads) })
+        Ok(Runtime {
+            count,
+            bound,
+            mesh,
+            shutdown,
+            threads: Some(threads),
+        })
     }
 }
 
@@ -608,7 +639,10 @@ struct PanicGuard {
 impl Drop for PanicGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            tracing::error!(shard = self.shard, "shard panicked: shutting down all shards");
+            tracing::error!(
+                shard = self.shard,
+                "shard panicked: shutting down all shards"
+            );
             self.shutdown.trigger();
         }
     }
@@ -632,7 +666,10 @@ where
         ready,
         go,
     } = setup;
-    let _guard = PanicGuard { shard: id, shutdown: shutdown.clone() };
+    let _guard = PanicGuard {
+        shard: id,
+        shutdown: shutdown.clone(),
+    };
 
     // Before glommio spawns its helper thread (which inherits this mask).
     if let Err(error) = sys::block_shutdown_signals_in_current_thread() {
@@ -656,7 +693,13 @@ where
     let executor = match executor {
         Ok(ex) => ex,
         Err(e) => {
-            let _ = ready.send((id, Err(StartError::Executor { shard: id, source: e.into() })));
+            let _ = ready.send((
+                id,
+                Err(StartError::Executor {
+                    shard: id,
+                    source: e.into(),
+                }),
+            ));
             return ShardExit::Finished;
         }
     };
@@ -666,7 +709,12 @@ where
         let listeners: Vec<Listener> = listeners
             .into_iter()
             .map(|(name, addr, fd)| {
-                Listener::attach(Rc::from(name.as_str()), addr, fd, Rc::clone(&local_shutdown))
+                Listener::attach(
+                    Rc::from(name.as_str()),
+                    addr,
+                    fd,
+                    Rc::clone(&local_shutdown),
+                )
             })
             .collect();
         let (shard_mesh, inbox) = mesh::attach(id, inbox, mesh, config.inbox_batch);
@@ -802,7 +850,10 @@ impl<M> Runtime<M> {
         if panicked.is_empty() {
             Ok(exits)
         } else {
-            Err(JoinError { shards: panicked, exits })
+            Err(JoinError {
+                shards: panicked,
+                exits,
+            })
         }
     }
 }

@@ -37,7 +37,9 @@ pub struct Shard<M> {
 
 impl<M> Clone for Shard<M> {
     fn clone(&self) -> Self {
-        Self { inner: Rc::clone(&self.inner) }
+        Self {
+            inner: Rc::clone(&self.inner),
+        }
     }
 }
 

@@ -55,7 +55,12 @@ pub struct Shutdown {
 
 impl Shutdown {
     pub(crate) fn new(bells: Box<[Arc<Doorbell>]>) -> Self {
-        Self { inner: Arc::new(Inner { phase: AtomicU8::new(RUNNING), bells }) }
+        Self {
+            inner: Arc::new(Inner {
+                phase: AtomicU8::new(RUNNING),
+                bells,
+            }),
+        }
     }
 
     /// Begins a graceful shutdown (phase 1). Idempotent; returns `true` for the call that
@@ -155,7 +160,10 @@ impl ShardShutdown {
                 glommio::timer::sleep(drain_timeout).await;
                 if !this.forced.is_set() {
                     this.timed_out.set(true);
-                    tracing::warn!(?drain_timeout, "drain timeout elapsed: forcing shard to stop");
+                    tracing::warn!(
+                        ?drain_timeout,
+                        "drain timeout elapsed: forcing shard to stop"
+                    );
                 }
                 this.forced.set();
             })
@@ -219,7 +227,10 @@ mod tests {
 
     #[test]
     fn a_shard_observes_trigger_then_forces_itself_after_the_drain_timeout() {
-        let ex = glommio::LocalExecutorBuilder::default().io_memory(64 << 10).make().unwrap();
+        let ex = glommio::LocalExecutorBuilder::default()
+            .io_memory(64 << 10)
+            .make()
+            .unwrap();
         ex.run(async {
             let (r, w) = sys::doorbell_pair().unwrap();
             let handle = Shutdown::new(vec![Arc::new(Doorbell::new(w))].into_boxed_slice());
@@ -247,7 +258,10 @@ mod tests {
 
     #[test]
     fn force_is_observed_immediately() {
-        let ex = glommio::LocalExecutorBuilder::default().io_memory(64 << 10).make().unwrap();
+        let ex = glommio::LocalExecutorBuilder::default()
+            .io_memory(64 << 10)
+            .make()
+            .unwrap();
         ex.run(async {
             let (r, w) = sys::doorbell_pair().unwrap();
             let handle = Shutdown::new(vec![Arc::new(Doorbell::new(w))].into_boxed_slice());

@@ -120,11 +120,19 @@ fn dispatch(read_fd: libc::c_int) {
 }
 
 fn deliver(sig: libc::c_int) {
-    let name = if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+    let name = if sig == libc::SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
     let live: Vec<Shutdown> = {
         let mut registry = REGISTRY.lock().unwrap_or_else(|poison| poison.into_inner());
         registry.retain(|w| w.strong_count() > 0);
-        registry.iter().filter_map(Weak::upgrade).map(|inner| Shutdown { inner }).collect()
+        registry
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|inner| Shutdown { inner })
+            .collect()
     };
     if live.is_empty() {
         // Nobody to shut down gracefully: behave as if we had never installed a handler.
@@ -138,7 +146,10 @@ fn deliver(sig: libc::c_int) {
     }
     for shutdown in live {
         if shutdown.phase() == Phase::Running {
-            tracing::info!(signal = name, "shutting down gracefully (send again to force)");
+            tracing::info!(
+                signal = name,
+                "shutting down gracefully (send again to force)"
+            );
             shutdown.trigger();
         } else {
             tracing::warn!(signal = name, "second signal: forcing shutdown");

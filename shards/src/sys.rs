@@ -29,7 +29,9 @@ pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
     check(unsafe { libc::sched_getaffinity(0, mem::size_of::<libc::cpu_set_t>(), &mut set) })?;
     let max = 8 * mem::size_of::<libc::cpu_set_t>();
     // SAFETY: `CPU_ISSET` reads the set we own; `cpu < CPU_SETSIZE` by construction of `max`.
-    Ok((0..max).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
+    Ok((0..max)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
 }
 
 /// Pins the calling thread to one CPU.
@@ -41,14 +43,21 @@ pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
     unsafe {
         let mut set: libc::cpu_set_t = mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        check(libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set))?;
+        check(libc::sched_setaffinity(
+            0,
+            mem::size_of::<libc::cpu_set_t>(),
+            &set,
+        ))?;
     }
     Ok(())
 }
 
 /// `RLIMIT_MEMLOCK` as `(soft, hard)` in bytes (`u64::MAX` for unlimited).
 pub(crate) fn memlock_limit() -> io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: we pass a valid pointer to an `rlimit` we own.
     check(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) })?;
     Ok((lim.rlim_cur, lim.rlim_max))
@@ -59,7 +68,10 @@ pub(crate) fn memlock_limit() -> io::Result<(u64, u64)> {
 pub(crate) fn raise_memlock_soft_limit() -> io::Result<(u64, u64)> {
     let (soft, hard) = memlock_limit()?;
     if soft < hard {
-        let lim = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+        let lim = libc::rlimit {
+            rlim_cur: hard,
+            rlim_max: hard,
+        };
         // SAFETY: we pass a valid pointer to an `rlimit` we own.
         check(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) })?;
     }
@@ -212,7 +224,9 @@ fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
             let mut sin: libc::sockaddr_in = unsafe { mem::zeroed() };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
             sin.sin_port = a.port().to_be();
-            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+            sin.sin_addr = libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.ip().octets()),
+            };
             // SAFETY: pointer and length describe the `sockaddr_in` above.
             check(unsafe {
                 libc::bind(
@@ -227,7 +241,9 @@ fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
             let mut sin6: libc::sockaddr_in6 = unsafe { mem::zeroed() };
             sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+            sin6.sin6_addr = libc::in6_addr {
+                s6_addr: a.ip().octets(),
+            };
             sin6.sin6_flowinfo = a.flowinfo();
             sin6.sin6_scope_id = a.scope_id();
             // SAFETY: pointer and length describe the `sockaddr_in6` above.
@@ -321,7 +337,10 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(stream.read(&mut buf).unwrap(), 2);
         // Non-blocking: nothing more to read.
-        assert_eq!(stream.read(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(
+            stream.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
         // Ringing a doorbell whose reader is gone is harmless (EPIPE ignored, no SIGPIPE).
         drop(stream);
         ring(write.as_fd());

@@ -27,7 +27,9 @@ fn glommio_unix_stream_ping_pong_without_timers() {
     a.set_nonblocking(true).unwrap();
     b.set_nonblocking(true).unwrap();
     let (fa, fb) = (a.into_raw_fd(), b.into_raw_fd());
-    let guard = std::env::var("GUARD_MS").ok().and_then(|v| v.parse::<u64>().ok());
+    let guard = std::env::var("GUARD_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
     let cpus = if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
         (Placement::Fixed(0), Placement::Fixed(1))
     } else {
@@ -73,7 +75,9 @@ fn glommio_unix_stream_ping_pong_without_timers() {
     std::thread::spawn(move || {
         let _ = tx.send(ping.join().is_ok());
     });
-    let finished = rx.recv_timeout(Duration::from_secs(30)).expect("glommio stalled: lost wake-up");
+    let finished = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("glommio stalled: lost wake-up");
     assert!(finished);
     echo.join().unwrap();
 }

@@ -81,7 +81,9 @@ fn spawn(mut cmd: Command) -> (Guard, mpsc::Receiver<String>) {
 }
 
 fn wait_within(mut guard: Guard, limit: Duration) -> ExitStatus {
-    let Some(mut child) = guard.0.take() else { panic!("child already reaped") };
+    let Some(mut child) = guard.0.take() else {
+        panic!("child already reaped")
+    };
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -124,7 +126,12 @@ fn starts_under_an_8_mib_memlock_limit_without_cap_ipc_lock() {
     }
     let (child, rx) = spawn(child_command(
         "capsh",
-        &["--drop=cap_ipc_lock", "--", "-c", "ulimit -l 8192 && exec \"$0\" \"$@\""],
+        &[
+            "--drop=cap_ipc_lock",
+            "--",
+            "-c",
+            "ulimit -l 8192 && exec \"$0\" \"$@\"",
+        ],
         "memlock",
         "child_memlock",
     ));
@@ -142,11 +149,19 @@ fn a_memlock_limit_below_glommios_minimum_is_reported() {
     }
     let (child, rx) = spawn(child_command(
         "capsh",
-        &["--drop=cap_ipc_lock", "--", "-c", "ulimit -l 64 && exec \"$0\" \"$@\""],
+        &[
+            "--drop=cap_ipc_lock",
+            "--",
+            "-c",
+            "ulimit -l 64 && exec \"$0\" \"$@\"",
+        ],
         "memlock-low",
         "child_memlock_low",
     ));
-    assert_eq!(expect_line(&rx, "memlock-low"), "memlock-low memlock_too_low 65536");
+    assert_eq!(
+        expect_line(&rx, "memlock-low"),
+        "memlock-low memlock_too_low 65536"
+    );
     assert!(wait_within(child, Duration::from_secs(60)).success());
 }
 
@@ -155,7 +170,10 @@ fn child_memlock_low() {
     if !role_is("memlock-low") {
         return;
     }
-    let err = Runtime::builder().shards(1).start(|_shard| async {}).unwrap_err();
+    let err = Runtime::builder()
+        .shards(1)
+        .start(|_shard| async {})
+        .unwrap_err();
     match err {
         shardcast_shards::StartError::MemlockTooLow { limit, .. } => {
             println!("\nmemlock-low {} {limit}", err.label());
@@ -169,10 +187,20 @@ fn child_memlock() {
     if !role_is("memlock") {
         return;
     }
-    assert_eq!(effective_caps() & (1 << CAP_IPC_LOCK), 0, "CAP_IPC_LOCK must be dropped");
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    assert_eq!(
+        effective_caps() & (1 << CAP_IPC_LOCK),
+        0,
+        "CAP_IPC_LOCK must be dropped"
+    );
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: valid pointer to an `rlimit` we own.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) }, 0);
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) },
+        0
+    );
     assert!(lim.rlim_max <= 8 << 20, "hard limit {}", lim.rlim_max);
 
     // Default shard count (every CPU) and more shards than CPUs both start.
@@ -184,10 +212,7 @@ fn child_memlock() {
         let rt = builder
             .start(|shard| async move {
                 let listener = shard.take_listener("tcp").unwrap();
-                listener
-                    .accept_loop(|stream| drop(stream))
-                    .await
-                    .unwrap();
+                listener.accept_loop(drop).await.unwrap();
             })
             .expect("start under an 8 MiB memlock limit");
         let addr = rt.bound_addr("tcp").unwrap();
@@ -196,7 +221,10 @@ fn child_memlock() {
         rt.shutdown_handle().trigger();
         let exits = rt.join().unwrap();
         assert_eq!(exits, vec![ShardExit::Finished; count]);
-        println!("\nmemlock-step shards={count} memlock_hard={}", lim.rlim_max);
+        println!(
+            "\nmemlock-step shards={count} memlock_hard={}",
+            lim.rlim_max
+        );
     }
     println!("\nmemlock-ok");
 }
@@ -207,7 +235,12 @@ fn child_memlock() {
 /// SIGTERM drains every shard, and the process exits cleanly.
 #[test]
 fn sigterm_drains_the_shards() {
-    let (child, rx) = spawn(child_command("sh", &["-c", SH_EXEC], "drain", "child_signals"));
+    let (child, rx) = spawn(child_command(
+        "sh",
+        &["-c", SH_EXEC],
+        "drain",
+        "child_signals",
+    ));
     expect_line(&rx, "ready");
     signal(&child, libc::SIGTERM);
     let exits = expect_line(&rx, "exits");
@@ -218,7 +251,12 @@ fn sigterm_drains_the_shards() {
 /// A second signal forces shards that do not finish draining.
 #[test]
 fn a_second_signal_forces() {
-    let (child, rx) = spawn(child_command("sh", &["-c", SH_EXEC], "stuck", "child_signals"));
+    let (child, rx) = spawn(child_command(
+        "sh",
+        &["-c", SH_EXEC],
+        "stuck",
+        "child_signals",
+    ));
     expect_line(&rx, "ready");
     signal(&child, libc::SIGINT);
     expect_line(&rx, "draining");

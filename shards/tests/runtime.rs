@@ -20,7 +20,8 @@ fn join_within<M: Send + 'static>(
     std::thread::spawn(move || {
         let _ = tx.send(rt.join());
     });
-    rx.recv_timeout(limit).expect("runtime did not end before the deadline")
+    rx.recv_timeout(limit)
+        .expect("runtime did not end before the deadline")
 }
 
 #[test]
@@ -56,16 +57,23 @@ fn connections_spread_across_shards() {
     assert_ne!(addr.port(), 0);
     assert_eq!(rt.bound_addrs().len(), 1);
 
-    let clients: Vec<TcpStream> = (0..CONNS).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let clients: Vec<TcpStream> = (0..CONNS)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut per_shard = [0usize; 2];
     for _ in 0..CONNS {
         let left = deadline.saturating_duration_since(Instant::now());
-        let id = rx.recv_timeout(left).expect("every connection is accepted in time");
+        let id = rx
+            .recv_timeout(left)
+            .expect("every connection is accepted in time");
         per_shard[id] += 1;
     }
     assert_eq!(per_shard[0] + per_shard[1], CONNS);
-    assert!(per_shard.iter().all(|&n| n > 0), "both shards accept: {per_shard:?}");
+    assert!(
+        per_shard.iter().all(|&n| n > 0),
+        "both shards accept: {per_shard:?}"
+    );
 
     rt.shutdown_handle().trigger();
     let exits = join_within(rt, Duration::from_secs(10)).expect("no panic");
@@ -113,7 +121,10 @@ fn mesh_stress_every_message_arrives() {
                 shard
                     .spawn(async move {
                         for seq in 0..SHARD_MSGS {
-                            let mut msg = Msg::Data { from: 100 + id as u32, seq };
+                            let mut msg = Msg::Data {
+                                from: 100 + id as u32,
+                                seq,
+                            };
                             loop {
                                 match mesh.send(peer, msg) {
                                     Ok(()) => break,
@@ -179,7 +190,10 @@ fn mesh_stress_every_message_arrives() {
                 let to = ((seq / 100) % 2) as usize;
                 // Each shard must see a contiguous sequence per sender: number per target.
                 let per_target_seq = (seq / 200) * 100 + seq % 100;
-                let mut msg = Msg::Data { from: t * 2 + to as u32, seq: per_target_seq };
+                let mut msg = Msg::Data {
+                    from: t * 2 + to as u32,
+                    seq: per_target_seq,
+                };
                 loop {
                     match mesh.send(to, msg) {
                         Ok(()) => break,
@@ -198,7 +212,9 @@ fn mesh_stress_every_message_arrives() {
             let (reply, answered) = mpsc::sync_channel(1);
             for i in 0..PINGS {
                 let to = ((i + t) % 2) as usize;
-                let mut msg = Msg::Ping { reply: reply.clone() };
+                let mut msg = Msg::Ping {
+                    reply: reply.clone(),
+                };
                 loop {
                     match mesh.send(to, msg) {
                         Ok(()) => break,
@@ -225,12 +241,21 @@ fn mesh_stress_every_message_arrives() {
         assert!(errors.is_empty(), "shard {id} saw reordering: {errors:?}");
     }
     let stats: Vec<_> = (0..2).map(|s| mesh.inbox_stats(s).unwrap()).collect();
-    assert!(stats.iter().all(|s| s.len == 0 && s.capacity == 1024), "{stats:?}");
+    assert!(
+        stats.iter().all(|s| s.len == 0 && s.capacity == 1024),
+        "{stats:?}"
+    );
     // The lock-step pings must have woken parked shards through the doorbell.
-    assert!(stats.iter().map(|s| s.wakeups).sum::<u64>() > 0, "{stats:?}");
+    assert!(
+        stats.iter().map(|s| s.wakeups).sum::<u64>() > 0,
+        "{stats:?}"
+    );
 
     rt.shutdown_handle().trigger();
-    assert_eq!(join_within(rt, Duration::from_secs(10)).unwrap(), vec![ShardExit::Finished; 2]);
+    assert_eq!(
+        join_within(rt, Duration::from_secs(10)).unwrap(),
+        vec![ShardExit::Finished; 2]
+    );
 }
 
 #[test]
@@ -317,7 +342,9 @@ fn dropping_the_runtime_stops_the_shards() {
         })
         .expect("start");
     drop(rt);
-    let mut ended: Vec<usize> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
+    let mut ended: Vec<usize> = (0..2)
+        .map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap())
+        .collect();
     ended.sort_unstable();
     assert_eq!(ended, vec![0, 1]);
 }
@@ -354,7 +381,10 @@ fn an_address_in_use_fails_start_at_once() {
 
 #[test]
 fn configuration_errors_are_reported() {
-    let err = Runtime::builder().shards(0).start(|_shard| async {}).unwrap_err();
+    let err = Runtime::builder()
+        .shards(0)
+        .start(|_shard| async {})
+        .unwrap_err();
     assert!(matches!(err, StartError::ZeroShards));
     let err = Runtime::builder()
         .shards(1)
@@ -384,7 +414,9 @@ fn a_shard_setup_failure_is_reported_not_hung() {
             .start(|_shard| async {});
         let _ = tx.send(r.map(|_| ()).map_err(|e| e.label()));
     });
-    let result = rx.recv_timeout(Duration::from_secs(20)).expect("start returned");
+    let result = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("start returned");
     assert_eq!(result, Err("executor"));
 }
 
@@ -461,10 +493,12 @@ fn shard_to_shard_ping_pong_never_stalls() {
             }
         })
         .unwrap();
-    let n = done_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-        let stats: Vec<_> = (0..2).map(|s| rt.mesh().inbox_stats(s)).collect();
-        panic!("ping-pong stalled: {stats:?}")
-    });
+    let n = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            let stats: Vec<_> = (0..2).map(|s| rt.mesh().inbox_stats(s)).collect();
+            panic!("ping-pong stalled: {stats:?}")
+        });
     assert_eq!(n, ROUND_TRIPS);
     rt.shutdown_handle().trigger();
     join_within(rt, Duration::from_secs(10)).unwrap();

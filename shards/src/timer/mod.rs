@@ -55,7 +55,11 @@ impl<K> Shared<K> {
     /// The first tick boundary at or after `deadline` (ceiling), so that firing when the wheel
     /// reaches it is never early.
     fn deadline_tick(&self, deadline: Instant) -> u64 {
-        ticks(deadline.saturating_duration_since(self.origin), self.tick, true)
+        ticks(
+            deadline.saturating_duration_since(self.origin),
+            self.tick,
+            true,
+        )
     }
 }
 
@@ -63,7 +67,11 @@ impl<K> Shared<K> {
 fn ticks(elapsed: Duration, tick: Duration, round_up: bool) -> u64 {
     let tick_ns = tick.as_nanos().max(1);
     let ns = elapsed.as_nanos();
-    let t = if round_up { ns.div_ceil(tick_ns) } else { ns / tick_ns };
+    let t = if round_up {
+        ns.div_ceil(tick_ns)
+    } else {
+        ns / tick_ns
+    };
     u64::try_from(t).unwrap_or(u64::MAX)
 }
 
@@ -74,7 +82,9 @@ pub struct Timers<K> {
 
 impl<K> Clone for Timers<K> {
     fn clone(&self) -> Self {
-        Self { shared: Rc::clone(&self.shared) }
+        Self {
+            shared: Rc::clone(&self.shared),
+        }
     }
 }
 
@@ -94,7 +104,9 @@ pub struct Expirations<K> {
 
 impl<K> fmt::Debug for Expirations<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Expirations").field("tick", &self.shared.tick).finish()
+        f.debug_struct("Expirations")
+            .field("tick", &self.shared.tick)
+            .finish()
     }
 }
 
@@ -112,7 +124,12 @@ pub fn timers_with_slots<K>(tick: Duration, slots: usize) -> (Timers<K>, Expirat
         tick: tick.max(Duration::from_millis(1)),
         idle: Cell::new(None),
     });
-    (Timers { shared: Rc::clone(&shared) }, Expirations { shared })
+    (
+        Timers {
+            shared: Rc::clone(&shared),
+        },
+        Expirations { shared },
+    )
 }
 
 impl<K> Timers<K> {
@@ -220,7 +237,10 @@ mod tests {
         assert_eq!(ticks(Duration::from_millis(100), tick, true), 1);
         assert_eq!(ticks(Duration::from_millis(101), tick, true), 2);
         assert_eq!(ticks(Duration::from_millis(199), tick, false), 1);
-        assert_eq!(ticks(Duration::MAX, Duration::from_nanos(1), false), u64::MAX);
+        assert_eq!(
+            ticks(Duration::MAX, Duration::from_nanos(1), false),
+            u64::MAX
+        );
     }
 
     #[test]
@@ -241,7 +261,10 @@ mod tests {
 
     #[test]
     fn expirations_fire_in_order_within_one_tick_on_glommio() {
-        let ex = glommio::LocalExecutorBuilder::default().io_memory(64 << 10).make().unwrap();
+        let ex = glommio::LocalExecutorBuilder::default()
+            .io_memory(64 << 10)
+            .make()
+            .unwrap();
         ex.run(async {
             let tick = Duration::from_millis(10);
             let (t, mut exp) = timers::<u32>(tick);
@@ -270,7 +293,10 @@ mod tests {
 
     #[test]
     fn an_idle_consumer_wakes_on_the_first_insert() {
-        let ex = glommio::LocalExecutorBuilder::default().io_memory(64 << 10).make().unwrap();
+        let ex = glommio::LocalExecutorBuilder::default()
+            .io_memory(64 << 10)
+            .make()
+            .unwrap();
         ex.run(async {
             let (t, mut exp) = timers::<&'static str>(Duration::from_millis(5));
             let consumer = glommio::spawn_local(async move {

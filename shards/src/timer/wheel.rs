@@ -159,7 +159,8 @@ impl<K> TimerWheel<K> {
 
     /// The effective deadline of a live timer.
     pub fn deadline(&self, id: TimerId) -> Option<u64> {
-        self.is_live(id).then(|| self.entries[id.index as usize].deadline)
+        self.is_live(id)
+            .then(|| self.entries[id.index as usize].deadline)
     }
 
     /// True while `id` names a live timer.
@@ -246,7 +247,10 @@ impl<K> TimerWheel<K> {
         self.free = index;
         // Only called on live entries (checked by `is_live` or found linked in a slot), whose
         // key is `Some` by the `Entry::key` invariant.
-        entry.key.take().expect("timer wheel: released entry was not live")
+        entry
+            .key
+            .take()
+            .expect("timer wheel: released entry was not live")
     }
 }
 
