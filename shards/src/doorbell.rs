@@ -75,6 +75,11 @@ impl Doorbell {
         self.armed.0.store(false, Ordering::Relaxed);
     }
 
+    /// True while the receiver is parked (armed and not yet rung).
+    pub(crate) fn is_armed(&self) -> bool {
+        self.armed.0.load(Ordering::Relaxed)
+    }
+
     /// Number of bytes written so far.
     pub(crate) fn rings(&self) -> u64 {
         self.rings.load(Ordering::Relaxed)

@@ -31,6 +31,7 @@
 //!
 //! let runtime = Runtime::builder()
 //!     .shards(2)
+//!     .messages::<Msg>()
 //!     .listen("ws", "127.0.0.1:0")
 //!     .start(|shard| async move {
 //!         let listener = shard.take_listener("ws").expect("configured above");
@@ -46,16 +47,32 @@
 //!         let peer = (shard.id() + 1) % shard.count();
 //!         let _ = shard.mesh().send(peer, Msg::Ping(shard.id()));
 //!         let s = shard.clone();
+//!         // Returns when shutdown begins; the socket stops accepting at once.
 //!         let _ = listener.accept_loop(move |stream| {
 //!             s.spawn(async move { drop(stream) }).detach();
-//!         }).await; // returns when shutdown begins
-//!         shard.forced().await; // or: close clients and return when drained
+//!         }).await;
+//!         // Close the clients (1001), let them drain, return. If that takes longer than
+//!         // `drain_timeout`, the runtime drops this future and the shard ends anyway.
 //!     })?;
 //! println!("listening on {:?}", runtime.bound_addrs());
 //! runtime.shutdown_handle().trigger();
 //! runtime.join()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Choices worth knowing
+//! - Inboxes are **bounded** (default 16 384 messages): a full inbox returns
+//!   [`MeshError::Full`] with the message instead of growing memory; queue length, wake-ups and
+//!   rejections are in [`MeshSender::inbox_stats`].
+//! - A shard's timer wheel ticks (default every 100 ms) only while it holds a timer.
+//! - Every shard keeps a 10 ms **wake guard** timer armed ([`Builder::wake_guard`]): glommio
+//!   0.9 occasionally misses the completion that should wake a parked executor (reproduced
+//!   without this crate in `tests/glommio_wakeup.rs`); the guard bounds such a stall.
+//! - Locked memory: glommio's I/O buffer is sized to its 64 KiB minimum so the runtime starts
+//!   under an 8 MiB `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK` (see `runtime.rs`).
+//! - Signals are opt-in ([`Builder::handle_signals`]): first SIGINT/SIGTERM drains, second
+//!   forces.
+//! - Dropping a [`Runtime`] without joining forces shutdown and waits for the shard threads.
 //!
 //! # Layout
 //! `runtime.rs` start/join and configuration; `shard.rs` the per-shard handle; `listener.rs`

@@ -19,7 +19,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -45,13 +45,20 @@ pub struct BoundListener {
 
 /// Binds `shards` sockets on `addr`. All share the port (the kernel's choice if `addr` has
 /// port 0).
+///
+/// A probe bind without `SO_REUSEPORT` runs first: `SO_REUSEPORT` lets any process of the same
+/// user join a group on a port, so without the probe a second server started by mistake on the
+/// same port would silently take half the connections instead of failing with "address in
+/// use". (A process grabbing the port in the microseconds between probe and bind is not
+/// covered.) For port 0 the probe is also what picks the port.
 pub(crate) fn bind_group(
     addr: SocketAddr,
     shards: usize,
     backlog: u32,
 ) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
+    let port = sys::probe_exclusive(addr)?;
     let mut fds = Vec::with_capacity(shards);
-    let first = sys::reuseport_listener(addr, backlog)?;
+    let first = sys::reuseport_listener(port, backlog)?;
     let bound = sys::local_addr(&first)?;
     fds.push(first);
     for _ in 1..shards {
@@ -145,6 +152,8 @@ fn bump(c: &Cell<u64>) {
 pub struct Listener {
     name: Rc<str>,
     addr: SocketAddr,
+    /// The socket's descriptor, owned by `inner` (glommio's listener exposes no `AsRawFd`).
+    fd: RawFd,
     inner: TcpListener,
     shutdown: Rc<ShardShutdown>,
     counters: Rc<AcceptCounters>,
@@ -169,10 +178,12 @@ impl Listener {
     ) -> Self {
         // SAFETY: `fd` is a bound, listening TCP socket that we own; ownership moves into
         // glommio's listener, which closes it on drop.
-        let inner = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+        let fd = fd.into_raw_fd();
+        let inner = unsafe { TcpListener::from_raw_fd(fd) };
         Self {
             name,
             addr,
+            fd,
             inner,
             shutdown,
             counters: Rc::default(),
@@ -192,6 +203,12 @@ impl Listener {
     /// This listener's counters.
     pub fn counters(&self) -> Rc<AcceptCounters> {
         Rc::clone(&self.counters)
+    }
+
+    /// Refuses new connections from now on (see `sys::stop_listening`); the socket is closed
+    /// when the listener drops.
+    fn stop(&self) {
+        sys::stop_listening(self.fd);
     }
 
     /// Accepts one connection (counting it, or counting and classifying the failure).
@@ -236,7 +253,10 @@ impl Listener {
             )
             .await;
             match accepted {
-                None => return Ok(()),
+                None => {
+                    self.stop();
+                    return Ok(());
+                }
                 Some(Ok(stream)) => {
                     backoff = BACKOFF_MIN;
                     on_stream(stream);
@@ -263,6 +283,7 @@ impl Listener {
                     )
                     .await;
                     if !slept {
+                        self.stop();
                         return Ok(());
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -335,12 +356,20 @@ mod tests {
                     .map(|_| std::net::TcpStream::connect(addr).unwrap())
                     .collect::<Vec<_>>()
             });
-            five.wait().await;
+            glommio::timer::timeout(Duration::from_secs(10), async {
+                five.wait().await;
+                Ok(())
+            })
+            .await
+            .expect("five connections accepted in time");
             assert_eq!(counters.accepted(), 5);
+            // Let the executor poll for I/O so the next accept is submitted to io_uring.
+            glommio::timer::sleep(Duration::from_millis(5)).await;
             shutdown_for_test(&shutdown);
+            // Right after the loop returns, before the executor ends: the socket no longer
+            // listens although glommio's accept may still be in flight in the ring.
             assert!(task.await.is_ok());
             drop(clients.join().unwrap());
-            // The socket is closed: new connections are refused.
             assert!(std::net::TcpStream::connect(addr).is_err());
         });
     }

@@ -100,6 +100,8 @@ pub struct InboxStats {
     pub wakeups: u64,
     /// Sends rejected because the inbox was full.
     pub rejected_full: u64,
+    /// True while the shard is parked waiting for its doorbell (idle).
+    pub parked: bool,
 }
 
 struct InboxShared<M> {
@@ -185,6 +187,7 @@ impl<M> MeshSender<M> {
             capacity: inbox.capacity,
             wakeups: inbox.bell.rings(),
             rejected_full: inbox.rejected_full.load(Ordering::Relaxed),
+            parked: inbox.bell.is_armed(),
         })
     }
 }
@@ -427,11 +430,8 @@ impl<M> Inbox<M> {
         let Some(shared) = self.sender.shared.inboxes.get(self.id) else {
             return;
         };
-        shared.bell.arm();
-        // Re-check after arming: a message published before the sender could see `armed`
-        // must not be left waiting (the sender's fence pairs with the one in `arm`).
-        if !self.rx.is_empty() || !self.local.queue.borrow().is_empty() {
-            shared.bell.disarm();
+        let local_pending = !self.local.queue.borrow().is_empty();
+        if !arm_and_recheck(&shared.bell, &self.rx, local_pending) {
             return;
         }
         self.counters.parks += 1;
@@ -456,6 +456,19 @@ impl<M> Inbox<M> {
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
     }
+}
+
+/// The receiver's half of the doorbell handshake (`doorbell.rs`): arm, then look at the queue
+/// once more. Returns `true` if the caller may park on the doorbell; `false` (and disarmed)
+/// if a message arrived meanwhile. A message published before its sender could see `armed`
+/// is caught by this re-check: the sender's fence pairs with the one in `arm`.
+fn arm_and_recheck<M>(bell: &Doorbell, rx: &Receiver<M>, local_pending: bool) -> bool {
+    bell.arm();
+    if local_pending || !rx.is_empty() {
+        bell.disarm();
+        return false;
+    }
+    true
 }
 
 #[cfg(test)]
@@ -490,7 +503,8 @@ mod tests {
                 len: 1,
                 capacity: 1,
                 wakeups: 0,
-                rejected_full: 2
+                rejected_full: 2,
+                parked: false
             }
         );
         drop(parts);
@@ -532,6 +546,96 @@ mod tests {
             mesh.send(0, 2).unwrap();
             assert_eq!(mesh.send(0, 3).unwrap_err().label(), "inbox_full");
         });
+    }
+
+    /// The handshake alone, between plain threads and with a blocking read on the doorbell
+    /// (no glommio, no wake guard): burst senders keep the inbox full while a lock-step sender
+    /// makes the receiver park before nearly every one of its messages, and the receiver
+    /// lingers a random few microseconds between finding its queue empty and arming, so that
+    /// sends land inside that window. A lost wake-up would leave the receiver blocked in
+    /// `read` and miss the deadline. (Removing the re-check from `arm_and_recheck` makes this
+    /// test fail.)
+    #[test]
+    fn the_doorbell_handshake_loses_no_wakeup_between_threads() {
+        use std::io::Read;
+        const BURST_SENDERS: u64 = 3;
+        const PER_SENDER: u64 = 50_000;
+        const LOCKSTEP: u64 = 5_000;
+        const MARK: u64 = u64::MAX;
+        let (sender, mut parts) = build::<u64>(1, 256).unwrap();
+        let InboxParts { rx, bell_read } = parts.remove(0);
+        let mut bell = std::os::unix::net::UnixStream::from(bell_read);
+        bell.set_nonblocking(false).unwrap();
+        let shared = Arc::clone(&sender.shared);
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, u64)>();
+        std::thread::spawn(move || {
+            let bell_state = &shared.inboxes[0].bell;
+            let (mut got, mut parks) = (0u64, 0u64);
+            let mut buf = [0u8; 64];
+            let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+            while got < BURST_SENDERS * PER_SENDER + LOCKSTEP {
+                if let Ok(v) = rx.try_recv() {
+                    got += 1;
+                    if v == MARK {
+                        let _ = ack_tx.send(());
+                    }
+                    continue;
+                }
+                // Widen the race window between "found nothing" and "armed" (as a preempted
+                // shard would), so that senders often publish right inside it.
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let until = std::time::Instant::now() + Duration::from_micros(seed % 20);
+                while std::time::Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                if arm_and_recheck(bell_state, &rx, false) {
+                    parks += 1;
+                    assert!(bell.read(&mut buf).unwrap() > 0);
+                    bell_state.disarm();
+                }
+            }
+            let _ = done_tx.send((got, parks));
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // Retries a full inbox until the deadline (a stuck receiver must fail the test, not
+        // hang it).
+        let send = move |s: &MeshSender<u64>, mut m: u64| {
+            while let Err(e) = s.send(0, m) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "receiver stuck: lost wake-up"
+                );
+                m = e.into_inner();
+                std::thread::yield_now();
+            }
+        };
+        let mut senders = Vec::new();
+        for _ in 0..BURST_SENDERS {
+            let s = sender.clone();
+            senders.push(std::thread::spawn(move || {
+                for i in 0..PER_SENDER {
+                    send(&s, i);
+                }
+            }));
+        }
+        for i in 0..LOCKSTEP {
+            send(&sender, MARK);
+            ack_rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("lock-step message {i} never processed: lost wake-up"));
+        }
+        for s in senders {
+            s.join().expect("burst sender");
+        }
+        let (got, parks) = done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("receiver finished");
+        assert_eq!(got, BURST_SENDERS * PER_SENDER + LOCKSTEP);
+        assert!(parks > 0);
+        assert!(sender.inbox_stats(0).unwrap().wakeups > 0);
     }
 
     #[test]

@@ -17,13 +17,21 @@
 //!
 //! **Locked memory.** glommio registers its I/O buffer (`io_memory`) with each of its three
 //! io_uring rings per executor, and without `CAP_IPC_LOCK` the kernel charges each
-//! registration against `RLIMIT_MEMLOCK` (per user). glommio's default, 10 MiB per executor,
-//! does not fit a common 8 MiB limit even once. This runtime does no storage I/O, which is all
-//! that buffer serves, so it asks for glommio's minimum, 64 KiB: 3 × 64 KiB = 192 KiB per
-//! shard, about 40 shards under 8 MiB. Beyond that glommio logs a warning and runs without
-//! registered buffers, which sockets do not use anyway. Ring memory itself is charged to the
-//! memory cgroup on kernels ≥ 5.12, not to the memlock limit. glommio refuses to start if the
-//! soft limit is under 512 KiB, hence step 2.
+//! registration against `RLIMIT_MEMLOCK` (per user). With glommio's default of 10 MiB per
+//! executor that never fits a common 8 MiB limit: registration fails, glommio logs a warning
+//! and carries on without registered buffers, having still allocated 10 MiB per shard for
+//! nothing. This runtime does no storage I/O, which is all that buffer serves, so it asks for
+//! glommio's minimum, 64 KiB: 3 × 64 KiB = 192 KiB per shard, about 40 shards under 8 MiB
+//! (beyond that, the same harmless fallback). Ring memory itself is charged to the memory
+//! cgroup on kernels ≥ 5.12, not to the memlock limit. glommio refuses to create an executor
+//! when the *soft* limit is under 512 KiB, hence step 2; if even the hard limit is below that
+//! (64 KiB is an old distribution default), `start` fails with
+//! [`StartError::MemlockTooLow`] before spawning anything. Checked by the `process`
+//! integration test, which runs under `capsh --drop=cap_ipc_lock` with `ulimit -l 8192`.
+//!
+//! **Wake guard.** glommio 0.9 sometimes parks an executor and misses the completion that
+//! should wake it (see `Builder::wake_guard` and `tests/glommio_wakeup.rs`); every shard
+//! therefore keeps a 10 ms timer armed, which bounds such a stall.
 //!
 //! The join side: [`Runtime::join`] waits for every shard thread and reports how each ended.
 //! Dropping a `Runtime` without joining forces shutdown and joins.
@@ -31,6 +39,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -54,6 +63,9 @@ const DEFAULT_RING_DEPTH: usize = 128;
 const DEFAULT_PREEMPT_TIMER: Duration = Duration::from_millis(5);
 const DEFAULT_TIMER_TICK: Duration = Duration::from_millis(100);
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_WAKE_GUARD: Duration = Duration::from_millis(10);
+/// glommio 0.9's `MIN_MEMLOCK_LIMIT` (sys/uring.rs): it will not create an executor below it.
+const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
 
 /// Why the runtime could not start. Nothing is left running when `start` returns this.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +100,19 @@ pub enum StartError {
         /// The OS error (`AddrInUse`, `PermissionDenied`, ...).
         #[source]
         source: io::Error,
+    },
+    /// `RLIMIT_MEMLOCK` (soft, after raising it to the hard limit) is below the 512 KiB glommio
+    /// requires to create an executor. Raise it: `ulimit -l`, systemd `LimitMEMLOCK=`, docker
+    /// `--ulimit memlock=`.
+    #[error(
+        "RLIMIT_MEMLOCK is {limit} bytes but glommio needs at least {needed}: raise it \
+         (ulimit -l, systemd LimitMEMLOCK=, docker --ulimit memlock=)"
+    )]
+    MemlockTooLow {
+        /// The soft limit in force, in bytes.
+        limit: u64,
+        /// The minimum glommio accepts, in bytes.
+        needed: u64,
     },
     /// Creating a doorbell socketpair failed (out of descriptors).
     #[error("cannot create a shard doorbell: {0}")]
@@ -129,6 +154,7 @@ impl StartError {
             Self::DuplicateListener { .. } => "duplicate_listener",
             Self::Resolve { .. } => "resolve",
             Self::Bind { .. } => "bind",
+            Self::MemlockTooLow { .. } => "memlock_too_low",
             Self::Doorbell(_) => "doorbell",
             Self::Signals(_) => "signals",
             Self::SpawnThread { .. } => "spawn_thread",
@@ -183,8 +209,9 @@ struct ListenSpec {
     addr: ListenAddr,
 }
 
-/// Configures and starts a [`Runtime`]. Obtain with [`Runtime::builder`].
-pub struct Builder {
+/// Configures and starts a [`Runtime`]. Obtain with [`Runtime::builder`]; `M` is the
+/// cross-shard message type, `()` until set with [`Builder::messages`].
+pub struct Builder<M = ()> {
     shards: Option<usize>,
     pin: bool,
     listeners: Vec<ListenSpec>,
@@ -198,9 +225,11 @@ pub struct Builder {
     drain_timeout: Duration,
     handle_signals: bool,
     thread_name: String,
+    wake_guard: Option<Duration>,
+    messages: PhantomData<fn() -> M>,
 }
 
-impl fmt::Debug for Builder {
+impl<M> fmt::Debug for Builder<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("shards", &self.shards)
@@ -218,11 +247,12 @@ impl fmt::Debug for Builder {
             .field("timer_tick", &self.timer_tick)
             .field("drain_timeout", &self.drain_timeout)
             .field("handle_signals", &self.handle_signals)
+            .field("wake_guard", &self.wake_guard)
             .finish()
     }
 }
 
-impl Default for Builder {
+impl Default for Builder<()> {
     fn default() -> Self {
         Self {
             shards: None,
@@ -238,11 +268,35 @@ impl Default for Builder {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             handle_signals: false,
             thread_name: "shard".into(),
+            wake_guard: Some(DEFAULT_WAKE_GUARD),
+            messages: PhantomData,
         }
     }
 }
 
-impl Builder {
+impl<M: Send + 'static> Builder<M> {
+    /// Sets the cross-shard message type carried by the mesh (`Shard::mesh`,
+    /// `Shard::take_inbox`, `Runtime::mesh`).
+    pub fn messages<N: Send + 'static>(self) -> Builder<N> {
+        Builder {
+            shards: self.shards,
+            pin: self.pin,
+            listeners: self.listeners,
+            backlog: self.backlog,
+            inbox_capacity: self.inbox_capacity,
+            inbox_batch: self.inbox_batch,
+            io_memory: self.io_memory,
+            ring_depth: self.ring_depth,
+            preempt_timer: self.preempt_timer,
+            timer_tick: self.timer_tick,
+            drain_timeout: self.drain_timeout,
+            handle_signals: self.handle_signals,
+            thread_name: self.thread_name,
+            wake_guard: self.wake_guard,
+            messages: PhantomData,
+        }
+    }
+
     /// Number of shards. Default: the number of CPUs this process may run on.
     pub fn shards(mut self, n: usize) -> Self {
         self.shards = Some(n);
@@ -339,6 +393,16 @@ impl Builder {
         self
     }
 
+    /// Keeps a glommio timer armed on every shard with this period (default 10 ms; `None`
+    /// turns it off). glommio 0.9 occasionally parks an executor and misses the completion
+    /// that should wake it (reproduced with glommio alone in `tests/glommio_wakeup.rs`); an
+    /// armed timer always wakes it, so a stall lasts at most one period instead of forever.
+    /// Cost: one timer wake-up per period on an idle shard, nothing measurable on a busy one.
+    pub fn wake_guard(mut self, every: Option<Duration>) -> Self {
+        self.wake_guard = every.filter(|d| !d.is_zero());
+        self
+    }
+
     /// Thread name prefix; shard `i` runs on thread `"{prefix}-{i}"` (default `"shard"`).
     pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
         self.thread_name = prefix.into();
@@ -350,9 +414,8 @@ impl Builder {
     ///
     /// `main` runs on the shard's thread; its future need not be `Send`. When it returns, the
     /// shard ends (tasks it spawned are dropped).
-    pub fn start<M, F, Fut>(self, main: F) -> Result<Runtime<M>, StartError>
+    pub fn start<F, Fut>(self, main: F) -> Result<Runtime<M>, StartError>
     where
-        M: Send + 'static,
         F: Fn(Shard<M>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + 'static,
     {
@@ -386,6 +449,12 @@ impl Builder {
         };
 
         match sys::raise_memlock_soft_limit() {
+            Ok((soft, _)) if soft < GLOMMIO_MIN_MEMLOCK => {
+                return Err(StartError::MemlockTooLow {
+                    limit: soft,
+                    needed: GLOMMIO_MIN_MEMLOCK,
+                });
+            }
             Ok((soft, _)) => tracing::debug!(memlock = soft, "RLIMIT_MEMLOCK soft limit"),
             Err(error) => tracing::warn!(%error, "cannot read or raise RLIMIT_MEMLOCK"),
         }
@@ -445,6 +514,7 @@ impl Builder {
             timer_tick: self.timer_tick,
             drain_timeout: self.drain_timeout,
             inbox_batch: self.inbox_batch,
+            wake_guard: self.wake_guard,
         });
         let main = Arc::new(main);
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), StartError>)>();
@@ -542,6 +612,7 @@ struct ShardConfig {
     timer_tick: Duration,
     drain_timeout: Duration,
     inbox_batch: usize,
+    wake_guard: Option<Duration>,
 }
 
 /// Everything a shard thread receives (all `Send`).
@@ -669,6 +740,15 @@ where
             return ShardExit::Finished;
         }
         tracing::debug!(shard = id, ?cpu, "shard running");
+
+        if let Some(every) = config.wake_guard {
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(every).await;
+                }
+            })
+            .detach();
+        }
 
         glommio::spawn_local(shutdown::watch(
             shutdown,

@@ -175,6 +175,29 @@ pub(crate) fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<O
     Ok(fd)
 }
 
+/// Checks that nobody listens on `addr` by binding a plain socket there (`SO_REUSEADDR` only,
+/// so sockets in TIME_WAIT do not count, but no `SO_REUSEPORT`, so any listener — including
+/// another process's `SO_REUSEPORT` group under the same user, which would otherwise silently
+/// share our port — makes it fail with `EADDRINUSE`). Returns the address with the port the
+/// kernel chose if `addr` had port 0. The probe socket is closed on return.
+pub(crate) fn probe_exclusive(addr: SocketAddr) -> io::Result<SocketAddr> {
+    let domain = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain socket creation; on success we take sole ownership of the descriptor.
+    let fd = unsafe {
+        OwnedFd::from_raw_fd(check(libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_TCP,
+        ))?)
+    };
+    set_int_option(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    bind(&fd, addr)?;
+    local_addr(&fd)
+}
+
 fn set_int_option(
     fd: &OwnedFd,
     level: libc::c_int,
@@ -236,6 +259,15 @@ fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
     Ok(())
 }
 
+/// Stops a listening socket at once: `shutdown(SHUT_RD)` moves it out of LISTEN (new
+/// connections are refused) and fails any accept in flight. Closing the descriptor is not
+/// enough, because an io_uring accept in flight holds its own reference to the socket, which
+/// keeps it listening until the request is cancelled. Errors (already closed) are ignored.
+pub(crate) fn stop_listening(fd: libc::c_int) {
+    // SAFETY: `shutdown` on a descriptor the caller keeps open; no memory is passed.
+    let _ = unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+}
+
 /// The address a socket is bound to (reads the port the kernel chose for port 0).
 pub(crate) fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
     // Borrow the descriptor as a std listener only to reuse std's sockaddr decoding;
@@ -268,6 +300,15 @@ mod tests {
         assert_eq!(local_addr(&second).unwrap(), addr);
         // A connection is accepted by one of the two sockets.
         let _client = std::net::TcpStream::connect(addr).unwrap();
+    }
+
+    #[test]
+    fn the_probe_sees_a_reuseport_group_as_in_use() {
+        let probed = probe_exclusive("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(probed.port(), 0);
+        let group = reuseport_listener(probed, 16).unwrap();
+        let err = probe_exclusive(local_addr(&group).unwrap()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 
     #[test]
