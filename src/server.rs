@@ -76,6 +76,7 @@ pub fn start(app: App) -> Result<Running, StartError> {
     let config = Arc::new(app.config.clone());
     let app = Arc::new(app);
     let mut builder = Runtime::builder()
+        .messages::<ShardMsg>()
         .handle_signals(app.handle_signals)
         .drain_timeout(config.shutdown_timeout())
         .listen("ws", SocketAddr::new(config.host, config.port));

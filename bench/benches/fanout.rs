@@ -111,6 +111,7 @@ fn main() {
     let done = Arc::new(Mutex::new(false));
     let flag = done.clone();
     let runtime = Runtime::builder()
+        .messages::<ShardMsg>()
         .shards(1)
         .start(move |shard: shardcast_shards::Shard<ShardMsg>| {
             let flag = flag.clone();
