@@ -35,6 +35,12 @@ ensure_python() {
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
 }
 
+ensure_system_tools() {
+  # capsh: the start-up test drops CAP_IPC_LOCK to check the server under an 8 MiB memlock limit.
+  command -v capsh >/dev/null 2>&1 && return 0
+  apt-get update -qq && apt-get install -y -qq libcap2-bin
+}
+
 architecture_invariants() {
   local bad=0
   # protocol/ is sans-IO: no sockets, no executor, no clock reads.
@@ -55,6 +61,7 @@ architecture_invariants() {
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy (deny warnings)" cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "architecture invariants" architecture_invariants
+step "system tools (capsh)" ensure_system_tools
 step "python venv ($VENV: ${PY_PACKAGES[*]})" ensure_python
 export SHARDCAST_TEST_PYTHON="$PWD/$VENV/bin/python"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
