@@ -214,16 +214,14 @@ pub fn compare(reports: &[(String, Report)], threshold_pct: f64) -> (String, Vec
     let Some((_, base)) = reports.first() else {
         return (out, regressions);
     };
-    let col = 24;
-    let _ = write!(out, "{:<20}", "");
+    let col = 26;
     for (name, r) in reports {
-        let label = if r.label.is_empty() {
-            name.as_str()
-        } else {
-            r.label.as_str()
-        };
-        let label: String = label.chars().take(col - 2).collect();
-        let _ = write!(out, "{label:<col$}");
+        let _ = writeln!(out, "{name}: {} ({})", r.label, r.scenario);
+    }
+    let _ = write!(out, "{:<20}", "");
+    for (name, _) in reports {
+        let short: String = name.chars().take(col - 2).collect();
+        let _ = write!(out, "{short:<col$}");
     }
     out.push('\n');
     let scenarios: Vec<&str> = reports.iter().map(|(_, r)| r.scenario.as_str()).collect();

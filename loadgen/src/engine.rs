@@ -440,9 +440,12 @@ async fn shard_main(
     cfg: Arc<RunConfig>,
     tx: mpsc::Sender<(usize, ShardEvent)>,
     live: Arc<LiveCounters>,
-    setup_start: u64,
+    process_start: u64,
 ) {
     let id = shard.id();
+    // Pace connects from when this shard is up, not from when the process began starting
+    // its shards (executor start-up would otherwise crowd the first connects together).
+    let setup_start = now_ns();
     let conns: Vec<ConnPlan> = cfg.plan.share(cfg.proc_index, cfg.procs, id, cfg.shards);
     let groups = cfg.plan.groups.len().max(1);
     let provisional = Window {
@@ -478,7 +481,7 @@ async fn shard_main(
         peak: Cell::new(0),
         in_flight: Cell::new(0),
         last_rx: Cell::new(0),
-        setup_deadline: Cell::new(setup_start + cfg.setup_timeout.as_nanos() as u64),
+        setup_deadline: Cell::new(process_start + cfg.setup_timeout.as_nanos() as u64),
         rng: Cell::new(now_ns() ^ ((id as u64 + 1) << 32) ^ (std::process::id() as u64) | 1),
         live,
     });

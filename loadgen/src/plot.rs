@@ -94,7 +94,7 @@ where
         .x_desc("percentile")
         .y_desc("latency (µs)")
         .x_label_formatter(&percentile_label)
-        .y_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| crate::report::dur_us(*v))
         .draw()
         .map_err(e)?;
     for (i, ((name, _), pts)) in reports.iter().zip(curves).enumerate() {
@@ -113,13 +113,19 @@ where
         .draw()
         .map_err(e)?;
 
-    // Throughput over time.
+    // Throughput over time: points at the middle of each second; trailing empty seconds
+    // (the drain) left out.
     let series: Vec<Vec<(f64, f64)>> = reports
         .iter()
         .map(|(_, r)| {
-            r.timeline
+            let last = r
+                .timeline
                 .iter()
-                .map(|t| (t.second as f64, t.received as f64))
+                .rposition(|t| t.received > 0)
+                .map_or(0, |i| i + 1);
+            r.timeline[..last]
+                .iter()
+                .map(|t| (t.second as f64 + 0.5, t.received as f64))
                 .collect()
         })
         .collect();
@@ -192,26 +198,37 @@ pub fn plot(reports: &[(String, Report)], out: &Path, size: (u32, u32)) -> anyho
 /// Runs `plot`.
 pub fn run(args: &PlotArgs) -> anyhow::Result<ExitCode> {
     format_of(&args.output)?;
-    let mut reports = Vec::new();
+    let mut loaded = Vec::new();
     for p in &args.reports {
-        let r = Report::load(p)?;
-        let name = if r.label.is_empty() {
-            display_name(p)
-        } else {
-            r.label.clone()
-        };
-        reports.push((name, r));
+        loaded.push((p.clone(), Report::load(p)?));
     }
+    let reports = names(&loaded);
     plot(&reports, &args.output, (args.width, args.height))?;
     println!("plot written to {}", args.output.display());
     Ok(ExitCode::SUCCESS)
 }
 
 fn display_name(p: &Path) -> String {
-    p.file_stem().map_or_else(
+    p.file_name().map_or_else(
         || p.display().to_string(),
         |s| s.to_string_lossy().into_owned(),
     )
+}
+
+/// Legend names: the report's label, with the file name added when labels repeat.
+pub fn names(loaded: &[(std::path::PathBuf, Report)]) -> Vec<(String, Report)> {
+    loaded
+        .iter()
+        .map(|(p, r)| {
+            let dup = loaded.iter().filter(|(_, o)| o.label == r.label).count() > 1;
+            let name = match (r.label.is_empty(), dup) {
+                (true, _) => display_name(p),
+                (false, true) => format!("{} ({})", r.label, display_name(p)),
+                (false, false) => r.label.clone(),
+            };
+            (name, r.clone())
+        })
+        .collect()
 }
 
 #[cfg(test)]

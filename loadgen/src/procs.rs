@@ -125,7 +125,6 @@ pub fn run_parent(cfg: &RunConfig, obs: &mut Observer) -> anyhow::Result<Vec<Pro
             .args(&args)
             .arg("--worker-index")
             .arg(i.to_string())
-            .arg("--no-progress")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
