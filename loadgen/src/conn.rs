@@ -220,8 +220,12 @@ pub async fn run(ctx: Rc<ShardCtx>, local: usize, plan: ConnPlan, start_at: u64)
     let est = if started >= ctx.setup_deadline.get() {
         Err(Fault::ConnectTimeout)
     } else {
-        match glommio::timer::timeout(timeout, async { Ok(establish(&ctx, &plan, false).await) })
-            .await
+        // Boxed: the handshake's state (TLS above all) is freed once it is done instead of
+        // sizing every connection task for it.
+        match glommio::timer::timeout(timeout, async {
+            Ok(Box::pin(establish(&ctx, &plan, false)).await)
+        })
+        .await
         {
             Ok(r) => r,
             Err(_) => Err(Fault::ConnectTimeout),
@@ -279,7 +283,7 @@ async fn storm(
             r.sent(intended, start, 1);
         }
         let res = match glommio::timer::timeout(ctx.cfg.connect_timeout, async {
-            Ok(establish(ctx, plan, ctx.cfg.linger_zero).await)
+            Ok(Box::pin(establish(ctx, plan, ctx.cfg.linger_zero)).await)
         })
         .await
         {

@@ -305,6 +305,9 @@ impl ShardCtx {
 /// Cross-shard control message.
 #[derive(Debug, Clone, Copy)]
 pub enum Ctl {
+    /// Begin setup: open the connections. Sent once every shard is up and the process's
+    /// baseline memory has been read, so that per-connection figures exclude the runtime.
+    Connect,
     /// Start at this instant (ns, `CLOCK_MONOTONIC`).
     Go(u64),
 }
@@ -323,6 +326,9 @@ pub struct ProcessOutput {
     pub groups: Vec<RecorderData>,
     /// Setup time (first connect to all ready), seconds.
     pub setup_seconds: f64,
+    /// This process's RSS with its shards running and no connection open yet.
+    #[serde(default)]
+    pub rss_baseline_bytes: u64,
 }
 
 /// Decides when a process starts, and watches it run.
@@ -357,6 +363,13 @@ pub fn run_process(
             async move { shard_main(shard, cfg, tx, live, setup_start).await }
         })
         .map_err(|e| anyhow::anyhow!("cannot start shards: {e}"))?;
+    let rss_baseline_bytes = crate::usage::sample(std::process::id()).map_or(0, |s| s.rss_bytes);
+    for i in 0..shards {
+        runtime
+            .mesh()
+            .send(i, Ctl::Connect)
+            .map_err(|e| anyhow::anyhow!("cannot start shard {i}: {e}"))?;
+    }
 
     let tick = Duration::from_millis(100);
     let mut ready = 0;
@@ -400,6 +413,7 @@ pub fn run_process(
     Ok(ProcessOutput {
         groups,
         setup_seconds,
+        rss_baseline_bytes,
     })
 }
 
@@ -443,6 +457,17 @@ async fn shard_main(
     process_start: u64,
 ) {
     let id = shard.id();
+    let Some(mut inbox) = shard.take_inbox() else {
+        return;
+    };
+    let mut batch = Vec::new();
+    loop {
+        batch.clear();
+        inbox.recv_batch(&mut batch).await;
+        if batch.iter().any(|m| matches!(m, Ctl::Connect)) {
+            break;
+        }
+    }
     // Pace connects from when this shard is up, not from when the process began starting
     // its shards (executor start-up would otherwise crowd the first connects together).
     let setup_start = now_ns();
@@ -539,15 +564,14 @@ async fn shard_main(
     }
     let _ = tx.send((id, ShardEvent::Ready));
 
-    let Some(mut inbox) = shard.take_inbox() else {
-        return;
-    };
-    let mut batch = Vec::new();
     let t0 = loop {
         batch.clear();
         inbox.recv_batch(&mut batch).await;
-        if let Some(Ctl::Go(t)) = batch.first() {
-            break *t;
+        if let Some(t) = batch.iter().find_map(|m| match m {
+            Ctl::Go(t) => Some(*t),
+            Ctl::Connect => None,
+        }) {
+            break t;
         }
     };
     let window = window_at(&cfg, t0);

@@ -50,7 +50,8 @@ pub struct Observer {
     /// This process and its workers.
     pub own_pids: Vec<u32>,
     server_before: ProcSample,
-    own_before: ProcSample,
+    /// This process's (and workers') readings before connecting.
+    pub own_before: ProcSample,
     at_start: Option<(ProcSample, ProcSample)>,
     at_end: Option<(ProcSample, ProcSample)>,
     server_loaded_rss: u64,
@@ -183,6 +184,37 @@ impl Coordinator for LocalCoordinator<'_> {
     }
 }
 
+/// Connections per destination above which one source address is not enough.
+///
+/// Linux's `connect` picks ephemeral ports of one parity first (the other half of
+/// `ip_local_port_range` is kept for `bind`); past half the range (about 14 000 of the default
+/// 28 232 ports) new connections to the same destination stall for seconds (measured here:
+/// handshakes stop at ~14 100 and complete 15-40 s later). Spreading over several loopback
+/// source addresses avoids it.
+pub const PER_SOURCE: usize = 10_000;
+
+/// Without `--source`: when a loopback target would get more than [`PER_SOURCE`]
+/// connections, spread them over `127.0.0.1`, `127.0.0.2`, … (all of 127/8 is local).
+pub fn auto_sources(
+    plan: &crate::plan::Plan,
+    urls: &[crate::net::TargetUrl],
+) -> Vec<std::net::IpAddr> {
+    let busiest = (0..urls.len())
+        .map(|t| plan.conns.iter().filter(|c| c.target == t).count())
+        .max()
+        .unwrap_or(0);
+    let all_loopback = urls
+        .iter()
+        .all(|u| u.addr.ip().is_loopback() && u.addr.is_ipv4());
+    if !all_loopback || busiest <= PER_SOURCE {
+        return Vec::new();
+    }
+    let n = busiest.div_ceil(PER_SOURCE).min(250) as u8;
+    (1..=n)
+        .map(|i| std::net::IpAddr::from([127, 0, 0, i]))
+        .collect()
+}
+
 /// Builds the run configuration for an invocation (this process's share: `proc_index`).
 pub fn run_config(inv: &Invocation) -> anyhow::Result<RunConfig> {
     let c = &inv.common;
@@ -200,7 +232,7 @@ pub fn run_config(inv: &Invocation) -> anyhow::Result<RunConfig> {
     )?;
     let sources = match &c.source {
         Some(s) => parse_sources(s).context("--source")?,
-        None => Vec::new(),
+        None => auto_sources(&plan, &c.urls),
     };
     let tls = if c.urls.iter().any(|u| u.scheme.is_tls()) {
         Some(tls::client_config(c.insecure, c.ca.as_deref())?)
@@ -255,6 +287,14 @@ pub fn execute(inv: Invocation) -> anyhow::Result<ExitCode> {
     let per_group: Vec<Vec<RecorderData>> = outputs.iter().map(|o| o.groups.clone()).collect();
     let merged = engine::merge_outputs(&per_group)?;
     let setup = outputs.iter().map(|o| o.setup_seconds).fold(0.0, f64::max);
+    // Memory before connecting: each process's own reading with its shards up (workers'
+    // plus, with --procs, this coordinating process's).
+    let workers_baseline: u64 = outputs.iter().map(|o| o.rss_baseline_bytes).sum();
+    if cfg.procs > 1 {
+        observer.own_before.rss_bytes += workers_baseline;
+    } else {
+        observer.own_before.rss_bytes = workers_baseline;
+    }
     let report = assemble(&inv, &cfg, &merged, setup, &observer)?;
     print!("{}", report.table());
     if let Some(path) = &inv.common.json {
@@ -324,7 +364,10 @@ pub fn assemble(
     };
     let mut results = report::results_from(&total, warmup, whole);
     results.throughput.intended_per_s = intended;
-    if results.handshake.count > 0 && setup_seconds > 0.0 && inv.scenario != "connect" {
+    if inv.scenario == "connect" {
+        // Storm: handshakes completed per second of the measured window.
+        results.throughput.handshakes_per_s = results.throughput.received_per_s;
+    } else if results.handshake.count > 0 && setup_seconds > 0.0 {
         results.throughput.handshakes_per_s =
             results.connections.established as f64 / setup_seconds;
     }
@@ -509,4 +552,32 @@ pub fn assemble(
 
 fn cfg_server_pids(inv: &Invocation) -> Vec<u32> {
     inv.common.server_pids.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{build_plan, PlanOptions, Spec};
+
+    #[test]
+    fn auto_sources_only_past_the_per_source_limit_on_loopback() {
+        let plan = |n, targets| {
+            let opts = PlanOptions {
+                targets,
+                messages: None,
+                raw: false,
+            };
+            build_plan(&[("h".into(), Spec::Hold { connections: n })], opts).unwrap()
+        };
+        let one: Vec<crate::net::TargetUrl> = vec!["ws://127.0.0.1:9".parse().unwrap()];
+        assert!(auto_sources(&plan(10_000, 1), &one).is_empty());
+        let s = auto_sources(&plan(19_900, 1), &one);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[1], std::net::IpAddr::from([127, 0, 0, 2]));
+        let two: Vec<crate::net::TargetUrl> = vec![
+            "ws://127.0.0.1:9".parse().unwrap(),
+            "ws://127.0.0.1:10".parse().unwrap(),
+        ];
+        assert!(auto_sources(&plan(19_900, 2), &two).is_empty());
+    }
 }

@@ -160,3 +160,34 @@ pub fn open(addr: SocketAddr, opts: DialOptions) -> io::Result<TcpStream> {
     // SAFETY: `fd` is a valid, open, non-blocking TCP socket that nothing else owns.
     Ok(unsafe { TcpStream::from_raw_fd(fd) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::AsyncWriteExt;
+
+    #[test]
+    fn binds_the_source_address_and_connects_in_flight() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ex = glommio::LocalExecutorBuilder::default()
+            .io_memory(64 << 10)
+            .make()
+            .unwrap();
+        let source: IpAddr = "127.0.0.3".parse().unwrap();
+        ex.run(async move {
+            let mut s = open(
+                addr,
+                DialOptions {
+                    source: Some(source),
+                    linger_zero: true,
+                },
+            )
+            .unwrap();
+            // The connect is still in flight: the first write waits for it.
+            s.write_all(b"x").await.unwrap();
+        });
+        let (_c, peer) = listener.accept().unwrap();
+        assert_eq!(peer.ip(), source);
+    }
+}
