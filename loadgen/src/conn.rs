@@ -102,7 +102,12 @@ pub async fn establish(
     let dialect = cfg.dialect(plan.target);
     let source = match cfg.sources.len() {
         0 => None,
-        n => cfg.sources.get(plan.id as usize % n).copied(),
+        // Independent of the target (which is `id % targets`), so that every (source,
+        // destination) pair gets its share.
+        n => cfg
+            .sources
+            .get(plan.id as usize / cfg.targets.len().max(1) % n)
+            .copied(),
     };
     let tcp = dial::open(
         target.addr,

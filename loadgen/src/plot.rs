@@ -92,7 +92,7 @@ where
     chart
         .configure_mesh()
         .x_desc("percentile")
-        .y_desc("latency (µs)")
+        .y_desc("latency")
         .x_label_formatter(&percentile_label)
         .y_label_formatter(&|v| crate::report::dur_us(*v))
         .draw()
