@@ -1,0 +1,425 @@
+//! Every scenario, briefly, against a real `shardcast` (and the raw mode against a
+//! third-party echo server and the sink), checking that the report is sane: traffic flowed,
+//! nothing was lost where nothing should be, errors are counted by kind when they happen.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn echo_over_websocket_and_tcp() {
+    let s = Server::start();
+    let r = scenario(&[
+        "echo",
+        "--url",
+        &format!("ws://{}", s.ws),
+        "-c",
+        "4",
+        "-D",
+        "4",
+    ]);
+    assert_clean(&r);
+    assert_eq!(r.scenario, "echo");
+    assert_eq!(r.results.connections.established, 4);
+    assert_eq!(r.results.messages.received, r.results.messages.sent);
+    let t = scenario(&[
+        "echo",
+        "--url",
+        &format!("tcp://{}", s.tcp),
+        "-c",
+        "2",
+        "-D",
+        "2",
+    ]);
+    assert_clean(&t);
+    assert!(t.environment.targets[0].starts_with("tcp://"));
+}
+
+#[test]
+fn open_loop_echo_keeps_its_rate() {
+    let s = Server::start();
+    let r = scenario(&[
+        "echo",
+        "--url",
+        &format!("ws://{}", s.ws),
+        "-c",
+        "5",
+        "--rate",
+        "2000",
+    ]);
+    assert_clean(&r);
+    let t = &r.results.throughput;
+    assert_eq!(t.intended_per_s, Some(2000.0));
+    assert!(
+        (1800.0..2200.0).contains(&t.sent_per_s),
+        "sent {}/s",
+        t.sent_per_s
+    );
+}
+
+#[test]
+fn ack_round_trips_over_websocket_and_tcp() {
+    let s = Server::start();
+    for url in [format!("ws://{}", s.ws), format!("tcp://{}", s.tcp)] {
+        let r = scenario(&["ack", "--url", &url, "-c", "3", "-D", "2"]);
+        assert_clean(&r);
+        assert_eq!(r.scenario, "ack");
+    }
+}
+
+#[test]
+fn fanout_delivers_every_publish_to_every_other_member() {
+    let s = Server::start();
+    let r = scenario(&[
+        "fanout",
+        "--url",
+        &format!("ws://{}", s.ws),
+        "--rooms",
+        "2",
+        "--room-size",
+        "10",
+        "--publishers",
+        "2",
+        "--rate",
+        "400",
+    ]);
+    assert_clean(&r);
+    let m = &r.results.messages;
+    // Every publish reaches the 9 other members of its room.
+    assert_eq!(m.expected, m.sent * 9);
+    assert_eq!(m.received, m.expected);
+    assert_eq!(r.results.connections.ready, 20);
+    // Mixed transports in one room are the server's business; TCP alone works too.
+    let t = scenario(&[
+        "fanout",
+        "--url",
+        &format!("tcp://{}", s.tcp),
+        "--room-size",
+        "5",
+        "--rate",
+        "200",
+    ]);
+    assert_clean(&t);
+}
+
+#[test]
+fn rooms_and_broadcast() {
+    let s = Server::start();
+    let r = scenario(&[
+        "rooms",
+        "--url",
+        &format!("ws://{}", s.ws),
+        "--rooms",
+        "10",
+        "--members",
+        "4",
+        "--rate",
+        "200",
+    ]);
+    assert_clean(&r);
+    assert_eq!(r.results.messages.expected, r.results.messages.sent * 3);
+    let b = scenario(&[
+        "broadcast",
+        "--url",
+        &format!("ws://{}", s.ws),
+        "-c",
+        "12",
+        "--rate",
+        "100",
+    ]);
+    assert_clean(&b);
+    assert_eq!(b.results.messages.expected, b.results.messages.sent * 11);
+    // The raw /broadcast bench endpoint.
+    let raw = scenario(&[
+        "broadcast",
+        "--target",
+        "raw",
+        "--url",
+        &format!("ws://{}", s.ws),
+        "-c",
+        "6",
+        "--rate",
+        "100",
+    ]);
+    assert_clean(&raw);
+    assert!(raw.environment.targets[0].ends_with("/broadcast"));
+}
+
+#[test]
+fn connect_storm_and_hold() {
+    let s = Server::start();
+    let c = scenario(&[
+        "connect",
+        "--url",
+        &format!("ws://{}", s.ws),
+        "--concurrency",
+        "4",
+    ]);
+    assert!(c.results.errors.is_empty(), "{:?}", c.results.errors);
+    assert!(c.results.connections.established > 10);
+    assert!(c.results.handshake.count > 10);
+    assert!(c.results.throughput.handshakes_per_s > 0.0);
+    let pid = s.proc.pid().to_string();
+    let h = scenario(&[
+        "hold",
+        "--url",
+        &format!("ws://{}", s.ws),
+        "-c",
+        "300",
+        "--server-pid",
+        &pid,
+    ]);
+    assert!(h.results.errors.is_empty(), "{:?}", h.results.errors);
+    assert_eq!(h.results.connections.ready, 300);
+    let server = h
+        .results
+        .server
+        .as_ref()
+        .expect("server usage with --server-pid");
+    assert_eq!(server.pids, vec![s.proc.pid()]);
+    assert!(server.rss_loaded_bytes > 0);
+    assert!(server.rss_per_connection_bytes.is_some());
+    assert!(h.results.loadgen.rss_bytes > 0);
+}
+
+#[test]
+fn mixed_runs_every_part() {
+    let s = Server::start();
+    let mix = temp("mix.toml");
+    std::fs::write(
+        &mix,
+        "connections = 30\n\
+         [[part]]\nname = \"chat\"\nscenario = \"rooms\"\nmembers = 5\nrate = 100\nweight = 2\n\
+         [[part]]\nname = \"pings\"\nscenario = \"echo\"\nweight = 1\n\
+         [[part]]\nscenario = \"hold\"\nconnections = 5\n",
+    )
+    .unwrap();
+    let r = scenario(&[
+        "mixed",
+        "--url",
+        &format!("ws://{}", s.ws),
+        "--mix",
+        mix.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&mix);
+    assert_eq!(r.groups.len(), 3);
+    assert_eq!(r.groups[0].name, "chat");
+    assert_eq!(r.groups[0].results.connections.ready, 20);
+    assert_eq!(r.groups[1].results.connections.ready, 10);
+    assert_eq!(r.groups[2].results.connections.ready, 5);
+    assert_clean(&r.groups[0].as_report_like(&r));
+    assert!(r.groups[1].results.messages.received > 0);
+    assert_eq!(r.results.connections.ready, 35);
+}
+
+/// Lets group results be checked with the same helper.
+trait IntoReportLike {
+    fn as_report_like(
+        &self,
+        whole: &shardcast_loadgen::report::Report,
+    ) -> shardcast_loadgen::report::Report;
+}
+
+impl IntoReportLike for shardcast_loadgen::report::GroupReport {
+    fn as_report_like(
+        &self,
+        whole: &shardcast_loadgen::report::Report,
+    ) -> shardcast_loadgen::report::Report {
+        let mut r = whole.clone();
+        r.results = self.results.clone();
+        r
+    }
+}
+
+#[test]
+fn several_worker_processes() {
+    let s = Server::start();
+    let r = scenario(&[
+        "echo",
+        "--url",
+        &format!("ws://{}", s.ws),
+        "-c",
+        "6",
+        "-D",
+        "2",
+        "--procs",
+        "2",
+    ]);
+    assert_clean(&r);
+    assert_eq!(r.environment.procs, 2);
+    assert_eq!(r.results.connections.established, 6);
+}
+
+#[test]
+fn raw_echo_against_a_third_party_server() {
+    let Some(py) = python() else {
+        eprintln!(
+            "skipped: no Python with `websockets` (run ./test.sh, or set SHARDCAST_TEST_PYTHON)"
+        );
+        return;
+    };
+    let echo = PyEcho::start(&py);
+    let url = format!("ws://127.0.0.1:{}/", echo.port);
+    let r = scenario(&[
+        "echo", "--target", "raw", "--url", &url, "-c", "3", "-D", "2",
+    ]);
+    assert_clean(&r);
+    let b = scenario(&[
+        "echo", "--target", "raw", "--binary", "--url", &url, "-c", "2", "--size", "300",
+    ]);
+    assert_clean(&b);
+}
+
+#[test]
+fn tls_transports_against_the_sink() {
+    let pem = temp("sink.pem");
+    let sink = Sink::start(&["--tls", "--cert-out", pem.to_str().unwrap()]);
+    let ca = pem.to_str().unwrap();
+    let wss = scenario(&[
+        "echo",
+        "--url",
+        &format!("wss://{}", sink.ws),
+        "--insecure",
+        "-c",
+        "2",
+        "-D",
+        "2",
+    ]);
+    assert_clean(&wss);
+    let ack = scenario(&[
+        "ack",
+        "--url",
+        &format!("wss://localhost:{}", port(&sink.ws)),
+        "--ca",
+        ca,
+        "-c",
+        "2",
+    ]);
+    assert_clean(&ack);
+    let tcp = scenario(&[
+        "echo",
+        "--url",
+        &format!("tcp+tls://{}", sink.tcp),
+        "--ca",
+        ca,
+        "-c",
+        "2",
+        "-D",
+        "2",
+    ]);
+    assert_clean(&tcp);
+    let raw = scenario(&[
+        "echo",
+        "--target",
+        "raw",
+        "--url",
+        &format!("wss://{}/echo", sink.ws),
+        "--insecure",
+        "-c",
+        "2",
+    ]);
+    assert_clean(&raw);
+    let _ = std::fs::remove_file(&pem);
+}
+
+fn port(addr: &str) -> &str {
+    addr.rsplit(':').next().unwrap()
+}
+
+#[test]
+fn sink_broadcast_and_plain_tcp() {
+    let sink = Sink::start(&["--shards", "2"]);
+    let b = scenario(&[
+        "broadcast",
+        "--target",
+        "raw",
+        "--url",
+        &format!("ws://{}", sink.ws),
+        "-c",
+        "8",
+        "--rate",
+        "200",
+        "--shards",
+        "2",
+    ]);
+    assert_clean(&b);
+    assert_eq!(b.results.messages.expected, b.results.messages.sent * 7);
+    let t = scenario(&["ack", "--url", &format!("tcp://{}", sink.tcp), "-c", "2"]);
+    assert_clean(&t);
+}
+
+#[test]
+fn failures_are_counted_by_kind() {
+    // Nothing listens on this port: every connection is refused; exit code 1, clear message.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let json = temp("refused.json");
+    let out = run(
+        &[
+            "echo",
+            "--url",
+            &format!("ws://127.0.0.1:{port}"),
+            "-c",
+            "3",
+            "--duration",
+            "1s",
+            "--no-progress",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no connection could be established"),
+        "{stderr}"
+    );
+    let r = shardcast_loadgen::report::Report::load(&json).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(
+        r.results.errors.get("connect_refused"),
+        Some(&3),
+        "{:?}",
+        r.results.errors
+    );
+    assert_eq!(r.results.connections.failed, 3);
+
+    // The server dies mid-run: the disconnects are counted, not guessed.
+    let mut s = Server::start();
+    let url = format!("ws://{}", s.ws);
+    let json = temp("killed.json");
+    let json_s = json.to_str().unwrap().to_string();
+    let args = vec![
+        "hold".to_string(),
+        "--url".into(),
+        url,
+        "-c".into(),
+        "5".into(),
+        "--duration".into(),
+        "3s".into(),
+        "--no-progress".into(),
+        "--json".into(),
+        json_s,
+    ];
+    let handle = std::thread::spawn(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&a, std::time::Duration::from_secs(60))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    s.proc.kill();
+    let out = handle.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = shardcast_loadgen::report::Report::load(&json).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let lost: u64 = ["server_eof", "reset", "closed_by_server"]
+        .iter()
+        .filter_map(|k| r.results.errors.get(*k))
+        .sum();
+    assert_eq!(lost, 5, "{:?}", r.results.errors);
+}
