@@ -135,14 +135,45 @@ impl ServeArgs {
 fn init_logging(args: &ServeArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A log line that cannot be written (a closed pipe) is dropped: by default the subscriber
+    // reports it with `eprintln!`, which panics on the same closed pipe and would take down
+    // the thread that logged (a shard, or the signal thread).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if args.log_format.as_deref() == Some("json") {
         builder.json().init();
     } else {
         builder.init();
     }
+}
+
+/// Raises the soft open-file limit to the hard one: each connection is a descriptor, and the
+/// usual soft default (1024) would cap the server far below what it can serve.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a plain struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                tracing::debug!(
+                    from = lim.rlim_cur,
+                    to = lim.rlim_max,
+                    "raised the open-file limit"
+                );
+                return;
+            }
+        }
+    }
+    tracing::debug!(limit = lim.rlim_cur, "open-file limit unchanged");
 }
 
 fn main() -> ExitCode {
@@ -164,6 +195,7 @@ fn main() -> ExitCode {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }
+    raise_open_file_limit();
     let running = match Server::builder().config(config).relay(true).start() {
         Ok(r) => r,
         Err(e) => {

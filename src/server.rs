@@ -198,12 +198,16 @@ pub fn log_listening(running: &Running) {
         .tcp_addr()
         .map_or_else(|| "off".to_owned(), |a| a.to_string());
     // Printed on stdout as well as logged, so a parent process can read it without parsing
-    // log formats.
-    println!(
+    // log formats. Not `println!`: a closed stdout must not panic the server.
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "shardcast listening ws={} tcp={} shards={}",
         running.ws_addr(),
         tcp,
         running.shards()
     );
+    let _ = out.flush();
     tracing::info!(ws = %running.ws_addr(), tcp = %tcp, shards = running.shards(), "listening");
 }

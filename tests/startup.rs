@@ -69,3 +69,66 @@ fn starts_under_an_8_mib_memlock_limit_without_cap_ipc_lock() {
     assert_eq!(capeff & (1 << 14), 0, "CAP_IPC_LOCK still effective");
     assert!(status.success(), "graceful exit on SIGTERM: {status}");
 }
+
+/// A closed stdout/stderr (a log pipe whose reader died) must not stop the server from
+/// serving or from shutting down on SIGTERM: logging failures are dropped, never panics.
+#[test]
+fn a_closed_log_pipe_does_not_prevent_a_graceful_shutdown() {
+    let bin = env!("CARGO_BIN_EXE_shardcast");
+    let mut child = Command::new(bin)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--shards",
+            "2",
+            "--log",
+            "debug",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shardcast");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("shardcast listening"), "{line}");
+    let ws: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|p| p.strip_prefix("ws="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The readers go away: every later write to stdout/stderr fails with EPIPE.
+    drop(stdout);
+    drop(child.stderr.take());
+    // Logging happens on every connection at debug level; the server keeps answering.
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(ws).unwrap();
+        std::io::Write::write_all(
+            &mut s,
+            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no exit within 20 s of SIGTERM with a closed log pipe"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

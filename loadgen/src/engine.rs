@@ -353,6 +353,7 @@ pub fn run_process(
     let shard_live = live.clone();
     let setup_start = now_ns();
     let runtime = Runtime::builder()
+        .messages::<Ctl>()
         .shards(shards)
         .thread_name("loadgen")
         .preempt_timer(Duration::from_millis(2))

@@ -130,6 +130,7 @@ pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
     };
     let tls_config = tls_identity.map(|i| i.config);
     let runtime = Runtime::builder()
+        .messages::<SinkMsg>()
         .shards(usize::from(args.shards))
         .thread_name("sink")
         .listen("ws", (args.host, args.port))

@@ -114,7 +114,9 @@ fn dispatch(read_fd: libc::c_int) {
         }
         let n = usize::try_from(n).unwrap_or(0);
         for &sig in buf.iter().take(n) {
-            deliver(libc::c_int::from(sig));
+            // This thread is the only way signals reach the runtimes: a panic in delivery (a
+            // logger that panics on a closed pipe, say) must not end it.
+            let _ = std::panic::catch_unwind(|| deliver(libc::c_int::from(sig)));
         }
     }
 }
@@ -144,16 +146,18 @@ fn deliver(sig: libc::c_int) {
         }
         return;
     }
+    // Act first, log second: logging may fail (or panic, with a logger that panics on a
+    // closed pipe) and must never stand between a signal and the shutdown.
     for shutdown in live {
         if shutdown.phase() == Phase::Running {
+            shutdown.trigger();
             tracing::info!(
                 signal = name,
                 "shutting down gracefully (send again to force)"
             );
-            shutdown.trigger();
         } else {
-            tracing::warn!(signal = name, "second signal: forcing shutdown");
             shutdown.force();
+            tracing::warn!(signal = name, "second signal: forcing shutdown");
         }
     }
 }
