@@ -229,6 +229,8 @@ async fn direct_reaches_clients_on_other_shards() {
         let v = c.recv().await;
         if v["event"] == "server:error" {
             assert_eq!(v["data"]["code"], "unknown_client");
+            assert_eq!(v["data"]["event"], "direct");
+            assert_eq!(v["data"]["to"], json!(gone_id));
             got_error = true;
             break;
         }

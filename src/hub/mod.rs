@@ -571,10 +571,11 @@ impl Hub {
         if from.location().shard == self.shard {
             if let Some(c) = self.client(from) {
                 let text = to.to_string();
-                let err = Outgoing::server_error(
+                let err = Outgoing::server_error_with(
                     "unknown_client",
                     "no client with this id is connected",
-                    Some(&text),
+                    Some("direct"),
+                    Some(("to", &text)),
                 );
                 self.send_to(&c, &err);
             }

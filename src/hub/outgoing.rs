@@ -111,9 +111,23 @@ impl Outgoing {
     /// The non-fatal error event (PROTOCOL.md §10 Q12): `server:error` with
     /// `{"code":C,"message":M,"event":E}` (`event` omitted when not about one).
     pub fn server_error(code: &str, message: &str, event: Option<&str>) -> Arc<Outgoing> {
+        Self::server_error_with(code, message, event, None)
+    }
+
+    /// [`Outgoing::server_error`] with one more string member, e.g. `"to": ID` for a direct
+    /// message whose recipient is gone.
+    pub fn server_error_with(
+        code: &str,
+        message: &str,
+        event: Option<&str>,
+        extra: Option<(&str, &str)>,
+    ) -> Arc<Outgoing> {
         use crate::protocol::stelar::json::{quoted_len, write_quoted};
         let mut data = bytes::BytesMut::with_capacity(
-            40 + quoted_len(code) + quoted_len(message) + event.map_or(0, quoted_len),
+            48 + quoted_len(code)
+                + quoted_len(message)
+                + event.map_or(0, quoted_len)
+                + extra.map_or(0, |(k, v)| quoted_len(k) + quoted_len(v)),
         );
         data.extend_from_slice(b"{\"code\":");
         write_quoted(&mut data, code);
@@ -122,6 +136,12 @@ impl Outgoing {
         if let Some(e) = event {
             data.extend_from_slice(b",\"event\":");
             write_quoted(&mut data, e);
+        }
+        if let Some((k, v)) = extra {
+            data.extend_from_slice(b",");
+            write_quoted(&mut data, k);
+            data.extend_from_slice(b":");
+            write_quoted(&mut data, v);
         }
         data.extend_from_slice(b"}");
         Self::event("server:error", Some(data.freeze()))
