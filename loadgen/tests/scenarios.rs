@@ -252,12 +252,10 @@ fn several_worker_processes() {
 
 #[test]
 fn raw_echo_against_a_third_party_server() {
-    let Some(py) = python() else {
-        eprintln!(
-            "skipped: no Python with `websockets` (run ./test.sh, or set SHARDCAST_TEST_PYTHON)"
-        );
-        return;
-    };
+    let py = python().expect(
+        "no Python with `websockets`: run ./test.sh once (it creates target/venv), or set \
+         SHARDCAST_TEST_PYTHON",
+    );
     let echo = PyEcho::start(&py);
     let url = format!("ws://127.0.0.1:{}/", echo.port);
     let r = scenario(&[
