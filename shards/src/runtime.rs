@@ -22,12 +22,21 @@
 //! and carries on without registered buffers, having still allocated 10 MiB per shard for
 //! nothing. This runtime does no storage I/O, which is all that buffer serves, so it asks for
 //! glommio's minimum, 64 KiB: 3 × 64 KiB = 192 KiB per shard, about 40 shards under 8 MiB
-//! (beyond that, the same harmless fallback). Ring memory itself is charged to the memory
-//! cgroup on kernels ≥ 5.12, not to the memlock limit. glommio refuses to create an executor
+//! (beyond that, the same harmless fallback). The rings' own memory counts against the same
+//! limit on current kernels (seen on 6.18), hence the ring-depth fallback below. glommio refuses to create an executor
 //! when the *soft* limit is under 512 KiB, hence step 2; if even the hard limit is below that
 //! (64 KiB is an old distribution default), `start` fails with
 //! [`StartError::MemlockTooLow`] before spawning anything. Checked by the `process`
 //! integration test, which runs under `capsh --drop=cap_ipc_lock` with `ulimit -l 8192`.
+//!
+//! **Ring depth.** glommio keeps one pending poll per socket on each executor's main ring and
+//! cancels a timeout there at every reactor turn; the kernel finds the request to cancel by
+//! walking one bucket of the ring's cancel table, whose size follows the completion queue (at
+//! most 256 buckets, from 8192 completions up). The default depth is therefore 4096, not
+//! glommio's 128 (8 buckets), which made that walk a third of a shard's CPU at 10 000
+//! connections (PERF.md, "Many connections"). Three rings of that depth take about 1.4 MiB of
+//! locked memory per shard; a shard whose rings do not fit the limit halves the depth until
+//! they do (down to 128) and warns, so the runtime still starts with every core under 8 MiB.
 //!
 //! **Wake guard.** glommio 0.9 sometimes parks an executor and misses the completion that
 //! should wake it (see `Builder::wake_guard` and `tests/glommio_wakeup.rs`); every shard
@@ -59,7 +68,12 @@ const DEFAULT_BACKLOG: u32 = 4096;
 const DEFAULT_INBOX_CAPACITY: usize = 16 * 1024;
 const DEFAULT_INBOX_BATCH: usize = 256;
 const DEFAULT_IO_MEMORY: usize = 64 * 1024;
-const DEFAULT_RING_DEPTH: usize = 128;
+/// 4096 submission entries give a completion queue of 8192, the size at which the kernel gives
+/// a ring the most buckets (256) for its table of cancellable requests. glommio cancels a
+/// timeout on the main ring at every reactor turn, and that ring holds one pending poll per
+/// socket: at its default depth (128, 8 buckets) each cancel walked a chain of connections/8
+/// polls — 34 % of a shard's CPU with 10 000 connections. See the module doc and PERF.md.
+const DEFAULT_RING_DEPTH: usize = 4096;
 const DEFAULT_PREEMPT_TIMER: Duration = Duration::from_millis(5);
 const DEFAULT_TIMER_TICK: Duration = Duration::from_millis(100);
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -361,7 +375,9 @@ impl<M: Send + 'static> Builder<M> {
         self
     }
 
-    /// io_uring submission queue depth per ring (default 128).
+    /// io_uring submission queue depth per ring (default 4096: see `DEFAULT_RING_DEPTH`). The
+    /// rings take about 1.4 MiB per shard at this depth; where the locked-memory limit cannot
+    /// hold them, a shard halves the depth until it can (down to 128) and warns.
     pub fn ring_depth(mut self, depth: usize) -> Self {
         self.ring_depth = depth.max(1);
         self
@@ -448,15 +464,33 @@ impl<M: Send + 'static> Builder<M> {
             cpus.iter().take(count).map(|&c| Some(c)).collect()
         };
 
-        match sys::raise_memlock_soft_limit() {
+        let memlock = match sys::raise_memlock_soft_limit() {
             Ok((soft, _)) if soft < GLOMMIO_MIN_MEMLOCK => {
                 return Err(StartError::MemlockTooLow {
                     limit: soft,
                     needed: GLOMMIO_MIN_MEMLOCK,
                 });
             }
-            Ok((soft, _)) => tracing::debug!(memlock = soft, "RLIMIT_MEMLOCK soft limit"),
-            Err(error) => tracing::warn!(%error, "cannot read or raise RLIMIT_MEMLOCK"),
+            Ok((soft, _)) => {
+                tracing::debug!(memlock = soft, "RLIMIT_MEMLOCK soft limit");
+                Some(soft)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read or raise RLIMIT_MEMLOCK");
+                None
+            }
+        };
+        let memlock = memlock.filter(|&l| l != libc::RLIM_INFINITY && !sys::has_cap_ipc_lock());
+        let ring_depth = fit_ring_depth(self.ring_depth, self.io_memory, count, memlock);
+        if ring_depth < self.ring_depth {
+            tracing::warn!(
+                ring_depth,
+                wanted = self.ring_depth,
+                shards = count,
+                memlock = memlock.unwrap_or_default(),
+                "io_uring ring depth lowered to fit RLIMIT_MEMLOCK: with many connections this \
+                 costs CPU; raise `ulimit -l` or grant CAP_IPC_LOCK"
+            );
         }
 
         // 3. Bind every socket up front.
@@ -509,7 +543,7 @@ impl<M: Send + 'static> Builder<M> {
         let config = Arc::new(ShardConfig {
             count,
             io_memory: self.io_memory,
-            ring_depth: self.ring_depth,
+            ring_depth,
             preempt_timer: self.preempt_timer,
             timer_tick: self.timer_tick,
             drain_timeout: self.drain_timeout,
@@ -648,6 +682,78 @@ impl Drop for PanicGuard {
     }
 }
 
+/// The smallest ring depth [`make_executor`] falls back to (glommio's own default).
+const MIN_RING_DEPTH: usize = 128;
+
+/// Locked memory one shard's executor takes at ring depth `depth` with `io_memory` bytes of
+/// registered I/O buffer (registered with each of its three rings). Without `CAP_IPC_LOCK` the
+/// kernel charges the rings themselves to `RLIMIT_MEMLOCK` as well; what it charged was
+/// measured on Linux 6.18 by how many shards started under 8 MiB at each depth (2 at 4096,
+/// 4 at 2048, 6 at 1024, 12 at 128): about 450 KiB plus 850 B per entry besides the I/O
+/// buffers. This is an upper bound of that, rounded up.
+fn shard_memlock(depth: usize, io_memory: usize) -> u64 {
+    3 * io_memory as u64 + 448 * 1024 + 896 * depth as u64
+}
+
+/// Locked memory left for other uses when the ring depth is chosen (doorbells, the registered
+/// I/O buffers of other libraries, a margin for page rounding).
+const MEMLOCK_RESERVE: u64 = 512 * 1024;
+
+/// The ring depth for each of `shards` shards: `wanted`, halved (not below [`MIN_RING_DEPTH`])
+/// until every shard's rings and registered I/O buffers ([`shard_memlock`]) fit the
+/// locked-memory limit. `None`: no limit applies (`CAP_IPC_LOCK`, or unlimited).
+fn fit_ring_depth(wanted: usize, io_memory: usize, shards: usize, memlock: Option<u64>) -> usize {
+    let Some(limit) = memlock else {
+        return wanted;
+    };
+    let budget = limit.saturating_sub(MEMLOCK_RESERVE) / shards.max(1) as u64;
+    let mut depth = wanted;
+    while depth > MIN_RING_DEPTH && shard_memlock(depth, io_memory) > budget {
+        depth = (depth / 2).max(MIN_RING_DEPTH);
+    }
+    depth
+}
+
+/// Builds the shard's executor at the configured ring depth, halving the depth while the kernel
+/// refuses the rings for want of locked memory (`ENOMEM`: without `CAP_IPC_LOCK`, ring memory
+/// counts against the user's `RLIMIT_MEMLOCK`, which every process of that user shares). A
+/// shard that had to settle for less says so once, with what to do about it.
+fn make_executor(id: usize, config: &ShardConfig) -> io::Result<glommio::LocalExecutor> {
+    let mut depth = config.ring_depth;
+    loop {
+        let made = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .name(&format!("shard-{id}"))
+            .io_memory(config.io_memory)
+            .ring_depth(depth)
+            .preempt_timer(config.preempt_timer)
+            .make();
+        match made {
+            Ok(executor) => {
+                if depth < config.ring_depth {
+                    tracing::warn!(
+                        shard = id,
+                        ring_depth = depth,
+                        wanted = config.ring_depth,
+                        "locked-memory limit too low for the io_uring rings: running with a \
+                         smaller ring depth, which costs CPU with many connections; raise \
+                         `ulimit -l` or grant CAP_IPC_LOCK"
+                    );
+                }
+                return Ok(executor);
+            }
+            Err(e) => {
+                let error: io::Error = e.into();
+                let out_of_memory = error.raw_os_error() == Some(libc::ENOMEM)
+                    || error.kind() == io::ErrorKind::OutOfMemory;
+                if !out_of_memory || depth <= MIN_RING_DEPTH {
+                    return Err(error);
+                }
+                depth = (depth / 2).max(MIN_RING_DEPTH);
+            }
+        }
+    }
+}
+
 fn run_shard<M, F, Fut>(setup: ShardSetup<M>, main: Arc<F>) -> ShardExit
 where
     M: Send + 'static,
@@ -684,22 +790,10 @@ where
         }
     });
 
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name(&format!("shard-{id}"))
-        .io_memory(config.io_memory)
-        .ring_depth(config.ring_depth)
-        .preempt_timer(config.preempt_timer)
-        .make();
-    let executor = match executor {
+    let executor = match make_executor(id, &config) {
         Ok(ex) => ex,
-        Err(e) => {
-            let _ = ready.send((
-                id,
-                Err(StartError::Executor {
-                    shard: id,
-                    source: e.into(),
-                }),
-            ));
+        Err(source) => {
+            let _ = ready.send((id, Err(StartError::Executor { shard: id, source })));
             return ShardExit::Finished;
         }
     };
@@ -866,5 +960,35 @@ impl<M> Drop for Runtime<M> {
                 let _ = t.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn ring_depth_fits_the_locked_memory_limit() {
+        let io = DEFAULT_IO_MEMORY;
+        let usable = 8 * MIB - MEMLOCK_RESERVE;
+        // No limit (CAP_IPC_LOCK or unlimited): what was asked for.
+        assert_eq!(fit_ring_depth(4096, io, 64, None), 4096);
+        // One shard under 8 MiB keeps the full depth; two (this machine) halve it once.
+        assert_eq!(fit_ring_depth(4096, io, 1, Some(8 * MIB)), 4096);
+        assert_eq!(fit_ring_depth(4096, io, 2, Some(8 * MIB)), 2048);
+        // Whatever was chosen fits, down to the floor.
+        for shards in [2, 4, 8] {
+            let d = fit_ring_depth(4096, io, shards, Some(8 * MIB));
+            assert!(
+                shards as u64 * shard_memlock(d, io) <= usable,
+                "{shards} shards at {d}"
+            );
+        }
+        // Many shards: never below glommio's default, even if that does not fit.
+        assert_eq!(fit_ring_depth(4096, io, 256, Some(8 * MIB)), MIN_RING_DEPTH);
+        // A depth asked below the floor is kept as asked.
+        assert_eq!(fit_ring_depth(64, io, 8, Some(8 * MIB)), 64);
     }
 }

@@ -78,6 +78,19 @@ pub(crate) fn raise_memlock_soft_limit() -> io::Result<(u64, u64)> {
     memlock_limit()
 }
 
+/// Whether this process holds `CAP_IPC_LOCK` in its effective set (then locked memory is not
+/// limited by `RLIMIT_MEMLOCK`). Read from `/proc/self/status`; false when unreadable.
+pub(crate) fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
 /// The signals the runtime turns into a graceful shutdown.
 pub(crate) const SHUTDOWN_SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
 
