@@ -483,13 +483,17 @@ impl<M: Send + 'static> Builder<M> {
         let memlock = memlock.filter(|&l| l != libc::RLIM_INFINITY && !sys::has_cap_ipc_lock());
         let ring_depth = fit_ring_depth(self.ring_depth, self.io_memory, count, memlock);
         if ring_depth < self.ring_depth {
+            let needed_mib = (count as u64 * shard_memlock(self.ring_depth, self.io_memory)
+                + MEMLOCK_RESERVE)
+                .div_ceil(1024 * 1024);
             tracing::warn!(
                 ring_depth,
                 wanted = self.ring_depth,
                 shards = count,
                 memlock = memlock.unwrap_or_default(),
-                "io_uring ring depth lowered to fit RLIMIT_MEMLOCK: with many connections this \
-                 costs CPU; raise `ulimit -l` or grant CAP_IPC_LOCK"
+                "io_uring ring depth lowered to fit RLIMIT_MEMLOCK, which costs CPU with many \
+                 connections; the full depth needs `ulimit -l` of about {needed_mib} MiB (or \
+                 CAP_IPC_LOCK)"
             );
         }
 
