@@ -747,9 +747,7 @@ fn make_executor(id: usize, config: &ShardConfig) -> io::Result<glommio::LocalEx
             }
             Err(e) => {
                 let error: io::Error = e.into();
-                let out_of_memory = error.raw_os_error() == Some(libc::ENOMEM)
-                    || error.kind() == io::ErrorKind::OutOfMemory;
-                if !out_of_memory || depth <= MIN_RING_DEPTH {
+                if error.kind() != io::ErrorKind::OutOfMemory || depth <= MIN_RING_DEPTH {
                     return Err(error);
                 }
                 depth = (depth / 2).max(MIN_RING_DEPTH);

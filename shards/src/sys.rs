@@ -167,18 +167,7 @@ pub(crate) fn ring(fd: BorrowedFd<'_>) {
 /// leaves it: glommio toggles `O_NONBLOCK` around its direct `accept` and otherwise submits an
 /// io_uring accept. The kernel caps `backlog` at `net.core.somaxconn`.
 pub(crate) fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd> {
-    let domain = match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: plain socket creation; on success we take sole ownership of the descriptor.
-    let fd = unsafe {
-        OwnedFd::from_raw_fd(check(libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_TCP,
-        ))?)
-    };
+    let fd = tcp_socket(addr)?;
     set_int_option(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     set_int_option(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     bind(&fd, addr)?;
@@ -188,24 +177,29 @@ pub(crate) fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<O
     Ok(fd)
 }
 
+/// A new blocking TCP socket of `addr`'s family (close-on-exec).
+fn tcp_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let domain = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain socket creation; on success we take sole ownership of the descriptor.
+    Ok(unsafe {
+        OwnedFd::from_raw_fd(check(libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_TCP,
+        ))?)
+    })
+}
+
 /// Checks that nobody listens on `addr` by binding a plain socket there (`SO_REUSEADDR` only,
 /// so sockets in TIME_WAIT do not count, but no `SO_REUSEPORT`, so any listener — including
 /// another process's `SO_REUSEPORT` group under the same user, which would otherwise silently
 /// share our port — makes it fail with `EADDRINUSE`). Returns the address with the port the
 /// kernel chose if `addr` had port 0. The probe socket is closed on return.
 pub(crate) fn probe_exclusive(addr: SocketAddr) -> io::Result<SocketAddr> {
-    let domain = match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: plain socket creation; on success we take sole ownership of the descriptor.
-    let fd = unsafe {
-        OwnedFd::from_raw_fd(check(libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_TCP,
-        ))?)
-    };
+    let fd = tcp_socket(addr)?;
     set_int_option(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     bind(&fd, addr)?;
     local_addr(&fd)

@@ -116,25 +116,29 @@ fn effective_caps() -> u64 {
     u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).unwrap()
 }
 
+/// Spawns the child `role` (test `test`) without CAP_IPC_LOCK under `ulimit -l limit_kib`;
+/// `None` (with a message) where `capsh` is not installed.
+fn spawn_under_memlock(
+    limit_kib: u32,
+    role: &str,
+    test: &str,
+) -> Option<(Guard, mpsc::Receiver<String>)> {
+    if Command::new("capsh").arg("--help").output().is_err() {
+        eprintln!("capsh not installed: skipping (run the child under a memlock limit by hand)");
+        return None;
+    }
+    let script = format!("ulimit -l {limit_kib} && {SH_EXEC}");
+    let pre = ["--drop=cap_ipc_lock", "--", "-c", script.as_str()];
+    Some(spawn(child_command("capsh", &pre, role, test)))
+}
+
 /// The shards start with the machine's core count under `ulimit -l 8192` and without
 /// CAP_IPC_LOCK. Skipped (with a message) where `capsh` is not installed.
 #[test]
 fn starts_under_an_8_mib_memlock_limit_without_cap_ipc_lock() {
-    if Command::new("capsh").arg("--help").output().is_err() {
-        eprintln!("capsh not installed: skipping (run the child under a memlock limit by hand)");
+    let Some((child, rx)) = spawn_under_memlock(8192, "memlock", "child_memlock") else {
         return;
-    }
-    let (child, rx) = spawn(child_command(
-        "capsh",
-        &[
-            "--drop=cap_ipc_lock",
-            "--",
-            "-c",
-            "ulimit -l 8192 && exec \"$0\" \"$@\"",
-        ],
-        "memlock",
-        "child_memlock",
-    ));
+    };
     let line = expect_line(&rx, "memlock-ok");
     eprintln!("{line}");
     assert!(wait_within(child, Duration::from_secs(60)).success());
@@ -143,21 +147,9 @@ fn starts_under_an_8_mib_memlock_limit_without_cap_ipc_lock() {
 /// A hard memlock limit below glommio's minimum is reported as such, before any thread runs.
 #[test]
 fn a_memlock_limit_below_glommios_minimum_is_reported() {
-    if Command::new("capsh").arg("--help").output().is_err() {
-        eprintln!("capsh not installed: skipping");
+    let Some((child, rx)) = spawn_under_memlock(64, "memlock-low", "child_memlock_low") else {
         return;
-    }
-    let (child, rx) = spawn(child_command(
-        "capsh",
-        &[
-            "--drop=cap_ipc_lock",
-            "--",
-            "-c",
-            "ulimit -l 64 && exec \"$0\" \"$@\"",
-        ],
-        "memlock-low",
-        "child_memlock_low",
-    ));
+    };
     assert_eq!(
         expect_line(&rx, "memlock-low"),
         "memlock-low memlock_too_low 65536"
