@@ -23,10 +23,10 @@
 //! nothing. This runtime does no storage I/O, which is all that buffer serves, so it asks for
 //! glommio's minimum, 64 KiB: 3 × 64 KiB = 192 KiB per shard, about 40 shards under 8 MiB
 //! (beyond that, the same harmless fallback). The rings' own memory counts against the same
-//! limit on current kernels (seen on 6.18), hence the ring-depth fallback below. glommio refuses to create an executor
-//! when the *soft* limit is under 512 KiB, hence step 2; if even the hard limit is below that
-//! (64 KiB is an old distribution default), `start` fails with
-//! [`StartError::MemlockTooLow`] before spawning anything. Checked by the `process`
+//! limit on current kernels (seen on 6.18), hence the ring-depth fitting below. glommio
+//! refuses to create an executor when the *soft* limit is under 512 KiB, hence step 2; if
+//! even the hard limit is below that (64 KiB is an old distribution default), `start` fails
+//! with [`StartError::MemlockTooLow`] before spawning anything. Checked by the `process`
 //! integration test, which runs under `capsh --drop=cap_ipc_lock` with `ulimit -l 8192`.
 //!
 //! **Ring depth.** glommio keeps one pending poll per socket on each executor's main ring and
@@ -34,9 +34,11 @@
 //! walking one bucket of the ring's cancel table, whose size follows the completion queue (at
 //! most 256 buckets, from 8192 completions up). The default depth is therefore 4096, not
 //! glommio's 128 (8 buckets), which made that walk a third of a shard's CPU at 10 000
-//! connections (PERF.md, "Many connections"). Three rings of that depth take about 1.4 MiB of
-//! locked memory per shard; a shard whose rings do not fit the limit halves the depth until
-//! they do (down to 128) and warns, so the runtime still starts with every core under 8 MiB.
+//! connections (PERF.md, "Many connections"). Without `CAP_IPC_LOCK`, three rings of that
+//! depth count for about 4 MiB of locked memory per shard (1.5 MiB of it resident), so `start`
+//! lowers the depth until every shard fits the limit (`fit_ring_depth`, down to 128: about 16
+//! shards under 8 MiB) and warns, and a shard refused its rings anyway (the limit is shared by
+//! all of a user's processes) halves its depth again.
 //!
 //! **Wake guard.** glommio 0.9 sometimes parks an executor and misses the completion that
 //! should wake it (see `Builder::wake_guard` and `tests/glommio_wakeup.rs`); every shard
@@ -376,8 +378,8 @@ impl<M: Send + 'static> Builder<M> {
     }
 
     /// io_uring submission queue depth per ring (default 4096: see `DEFAULT_RING_DEPTH`). The
-    /// rings take about 1.4 MiB per shard at this depth; where the locked-memory limit cannot
-    /// hold them, a shard halves the depth until it can (down to 128) and warns.
+    /// rings count for about 4 MiB of locked memory per shard at this depth; where the limit
+    /// cannot hold them, the depth is lowered (down to 128) with a warning (module doc).
     pub fn ring_depth(mut self, depth: usize) -> Self {
         self.ring_depth = depth.max(1);
         self
@@ -686,7 +688,7 @@ impl Drop for PanicGuard {
     }
 }
 
-/// The smallest ring depth [`make_executor`] falls back to (glommio's own default).
+/// The smallest ring depth chosen when locked memory is short (glommio's own default).
 const MIN_RING_DEPTH: usize = 128;
 
 /// Locked memory one shard's executor takes at ring depth `depth` with `io_memory` bytes of
