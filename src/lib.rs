@@ -9,13 +9,17 @@
 //! The shard runtime lives in the `shardcast-shards` crate; the load generator in
 //! `shardcast-loadgen`. See ARCHITECTURE.md for the map and its invariants.
 #![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(unreachable_pub)]
 
 pub mod app;
 pub mod config;
-pub mod conn;
-pub mod hub;
+pub(crate) mod conn;
+pub(crate) mod hub;
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod internals;
 pub mod protocol;
 pub mod server;
-pub mod stats;
+pub(crate) mod stats;
 
 pub use app::{Context, Json, Payload, Server};

@@ -20,7 +20,7 @@ pub enum Transport {
 
 /// One shard's counters. Only the owning shard writes them.
 #[derive(Default, Debug)]
-pub struct Counters {
+pub(crate) struct Counters {
     ws_opened: Cell<u64>,
     tcp_opened: Cell<u64>,
     ws_closed: Cell<u64>,
@@ -59,42 +59,42 @@ fn bump_label(map: &RefCell<BTreeMap<&'static str, u64>>, label: &'static str) {
 
 impl Counters {
     /// A connection of `t` was accepted (and not refused).
-    pub fn opened(&self, t: Transport) {
+    pub(crate) fn opened(&self, t: Transport) {
         match t {
             Transport::Ws => bump(&self.ws_opened, 1),
             Transport::Tcp => bump(&self.tcp_opened, 1),
         }
     }
     /// A connection of `t` ended (for any reason).
-    pub fn closed(&self, t: Transport) {
+    pub(crate) fn closed(&self, t: Transport) {
         match t {
             Transport::Ws => bump(&self.ws_closed, 1),
             Transport::Tcp => bump(&self.tcp_closed, 1),
         }
     }
     /// Adds `n` to a plain counter.
-    pub fn add(c: &Cell<u64>, n: u64) {
+    pub(crate) fn add(c: &Cell<u64>, n: u64) {
         bump(c, n);
     }
     /// Counts a protocol error by its label.
-    pub fn error(&self, label: &'static str) {
+    pub(crate) fn error(&self, label: &'static str) {
         bump_label(&self.errors, label);
     }
     /// Counts a server-initiated disconnect by reason.
-    pub fn disconnect(&self, reason: &'static str) {
+    pub(crate) fn disconnect(&self, reason: &'static str) {
         bump_label(&self.disconnects, reason);
     }
     /// Counts a refusal by reason.
-    pub fn refuse(&self, reason: &'static str) {
+    pub(crate) fn refuse(&self, reason: &'static str) {
         bump_label(&self.refused, reason);
     }
     /// Counts a dropped message by reason.
-    pub fn drop_message(&self, reason: &'static str) {
+    pub(crate) fn drop_message(&self, reason: &'static str) {
         bump_label(&self.dropped, reason);
     }
 
     /// A copy that can travel to another shard.
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         Snapshot {
             ws_opened: self.ws_opened.get(),
             tcp_opened: self.tcp_opened.get(),
@@ -119,7 +119,7 @@ impl Counters {
 
 /// Counters summed over shards, plus gauges filled in by the reader.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// WebSocket connections ever opened.
     pub ws_opened: u64,
     /// TCP connections ever opened.
@@ -164,7 +164,7 @@ fn merge_map(into: &mut BTreeMap<&'static str, u64>, from: &BTreeMap<&'static st
 
 impl Snapshot {
     /// Adds another shard's snapshot.
-    pub fn merge(&mut self, o: &Snapshot) {
+    pub(crate) fn merge(&mut self, o: &Snapshot) {
         self.ws_opened += o.ws_opened;
         self.tcp_opened += o.tcp_opened;
         self.ws_closed += o.ws_closed;
@@ -185,18 +185,18 @@ impl Snapshot {
     }
 
     /// Open WebSocket connections.
-    pub fn ws_active(&self) -> u64 {
+    pub(crate) fn ws_active(&self) -> u64 {
         self.ws_opened.saturating_sub(self.ws_closed)
     }
     /// Open TCP connections.
-    pub fn tcp_active(&self) -> u64 {
+    pub(crate) fn tcp_active(&self) -> u64 {
         self.tcp_opened.saturating_sub(self.tcp_closed)
     }
 }
 
 /// Process facts read at render time.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Process {
+pub(crate) struct Process {
     /// Milliseconds since start.
     pub uptime_ms: u64,
     /// Resident set size in bytes.
@@ -205,7 +205,7 @@ pub struct Process {
 
 impl Process {
     /// Reads RSS from `/proc/self/statm`; `uptime_ms` from the caller.
-    pub fn read(uptime_ms: u64) -> Process {
+    pub(crate) fn read(uptime_ms: u64) -> Process {
         Process {
             uptime_ms,
             rss_bytes: rss_bytes().unwrap_or(0),
@@ -214,7 +214,7 @@ impl Process {
 }
 
 /// Resident set size of this process, from `/proc/self/statm`.
-pub fn rss_bytes() -> Option<u64> {
+pub(crate) fn rss_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no memory-safety preconditions.
@@ -224,7 +224,7 @@ pub fn rss_bytes() -> Option<u64> {
 
 /// The `/health` body: stelar's keys in stelar's order (PROTOCOL.md §1.3, Q21), with
 /// `memoryUsage` filled from RSS (there is no JS heap), then shardcast's own additions.
-pub fn health_json(s: &Snapshot, p: &Process) -> String {
+pub(crate) fn health_json(s: &Snapshot, p: &Process) -> String {
     let rss = p.rss_bytes;
     let active = s.ws_active() + s.tcp_active();
     let mut out = String::with_capacity(512);
@@ -271,7 +271,7 @@ fn prom_labelled(
 }
 
 /// The `/metrics` body in the Prometheus text format.
-pub fn prometheus_text(s: &Snapshot, p: &Process) -> String {
+pub(crate) fn prometheus_text(s: &Snapshot, p: &Process) -> String {
     let mut out = String::with_capacity(2048);
     let mut counter = |name: &str, help: &str, rows: &[(&str, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

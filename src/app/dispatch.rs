@@ -44,7 +44,7 @@ impl Env<'_> {
     }
 
     /// Sends a `server:error` to the client.
-    pub fn error(&self, code: &str, message: &str, event: Option<&str>) {
+    pub(crate) fn error(&self, code: &str, message: &str, event: Option<&str>) {
         self.hub.counters.error(code_label(code));
         let msg = Outgoing::server_error(code, message, event);
         self.hub.send_to(self.client, &msg);

@@ -46,7 +46,7 @@ pub(crate) enum FieldsError {
 
 impl Fields {
     /// Scans a request object, validating all of it.
-    pub fn parse(data: &[u8]) -> Result<Fields, FieldsError> {
+    pub(crate) fn parse(data: &[u8]) -> Result<Fields, FieldsError> {
         let mut f = Fields::default();
         let doc = json::walk(data, |key, v| {
             match key {

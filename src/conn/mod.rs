@@ -16,7 +16,7 @@
 //! per turn.
 
 pub(crate) mod http;
-pub mod outq;
+pub(crate) mod outq;
 pub(crate) mod tcp;
 pub(crate) mod ws;
 
@@ -64,7 +64,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(hub: Rc<Hub>, app: Arc<App>) -> Shared {
+    pub(crate) fn new(hub: Rc<Hub>, app: Arc<App>) -> Shared {
         let c = &app.config;
         let handshake = ServerConfig {
             subprotocols: Vec::new(),
@@ -91,7 +91,7 @@ impl Shared {
     }
 
     /// Resolves once no connection task is alive.
-    pub async fn drained(&self) {
+    pub(crate) async fn drained(&self) {
         poll_fn(|cx| {
             if self.live.get() == 0 {
                 Poll::Ready(())
@@ -117,7 +117,7 @@ impl Shared {
     }
 
     /// Arms (or re-arms) the client's single timer `after` from now.
-    pub fn arm_timer(&self, client: &Client, after: Duration) {
+    pub(crate) fn arm_timer(&self, client: &Client, after: Duration) {
         let mut timers = self.timers.borrow_mut();
         let slot = client.slot as usize;
         if timers.len() <= slot {
@@ -133,7 +133,7 @@ impl Shared {
     }
 
     /// Cancels the client's timer.
-    pub fn cancel_timer(&self, client: &Client) {
+    pub(crate) fn cancel_timer(&self, client: &Client) {
         let mut timers = self.timers.borrow_mut();
         if let Some(Some(id)) = timers.get_mut(client.slot as usize).map(Option::take) {
             self.hub.timers().cancel(id);
@@ -145,7 +145,7 @@ impl Shared {
 pub(crate) struct Live(Rc<Shared>);
 
 impl Live {
-    pub fn new(shared: &Rc<Shared>) -> Live {
+    pub(crate) fn new(shared: &Rc<Shared>) -> Live {
         shared.enter();
         Live(shared.clone())
     }
@@ -167,7 +167,7 @@ pub(crate) struct Accepted {
 
 impl Accepted {
     /// Registers a freshly accepted socket on this shard.
-    pub fn new(
+    pub(crate) fn new(
         stream: TcpStream,
         shared: &Rc<Shared>,
         transport: crate::stats::Transport,
@@ -187,7 +187,7 @@ impl Accepted {
 
     /// Leaves the rooms, frees the slot, runs the disconnect hooks when the client had been
     /// opened, and closes the socket.
-    pub fn finish(self, shared: &Shared, opened: bool) {
+    pub(crate) fn finish(self, shared: &Shared, opened: bool) {
         shared.cancel_timer(&self.client);
         shared.hub.unregister(&self.client);
         if opened {
@@ -206,7 +206,7 @@ pub(crate) struct Io {
 }
 
 impl Io {
-    pub fn new(stream: TcpStream) -> Io {
+    pub(crate) fn new(stream: TcpStream) -> Io {
         let fd = stream.as_raw_fd();
         Io {
             stream,
@@ -217,7 +217,7 @@ impl Io {
 
     /// Reads once into the shard's scratch buffer and appends to `rbuf`. `Ready(Ok(0))` is
     /// end of stream.
-    pub fn poll_fill(
+    pub(crate) fn poll_fill(
         &mut self,
         cx: &mut TaskContext<'_>,
         shared: &Shared,
@@ -242,7 +242,7 @@ impl Io {
     }
 
     /// Releases the read buffer's memory when nothing is buffered.
-    pub fn release_if_empty(&mut self) {
+    pub(crate) fn release_if_empty(&mut self) {
         if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
             self.rbuf = BytesMut::new();
         }
@@ -250,7 +250,7 @@ impl Io {
 
     /// Writes the client's queue; `Ready(Ok)` once it is empty, `Pending` while the socket is
     /// full (woken when it drains).
-    pub fn poll_flush(
+    pub(crate) fn poll_flush(
         &mut self,
         cx: &mut TaskContext<'_>,
         client: &Client,
@@ -290,12 +290,12 @@ impl Io {
     }
 
     /// Flushes the queue completely (HTTP phase).
-    pub async fn flush(&mut self, client: &Client, counters: &Counters) -> io::Result<()> {
+    pub(crate) async fn flush(&mut self, client: &Client, counters: &Counters) -> io::Result<()> {
         poll_fn(|cx| self.poll_flush(cx, client, counters)).await
     }
 
     /// Shuts down the write side and drops the socket.
-    pub fn close(self) {
+    pub(crate) fn close(self) {
         // SAFETY: `fd` is this stream's descriptor, still open (the stream is alive).
         unsafe {
             libc::shutdown(self.fd, libc::SHUT_WR);

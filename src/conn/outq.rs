@@ -18,7 +18,7 @@ const MAX_IOV: usize = 512;
 
 /// Frames waiting for the socket.
 #[derive(Debug, Default)]
-pub struct OutQueue {
+pub(crate) struct OutQueue {
     frames: VecDeque<Bytes>,
     /// Sum of `frames[i].len()`.
     bytes: usize,
@@ -29,7 +29,7 @@ pub struct OutQueue {
 
 impl OutQueue {
     /// Queues a frame.
-    pub fn push(&mut self, frame: Bytes) {
+    pub(crate) fn push(&mut self, frame: Bytes) {
         if frame.is_empty() {
             return;
         }
@@ -38,24 +38,25 @@ impl OutQueue {
     }
 
     /// Bytes waiting.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
     /// Frames waiting.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.frames.len()
     }
 
     /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
 
     /// Drops everything queued that has not started to go out (a slow consumer being cut
     /// off, a connection failing). A partly written front frame is kept so the frame that
     /// follows (a close) is still read as a frame.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         let keep = if self.front_started {
             self.frames.pop_front()
         } else {
@@ -70,13 +71,13 @@ impl OutQueue {
     }
 
     /// The first frame, for the readiness probe when the socket is full.
-    pub fn front(&self) -> Option<&Bytes> {
+    pub(crate) fn front(&self) -> Option<&Bytes> {
         self.frames.front()
     }
 
     /// Marks `n` bytes as written, dropping frames written whole and advancing a partially
     /// written one.
-    pub fn consume(&mut self, mut n: usize) {
+    pub(crate) fn consume(&mut self, mut n: usize) {
         self.bytes -= n.min(self.bytes);
         while n > 0 {
             let Some(front) = self.frames.front_mut() else {
@@ -96,7 +97,7 @@ impl OutQueue {
 
     /// Writes as much as the socket takes in one `sendmsg` without blocking. Returns the
     /// bytes written; `WouldBlock` when the socket is full.
-    pub fn write_to(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn write_to(&mut self, fd: RawFd) -> io::Result<usize> {
         // Only the entries used are initialised: most flushes carry one to a few frames, and
         // zeroing 512 iovecs (8 KiB) per flush would cost more than building them.
         let mut iov: [std::mem::MaybeUninit<libc::iovec>; MAX_IOV] =

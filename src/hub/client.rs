@@ -21,7 +21,7 @@ use crate::stats::Transport;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Accepted; HTTP request or WebSocket handshake not complete. Not a client yet.
     Handshake,
     /// A client: WebSocket upgraded, or TCP connected.
@@ -77,14 +77,14 @@ pub struct RequestInfo {
 
 /// One connection, as its shard sees it.
 #[derive(Debug)]
-pub struct Client {
+pub(crate) struct Client {
     /// Its id (names its shard and slot).
     pub id: ClientId,
     /// Slot in the shard's slab.
     pub slot: u32,
     /// Peer address.
     pub peer: SocketAddr,
-    transport: Cell<Transport>,
+    transport: Transport,
     phase: Cell<Phase>,
     ws_form: Cell<WsForm>,
     /// Whether the connection speaks the stelar envelope (false on raw bench endpoints).
@@ -108,12 +108,18 @@ pub struct Client {
 
 impl Client {
     /// A freshly accepted connection.
-    pub fn new(id: ClientId, slot: u32, peer: SocketAddr, transport: Transport, now: u64) -> Self {
+    pub(crate) fn new(
+        id: ClientId,
+        slot: u32,
+        peer: SocketAddr,
+        transport: Transport,
+        now: u64,
+    ) -> Self {
         Client {
             id,
             slot,
             peer,
-            transport: Cell::new(transport),
+            transport,
             phase: Cell::new(Phase::Handshake),
             ws_form: Cell::new(WsForm::Plain),
             stelar: Cell::new(true),
@@ -129,64 +135,64 @@ impl Client {
     }
 
     /// Transport.
-    pub fn transport(&self) -> Transport {
-        self.transport.get()
+    pub(crate) fn transport(&self) -> Transport {
+        self.transport
     }
     /// Phase.
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         self.phase.get()
     }
     /// Moves to `phase`.
-    pub fn set_phase(&self, phase: Phase) {
+    pub(crate) fn set_phase(&self, phase: Phase) {
         self.phase.set(phase);
     }
     /// The WebSocket compression form this client takes.
-    pub fn ws_form(&self) -> WsForm {
+    pub(crate) fn ws_form(&self) -> WsForm {
         self.ws_form.get()
     }
     /// Sets the compression form (after the handshake).
-    pub fn set_ws_form(&self, form: WsForm) {
+    pub(crate) fn set_ws_form(&self, form: WsForm) {
         self.ws_form.set(form);
     }
     /// Whether this connection speaks stelar envelopes.
-    pub fn is_stelar(&self) -> bool {
+    pub(crate) fn is_stelar(&self) -> bool {
         self.stelar.get()
     }
     /// Marks a raw bench-endpoint connection.
-    pub fn set_stelar(&self, on: bool) {
+    pub(crate) fn set_stelar(&self, on: bool) {
         self.stelar.set(on);
     }
     /// Whether the connection is an open client that takes messages.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.phase.get() == Phase::Open
     }
 
     /// Queues a frame and wakes the task (the hub applies the slow-consumer limit first).
-    pub fn queue(&self, frame: Bytes) {
+    pub(crate) fn queue(&self, frame: Bytes) {
         self.out.borrow_mut().push(frame);
         self.wake();
     }
 
     /// Queues a frame regardless of phase (handshake responses, close frames).
-    pub fn queue_control(&self, frame: Bytes) {
+    pub(crate) fn queue_control(&self, frame: Bytes) {
         self.out.borrow_mut().push(frame);
         self.wake();
     }
 
     /// The write queue, for the connection task.
-    pub fn out(&self) -> &RefCell<OutQueue> {
+    pub(crate) fn out(&self) -> &RefCell<OutQueue> {
         &self.out
     }
 
     /// Wakes the connection task.
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }
     }
 
     /// Stores the task's waker (called by the task before it parks).
-    pub fn register(&self, waker: &Waker) {
+    pub(crate) fn register(&self, waker: &Waker) {
         let mut slot = self.waker.borrow_mut();
         match slot.as_ref() {
             Some(w) if w.will_wake(waker) => {}
@@ -195,7 +201,7 @@ impl Client {
     }
 
     /// Asks the task to close with `cause` (the first cause wins).
-    pub fn request_close(&self, cause: CloseCause) {
+    pub(crate) fn request_close(&self, cause: CloseCause) {
         if self.close.get().is_none() {
             self.close.set(Some(cause));
         }
@@ -203,33 +209,33 @@ impl Client {
     }
 
     /// The close the server asked for, if any.
-    pub fn close_requested(&self) -> Option<CloseCause> {
+    pub(crate) fn close_requested(&self) -> Option<CloseCause> {
         self.close.get()
     }
 
     /// Marks the timer as fired and wakes the task.
-    pub fn fire_timer(&self) {
+    pub(crate) fn fire_timer(&self) {
         self.timer_fired.set(true);
         self.wake();
     }
 
     /// Takes the timer flag.
-    pub fn take_timer(&self) -> bool {
+    pub(crate) fn take_timer(&self) -> bool {
         self.timer_fired.replace(false)
     }
 
     /// Records that bytes arrived at shard time `now`.
-    pub fn seen(&self, now: u64) {
+    pub(crate) fn seen(&self, now: u64) {
         self.last_seen.set(now);
     }
 
     /// Shard time of the last bytes received.
-    pub fn last_seen(&self) -> u64 {
+    pub(crate) fn last_seen(&self) -> u64 {
         self.last_seen.get()
     }
 
     /// Rooms joined.
-    pub fn rooms(&self) -> std::cell::Ref<'_, Vec<Rc<str>>> {
+    pub(crate) fn rooms(&self) -> std::cell::Ref<'_, Vec<Rc<str>>> {
         self.rooms.borrow()
     }
 
@@ -239,7 +245,7 @@ impl Client {
     }
 
     /// Metadata value.
-    pub fn meta(&self, key: &str) -> Option<String> {
+    pub(crate) fn meta(&self, key: &str) -> Option<String> {
         self.meta
             .borrow()
             .iter()
@@ -248,7 +254,7 @@ impl Client {
     }
 
     /// Sets a metadata value (replacing any previous one).
-    pub fn set_meta(&self, key: &str, value: String) {
+    pub(crate) fn set_meta(&self, key: &str, value: String) {
         let mut m = self.meta.borrow_mut();
         match m.iter_mut().find(|(k, _)| k == key) {
             Some((_, v)) => *v = value,
@@ -257,17 +263,12 @@ impl Client {
     }
 
     /// The upgrade request (WebSocket clients).
-    pub fn request(&self) -> Option<Rc<RequestInfo>> {
+    pub(crate) fn request(&self) -> Option<Rc<RequestInfo>> {
         self.request.borrow().clone()
     }
 
     /// Stores the upgrade request.
-    pub fn set_request(&self, req: RequestInfo) {
+    pub(crate) fn set_request(&self, req: RequestInfo) {
         *self.request.borrow_mut() = Some(Rc::new(req));
-    }
-
-    /// Switches the transport (a WebSocket-port socket stays `Ws`; kept for symmetry).
-    pub fn set_transport(&self, t: Transport) {
-        self.transport.set(t);
     }
 }

@@ -127,7 +127,7 @@ impl fmt::Debug for ClientId {
 }
 
 /// 16 bytes from the kernel CSPRNG (`getrandom(2)`), for ids.
-pub fn random_bytes() -> [u8; 16] {
+pub(crate) fn random_bytes() -> [u8; 16] {
     let mut out = [0u8; 16];
     let mut filled = 0;
     while filled < out.len() {

@@ -10,10 +10,10 @@
 //! Layering: `hub/` knows connections only as [`client::Client`] (a queue, flags, rooms);
 //! sockets, codecs and the read loop are `conn/`'s; what a client event *means* is `app/`'s.
 
-pub mod client;
-pub mod id;
-pub mod outgoing;
-pub mod rooms;
+pub(crate) mod client;
+pub(crate) mod id;
+pub(crate) mod outgoing;
+pub(crate) mod rooms;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -42,7 +42,7 @@ use rooms::{Interest, Join, Leave, Rooms};
 
 /// Everything one shard says to another.
 #[derive(Debug)]
-pub enum ShardMsg {
+pub(crate) enum ShardMsg {
     /// A room gained its first / lost its last member on the sending shard.
     Interest(Interest),
     /// Acknowledges an [`Interest::Add`].
@@ -107,13 +107,11 @@ pub enum ShardMsg {
         /// The answer.
         reply: Reply,
     },
-    /// Close every local client with `cause` (graceful shutdown).
-    CloseAll(CloseCause),
 }
 
 /// Questions answered by every shard.
 #[derive(Debug, Clone)]
-pub enum Query {
+pub(crate) enum Query {
     /// Counters.
     Stats,
     /// Rooms with local members and their local member counts.
@@ -124,7 +122,7 @@ pub enum Query {
 
 /// One shard's answer to a [`Query`].
 #[derive(Debug)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// Counters.
     Stats(Snapshot),
     /// `(room, local members)`.
@@ -171,7 +169,7 @@ struct Overflow {
 const MAX_OVERFLOW: usize = 1 << 20;
 
 /// One shard's clients, rooms and counters.
-pub struct Hub {
+pub(crate) struct Hub {
     shard: u16,
     shards: u16,
     config: Arc<Config>,
@@ -179,7 +177,6 @@ pub struct Hub {
     pub counters: Counters,
     clients: RefCell<Vec<Option<Rc<Client>>>>,
     free: RefCell<Vec<u32>>,
-    open: Cell<usize>,
     rooms: RefCell<Rooms>,
     raw_broadcast: RefCell<Vec<u32>>,
     mesh: ShardMesh<ShardMsg>,
@@ -197,7 +194,7 @@ pub struct Hub {
 
 impl Hub {
     /// A hub for `shard` of `shards`.
-    pub fn new(
+    pub(crate) fn new(
         shard: u16,
         shards: u16,
         config: Arc<Config>,
@@ -214,7 +211,6 @@ impl Hub {
             counters: Counters::default(),
             clients: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
-            open: Cell::new(0),
             raw_broadcast: RefCell::new(Vec::new()),
             mesh,
             overflow: RefCell::new(Overflow::default()),
@@ -232,46 +228,37 @@ impl Hub {
     }
 
     /// This shard's index.
-    pub fn shard(&self) -> u16 {
+    pub(crate) fn shard(&self) -> u16 {
         self.shard
     }
-    /// Number of shards.
-    pub fn shards(&self) -> u16 {
-        self.shards
-    }
     /// The configuration.
-    pub fn config(&self) -> &Arc<Config> {
+    pub(crate) fn config(&self) -> &Arc<Config> {
         &self.config
     }
     /// The shard's timers (keyed by client id).
-    pub fn timers(&self) -> &Timers<ClientId> {
+    pub(crate) fn timers(&self) -> &Timers<ClientId> {
         &self.timers
     }
 
     /// Coarse shard time in ms since start, refreshed by [`Hub::tick_clock`].
-    pub fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         self.clock.get()
     }
 
     /// Refreshes the coarse clock.
-    pub fn tick_clock(&self) -> u64 {
+    pub(crate) fn tick_clock(&self) -> u64 {
         let now = self.started.elapsed().as_millis() as u64;
         self.clock.set(now);
         now
     }
 
     /// Milliseconds since the shard started.
-    pub fn uptime_ms(&self) -> u64 {
+    pub(crate) fn uptime_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Open clients on this shard.
-    pub fn open_clients(&self) -> usize {
-        self.open.get()
-    }
-
     /// Open clients in the whole process.
-    pub fn process_clients(&self) -> usize {
+    pub(crate) fn process_clients(&self) -> usize {
         self.process_clients
             .load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -281,7 +268,7 @@ impl Hub {
     // -----------------------------------------------------------------------------------
 
     /// Registers a freshly accepted socket (phase `Handshake`).
-    pub fn register(&self, peer: std::net::SocketAddr, transport: Transport) -> Rc<Client> {
+    pub(crate) fn register(&self, peer: std::net::SocketAddr, transport: Transport) -> Rc<Client> {
         let mut clients = self.clients.borrow_mut();
         let slot = match self.free.borrow_mut().pop() {
             Some(s) => s,
@@ -297,10 +284,9 @@ impl Hub {
     }
 
     /// Marks a registered socket as an open client (WebSocket upgraded / TCP connected).
-    pub fn open(&self, client: &Client) {
+    pub(crate) fn open(&self, client: &Client) {
         if client.phase() == Phase::Handshake {
             client.set_phase(Phase::Open);
-            self.open.set(self.open.get() + 1);
             self.process_clients
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.counters.opened(client.transport());
@@ -308,7 +294,7 @@ impl Hub {
     }
 
     /// Removes a connection: leaves its rooms (telling other shards), frees its slot.
-    pub fn unregister(&self, client: &Client) {
+    pub(crate) fn unregister(&self, client: &Client) {
         let was_open = client.phase() == Phase::Open || client.phase() == Phase::Closing;
         let opened = self.clients.borrow()[client.slot as usize]
             .as_ref()
@@ -317,7 +303,6 @@ impl Hub {
             return;
         }
         if was_open {
-            self.open.set(self.open.get().saturating_sub(1));
             self.process_clients
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             self.counters.closed(client.transport());
@@ -341,7 +326,7 @@ impl Hub {
     }
 
     /// The local client with this id, if it is still connected.
-    pub fn client(&self, id: ClientId) -> Option<Rc<Client>> {
+    pub(crate) fn client(&self, id: ClientId) -> Option<Rc<Client>> {
         let loc = id.location();
         if loc.shard != self.shard {
             return None;
@@ -356,7 +341,7 @@ impl Hub {
     }
 
     /// Adds a client of the raw `/broadcast` endpoint.
-    pub fn join_raw_broadcast(&self, client: &Client) {
+    pub(crate) fn join_raw_broadcast(&self, client: &Client) {
         self.raw_broadcast.borrow_mut().push(client.slot);
     }
 
@@ -368,7 +353,7 @@ impl Hub {
     /// more than `limits.max_queued_bytes` waiting is cut off (so one message larger than the
     /// limit still goes to a client that keeps up). Returns false if the client does not take
     /// messages (not open, or just cut off).
-    pub fn send_frame(&self, client: &Client, frame: Bytes) -> bool {
+    pub(crate) fn send_frame(&self, client: &Client, frame: Bytes) -> bool {
         if !client.is_open() {
             return false;
         }
@@ -381,8 +366,14 @@ impl Hub {
         true
     }
 
+    /// Drops everything queued for `client` (benches: what the socket would have taken).
+    #[cfg(feature = "bench-internals")]
+    pub(crate) fn discard_queue(&self, client: &Client) {
+        client.out().borrow_mut().clear();
+    }
+
     /// Stops queueing to `client` and asks its task to close with `cause`.
-    pub fn cut_off(&self, client: &Client, cause: CloseCause) {
+    pub(crate) fn cut_off(&self, client: &Client, cause: CloseCause) {
         if client.phase() == Phase::Open {
             client.set_phase(Phase::Closing);
             client.out().borrow_mut().clear();
@@ -392,7 +383,7 @@ impl Hub {
     }
 
     /// Sends `msg` to one local client, in the form its transport takes.
-    pub fn send_to(&self, client: &Client, msg: &Outgoing) -> bool {
+    pub(crate) fn send_to(&self, client: &Client, msg: &Outgoing) -> bool {
         let frame = match client.transport() {
             Transport::Ws => {
                 let mut c = self.compressors.borrow_mut();
@@ -461,7 +452,12 @@ impl Hub {
     }
 
     /// Publishes to a room: local members now, other shards with members by message.
-    pub fn publish(&self, room: &str, msg: Arc<Outgoing>, exclude: Option<ClientId>) -> usize {
+    pub(crate) fn publish(
+        &self,
+        room: &str,
+        msg: Arc<Outgoing>,
+        exclude: Option<ClientId>,
+    ) -> usize {
         // Delivery touches clients and compressors, never rooms, so the borrow can stay.
         let rooms = self.rooms.borrow();
         let (members, remote) = rooms.route(room);
@@ -484,7 +480,7 @@ impl Hub {
     }
 
     /// Sends to every client of the process.
-    pub fn broadcast(&self, msg: Arc<Outgoing>, exclude: Option<ClientId>) -> usize {
+    pub(crate) fn broadcast(&self, msg: Arc<Outgoing>, exclude: Option<ClientId>) -> usize {
         let delivered = self.deliver_all(&msg, exclude, false);
         for shard in 0..self.shards {
             if shard != self.shard {
@@ -506,7 +502,7 @@ impl Hub {
     }
 
     /// Sends to the raw `/broadcast` bench endpoint's clients on every shard.
-    pub fn raw_broadcast(&self, msg: Arc<Outgoing>, exclude: Option<ClientId>) {
+    pub(crate) fn raw_broadcast(&self, msg: Arc<Outgoing>, exclude: Option<ClientId>) {
         self.deliver_raw(&msg, exclude, false);
         for shard in 0..self.shards {
             if shard != self.shard {
@@ -546,7 +542,7 @@ impl Hub {
     /// Sends to one client anywhere in the process. When the recipient is gone, `from` (if
     /// given) is told with a `server:error` event, whichever shard found out. Returns false
     /// when that is known at once (a local recipient, or an id no shard can own).
-    pub fn direct(&self, to: ClientId, msg: Arc<Outgoing>, from: Option<ClientId>) -> bool {
+    pub(crate) fn direct(&self, to: ClientId, msg: Arc<Outgoing>, from: Option<ClientId>) -> bool {
         let shard = to.location().shard;
         if shard == self.shard {
             match self.client(to) {
@@ -590,7 +586,7 @@ impl Hub {
 
     /// Joins `client` to `room`. On success the confirmation (`joined-room`) is sent now, or
     /// once every other shard has acknowledged the room (see `rooms.rs`).
-    pub fn join(&self, client: &Rc<Client>, room: &str) -> Result<(), JoinRefusal> {
+    pub(crate) fn join(&self, client: &Rc<Client>, room: &str) -> Result<(), JoinRefusal> {
         let member = client.rooms().iter().any(|r| &**r == room);
         if !member && client.rooms().len() >= self.config.limits.max_rooms_per_client {
             return Err(JoinRefusal::ClientRoomLimit);
@@ -613,7 +609,7 @@ impl Hub {
     }
 
     /// Removes `client` from `room` and confirms (`left-room`), member or not, as stelar does.
-    pub fn leave(&self, client: &Rc<Client>, room: &str) {
+    pub(crate) fn leave(&self, client: &Rc<Client>, room: &str) {
         let mut announce = Vec::new();
         let outcome = self
             .rooms
@@ -648,7 +644,7 @@ impl Hub {
     }
 
     /// Rooms this shard knows of (process-wide view).
-    pub fn room_count(&self) -> usize {
+    pub(crate) fn room_count(&self) -> usize {
         self.rooms.borrow().len()
     }
 
@@ -668,7 +664,7 @@ impl Hub {
 
     /// Sends to another shard, keeping per-destination order. A full inbox is backpressure:
     /// the message waits in this shard's overflow queue (bounded) and a task retries.
-    pub fn send_mesh(self: &Hub, to: u16, msg: ShardMsg) {
+    pub(crate) fn send_mesh(self: &Hub, to: u16, msg: ShardMsg) {
         Counters::add(&self.counters.mesh_sent, 1);
         let mut of = self.overflow.borrow_mut();
         let to_i = to as usize;
@@ -700,7 +696,7 @@ impl Hub {
 
     /// Whether messages wait for a full inbox and no task is flushing them yet; marks the
     /// flush as started.
-    pub fn overflow_needs_flush(&self) -> bool {
+    pub(crate) fn overflow_needs_flush(&self) -> bool {
         let mut of = self.overflow.borrow_mut();
         if of.total > 0 && !of.flushing {
             of.flushing = true;
@@ -711,7 +707,7 @@ impl Hub {
     }
 
     /// Retries held-back messages. Returns true when none are left.
-    pub fn flush_overflow(&self) -> bool {
+    pub(crate) fn flush_overflow(&self) -> bool {
         let mut of = self.overflow.borrow_mut();
         for to in 0..of.queues.len() {
             while let Some(msg) = of.queues[to].pop_front() {
@@ -736,7 +732,7 @@ impl Hub {
     }
 
     /// Handles one message from another shard.
-    pub fn handle_mesh(&self, msg: ShardMsg) {
+    pub(crate) fn handle_mesh(&self, msg: ShardMsg) {
         match msg {
             ShardMsg::Interest(i) => {
                 let ack = self.rooms.borrow_mut().handle_interest(&i);
@@ -783,12 +779,11 @@ impl Hub {
                     }
                 }
             }
-            ShardMsg::CloseAll(cause) => self.close_all(cause),
         }
     }
 
     /// Asks every local open client to close with `cause`.
-    pub fn close_all(&self, cause: CloseCause) {
+    pub(crate) fn close_all(&self, cause: CloseCause) {
         let clients: Vec<Rc<Client>> = self.clients.borrow().iter().flatten().cloned().collect();
         for c in clients {
             c.request_close(cause);
@@ -796,7 +791,7 @@ impl Hub {
     }
 
     /// This shard's answer to `query`.
-    pub fn answer(&self, query: &Query) -> Reply {
+    pub(crate) fn answer(&self, query: &Query) -> Reply {
         match query {
             Query::Stats => {
                 let mut s = self.counters.snapshot();
@@ -824,7 +819,7 @@ impl Hub {
     }
 
     /// Asks every shard (this one included) and resolves with all answers.
-    pub fn gather(self: &Rc<Self>, query: Query) -> GatherFuture {
+    pub(crate) fn gather(self: &Rc<Self>, query: Query) -> GatherFuture {
         let id = self.next_gather.get();
         self.next_gather.set(id + 1);
         let local = self.answer(&query);
@@ -857,7 +852,7 @@ impl Hub {
     }
 
     /// Counters of every shard, summed.
-    pub async fn stats(self: &Rc<Self>) -> Snapshot {
+    pub(crate) async fn stats(self: &Rc<Self>) -> Snapshot {
         let replies = self.gather(Query::Stats).await;
         let mut total = Snapshot {
             shards: 0,
@@ -873,7 +868,7 @@ impl Hub {
 }
 
 /// Resolves with every shard's reply (or what arrived within 5 s).
-pub struct GatherFuture {
+pub(crate) struct GatherFuture {
     hub: Rc<Hub>,
     id: u64,
     deadline: glommio::timer::Timer,

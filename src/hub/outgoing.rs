@@ -22,7 +22,7 @@ use crate::protocol::ws::frame::{FrameHeader, OpCode};
 
 /// What is being sent.
 #[derive(Debug)]
-pub enum Body {
+pub(crate) enum Body {
     /// An event with optional JSON data: `{"event":E,"data":D}` on WebSocket, a JSON frame on
     /// TCP. `data` is JSON text, forwarded verbatim.
     Event {
@@ -50,7 +50,7 @@ pub enum Body {
 
 /// Which permessage-deflate form a WebSocket client takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WsForm {
+pub(crate) enum WsForm {
     /// No compression negotiated.
     Plain,
     /// Compressed with the full 32 KiB window.
@@ -61,7 +61,7 @@ pub enum WsForm {
 
 /// A message with its lazily built wire forms.
 #[derive(Debug)]
-pub struct Outgoing {
+pub(crate) struct Outgoing {
     body: Body,
     ws: OnceLock<Bytes>,
     ws_deflate: OnceLock<Bytes>,
@@ -73,7 +73,7 @@ pub struct Outgoing {
 
 /// The per-shard compressors used to build deflated forms (no context takeover, so one
 /// serves every connection of the shard).
-pub struct Compressors {
+pub(crate) struct Compressors {
     /// Full window.
     pub full: Compressor,
     /// RLE-only, for peers with a narrowed window.
@@ -82,7 +82,7 @@ pub struct Compressors {
 
 impl Outgoing {
     /// Wraps a body.
-    pub fn new(body: Body) -> Arc<Outgoing> {
+    pub(crate) fn new(body: Body) -> Arc<Outgoing> {
         Arc::new(Outgoing {
             body,
             ws: OnceLock::new(),
@@ -93,7 +93,7 @@ impl Outgoing {
     }
 
     /// An event with JSON data.
-    pub fn event(event: &str, data: Option<Bytes>) -> Arc<Outgoing> {
+    pub(crate) fn event(event: &str, data: Option<Bytes>) -> Arc<Outgoing> {
         Self::new(Body::Event {
             event: event.into(),
             data,
@@ -101,7 +101,7 @@ impl Outgoing {
     }
 
     /// A binary message.
-    pub fn binary(event: &str, payload: Bytes) -> Arc<Outgoing> {
+    pub(crate) fn binary(event: &str, payload: Bytes) -> Arc<Outgoing> {
         Self::new(Body::Binary {
             event: event.into(),
             payload,
@@ -110,13 +110,13 @@ impl Outgoing {
 
     /// The non-fatal error event (PROTOCOL.md §10 Q12): `server:error` with
     /// `{"code":C,"message":M,"event":E}` (`event` omitted when not about one).
-    pub fn server_error(code: &str, message: &str, event: Option<&str>) -> Arc<Outgoing> {
+    pub(crate) fn server_error(code: &str, message: &str, event: Option<&str>) -> Arc<Outgoing> {
         Self::server_error_with(code, message, event, None)
     }
 
     /// [`Outgoing::server_error`] with one more string member, e.g. `"to": ID` for a direct
     /// message whose recipient is gone.
-    pub fn server_error_with(
+    pub(crate) fn server_error_with(
         code: &str,
         message: &str,
         event: Option<&str>,
@@ -147,13 +147,8 @@ impl Outgoing {
         Self::event("server:error", Some(data.freeze()))
     }
 
-    /// The body.
-    pub fn body(&self) -> &Body {
-        &self.body
-    }
-
     /// The uncompressed WebSocket frame.
-    pub fn ws_plain(&self) -> &Bytes {
+    pub(crate) fn ws_plain(&self) -> &Bytes {
         self.ws.get_or_init(|| match &self.body {
             Body::Event { event, data } => {
                 let env = TextEnvelope::event(event, data.as_deref());
@@ -181,7 +176,7 @@ impl Outgoing {
     }
 
     /// The WebSocket frame in `form`, compressing with the shard's compressors on first use.
-    pub fn ws(&self, form: WsForm, c: &mut Compressors) -> &Bytes {
+    pub(crate) fn ws(&self, form: WsForm, c: &mut Compressors) -> &Bytes {
         match form {
             WsForm::Plain => self.ws_plain(),
             WsForm::Deflate => self.ws_deflate.get_or_init(|| self.compress(&mut c.full)),
@@ -209,7 +204,7 @@ impl Outgoing {
     }
 
     /// The stelar TCP frame, or `None` when this message cannot go to TCP clients.
-    pub fn tcp(&self) -> Option<&Bytes> {
+    pub(crate) fn tcp(&self) -> Option<&Bytes> {
         self.tcp
             .get_or_init(|| match &self.body {
                 Body::Event { event, data } => {
@@ -231,7 +226,7 @@ impl Outgoing {
     }
 
     /// A copy of `frame` in this shard's own allocation (see the module docs).
-    pub fn local(frame: &Bytes) -> Bytes {
+    pub(crate) fn local(frame: &Bytes) -> Bytes {
         Bytes::copy_from_slice(frame)
     }
 }

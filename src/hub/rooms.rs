@@ -21,34 +21,35 @@ use std::sync::Arc;
 use ahash::{HashMap, HashMapExt};
 
 /// Most shards a process may run (ids are `u16`, sets are bitmaps of this size).
-pub const MAX_SHARDS: usize = 256;
+pub(crate) const MAX_SHARDS: usize = 256;
 
 /// A set of shard numbers, as a bitmap.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
-pub struct ShardSet([u64; MAX_SHARDS / 64]);
+pub(crate) struct ShardSet([u64; MAX_SHARDS / 64]);
 
 impl ShardSet {
     /// Adds `shard`.
-    pub fn insert(&mut self, shard: u16) {
+    pub(crate) fn insert(&mut self, shard: u16) {
         let s = shard as usize % MAX_SHARDS;
         self.0[s / 64] |= 1 << (s % 64);
     }
     /// Removes `shard`.
-    pub fn remove(&mut self, shard: u16) {
+    pub(crate) fn remove(&mut self, shard: u16) {
         let s = shard as usize % MAX_SHARDS;
         self.0[s / 64] &= !(1 << (s % 64));
     }
     /// Whether `shard` is in the set.
-    pub fn contains(&self, shard: u16) -> bool {
+    #[cfg(test)]
+    pub(crate) fn contains(&self, shard: u16) -> bool {
         let s = shard as usize % MAX_SHARDS;
         self.0[s / 64] & (1 << (s % 64)) != 0
     }
     /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.iter().all(|w| *w == 0)
     }
     /// The shards in ascending order.
-    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u16> + '_ {
         self.0.iter().enumerate().flat_map(|(i, &word)| {
             let mut w = word;
             std::iter::from_fn(move || {
@@ -107,7 +108,7 @@ impl MemberSet {
 
 /// An announcement to every other shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Interest {
+pub(crate) enum Interest {
     /// `shard` now has members of `room`; acknowledge with `epoch`.
     Add {
         /// Room name.
@@ -128,7 +129,7 @@ pub enum Interest {
 
 /// What became of a join.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Join {
+pub(crate) enum Join {
     /// Member now, and the room is announced: confirm at once.
     Confirmed,
     /// Member now (local publishes reach it), but other shards have not acknowledged the
@@ -140,7 +141,7 @@ pub enum Join {
 
 /// What became of a leave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Leave {
+pub(crate) enum Leave {
     /// Was a member and left.
     Left {
         /// The join had not been confirmed yet: confirm it before confirming the leave,
@@ -172,7 +173,7 @@ struct Entry {
 
 /// One shard's room registry.
 #[derive(Debug)]
-pub struct Rooms {
+pub(crate) struct Rooms {
     shard: u16,
     shard_count: u16,
     max_rooms: usize,
@@ -180,41 +181,35 @@ pub struct Rooms {
     /// Invariant: an entry exists iff it has local members or `remote` is non-empty, so
     /// `rooms.len()` is this shard's view of how many rooms exist in the process.
     rooms: HashMap<Rc<str>, Entry>,
-    local_count: usize,
 }
 
 impl Rooms {
     /// A registry for `shard` of `shard_count`; `max_rooms` caps how many rooms this shard
     /// will let exist (its view of the whole process).
-    pub fn new(shard: u16, shard_count: u16, max_rooms: usize) -> Self {
+    pub(crate) fn new(shard: u16, shard_count: u16, max_rooms: usize) -> Self {
         Rooms {
             shard,
             shard_count,
             max_rooms,
             next_epoch: 1,
             rooms: HashMap::new(),
-            local_count: 0,
         }
     }
 
     /// Rooms known to exist anywhere in the process (eventually consistent).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.rooms.len()
     }
 
     /// Whether no room exists.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.rooms.is_empty()
-    }
-
-    /// Rooms with members on this shard.
-    pub fn local_len(&self) -> usize {
-        self.local_count
     }
 
     /// Adds `slot` to `room`. Announcements to send to every other shard are pushed to
     /// `announce`.
-    pub fn join(&mut self, room: &str, slot: u32, announce: &mut Vec<Interest>) -> Join {
+    pub(crate) fn join(&mut self, room: &str, slot: u32, announce: &mut Vec<Interest>) -> Join {
         if let Some(entry) = self.rooms.get_mut(room) {
             if let Some(local) = entry.local.as_mut() {
                 local.members.insert(slot);
@@ -244,7 +239,6 @@ impl Rooms {
         let key: Rc<str> = Rc::from(room);
         let entry = self.rooms.entry(key).or_default();
         entry.local = Some(local);
-        self.local_count += 1;
         if others == 0 {
             return Join::Confirmed;
         }
@@ -257,7 +251,7 @@ impl Rooms {
     }
 
     /// Removes `slot` from `room`.
-    pub fn leave(&mut self, room: &str, slot: u32, announce: &mut Vec<Interest>) -> Leave {
+    pub(crate) fn leave(&mut self, room: &str, slot: u32, announce: &mut Vec<Interest>) -> Leave {
         let Some(entry) = self.rooms.get_mut(room) else {
             return Leave::NotMember;
         };
@@ -276,7 +270,6 @@ impl Rooms {
         };
         if local.members.is_empty() {
             entry.local = None;
-            self.local_count -= 1;
             if self.shard_count > 1 {
                 announce.push(Interest::Remove {
                     room: Arc::from(room),
@@ -292,7 +285,7 @@ impl Rooms {
 
     /// Applies another shard's announcement. Returns the acknowledgement to send back to
     /// the announcing shard, if one is due.
-    pub fn handle_interest(&mut self, interest: &Interest) -> Option<(u16, Arc<str>, u64)> {
+    pub(crate) fn handle_interest(&mut self, interest: &Interest) -> Option<(u16, Arc<str>, u64)> {
         match interest {
             Interest::Add { room, shard, epoch } => {
                 match self.rooms.get_mut(&**room) {
@@ -319,7 +312,7 @@ impl Rooms {
 
     /// Applies an acknowledgement of our announcement. Returns the slots whose joins are
     /// now confirmed (empty while acknowledgements are missing, or when the ack is stale).
-    pub fn handle_ack(&mut self, room: &str, epoch: u64) -> Vec<u32> {
+    pub(crate) fn handle_ack(&mut self, room: &str, epoch: u64) -> Vec<u32> {
         let Some(local) = self.rooms.get_mut(room).and_then(|e| e.local.as_mut()) else {
             return Vec::new();
         };
@@ -335,7 +328,7 @@ impl Rooms {
     }
 
     /// Local members of `room` (empty if none).
-    pub fn members(&self, room: &str) -> &[u32] {
+    pub(crate) fn members(&self, room: &str) -> &[u32] {
         match self.rooms.get(room).and_then(|e| e.local.as_ref()) {
             Some(local) => local.members.as_slice(),
             None => &[],
@@ -343,12 +336,15 @@ impl Rooms {
     }
 
     /// Other shards with members of `room`.
-    pub fn remote_shards(&self, room: &str) -> ShardSet {
-        self.rooms.get(room).map(|e| e.remote).unwrap_or_default()
+    #[cfg(test)]
+    pub(crate) fn remote_shards(&self, room: &str) -> ShardSet {
+        self.rooms
+            .get(room)
+            .map_or_else(ShardSet::default, |e| e.remote)
     }
 
     /// Local members and remote shards of `room` in one lookup.
-    pub fn route(&self, room: &str) -> (&[u32], ShardSet) {
+    pub(crate) fn route(&self, room: &str) -> (&[u32], ShardSet) {
         match self.rooms.get(room) {
             Some(e) => (
                 e.local
@@ -362,7 +358,7 @@ impl Rooms {
     }
 
     /// Names of rooms with local members, with their local member counts.
-    pub fn local_rooms(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
+    pub(crate) fn local_rooms(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
         self.rooms
             .iter()
             .filter_map(|(name, e)| e.local.as_ref().map(|l| (&**name, l.members.len())))

@@ -339,7 +339,7 @@ impl Tcp {
 
 /// The shard a client id names (ids are `SSSSSSSS-HHHH-...`: slot, then shard).
 pub fn shard_of(id: &str) -> u16 {
-    shardcast::hub::id::ClientId::parse(id.as_bytes())
+    shardcast::app::ClientId::parse(id.as_bytes())
         .expect("a shardcast id")
         .location()
         .shard
