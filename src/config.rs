@@ -36,6 +36,8 @@ pub struct Config {
     pub compression: Compression,
     /// What the standalone relay lets clients do.
     pub relay: Relay,
+    /// Process-wide memory budgets.
+    pub memory: Memory,
 }
 
 /// Connection and message limits.
@@ -54,8 +56,11 @@ pub struct Limits {
     pub max_frame_size: usize,
     /// Largest message (after reassembly and decompression), in bytes.
     pub max_message_size: usize,
-    /// Bytes queued for one client beyond which it is disconnected as a slow consumer
-    /// (WebSocket close 1008 "slow consumer", TCP ERROR frame), and counted.
+    /// A client's *backlog*: bytes (with a per-frame overhead) still queued for it after its
+    /// socket took all it would. A client whose backlog stays above this for
+    /// `timeouts.slow_consumer_ms` is disconnected as a slow consumer (WebSocket close 1008
+    /// "slow consumer", TCP ERROR frame), and counted. A connection whose queue passes a
+    /// quarter of it is not read until the queue drains (its own replies cannot pile up).
     pub max_queued_bytes: usize,
     /// Largest HTTP request head (request line + headers), in bytes.
     pub max_http_head: usize,
@@ -77,6 +82,28 @@ pub struct Timeouts {
     pub handshake_timeout_ms: u64,
     /// On shutdown, how long clients get to close before they are cut off.
     pub shutdown_timeout_ms: u64,
+    /// How long a client may stay more than `limits.max_queued_bytes` behind before it is
+    /// disconnected as a slow consumer. 0 = as soon as it is.
+    pub slow_consumer_ms: u64,
+}
+
+/// Process-wide memory budgets, in bytes, split evenly between shards. See the README
+/// ("Limits and what happens at each") for what the server does at each.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Memory {
+    /// Frames queued to clients, all clients together. 0 = a quarter of the memory available
+    /// to the process (physical memory, or the cgroup's limit if lower). When a shard's share
+    /// is full, the clients with the largest queues are disconnected as slow consumers.
+    pub output_budget: usize,
+    /// Partly received messages, all connections together. 0 = an eighth of the memory
+    /// available. When a shard's share is full, the connections holding the most are closed
+    /// (WebSocket 1013 "Try Again Later", TCP ERROR).
+    pub input_budget: usize,
+    /// Per shard: cross-shard messages held back while another shard's inbox is full. Above
+    /// half of it the shard stops reading from its clients until the backlog drains; at the
+    /// bound further cross-shard messages are dropped and counted (`mesh_overflow`).
+    pub mesh_overflow: usize,
 }
 
 /// permessage-deflate (RFC 7692).
@@ -116,6 +143,17 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             compression: Compression::default(),
             relay: Relay::default(),
+            memory: Memory::default(),
+        }
+    }
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory {
+            output_budget: 0,
+            input_budget: 0,
+            mesh_overflow: 64 * 1024 * 1024,
         }
     }
 }
@@ -129,7 +167,7 @@ impl Default for Limits {
             max_room_name: 256,
             max_frame_size: 10 * 1024 * 1024,
             max_message_size: 10 * 1024 * 1024,
-            max_queued_bytes: 16 * 1024 * 1024,
+            max_queued_bytes: 4 * 1024 * 1024,
             max_http_head: 8 * 1024,
             max_http_body: 1024 * 1024,
         }
@@ -143,6 +181,7 @@ impl Default for Timeouts {
             heartbeat_timeout_ms: 60_000,
             handshake_timeout_ms: 10_000,
             shutdown_timeout_ms: 10_000,
+            slow_consumer_ms: 5_000,
         }
     }
 }
@@ -248,6 +287,22 @@ impl Config {
         Duration::from_millis(self.timeouts.shutdown_timeout_ms)
     }
 
+    /// The output and input budgets in bytes, with 0 ("auto") resolved against `available`
+    /// bytes of memory (a quarter and an eighth of it).
+    pub fn memory_budgets(&self, available: u64) -> (usize, usize) {
+        let auto = |setting: usize, share: u64| {
+            if setting > 0 {
+                setting
+            } else {
+                usize::try_from(available / share).unwrap_or(usize::MAX)
+            }
+        };
+        (
+            auto(self.memory.output_budget, 4),
+            auto(self.memory.input_budget, 8),
+        )
+    }
+
     /// Checks ranges and relations between settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(setting: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
@@ -282,6 +337,23 @@ impl Config {
         }
         if l.max_queued_bytes < 64 * 1024 {
             return bad("limits.max_queued_bytes", "must be at least 65536");
+        }
+        let m = &self.memory;
+        let min_budget = 1024 * 1024;
+        if m.output_budget != 0 && m.output_budget < min_budget {
+            return bad(
+                "memory.output_budget",
+                "must be 0 (auto) or at least 1048576",
+            );
+        }
+        if m.input_budget != 0 && m.input_budget < min_budget {
+            return bad(
+                "memory.input_budget",
+                "must be 0 (auto) or at least 1048576",
+            );
+        }
+        if m.mesh_overflow < min_budget {
+            return bad("memory.mesh_overflow", "must be at least 1048576");
         }
         if l.max_http_head < 1024 {
             return bad("limits.max_http_head", "must be at least 1024");

@@ -16,6 +16,7 @@ use shardcast_shards::{Runtime, Shard};
 use crate::config::Config;
 use crate::hub::client::Client;
 use crate::hub::id::ClientId;
+use crate::hub::memory::ShardLimits;
 use crate::hub::outgoing::{Outgoing, WsForm};
 use crate::hub::{Hub, ShardMsg};
 use crate::stats::Transport;
@@ -119,6 +120,13 @@ pub fn on_one_shard(f: impl Fn(FanoutBench) + Send + Sync + 'static) {
                     shard.mesh().clone(),
                     timers,
                     Arc::new(AtomicUsize::new(0)),
+                    ShardLimits {
+                        output: usize::MAX,
+                        input: usize::MAX,
+                        mesh_overflow: usize::MAX,
+                        max_queued: usize::MAX,
+                        slow_consumer_ms: 0,
+                    },
                 ));
                 f(FanoutBench {
                     hub,

@@ -20,6 +20,7 @@ use crate::config::{Config, ConfigError};
 use crate::conn::{self, Shared};
 use crate::hub::client::CloseCause;
 use crate::hub::id::ClientId;
+use crate::hub::memory::ShardLimits;
 use crate::hub::{Hub, ShardMsg};
 
 /// Why the server could not start.
@@ -88,11 +89,13 @@ pub fn start(app: App) -> Result<Running, StartError> {
         builder = builder.listen("tcp", SocketAddr::new(config.host, port));
     }
     let clients = Arc::new(AtomicUsize::new(0));
+    let budgets = memory_budgets(&config);
     let runtime = builder.start(move |shard: Shard<ShardMsg>| {
         let app = app.clone();
         let config = config.clone();
         let clients = clients.clone();
-        async move { run_shard(shard, app, config, clients).await }
+        let limits = shard_limits(&config, budgets, shard.count());
+        async move { run_shard(shard, app, config, clients, limits).await }
     })?;
     let ws = runtime
         .bound_addr("ws")
@@ -107,11 +110,40 @@ pub fn start(app: App) -> Result<Running, StartError> {
     })
 }
 
+/// The process's output and input budgets in bytes (see `hub/memory.rs`), logged.
+fn memory_budgets(config: &Config) -> (usize, usize) {
+    // Without /proc (not Linux?), assume a small machine rather than an unbounded one.
+    let available = crate::stats::available_memory().unwrap_or(4 << 30);
+    let (output, input) = config.memory_budgets(available);
+    tracing::info!(
+        output_budget = output,
+        input_budget = input,
+        mesh_overflow_per_shard = config.memory.mesh_overflow,
+        max_queued_bytes = config.limits.max_queued_bytes,
+        slow_consumer_ms = config.timeouts.slow_consumer_ms,
+        "memory budgets"
+    );
+    (output, input)
+}
+
+/// One shard's share of the budgets and the per-client limits.
+fn shard_limits(config: &Config, (output, input): (usize, usize), shards: usize) -> ShardLimits {
+    let shards = shards.max(1);
+    ShardLimits {
+        output: output / shards,
+        input: input / shards,
+        mesh_overflow: config.memory.mesh_overflow,
+        max_queued: config.limits.max_queued_bytes,
+        slow_consumer_ms: config.timeouts.slow_consumer_ms,
+    }
+}
+
 async fn run_shard(
     shard: Shard<ShardMsg>,
     app: Arc<App>,
     config: Arc<Config>,
     clients: Arc<AtomicUsize>,
+    limits: ShardLimits,
 ) {
     let (timers, mut expirations) = shard.timers::<ClientId>();
     let hub = Rc::new(Hub::new(
@@ -121,6 +153,7 @@ async fn run_shard(
         shard.mesh().clone(),
         timers,
         clients,
+        limits,
     ));
     let shared = Rc::new(Shared::new(hub.clone(), app));
 
@@ -135,19 +168,13 @@ async fn run_shard(
                     for msg in batch.drain(..) {
                         hub.handle_mesh(msg);
                     }
-                    if hub.overflow_needs_flush() {
-                        let hub = hub.clone();
-                        glommio::spawn_local(async move {
-                            while !hub.flush_overflow() {
-                                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-                            }
-                        })
-                        .detach();
-                    }
                 }
             })
             .detach();
     }
+
+    // Messages held back for full inboxes of other shards.
+    shard.spawn(hub.clone().drain_overflow()).detach();
 
     // Timer expirations → wake the connection concerned.
     {

@@ -113,7 +113,33 @@ impl Counters {
             dropped: self.dropped.borrow().clone(),
             rooms: 0,
             shards: 1,
+            memory: MemoryGauges::default(),
         }
+    }
+}
+
+/// Memory gauges (bytes), summed over shards: see `hub/memory.rs` for what each bounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct MemoryGauges {
+    /// Frames queued to clients.
+    pub(crate) output_used: u64,
+    /// The output budget.
+    pub(crate) output_limit: u64,
+    /// Partly received input held.
+    pub(crate) input_used: u64,
+    /// The input budget.
+    pub(crate) input_limit: u64,
+    /// Cross-shard messages held back for full inboxes.
+    pub(crate) mesh_overflow: u64,
+}
+
+impl MemoryGauges {
+    fn merge(&mut self, o: &MemoryGauges) {
+        self.output_used += o.output_used;
+        self.output_limit += o.output_limit;
+        self.input_used += o.input_used;
+        self.input_limit += o.input_limit;
+        self.mesh_overflow += o.mesh_overflow;
     }
 }
 
@@ -154,6 +180,8 @@ pub(crate) struct Snapshot {
     pub rooms: u64,
     /// Shards summed.
     pub shards: u64,
+    /// Memory gauges, summed.
+    pub memory: MemoryGauges,
 }
 
 fn merge_map(into: &mut BTreeMap<&'static str, u64>, from: &BTreeMap<&'static str, u64>) {
@@ -182,6 +210,7 @@ impl Snapshot {
         merge_map(&mut self.dropped, &o.dropped);
         self.rooms = self.rooms.max(o.rooms);
         self.shards += o.shards;
+        self.memory.merge(&o.memory);
     }
 
     /// Open WebSocket connections.
@@ -220,6 +249,25 @@ pub(crate) fn rss_bytes() -> Option<u64> {
     // SAFETY: sysconf has no memory-safety preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).unwrap_or(4096))
+}
+
+/// Memory available to the process: physical memory (`MemTotal` in `/proc/meminfo`), or the
+/// cgroup v2 limit (`/sys/fs/cgroup/memory.max`) when that is lower.
+pub(crate) fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let total = total_kib * 1024;
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    Some(cgroup.map_or(total, |c| c.min(total)))
 }
 
 /// The `/health` body: stelar's keys in stelar's order (PROTOCOL.md §1.3, Q21), with
@@ -375,6 +423,36 @@ pub(crate) fn prometheus_text(s: &Snapshot, p: &Process) -> String {
         "# HELP shardcast_uptime_seconds Seconds since start.\n# TYPE shardcast_uptime_seconds gauge\nshardcast_uptime_seconds {}",
         p.uptime_ms / 1000
     );
+    let m = &s.memory;
+    for (name, help, v) in [
+        (
+            "shardcast_output_queued_bytes",
+            "Bytes queued to clients (with per-frame overhead), all shards.",
+            m.output_used,
+        ),
+        (
+            "shardcast_output_budget_bytes",
+            "The output budget (memory.output_budget).",
+            m.output_limit,
+        ),
+        (
+            "shardcast_input_held_bytes",
+            "Bytes of partly received messages held, all shards.",
+            m.input_used,
+        ),
+        (
+            "shardcast_input_budget_bytes",
+            "The input budget (memory.input_budget).",
+            m.input_limit,
+        ),
+        (
+            "shardcast_mesh_overflow_bytes",
+            "Cross-shard messages held back for full inboxes.",
+            m.mesh_overflow,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
     let _ = writeln!(
         out,
         "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",

@@ -189,7 +189,7 @@ pub(crate) fn ack(env: &Env<'_>, event: &str, data: Option<&Bytes>, ack: &AckReq
                 env.hub,
                 Box::pin(async move {
                     let snapshot = hub.stats().await;
-                    let process = crate::stats::Process::read(hub.uptime_ms());
+                    let process = crate::stats::Process::read(hub.now_ms());
                     let body = crate::stats::health_json(&snapshot, &process);
                     send_ack_reply(&hub, &client, &event, &ack, body.as_bytes());
                 }),

@@ -86,12 +86,12 @@ pub(crate) async fn respond(
     match path {
         "/health" if is_get => {
             let s = gather_stats(shared).await;
-            let body = health_json(&s, &Process::read(hub.uptime_ms()));
+            let body = health_json(&s, &Process::read(hub.now_ms()));
             return json_response(StatusCode::OK, body.as_bytes(), keep_alive, req);
         }
         "/metrics" if is_get => {
             let s = gather_stats(shared).await;
-            let text = prometheus_text(&s, &Process::read(hub.uptime_ms()));
+            let text = prometheus_text(&s, &Process::read(hub.now_ms()));
             let mut out = BytesMut::new();
             let mut w = ResponseWriter::new(&mut out, StatusCode::OK);
             w.keep_alive(keep_alive);
@@ -262,7 +262,7 @@ pub(crate) async fn respond(
         }
         (Method::Get | Method::Head, "stats") => {
             let s = gather_stats(shared).await;
-            let body = health_json(&s, &Process::read(hub.uptime_ms()));
+            let body = health_json(&s, &Process::read(hub.now_ms()));
             json_response(StatusCode::OK, body.as_bytes(), keep_alive, req)
         }
         (_, "publish" | "broadcast" | "send" | "rooms" | "stats") => error(

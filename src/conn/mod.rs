@@ -12,11 +12,14 @@
 //! glommio's read never holds the caller's buffer while pending) and are appended to the
 //! connection's own buffer, which is dropped whenever it is drained: an idle connection holds
 //! no read buffer. Codecs parse and unmask in place in that buffer and hand payloads out as
-//! `Bytes` views of it. Writes are queued as `Bytes` (`outq.rs`) and leave in one `sendmsg`
-//! per turn.
+//! `Bytes` views of it. Writes are queued as `Bytes` (`hub/outq.rs`, through the hub, which
+//! keeps the shard's memory budgets) and leave in one `sendmsg` per turn.
+//!
+//! Backpressure: a connection whose own queue is above the read-pause mark, or whose shard
+//! cannot hand messages to another shard, is not read until that clears; what it holds of
+//! partly received messages is reported to the hub's input budget after every read.
 
 pub(crate) mod http;
-pub(crate) mod outq;
 pub(crate) mod tcp;
 pub(crate) mod ws;
 
@@ -46,8 +49,10 @@ use crate::stats::Counters;
 const SCRATCH: usize = 64 * 1024;
 /// Most reads handled in one poll before the task yields to others.
 const READ_BUDGET: usize = 16;
-/// How long a closing connection waits for the peer's close frame / EOF before dropping it.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a closing connection waits for its close frame to go out and for the peer's
+/// close frame / EOF before it is dropped. A peer that stopped reading (a slow consumer) sees
+/// the close frame if it resumes reading within this time.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// What one shard's connections share.
 pub(crate) struct Shared {
@@ -254,35 +259,24 @@ impl Io {
         &mut self,
         cx: &mut TaskContext<'_>,
         client: &Client,
-        counters: &Counters,
+        hub: &Hub,
     ) -> Poll<io::Result<()>> {
         loop {
-            let front = {
-                let mut q = client.out().borrow_mut();
-                if q.is_empty() {
-                    return Poll::Ready(Ok(()));
-                }
-                match q.write_to(self.fd) {
-                    Ok(n) => {
-                        Counters::add(&counters.bytes_sent, n as u64);
-                        Counters::add(&counters.writes, 1);
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => match q.front() {
-                        Some(f) => f.clone(),
-                        None => return Poll::Ready(Ok(())),
-                    },
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-            };
+            if client.queue_is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            match hub.write_queue(client, self.fd) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
             // The socket is full: let glommio arm a write-readiness poll (its send attempt
             // may also succeed now, in which case we account for what it wrote).
+            let Some(front) = hub.queue_front(client) else {
+                return Poll::Ready(Ok(()));
+            };
             match Pin::new(&mut self.stream).poll_write(cx, &front) {
-                Poll::Ready(Ok(n)) => {
-                    client.out().borrow_mut().consume(n);
-                    Counters::add(&counters.bytes_sent, n as u64);
-                    Counters::add(&counters.writes, 1);
-                }
+                Poll::Ready(Ok(n)) => hub.written(client, n),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -290,8 +284,8 @@ impl Io {
     }
 
     /// Flushes the queue completely (HTTP phase).
-    pub(crate) async fn flush(&mut self, client: &Client, counters: &Counters) -> io::Result<()> {
-        poll_fn(|cx| self.poll_flush(cx, client, counters)).await
+    pub(crate) async fn flush(&mut self, client: &Client, hub: &Hub) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush(cx, client, hub)).await
     }
 
     /// Shuts down the write side and drops the socket.
@@ -354,11 +348,15 @@ pub(crate) trait Session {
     /// Decodes every complete message in `buf` and dispatches it.
     fn handle_input(&mut self, buf: &mut BytesMut, shared: &Shared, client: &Rc<Client>) -> Flow;
     /// Queues what the server sends when it closes for `cause`.
-    fn begin_close(&mut self, cause: CloseCause, client: &Client);
+    fn begin_close(&mut self, cause: CloseCause, client: &Client, hub: &Hub);
     /// A heartbeat ping frame.
     fn ping(&self) -> Bytes;
     /// Whether the connection is finished once the queue is flushed.
     fn done(&self) -> bool;
+    /// Bytes of a partly received message the session holds (reassembly buffers).
+    fn buffered(&self) -> usize;
+    /// Drops what the session holds of partly received messages (the input budget ran out).
+    fn discard_input(&mut self);
 }
 
 /// How an open connection ended.
@@ -397,7 +395,14 @@ pub(crate) async fn drive<S: Session>(
                         client.set_phase(Phase::Closing);
                         hub.counters.disconnect(cause.label());
                     }
-                    session.begin_close(cause, client);
+                    if cause == CloseCause::InputBudget {
+                        // The point of the close is to give this memory back now.
+                        reading = false;
+                        io.rbuf = BytesMut::new();
+                        session.discard_input();
+                        hub.set_input_held(client, 0);
+                    }
+                    session.begin_close(cause, client, hub);
                     deadline = Some(std::time::Instant::now() + CLOSE_GRACE);
                     shared.arm_timer(client, CLOSE_GRACE);
                 }
@@ -408,15 +413,15 @@ pub(crate) async fn drive<S: Session>(
                         return Poll::Ready(End::Abandoned);
                     }
                     shared.arm_timer(client, d - std::time::Instant::now());
-                } else if hub.tick_clock().saturating_sub(client.last_seen()) > timeout_ms {
+                } else if hub.now_ms().saturating_sub(client.last_seen()) > timeout_ms {
                     client.request_close(CloseCause::HeartbeatTimeout);
                     continue;
                 } else {
-                    client.queue_control(session.ping());
+                    hub.queue_control(client, session.ping());
                     shared.arm_timer(client, interval);
                 }
             }
-            match io.poll_flush(cx, client, &hub.counters) {
+            match io.poll_flush(cx, client, hub) {
                 Poll::Ready(Err(e)) => return Poll::Ready(End::Failed(e)),
                 Poll::Ready(Ok(())) => {
                     if session.done() {
@@ -433,11 +438,15 @@ pub(crate) async fn drive<S: Session>(
                 cx.waker().wake_by_ref();
                 break;
             }
+            if hub.should_pause_reading(client, cx.waker()) {
+                // Woken when the socket drains (flush above) or the mesh overflow does.
+                break;
+            }
             budget -= 1;
             match io.poll_fill(cx, shared) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(End::Closed),
                 Poll::Ready(Ok(_)) => {
-                    client.seen(hub.tick_clock());
+                    client.seen(hub.now_ms());
                     if session.handle_input(&mut io.rbuf, shared, client) == Flow::Stop {
                         reading = false;
                         if deadline.is_none() {
@@ -446,6 +455,7 @@ pub(crate) async fn drive<S: Session>(
                         }
                     }
                     io.release_if_empty();
+                    hub.set_input_held(client, io.rbuf.len() + session.buffered());
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(End::Failed(e)),
                 Poll::Pending => break,

@@ -14,6 +14,7 @@ use glommio::net::TcpStream;
 use super::{drive, Accepted, End, Flow, Io, Session, Shared};
 use crate::app::dispatch::{self, AckRequest, Env};
 use crate::hub::client::{Client, CloseCause};
+use crate::hub::Hub;
 use crate::protocol::stelar::{envelope, json, names, FrameDecoder, FrameType, OutFrame};
 use crate::stats::Transport;
 
@@ -30,7 +31,7 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
     })
     .encode()
     {
-        client.queue_control(frame);
+        hub.queue_control(&client, frame);
     }
     let config = hub.config().clone();
     let max = config.limits.max_connections;
@@ -61,9 +62,9 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
 
 async fn refuse(io: &mut Io, client: &Client, shared: &Shared, reason: &str) {
     if let Ok(frame) = (OutFrame::Error { text: reason }).encode() {
-        client.queue_control(frame);
+        shared.hub.queue_control(client, frame);
     }
-    let _ = io.flush(client, &shared.hub.counters).await;
+    let _ = io.flush(client, &shared.hub).await;
 }
 
 /// The TCP open phase.
@@ -89,7 +90,7 @@ impl Session for TcpSession {
                 Err(e) => {
                     hub.counters.error(e.label());
                     if let Some(frame) = e.error_frame() {
-                        client.queue_control(frame);
+                        hub.queue_control(client, frame);
                     }
                     buf.clear();
                     self.done = true;
@@ -97,8 +98,9 @@ impl Session for TcpSession {
                 }
             };
             match frame.frame_type {
+                // One pending PONG at most, however many PINGs arrive unanswered.
                 FrameType::Ping => {
-                    client.queue_control(Bytes::from_static(&[0, 0, 0, 7, 0x04, 0, 0]));
+                    hub.queue_pong(client, Bytes::from_static(&[0, 0, 0, 7, 0x04, 0, 0]));
                 }
                 FrameType::Pong | FrameType::Connect => {}
                 FrameType::Json | FrameType::Binary | FrameType::AckReq => {
@@ -149,11 +151,15 @@ impl Session for TcpSession {
         }
     }
 
-    fn begin_close(&mut self, cause: CloseCause, client: &Client) {
+    fn begin_close(&mut self, cause: CloseCause, client: &Client, hub: &Hub) {
         let frame = match cause {
             CloseCause::Shutdown => Ok(Bytes::from_static(&[0, 0, 0, 7, 0x08, 0, 0])),
-            CloseCause::SlowConsumer => OutFrame::Error {
+            CloseCause::SlowConsumer | CloseCause::OutputBudget => OutFrame::Error {
                 text: "Slow consumer",
+            }
+            .encode(),
+            CloseCause::InputBudget => OutFrame::Error {
+                text: "Server busy",
             }
             .encode(),
             CloseCause::HeartbeatTimeout => OutFrame::Error {
@@ -166,11 +172,11 @@ impl Session for TcpSession {
             .encode(),
             CloseCause::Kicked { reason, .. } => OutFrame::Error { text: reason }.encode(),
         };
-        if cause == CloseCause::SlowConsumer {
-            client.out().borrow_mut().clear();
+        if matches!(cause, CloseCause::SlowConsumer | CloseCause::OutputBudget) {
+            hub.discard_queue(client);
         }
         if let Ok(f) = frame {
-            client.queue_control(f);
+            hub.queue_control(client, f);
         }
         self.done = true;
     }
@@ -182,6 +188,13 @@ impl Session for TcpSession {
     fn done(&self) -> bool {
         self.done
     }
+
+    fn buffered(&self) -> usize {
+        // Frames are decoded where they lie in the read buffer; nothing is reassembled.
+        0
+    }
+
+    fn discard_input(&mut self) {}
 }
 
 impl TcpSession {

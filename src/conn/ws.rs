@@ -21,6 +21,7 @@ use super::{drive, fill, http, Accepted, End, Flow, Interrupted, Io, Session, Sh
 use crate::app::dispatch::{self, AckRequest, Env};
 use crate::hub::client::{Client, CloseCause, RequestInfo};
 use crate::hub::outgoing::{Body, Outgoing, WsForm};
+use crate::hub::Hub;
 use crate::protocol::http::{parse_request, BodyDecoder, BodyKind, Request, CONTINUE_RESPONSE};
 use crate::protocol::stelar::{binary, envelope};
 use crate::protocol::ws::close::{CloseCode, CloseFrame};
@@ -76,8 +77,8 @@ async fn http_phase(io: &mut Io, shared: &Shared, client: &Rc<Client>) -> Option
                     hub.counters.error(e.label());
                     let mut out = BytesMut::new();
                     e.write_response(&mut out);
-                    client.queue_control(out.freeze());
-                    let _ = io.flush(client, &hub.counters).await;
+                    hub.queue_control(client, out.freeze());
+                    let _ = io.flush(client, hub).await;
                     return None;
                 }
             }
@@ -90,8 +91,8 @@ async fn http_phase(io: &mut Io, shared: &Shared, client: &Rc<Client>) -> Option
             BodyKind::Empty => Bytes::new(),
             kind => {
                 if req.expects_continue() {
-                    client.queue_control(Bytes::from_static(CONTINUE_RESPONSE));
-                    if io.flush(client, &hub.counters).await.is_err() {
+                    hub.queue_control(client, Bytes::from_static(CONTINUE_RESPONSE));
+                    if io.flush(client, hub).await.is_err() {
                         return None;
                     }
                 }
@@ -121,8 +122,8 @@ async fn http_phase(io: &mut Io, shared: &Shared, client: &Rc<Client>) -> Option
         let keep_alive = req.keep_alive();
         let response = http::respond(shared, &req, body, keep_alive).await;
         crate::stats::Counters::add(&hub.counters.http_requests, 1);
-        client.queue_control(response);
-        if io.flush(client, &hub.counters).await.is_err() || !keep_alive {
+        hub.queue_control(client, response);
+        if io.flush(client, hub).await.is_err() || !keep_alive {
             return None;
         }
         io.release_if_empty();
@@ -139,8 +140,8 @@ async fn respond_error(
     shared.hub.counters.error(e.label());
     let mut out = BytesMut::new();
     e.write_response(&mut out);
-    client.queue_control(out.freeze());
-    let _ = io.flush(client, &shared.hub.counters).await;
+    shared.hub.queue_control(client, out.freeze());
+    let _ = io.flush(client, &shared.hub).await;
 }
 
 /// Completes the upgrade and runs the WebSocket until it ends. Returns whether the client was
@@ -164,14 +165,14 @@ async fn websocket(
         Err(e) => {
             hub.counters.error(e.label());
             e.write_response(&mut out);
-            client.queue_control(out.freeze());
-            let _ = io.flush(client, &hub.counters).await;
+            hub.queue_control(client, out.freeze());
+            let _ = io.flush(client, hub).await;
             return false;
         }
     };
     io.rbuf.advance(negotiated.consumed);
     let deflate = negotiated.deflate;
-    client.queue_control(out.freeze());
+    hub.queue_control(client, out.freeze());
 
     // PROTOCOL.md §1.1 step 7 / §7.3: limits are checked after the 101, refused with 1008.
     let max = config.limits.max_connections;
@@ -250,8 +251,8 @@ async fn refuse(
     reason: Cow<'static, str>,
 ) {
     let code = CloseCode::new(code).unwrap_or(CloseCode::POLICY);
-    client.queue_control(server_close(Some(&CloseFrame { code, reason })));
-    let _ = io.flush(client, &hub.counters).await;
+    hub.queue_control(client, server_close(Some(&CloseFrame { code, reason })));
+    let _ = io.flush(client, hub).await;
 }
 
 /// The WebSocket open phase.
@@ -355,14 +356,15 @@ impl Session for WsSession {
                             Some(client.id),
                         ),
                     },
-                    // RFC 6455 §5.5.2: a pong with the ping's payload, as soon as practical.
-                    Message::Ping(p) => client.queue_control(server_frame(OpCode::Pong, &p)),
+                    // RFC 6455 §5.5.2: a pong with the ping's payload, as soon as practical;
+                    // §5.5.3: only the most recent ping need be answered (one pending pong).
+                    Message::Ping(p) => hub.queue_pong(client, server_frame(OpCode::Pong, &p)),
                     Message::Pong(_) => {}
                     Message::Close(_) => {
                         if let ClosePhase::CloseReceived { reply } = self.decoder.phase() {
                             // §5.5.1: echo the status code.
                             let frame = reply.map(|code| CloseFrame::new(code, ""));
-                            client.queue_control(server_close(frame.as_ref()));
+                            hub.queue_control(client, server_close(frame.as_ref()));
                             self.decoder.handle_close_sent();
                         }
                         return Flow::Stop;
@@ -377,7 +379,7 @@ impl Session for WsSession {
                         reason: Cow::Owned(e.to_string()),
                     };
                     // Answers to the messages before the faulty frame still go out first.
-                    client.queue_control(server_close(Some(&frame)));
+                    hub.queue_control(client, server_close(Some(&frame)));
                     self.decoder.handle_close_sent();
                     self.failed = true;
                     return Flow::Stop;
@@ -386,9 +388,12 @@ impl Session for WsSession {
         }
     }
 
-    fn begin_close(&mut self, cause: CloseCause, client: &Client) {
+    fn begin_close(&mut self, cause: CloseCause, client: &Client, hub: &Hub) {
         let (code, reason) = match cause {
-            CloseCause::SlowConsumer => (CloseCode::POLICY, "slow consumer"),
+            CloseCause::SlowConsumer | CloseCause::OutputBudget => {
+                (CloseCode::POLICY, "slow consumer")
+            }
+            CloseCause::InputBudget => (CloseCode::TRY_AGAIN_LATER, "server busy"),
             CloseCause::HeartbeatTimeout => (CloseCode::AWAY, "heartbeat timeout"),
             CloseCause::HandshakeTimeout => (CloseCode::POLICY, "handshake timeout"),
             CloseCause::Shutdown => (CloseCode::AWAY, "Shutting down"),
@@ -396,11 +401,15 @@ impl Session for WsSession {
                 (CloseCode::new(code).unwrap_or(CloseCode::POLICY), reason)
             }
         };
+        if cause == CloseCause::InputBudget {
+            // Its input was discarded and is no longer read: no close reply will be seen.
+            self.failed = true;
+        }
         if self.decoder.phase() == ClosePhase::Open {
-            if cause == CloseCause::SlowConsumer {
-                client.out().borrow_mut().clear();
+            if matches!(cause, CloseCause::SlowConsumer | CloseCause::OutputBudget) {
+                hub.discard_queue(client);
             }
-            client.queue_control(server_close(Some(&CloseFrame::new(code, reason))));
+            hub.queue_control(client, server_close(Some(&CloseFrame::new(code, reason))));
             self.decoder.handle_close_sent();
         }
     }
@@ -411,5 +420,13 @@ impl Session for WsSession {
 
     fn done(&self) -> bool {
         self.failed || self.decoder.phase() == ClosePhase::Closed
+    }
+
+    fn buffered(&self) -> usize {
+        self.decoder.buffered()
+    }
+
+    fn discard_input(&mut self) {
+        self.decoder.discard_partial();
     }
 }

@@ -12,11 +12,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Waker;
 
-use bytes::Bytes;
-
 use super::id::ClientId;
 use super::outgoing::WsForm;
-use crate::conn::outq::OutQueue;
+use super::outq::OutQueue;
 use crate::stats::Transport;
 
 /// Where a connection is in its life.
@@ -34,8 +32,12 @@ pub(crate) enum Phase {
 /// and to a disconnect counter label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseCause {
-    /// The queue passed `limits.max_queued_bytes`.
+    /// Its backlog stayed above `limits.max_queued_bytes` for `timeouts.slow_consumer_ms`.
     SlowConsumer,
+    /// Its queue was among the largest when the shard's output budget ran out.
+    OutputBudget,
+    /// It held among the most partly received bytes when the shard's input budget ran out.
+    InputBudget,
     /// No sign of life within the heartbeat timeout.
     HeartbeatTimeout,
     /// The handshake (or an HTTP request) did not complete in time.
@@ -56,6 +58,8 @@ impl CloseCause {
     pub fn label(self) -> &'static str {
         match self {
             CloseCause::SlowConsumer => "slow_consumer",
+            CloseCause::OutputBudget => "output_budget",
+            CloseCause::InputBudget => "input_budget",
             CloseCause::HeartbeatTimeout => "heartbeat_timeout",
             CloseCause::HandshakeTimeout => "handshake_timeout",
             CloseCause::Shutdown => "shutdown",
@@ -89,7 +93,14 @@ pub(crate) struct Client {
     ws_form: Cell<WsForm>,
     /// Whether the connection speaks the stelar envelope (false on raw bench endpoints).
     stelar: Cell<bool>,
+    /// Write queue. Mutated only through the hub, which keeps the shard's output budget.
     out: RefCell<OutQueue>,
+    /// Shard time (ms, never 0) since which the backlog has been above the slow-consumer
+    /// limit; 0 while it is not.
+    behind_since: Cell<u64>,
+    /// Bytes of partly received input this connection holds (read buffer and reassembly),
+    /// as last reported to the hub's input budget.
+    input_held: Cell<usize>,
     /// The connection task's waker, set each time it parks.
     waker: RefCell<Option<Waker>>,
     /// A close the server wants; the task acts on it.
@@ -124,6 +135,8 @@ impl Client {
             ws_form: Cell::new(WsForm::Plain),
             stelar: Cell::new(true),
             out: RefCell::new(OutQueue::default()),
+            behind_since: Cell::new(0),
+            input_held: Cell::new(0),
             waker: RefCell::new(None),
             close: Cell::new(None),
             timer_fired: Cell::new(false),
@@ -167,21 +180,29 @@ impl Client {
         self.phase.get() == Phase::Open
     }
 
-    /// Queues a frame and wakes the task (the hub applies the slow-consumer limit first).
-    pub(crate) fn queue(&self, frame: Bytes) {
-        self.out.borrow_mut().push(frame);
-        self.wake();
-    }
-
-    /// Queues a frame regardless of phase (handshake responses, close frames).
-    pub(crate) fn queue_control(&self, frame: Bytes) {
-        self.out.borrow_mut().push(frame);
-        self.wake();
-    }
-
-    /// The write queue, for the connection task.
-    pub(crate) fn out(&self) -> &RefCell<OutQueue> {
+    /// The write queue (hub only: every change must reach the output budget).
+    pub(super) fn out(&self) -> &RefCell<OutQueue> {
         &self.out
+    }
+
+    /// What the write queue holds in memory.
+    pub(crate) fn queued_cost(&self) -> usize {
+        self.out.borrow().cost()
+    }
+
+    /// Whether nothing waits to be written.
+    pub(crate) fn queue_is_empty(&self) -> bool {
+        self.out.borrow().is_empty()
+    }
+
+    /// Since when (shard ms) the client has been behind; 0 if it is not.
+    pub(super) fn behind_since(&self) -> &Cell<u64> {
+        &self.behind_since
+    }
+
+    /// Partly received bytes last reported.
+    pub(super) fn input_held(&self) -> &Cell<usize> {
+        &self.input_held
     }
 
     /// Wakes the connection task.

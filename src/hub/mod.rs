@@ -12,7 +12,9 @@
 
 pub(crate) mod client;
 pub(crate) mod id;
+pub(crate) mod memory;
 pub(crate) mod outgoing;
+pub(crate) mod outq;
 pub(crate) mod rooms;
 
 use std::cell::{Cell, RefCell};
@@ -33,11 +35,13 @@ use crate::protocol::stelar::{OutFrame, TextEnvelope};
 use crate::protocol::ws::codec::{server_frame, Compressor};
 use crate::protocol::ws::deflate::Deflater;
 use crate::protocol::ws::frame::OpCode;
-use crate::stats::{Counters, Snapshot, Transport};
+use crate::stats::{Counters, MemoryGauges, Snapshot, Transport};
 
 use client::{Client, CloseCause, Phase};
 use id::ClientId;
+use memory::{Budget, ShardLimits};
 use outgoing::{Compressors, Outgoing, WsForm};
+use outq::{OutQueue, FRAME_COST};
 use rooms::{Interest, Join, Leave, Rooms};
 
 /// Everything one shard says to another.
@@ -109,6 +113,25 @@ pub(crate) enum ShardMsg {
     },
 }
 
+impl ShardMsg {
+    /// Memory this message holds while it waits: the message itself plus the payload it
+    /// carries (charged in full even when shared, to err on the safe side).
+    fn cost(&self) -> usize {
+        let payload = match self {
+            ShardMsg::Room { msg, .. }
+            | ShardMsg::All { msg, .. }
+            | ShardMsg::Direct { msg, .. }
+            | ShardMsg::RawBroadcast { msg, .. } => msg.payload_len(),
+            ShardMsg::Interest(_)
+            | ShardMsg::InterestAck { .. }
+            | ShardMsg::DirectFailed { .. }
+            | ShardMsg::Query { .. }
+            | ShardMsg::Reply { .. } => 0,
+        };
+        std::mem::size_of::<ShardMsg>() + payload
+    }
+}
+
 /// Questions answered by every shard.
 #[derive(Debug, Clone)]
 pub(crate) enum Query {
@@ -124,7 +147,7 @@ pub(crate) enum Query {
 #[derive(Debug)]
 pub(crate) enum Reply {
     /// Counters.
-    Stats(Snapshot),
+    Stats(Box<Snapshot>),
     /// `(room, local members)`.
     Rooms(Vec<(String, usize)>),
     /// Member ids.
@@ -161,12 +184,11 @@ struct Gather {
 #[derive(Default)]
 struct Overflow {
     queues: Vec<VecDeque<ShardMsg>>,
-    total: usize,
-    flushing: bool,
+    /// Sum of the queued messages' [`ShardMsg::cost`].
+    bytes: usize,
+    /// The [`Hub::drain_overflow`] task, parked while the overflow is empty.
+    flusher: Option<Waker>,
 }
-
-/// Most messages held back for full inboxes before new ones are dropped (and counted).
-const MAX_OVERFLOW: usize = 1 << 20;
 
 /// One shard's clients, rooms and counters.
 pub(crate) struct Hub {
@@ -181,10 +203,16 @@ pub(crate) struct Hub {
     raw_broadcast: RefCell<Vec<u32>>,
     mesh: ShardMesh<ShardMsg>,
     overflow: RefCell<Overflow>,
+    /// Connections that stopped reading while the mesh overflow was above half its bound.
+    mesh_waiters: RefCell<Vec<Waker>>,
+    limits: ShardLimits,
+    /// Frames queued to this shard's clients (their [`OutQueue::cost`]).
+    output: Budget,
+    /// Partly received input held by this shard's connections.
+    input: Budget,
     compressors: RefCell<Compressors>,
     timers: Timers<ClientId>,
     started: Instant,
-    clock: Cell<u64>,
     gathers: RefCell<ahash::HashMap<u64, Gather>>,
     next_gather: Cell<u64>,
     /// Open clients in the whole process (shared by every shard's hub; one relaxed add per
@@ -201,6 +229,7 @@ impl Hub {
         mesh: ShardMesh<ShardMsg>,
         timers: Timers<ClientId>,
         process_clients: Arc<std::sync::atomic::AtomicUsize>,
+        limits: ShardLimits,
     ) -> Hub {
         let threshold = config.compression.threshold;
         Hub {
@@ -214,13 +243,16 @@ impl Hub {
             raw_broadcast: RefCell::new(Vec::new()),
             mesh,
             overflow: RefCell::new(Overflow::default()),
+            mesh_waiters: RefCell::new(Vec::new()),
+            limits,
+            output: Budget::new(limits.output),
+            input: Budget::new(limits.input),
             compressors: RefCell::new(Compressors {
                 full: Compressor::new(Deflater::new(true, 15), threshold),
                 narrow: Compressor::new(Deflater::new(true, 9), threshold),
             }),
             timers,
             started: Instant::now(),
-            clock: Cell::new(0),
             gathers: RefCell::new(ahash::HashMap::default()),
             next_gather: Cell::new(1),
             process_clients,
@@ -240,20 +272,8 @@ impl Hub {
         &self.timers
     }
 
-    /// Coarse shard time in ms since start, refreshed by [`Hub::tick_clock`].
-    pub(crate) fn now(&self) -> u64 {
-        self.clock.get()
-    }
-
-    /// Refreshes the coarse clock.
-    pub(crate) fn tick_clock(&self) -> u64 {
-        let now = self.started.elapsed().as_millis() as u64;
-        self.clock.set(now);
-        now
-    }
-
-    /// Milliseconds since the shard started.
-    pub(crate) fn uptime_ms(&self) -> u64 {
+    /// The shard clock: milliseconds since the shard started (also its uptime).
+    pub(crate) fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
@@ -278,7 +298,7 @@ impl Hub {
             }
         };
         let id = ClientId::new(self.shard, slot, id::random_bytes());
-        let client = Rc::new(Client::new(id, slot, peer, transport, self.tick_clock()));
+        let client = Rc::new(Client::new(id, slot, peer, transport, self.now_ms()));
         clients[slot as usize] = Some(client.clone());
         client
     }
@@ -320,7 +340,8 @@ impl Hub {
         self.raw_broadcast
             .borrow_mut()
             .retain(|s| *s != client.slot);
-        client.out().borrow_mut().clear();
+        self.discard_queue(client);
+        self.set_input_held(client, 0);
         self.clients.borrow_mut()[client.slot as usize] = None;
         self.free.borrow_mut().push(client.slot);
     }
@@ -349,34 +370,196 @@ impl Hub {
     // Delivery
     // -----------------------------------------------------------------------------------
 
-    /// Queues `frame` on `client`, applying the slow-consumer limit: a client that already has
-    /// more than `limits.max_queued_bytes` waiting is cut off (so one message larger than the
-    /// limit still goes to a client that keeps up). Returns false if the client does not take
-    /// messages (not open, or just cut off).
+    /// Queues a data frame on an open client and wakes its task. Returns false if the client
+    /// does not take messages (not open, or disconnected now to keep the shard within its
+    /// output budget: see `memory.rs`).
     pub(crate) fn send_frame(&self, client: &Client, frame: Bytes) -> bool {
         if !client.is_open() {
             return false;
         }
-        if client.out().borrow().bytes() > self.config.limits.max_queued_bytes {
-            self.cut_off(client, CloseCause::SlowConsumer);
-            return false;
+        if self.output.would_exceed(frame.len() + FRAME_COST) {
+            self.relieve_output(frame.len() + FRAME_COST);
+            if !client.is_open() {
+                return false;
+            }
         }
-        client.queue(frame);
+        self.with_queue(client, |q| q.push(frame));
+        client.wake();
         Counters::add(&self.counters.messages_sent, 1);
         true
     }
 
-    /// Drops everything queued for `client` (benches: what the socket would have taken).
-    #[cfg(feature = "bench-internals")]
+    /// Queues a frame whatever the phase (HTTP responses, handshake answers, close and
+    /// heartbeat frames): one per request or state change, so never refused; counted in the
+    /// output budget like the rest.
+    pub(crate) fn queue_control(&self, client: &Client, frame: Bytes) {
+        self.with_queue(client, |q| q.push(frame));
+        client.wake();
+    }
+
+    /// Sets the client's pending pong (replacing an unsent one, RFC 6455 §5.5.3).
+    pub(crate) fn queue_pong(&self, client: &Client, pong: Bytes) {
+        self.with_queue(client, |q| q.set_pong(pong));
+        client.wake();
+    }
+
+    /// Drops what is queued for `client` that has not started to go out.
     pub(crate) fn discard_queue(&self, client: &Client) {
-        client.out().borrow_mut().clear();
+        self.with_queue(client, OutQueue::clear);
+    }
+
+    /// Runs `f` on the client's queue and brings the output budget up to date.
+    fn with_queue<R>(&self, client: &Client, f: impl FnOnce(&mut OutQueue) -> R) -> R {
+        let mut q = client.out().borrow_mut();
+        let before = q.cost();
+        let r = f(&mut q);
+        self.output.adjust(before, q.cost());
+        r
+    }
+
+    /// One non-blocking `sendmsg` of everything queued for `client` on `fd`. `WouldBlock`
+    /// when the socket is full; then the slow-consumer rule is applied to what is left.
+    pub(crate) fn write_queue(
+        &self,
+        client: &Client,
+        fd: std::os::fd::RawFd,
+    ) -> std::io::Result<usize> {
+        let r = self.with_queue(client, |q| q.write_to(fd));
+        match &r {
+            Ok(n) => {
+                Counters::add(&self.counters.bytes_sent, *n as u64);
+                Counters::add(&self.counters.writes, 1);
+                if client.queue_is_empty() {
+                    client.behind_since().set(0);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.note_backlog(client),
+            Err(_) => {}
+        }
+        r
+    }
+
+    /// A handle on the frame that goes out next (for the readiness probe on a full socket).
+    pub(crate) fn queue_front(&self, client: &Client) -> Option<Bytes> {
+        client.out().borrow().front().cloned()
+    }
+
+    /// Records `n` bytes of the queue written by some other path (the readiness probe).
+    pub(crate) fn written(&self, client: &Client, n: usize) {
+        self.with_queue(client, |q| q.consume(n));
+        Counters::add(&self.counters.bytes_sent, n as u64);
+        Counters::add(&self.counters.writes, 1);
+    }
+
+    /// The socket would not take everything: is the client behind, and for how long?
+    fn note_backlog(&self, client: &Client) {
+        let since = client.behind_since();
+        if client.queued_cost() <= self.limits.max_queued {
+            since.set(0);
+            return;
+        }
+        let now = self.now_ms().max(1);
+        match since.get() {
+            0 if self.limits.slow_consumer_ms > 0 => since.set(now),
+            t if now.saturating_sub(t) >= self.limits.slow_consumer_ms => {
+                self.cut_off(client, CloseCause::SlowConsumer);
+            }
+            _ => {}
+        }
+    }
+
+    /// The output budget would overflow by `extra`: disconnects the open clients with the
+    /// largest queues until the shard is under 90 % of its share (or none is left to cut).
+    #[cold]
+    fn relieve_output(&self, extra: usize) {
+        while self.output.used() + extra > self.output.relief_target() {
+            let victim = self
+                .clients
+                .borrow()
+                .iter()
+                .flatten()
+                .filter(|c| c.is_open())
+                .max_by_key(|c| c.queued_cost())
+                .filter(|c| c.queued_cost() > 0)
+                .cloned();
+            let Some(victim) = victim else { break };
+            tracing::warn!(
+                client = %victim.id,
+                queued = victim.queued_cost(),
+                budget = self.output.limit(),
+                "output budget full: disconnecting the client with the largest queue"
+            );
+            self.cut_off(&victim, CloseCause::OutputBudget);
+        }
+    }
+
+    /// Whether a connection should stop reading: its own queue is above the read-pause mark
+    /// (its replies would pile up), or the shard's mesh overflow is congested. In the second
+    /// case `waker` is woken once the overflow has drained.
+    pub(crate) fn should_pause_reading(&self, client: &Client, waker: &Waker) -> bool {
+        if client.queued_cost() > self.limits.read_pause() {
+            return true;
+        }
+        if self.mesh_congested() {
+            self.mesh_waiters.borrow_mut().push(waker.clone());
+            return true;
+        }
+        false
+    }
+
+    /// Reports how many partly received bytes `client` holds now. When the shard's input
+    /// budget is exceeded, the connections holding the most are closed until it is under
+    /// 90 % (see `memory.rs`).
+    pub(crate) fn set_input_held(&self, client: &Client, held: usize) {
+        let before = client.input_held().replace(held);
+        self.input.adjust(before, held);
+        if held > before && self.input.would_exceed(0) {
+            self.relieve_input();
+        }
+    }
+
+    #[cold]
+    fn relieve_input(&self) {
+        while self.input.used() > self.input.relief_target() {
+            let victim = self
+                .clients
+                .borrow()
+                .iter()
+                .flatten()
+                .filter(|c| c.close_requested().is_none())
+                .max_by_key(|c| c.input_held().get())
+                .filter(|c| c.input_held().get() > 0)
+                .cloned();
+            let Some(victim) = victim else { break };
+            tracing::warn!(
+                client = %victim.id,
+                held = victim.input_held().get(),
+                budget = self.input.limit(),
+                "input budget full: closing the connection holding the most"
+            );
+            // Its task drops the buffers when it acts on the close; stop counting them now
+            // so one cut is enough.
+            self.set_input_held(&victim, 0);
+            self.cut_off(&victim, CloseCause::InputBudget);
+        }
+    }
+
+    /// Bytes used and the limit of the output and input budgets, for the metrics.
+    pub(crate) fn memory_gauges(&self) -> MemoryGauges {
+        MemoryGauges {
+            output_used: self.output.used() as u64,
+            output_limit: self.output.limit() as u64,
+            input_used: self.input.used() as u64,
+            input_limit: self.input.limit() as u64,
+            mesh_overflow: self.overflow.borrow().bytes as u64,
+        }
     }
 
     /// Stops queueing to `client` and asks its task to close with `cause`.
     pub(crate) fn cut_off(&self, client: &Client, cause: CloseCause) {
         if client.phase() == Phase::Open {
             client.set_phase(Phase::Closing);
-            client.out().borrow_mut().clear();
+            self.discard_queue(client);
             self.counters.disconnect(cause.label());
         }
         client.request_close(cause);
@@ -663,7 +846,10 @@ impl Hub {
     // -----------------------------------------------------------------------------------
 
     /// Sends to another shard, keeping per-destination order. A full inbox is backpressure:
-    /// the message waits in this shard's overflow queue (bounded) and a task retries.
+    /// the message waits in this shard's overflow (bounded in bytes, `memory.mesh_overflow`)
+    /// and [`Hub::drain_overflow`] retries; while the overflow is above half its bound the
+    /// shard's connections stop reading ([`Hub::should_pause_reading`]). At the bound the
+    /// message is dropped and counted.
     pub(crate) fn send_mesh(self: &Hub, to: u16, msg: ShardMsg) {
         Counters::add(&self.counters.mesh_sent, 1);
         let mut of = self.overflow.borrow_mut();
@@ -671,62 +857,82 @@ impl Hub {
         if of.queues.len() <= to_i {
             of.queues.resize_with(to_i + 1, VecDeque::new);
         }
-        if !of.queues[to_i].is_empty() {
-            if of.total >= MAX_OVERFLOW {
-                drop(of);
-                self.counters.drop_message("mesh_overflow");
-                return;
+        let msg = if of.queues[to_i].is_empty() {
+            match self.mesh.send(to_i, msg) {
+                Ok(()) => return,
+                Err(MeshError::Full(msg)) => msg,
+                Err(MeshError::Stopped(_)) | Err(MeshError::NoSuchShard(_)) => {
+                    drop(of);
+                    self.counters.drop_message("mesh_stopped");
+                    return;
+                }
             }
-            of.queues[to_i].push_back(msg);
-            of.total += 1;
+        } else {
+            msg
+        };
+        let cost = msg.cost();
+        if of.bytes + cost > self.limits.mesh_overflow {
+            drop(of);
+            self.counters.drop_message("mesh_overflow");
             return;
         }
-        match self.mesh.send(to_i, msg) {
-            Ok(()) => {}
-            Err(MeshError::Full(msg)) => {
-                of.queues[to_i].push_back(msg);
-                of.total += 1;
-            }
-            Err(MeshError::Stopped(_)) | Err(MeshError::NoSuchShard(_)) => {
-                drop(of);
-                self.counters.drop_message("mesh_stopped");
+        of.queues[to_i].push_back(msg);
+        of.bytes += cost;
+        if let Some(w) = of.flusher.take() {
+            w.wake();
+        }
+    }
+
+    /// Whether the overflow is above half its bound (connections stop reading).
+    fn mesh_congested(&self) -> bool {
+        self.overflow.borrow().bytes > self.limits.mesh_overflow / 2
+    }
+
+    /// Retries held-back messages whenever there are some; runs for the shard's life.
+    pub(crate) async fn drain_overflow(self: Rc<Self>) {
+        loop {
+            std::future::poll_fn(|cx| {
+                let mut of = self.overflow.borrow_mut();
+                if of.bytes > 0 {
+                    Poll::Ready(())
+                } else {
+                    of.flusher = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            while !self.flush_overflow() {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
             }
         }
     }
 
-    /// Whether messages wait for a full inbox and no task is flushing them yet; marks the
-    /// flush as started.
-    pub(crate) fn overflow_needs_flush(&self) -> bool {
-        let mut of = self.overflow.borrow_mut();
-        if of.total > 0 && !of.flushing {
-            of.flushing = true;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Retries held-back messages. Returns true when none are left.
-    pub(crate) fn flush_overflow(&self) -> bool {
+    /// Retries held-back messages once. Returns true when none are left.
+    fn flush_overflow(&self) -> bool {
         let mut of = self.overflow.borrow_mut();
         for to in 0..of.queues.len() {
             while let Some(msg) = of.queues[to].pop_front() {
+                let cost = msg.cost();
                 match self.mesh.send(to, msg) {
-                    Ok(()) => of.total -= 1,
+                    Ok(()) => of.bytes -= cost,
                     Err(MeshError::Full(msg)) => {
                         of.queues[to].push_front(msg);
                         break;
                     }
                     Err(_) => {
-                        of.total -= 1;
+                        of.bytes -= cost;
                         self.counters.drop_message("mesh_stopped");
                     }
                 }
             }
         }
-        let done = of.total == 0;
-        if done {
-            of.flushing = false;
+        let congested = of.bytes > self.limits.mesh_overflow / 2;
+        let done = of.bytes == 0;
+        drop(of);
+        if !congested {
+            for w in self.mesh_waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
         }
         done
     }
@@ -796,7 +1002,8 @@ impl Hub {
             Query::Stats => {
                 let mut s = self.counters.snapshot();
                 s.rooms = self.room_count() as u64;
-                Reply::Stats(s)
+                s.memory = self.memory_gauges();
+                Reply::Stats(Box::new(s))
             }
             Query::Rooms => Reply::Rooms(
                 self.rooms
@@ -899,5 +1106,107 @@ impl Future for GatherFuture {
 impl Drop for GatherFuture {
     fn drop(&mut self) {
         self.hub.gathers.borrow_mut().remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardcast_shards::{Runtime, Shard};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+
+    #[test]
+    fn the_mesh_overflow_is_bounded_in_bytes_and_pauses_reading() {
+        // Shard 1 holds its inbox and never drains it: shard 0's messages fill the inbox
+        // (64 messages), then the overflow (1 MiB), then are dropped and counted.
+        let (done_tx, done_rx) = mpsc::channel::<Result<(), String>>();
+        let done_tx = std::sync::Mutex::new(done_tx);
+        let runtime = Runtime::builder()
+            .messages::<ShardMsg>()
+            .shards(2)
+            .pin(false)
+            .inbox_capacity(64)
+            .start(move |shard: Shard<ShardMsg>| {
+                let done = done_tx.lock().unwrap().clone();
+                async move {
+                    let inbox = shard.take_inbox();
+                    if shard.id() == 1 {
+                        shard.shutdown().await;
+                        drop(inbox);
+                        return;
+                    }
+                    let (timers, _expirations) = shard.timers::<ClientId>();
+                    let limits = ShardLimits {
+                        output: usize::MAX,
+                        input: usize::MAX,
+                        mesh_overflow: 1 << 20,
+                        max_queued: usize::MAX,
+                        slow_consumer_ms: 0,
+                    };
+                    let hub = Hub::new(
+                        0,
+                        2,
+                        Arc::new(Config::default()),
+                        shard.mesh().clone(),
+                        timers,
+                        Arc::new(AtomicUsize::new(0)),
+                        limits,
+                    );
+                    let client = hub.register(([127, 0, 0, 1], 1).into(), Transport::Ws);
+                    hub.open(&client);
+                    let waker = futures_lite::future::block_on(std::future::poll_fn(|cx| {
+                        Poll::Ready(cx.waker().clone())
+                    }));
+                    let msg = Outgoing::event("e", Some(Bytes::from(vec![b'1'; 1000])));
+                    let per_msg = ShardMsg::All {
+                        msg: msg.clone(),
+                        exclude: None,
+                    }
+                    .cost();
+                    let mut paused_at = None;
+                    for i in 0..64 + 2 * (1 << 20) / per_msg {
+                        if paused_at.is_none() && hub.should_pause_reading(&client, &waker) {
+                            paused_at = Some(i);
+                        }
+                        hub.send_mesh(
+                            1,
+                            ShardMsg::All {
+                                msg: msg.clone(),
+                                exclude: None,
+                            },
+                        );
+                    }
+                    let held = hub.memory_gauges().mesh_overflow;
+                    let dropped = hub
+                        .counters
+                        .snapshot()
+                        .dropped
+                        .get("mesh_overflow")
+                        .copied();
+                    let result = if held > 1 << 20 || held + per_msg as u64 <= 1 << 20 {
+                        Err(format!("overflow holds {held} bytes"))
+                    } else if dropped.unwrap_or(0) == 0 {
+                        Err("nothing was dropped at the bound".to_owned())
+                    } else if !paused_at.is_some_and(|i| {
+                        // Reading pauses once the overflow passes half its bound.
+                        let half = 64 + (1 << 19) / per_msg;
+                        (half..=half + 1).contains(&i)
+                    }) {
+                        Err(format!("reading paused at message {paused_at:?}"))
+                    } else {
+                        Ok(())
+                    };
+                    let _ = done.send(result);
+                    shard.shutdown().await;
+                }
+            })
+            .expect("start");
+        let result = done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("shard 0 reports");
+        runtime.shutdown_handle().trigger();
+        runtime.join().expect("shards end");
+        result.unwrap();
     }
 }

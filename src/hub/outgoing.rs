@@ -147,6 +147,15 @@ impl Outgoing {
         Self::event("server:error", Some(data.freeze()))
     }
 
+    /// Bytes of content this message carries (event name and data, or payload).
+    pub(crate) fn payload_len(&self) -> usize {
+        match &self.body {
+            Body::Event { event, data } => event.len() + data.as_ref().map_or(0, Bytes::len),
+            Body::Binary { event, payload } => event.len() + payload.len(),
+            Body::RawWs { payload, .. } => payload.len(),
+        }
+    }
+
     /// The uncompressed WebSocket frame.
     pub(crate) fn ws_plain(&self) -> &Bytes {
         self.ws.get_or_init(|| match &self.body {

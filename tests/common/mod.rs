@@ -91,6 +91,34 @@ impl ServerProc {
         }
     }
 
+    /// Starts `shardcast` with a TOML configuration file holding `toml`, plus `args`.
+    pub fn start_with_toml(toml: &str, args: &[&str]) -> ServerProc {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "shardcast-test-{}-{}.toml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, toml).expect("write the test config");
+        let path_s = path.to_str().expect("a UTF-8 temp path").to_owned();
+        let mut all = vec!["--config", path_s.as_str()];
+        all.extend_from_slice(args);
+        let server = ServerProc::start(&all);
+        let _ = std::fs::remove_file(&path);
+        server
+    }
+
+    /// The value of one sample of `/metrics` (`name` with its labels, as printed), or 0 when
+    /// the server does not print it (a labelled counter that never counted).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let (status, text) = http(self.ws, "GET", "/metrics", &[], "").await;
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// `ws://127.0.0.1:PORT{path}`.
     pub fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{}", self.ws, path)
@@ -347,9 +375,21 @@ pub fn shard_of(id: &str) -> u16 {
 
 /// A raw TCP socket to the WebSocket port that has completed the upgrade by hand.
 pub async fn raw_ws(addr: SocketAddr, path: &str) -> (TcpStream, Vec<u8>) {
-    let mut s = within("raw connect", TcpStream::connect(addr))
+    let s = within("raw connect", TcpStream::connect(addr))
         .await
         .unwrap();
+    upgrade(s, addr, path).await
+}
+
+/// [`raw_ws`] over a socket with a small receive buffer (a reader that stalls fills it fast).
+pub async fn raw_ws_small_rcvbuf(addr: SocketAddr, path: &str) -> (TcpStream, Vec<u8>) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let s = within("raw connect", sock.connect(addr)).await.unwrap();
+    upgrade(s, addr, path).await
+}
+
+async fn upgrade(mut s: TcpStream, addr: SocketAddr, path: &str) -> (TcpStream, Vec<u8>) {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"

@@ -594,6 +594,14 @@ impl Decoder {
     pub fn buffered(&self) -> usize {
         self.partial.as_ref().map_or(0, |p| p.buf.capacity())
     }
+
+    /// Drops a message being reassembled (the caller is closing the connection and wants the
+    /// memory back now). Frames that follow a discarded message's continuations are refused.
+    pub fn discard_partial(&mut self) {
+        self.partial = None;
+        self.utf8 = Utf8Validator::new();
+        self.progress = 0;
+    }
 }
 
 /// Adds one fragment's payload to the message being reassembled, validating text as it goes

@@ -1,0 +1,345 @@
+//! Memory bounds and backpressure, against the real binary: what one peer can make the server
+//! hold is bounded in bytes; a reader that keeps up is never cut off, a stalled one is, and it
+//! sees the close frame when it reads again.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const KIB: usize = 1024;
+const MIB: u64 = 1024 * 1024;
+
+async fn rss(server: &ServerProc) -> u64 {
+    server.metric("process_resident_memory_bytes").await
+}
+
+/// Waits (with the harness deadline) until `metric` is at least `at_least`.
+async fn wait_metric(server: &ServerProc, metric: &str, at_least: u64) -> u64 {
+    within(metric, async {
+        loop {
+            let v = server.metric(metric).await;
+            if v >= at_least {
+                return v;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
+
+/// Reads a raw WebSocket socket until `needle` has arrived; returns everything read.
+async fn read_ws_until(s: &mut TcpStream, mut got: Vec<u8>, needle: &str) -> Vec<u8> {
+    within(needle, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if got.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                return std::mem::take(&mut got);
+            }
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before {needle}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_websocket_ping_flood_costs_one_pending_pong() {
+    let server = ServerProc::start(&["--shards", "1"]);
+    let mut witness = Ws::connect(&server.ws_url("/")).await;
+    witness.whoami().await;
+    let before = rss(&server).await;
+    // A peer that pings and never reads: 400 000 pings of 125 bytes (52 MB). Each used to
+    // queue its own pong (6.4 GB of RSS in 20 s); now one pong waits at a time.
+    let (mut s, _) = raw_ws_small_rcvbuf(server.ws, "/").await;
+    let batch: Vec<u8> = (0..1000)
+        .flat_map(|_| client_frame(9, &[b'p'; 125], true))
+        .collect();
+    within("ping flood", async {
+        for _ in 0..400 {
+            s.write_all(&batch).await.unwrap();
+        }
+    })
+    .await;
+    // The server read (nearly) all of it: what it holds for this peer is one pong.
+    let queued = server.metric("shardcast_output_queued_bytes").await;
+    assert!(queued < 1024, "queued {queued} bytes for one pinging peer");
+    let grown = rss(&server).await.saturating_sub(before);
+    assert!(
+        grown < 24 * MIB,
+        "RSS grew {grown} bytes during the ping flood"
+    );
+    witness.emit("echo", json!("still here")).await;
+    assert_eq!(
+        witness.recv().await,
+        json!({"event": "echo", "data": "still here"})
+    );
+}
+
+#[tokio::test]
+async fn a_tcp_ping_flood_costs_one_pending_pong() {
+    let server = ServerProc::start(&["--shards", "1"]);
+    let mut witness = Tcp::connect(server.tcp.unwrap()).await;
+    let before = rss(&server).await;
+    // 4 000 000 PING frames of 7 bytes (28 MB), never reading the PONGs.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(server.tcp.unwrap()).await.unwrap();
+    let batch: Vec<u8> = (0..10_000)
+        .flat_map(|_| [0u8, 0, 0, 7, 0x03, 0, 0])
+        .collect();
+    within("ping flood", async {
+        for _ in 0..400 {
+            s.write_all(&batch).await.unwrap();
+        }
+    })
+    .await;
+    let queued = server.metric("shardcast_output_queued_bytes").await;
+    assert!(queued < 1024, "queued {queued} bytes for one pinging peer");
+    let grown = rss(&server).await.saturating_sub(before);
+    assert!(
+        grown < 24 * MIB,
+        "RSS grew {grown} bytes during the ping flood"
+    );
+    witness.emit("echo", &json!(1)).await;
+    assert_eq!(witness.recv_json().await, ("echo".to_owned(), json!(1)));
+}
+
+#[tokio::test]
+async fn a_peer_that_sends_without_reading_is_not_read_either() {
+    // Echo requests from a peer that never reads its replies: the server stops reading from
+    // it once its own queue passes a quarter of max_queued_bytes (1 MiB of the default
+    // 4 MiB), so TCP flow control holds the peer back instead of the server's memory.
+    let server = ServerProc::start(&["--shards", "1"]);
+    let mut witness = Ws::connect(&server.ws_url("/")).await;
+    witness.whoami().await;
+    let (mut s, _) = raw_ws_small_rcvbuf(server.ws, "/").await;
+    let data = "e".repeat(KIB);
+    let frame = client_frame(
+        1,
+        format!(r#"{{"event":"echo","data":"{data}"}}"#).as_bytes(),
+        true,
+    );
+    let batch: Vec<u8> = (0..64).flat_map(|_| frame.clone()).collect();
+    let written = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (written, done) = (written.clone(), done.clone());
+        tokio::spawn(async move {
+            // 64 MB of requests: far more than any buffer on the way may hold.
+            for _ in 0..1000 {
+                if s.write_all(&batch).await.is_err() {
+                    break;
+                }
+                written.fetch_add(batch.len(), Ordering::Relaxed);
+            }
+            done.store(true, Ordering::Relaxed);
+        })
+    };
+    // The read pause engages: the peer's queue reaches the mark.
+    wait_metric(&server, "shardcast_output_queued_bytes", MIB).await;
+    let before = written.load(Ordering::Relaxed);
+    // From now on the bound holds however long the peer pushes: sample it a while.
+    for _ in 0..20 {
+        let queued = server.metric("shardcast_output_queued_bytes").await;
+        assert!(queued < 2 * MIB, "queued {queued} bytes");
+        witness.emit("echo", json!("ok")).await;
+        assert_eq!(witness.recv().await, json!({"event": "echo", "data": "ok"}));
+    }
+    assert!(!done.load(Ordering::Relaxed), "the peer wrote all 64 MB");
+    // What the peer got written since the pause is bounded by the kernel's buffers.
+    let since = written.load(Ordering::Relaxed) - before;
+    assert!(
+        since < 16 * MIB as usize,
+        "{since} bytes accepted while paused"
+    );
+    assert_eq!(
+        server
+            .metric("shardcast_disconnects_total{reason=\"slow_consumer\"}")
+            .await,
+        0,
+        "backpressure, not a disconnect"
+    );
+    writer.abort();
+}
+
+/// A burst to a room with a reader that keeps up and one that stalls, at the smallest
+/// allowed max_queued_bytes (64 KiB): the first gets every message, the second is cut off
+/// after slow_consumer_ms and finds the close frame when it reads again.
+#[tokio::test]
+async fn a_fast_reader_survives_a_burst_that_cuts_off_a_stalled_one() {
+    let server = ServerProc::start_with_toml(
+        "[limits]\nmax_queued_bytes = 65536\n[timeouts]\nslow_consumer_ms = 1000\n",
+        &["--shards", "1"],
+    );
+    let (mut stalled, rest) = raw_ws_small_rcvbuf(server.ws, "/").await;
+    stalled
+        .write_all(&client_frame(
+            1,
+            br#"{"event":"join-room","data":"burst"}"#,
+            true,
+        ))
+        .await
+        .unwrap();
+    let joined = read_ws_until(&mut stalled, rest, "joined-room").await;
+    let mut fast = Ws::connect(&server.ws_url("/")).await;
+    fast.join("burst").await;
+    let mut publisher = Ws::connect(&server.ws_url("/")).await;
+
+    const N: u64 = 2000;
+    let reader = tokio::spawn(async move {
+        // Reads as fast as it can; every message must arrive, in order.
+        for i in 0..N {
+            let v = fast.recv().await;
+            assert_eq!(v["data"]["i"], i, "message {i}");
+        }
+        fast
+    });
+    let pad = "p".repeat(16 * KIB);
+    for i in 0..N {
+        publisher
+            .emit(
+                "publish",
+                json!({"room": "burst", "event": "m", "data": {"i": i, "pad": pad}}),
+            )
+            .await;
+    }
+    let mut fast = within("the fast reader got the burst", reader)
+        .await
+        .expect("fast reader");
+    // Traffic goes on until the stalled reader has been behind for slow_consumer_ms; the
+    // fast reader keeps getting it.
+    within("the stalled reader is cut off", async {
+        let mut i = N;
+        loop {
+            publisher
+                .emit(
+                    "publish",
+                    json!({"room": "burst", "event": "m", "data": {"i": i}}),
+                )
+                .await;
+            assert_eq!(fast.recv().await["data"]["i"], i);
+            i += 1;
+            if i % 20 == 0
+                && server
+                    .metric("shardcast_disconnects_total{reason=\"slow_consumer\"}")
+                    .await
+                    == 1
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    // The stalled reader reads again: what it had been sent, in order, then close 1008.
+    let frames = server_frames(&read_until_eof(&mut stalled, joined).await);
+    let (last, data) = frames.split_last().expect("frames");
+    assert_eq!(last.0, 8, "ends with a close frame");
+    assert_eq!(&last.1[..2], &1008u16.to_be_bytes());
+    assert_eq!(&last.1[2..], b"slow consumer");
+    for (k, (op, payload)) in data.iter().skip(1).enumerate() {
+        assert_eq!(*op, 1);
+        let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        assert_eq!(v["data"]["i"], k as u64, "in order, no gap");
+    }
+    // The fast reader was never cut.
+    fast.emit("echo", json!("ok")).await;
+    assert_eq!(fast.recv().await, json!({"event": "echo", "data": "ok"}));
+    assert_eq!(
+        server
+            .metric("shardcast_disconnects_total{reason=\"slow_consumer\"}")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_output_budget_cuts_the_largest_queues_first() {
+    // Per-client limits out of the way: only the process budget (8 MiB) can act.
+    let server = ServerProc::start_with_toml(
+        "[limits]\nmax_queued_bytes = 1073741824\n[timeouts]\nslow_consumer_ms = 600000\n\
+         [memory]\noutput_budget = 8388608\n",
+        &["--shards", "1"],
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let (mut s, rest) = raw_ws_small_rcvbuf(server.ws, "/").await;
+        s.write_all(&client_frame(
+            1,
+            br#"{"event":"join-room","data":"burst"}"#,
+            true,
+        ))
+        .await
+        .unwrap();
+        read_ws_until(&mut s, rest, "joined-room").await;
+        stalled.push(s);
+    }
+    let mut fast = Ws::connect(&server.ws_url("/")).await;
+    fast.join("burst").await;
+    let mut publisher = Ws::connect(&server.ws_url("/")).await;
+    let before = rss(&server).await;
+    const N: u64 = 2000;
+    let reader = tokio::spawn(async move {
+        for i in 0..N {
+            assert_eq!(fast.recv().await["data"]["i"], i, "message {i}");
+        }
+        fast
+    });
+    let pad = "p".repeat(16 * KIB);
+    for i in 0..N {
+        publisher
+            .emit(
+                "publish",
+                json!({"room": "burst", "event": "m", "data": {"i": i, "pad": pad}}),
+            )
+            .await;
+    }
+    let mut fast = within("the fast reader got the burst", reader)
+        .await
+        .expect("fast reader");
+    // 32 MB went to each of three stalled readers; the budget held the total at 8 MiB.
+    let cut = server
+        .metric("shardcast_disconnects_total{reason=\"output_budget\"}")
+        .await;
+    assert!((1..=3).contains(&cut), "{cut} cut off");
+    let queued = server.metric("shardcast_output_queued_bytes").await;
+    assert!(queued <= 8 * MIB, "{queued} bytes queued");
+    let grown = rss(&server).await.saturating_sub(before);
+    assert!(grown < 48 * MIB, "RSS grew {grown} bytes");
+    fast.emit("echo", json!("ok")).await;
+    assert_eq!(fast.recv().await, json!({"event": "echo", "data": "ok"}));
+}
+
+#[tokio::test]
+async fn the_input_budget_closes_the_connection_holding_the_most() {
+    let server =
+        ServerProc::start_with_toml("[memory]\ninput_budget = 1048576\n", &["--shards", "1"]);
+    // A frame header announcing 1 MiB, then 900 KiB of it, then nothing: a trickler.
+    let (mut trickler, rest) = raw_ws(server.ws, "/").await;
+    let frame = client_frame(1, &vec![b'x'; 1024 * KIB], true);
+    trickler.write_all(&frame[..900 * KIB]).await.unwrap();
+    wait_metric(&server, "shardcast_input_held_bytes", 900 * KIB as u64).await;
+    // A client sending a whole 200 KiB message pushes the shard over its budget: the
+    // connection holding the most (the trickler) is closed, the message goes through.
+    let mut ws = Ws::connect(&server.ws_url("/")).await;
+    let data = "d".repeat(200 * KIB);
+    ws.emit("echo", json!(data)).await;
+    assert_eq!(ws.recv().await["data"], json!(data));
+    let frames = server_frames(&read_until_eof(&mut trickler, rest).await);
+    let last = frames.last().expect("a close frame");
+    assert_eq!(last.0, 8);
+    assert_eq!(&last.1[..2], &1013u16.to_be_bytes());
+    assert_eq!(
+        server
+            .metric("shardcast_disconnects_total{reason=\"input_budget\"}")
+            .await,
+        1
+    );
+    assert!(server.metric("shardcast_input_held_bytes").await < 1024 * KIB as u64);
+}
