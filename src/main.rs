@@ -3,6 +3,8 @@
 //! Settings come, lowest precedence first, from the defaults, the `--config` TOML file,
 //! `SHARDCAST_*` environment variables and command-line flags (see `--help`).
 
+use std::ffi::OsStr;
+use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -132,15 +134,26 @@ impl ServeArgs {
     }
 }
 
+/// Whether log lines carry ANSI colours: only on a terminal, and not when `NO_COLOR` is set
+/// to anything non-empty (no-color.org).
+fn log_colours(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
 fn init_logging(args: &ServeArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = log_colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     // A log line that cannot be written (a closed pipe) is dropped: by default the subscriber
     // reports it with `eprintln!`, which panics on the same closed pipe and would take down
     // the thread that logged (a shard, or the signal thread).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .log_internal_errors(false);
     if args.log_format.as_deref() == Some("json") {
         builder.json().init();
@@ -213,5 +226,19 @@ fn main() -> ExitCode {
             eprintln!("shardcast: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(log_colours(true, None));
+        assert!(log_colours(true, Some(OsStr::new(""))));
+        assert!(!log_colours(true, Some(OsStr::new("1"))));
+        assert!(!log_colours(false, None));
+        assert!(!log_colours(false, Some(OsStr::new("1"))));
     }
 }
