@@ -13,6 +13,9 @@ use clap::{Args, Parser, Subcommand};
 use shardcast::config::Config;
 use shardcast::{server, Server};
 
+/// What `check-config` prints instead of the API key.
+const REDACTED: &str = "<redacted>";
+
 /// shardcast: a thread-per-core real-time messaging server speaking the stelar protocol over
 /// WebSocket (port) and stelar binary TCP (port + 1).
 #[derive(Parser, Debug)]
@@ -28,7 +31,8 @@ struct Cli {
 enum Command {
     /// Run the server (the default when no command is given).
     Serve(ServeArgs),
-    /// Print the effective configuration as TOML-like text and exit.
+    /// Print the effective configuration as TOML (the --config format) and exit; an API key
+    /// is printed as "<redacted>".
     CheckConfig(ServeArgs),
 }
 
@@ -134,6 +138,19 @@ impl ServeArgs {
     }
 }
 
+/// The configuration as `check-config` prints it: TOML that `--config` reads back, with the
+/// API key (if any) replaced by [`REDACTED`].
+fn printable_config(config: &Config) -> Result<String, String> {
+    let mut shown = config.clone();
+    if shown.api_key.is_some() {
+        shown.api_key = Some(REDACTED.to_owned());
+    }
+    let toml = toml::to_string_pretty(&shown).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "# shardcast effective configuration (defaults < config file < environment < flags)\n{toml}"
+    ))
+}
+
 /// Whether log lines carry ANSI colours: only on a terminal, and not when `NO_COLOR` is set
 /// to anything non-empty (no-color.org).
 fn log_colours(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
@@ -205,8 +222,16 @@ fn main() -> ExitCode {
         }
     };
     if check_only {
-        println!("{config:#?}");
-        return ExitCode::SUCCESS;
+        return match printable_config(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shardcast: cannot print the configuration as TOML: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     raise_open_file_limit();
     let running = match Server::builder().config(config).relay(true).start() {
@@ -232,6 +257,41 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from(std::iter::once("shardcast").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.command {
+            Some(Command::Serve(a) | Command::CheckConfig(a)) => a,
+            None => cli.serve,
+        }
+    }
+
+    #[test]
+    fn check_config_prints_toml_that_reads_back() {
+        let c = parse(&["--port=4000", "--max-frame-size=1000"])
+            .to_config()
+            .unwrap();
+        let text = printable_config(&c).unwrap();
+        assert_eq!(Config::from_toml(&text).unwrap(), c, "{text}");
+        assert!(!text.contains("api_key"), "{text}");
+    }
+
+    #[test]
+    fn check_config_redacts_the_api_key() {
+        let c = parse(&["--api-key=s3cret"]).to_config().unwrap();
+        let text = printable_config(&c).unwrap();
+        assert!(!text.contains("s3cret"), "{text}");
+        let shown = Config::from_toml(&text).unwrap();
+        assert_eq!(shown.api_key.as_deref(), Some(REDACTED));
+        assert_eq!(
+            Config {
+                api_key: c.api_key.clone(),
+                ..shown
+            },
+            c
+        );
+    }
 
     #[test]
     fn colours_only_on_a_terminal_without_no_color() {
