@@ -3,13 +3,13 @@
 //! Settings come, lowest precedence first, from the defaults, the `--config` TOML file,
 //! `SHARDCAST_*` environment variables and command-line flags (see `--help`).
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use shardcast::config::Config;
 use shardcast::{server, Server};
 
@@ -179,6 +179,95 @@ fn init_logging(args: &ServeArgs) {
     }
 }
 
+/// Parses the command line; on a usage error exits 2 with clap's message, except that a bad
+/// value taken from an environment variable is reported under the variable's name.
+fn parse_cli() -> Cli {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let mut cmd = cli_command(args.get(1).map(OsString::as_os_str));
+    let err = match cmd.try_get_matches_from_mut(&args) {
+        Ok(matches) => match Cli::from_arg_matches(&matches) {
+            Ok(cli) => return cli,
+            Err(e) => e.format(&mut cmd),
+        },
+        Err(e) => e,
+    };
+    match env_value_error(&err, args) {
+        Some(message) => {
+            eprintln!("shardcast: {message}");
+            std::process::exit(2);
+        }
+        None => err.exit(),
+    }
+}
+
+/// The parser for a command line whose first argument is `first`. A subcommand comes first
+/// (the top level's flags conflict with one) and has its own copy of the flags, which reads
+/// the environment; the top level's copy must not read it too, or a bad variable would be
+/// reported where the subcommand's flag replaces it (`SHARDCAST_PORT=x shardcast serve -p 1`).
+fn cli_command(first: Option<&OsStr>) -> clap::Command {
+    let cmd = Cli::command();
+    let subcommand = first
+        .and_then(OsStr::to_str)
+        .is_some_and(|a| a == "help" || cmd.find_subcommand(a).is_some());
+    if subcommand {
+        cmd.mut_args(|a| a.env(None))
+    } else {
+        cmd
+    }
+}
+
+/// For a value error whose value came from the environment, the message naming the variable
+/// (`invalid value 'abc' for SHARDCAST_PORT: invalid digit found in string`). `None` when the
+/// value was on the command line: clap's message, which names the flag, is right then.
+fn env_value_error(err: &clap::Error, args: impl IntoIterator<Item = OsString>) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let ContextValue::String(arg) = err.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let ContextValue::String(value) = err.get(ContextKind::InvalidValue)? else {
+        return None;
+    };
+    let mut cmd = Cli::command();
+    // Built, so that flags render as clap's messages render them (`--port <PORT>`).
+    cmd.build();
+    // Every command takes the same flags, so the top level names them all.
+    let var = cmd
+        .get_arguments()
+        .find(|a| a.to_string() == *arg)?
+        .get_env()?
+        .to_owned();
+    if std::env::var_os(&var).as_deref() != Some(OsStr::new(value)) {
+        return None;
+    }
+    // clap reads a variable only for a flag the command line left out. Whether it did: the
+    // command line parses without any variable exactly when the bad value was not on it.
+    let mut bare = Cli::command().mut_args(|a| a.env(None));
+    let subcommands: Vec<String> = bare
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for name in subcommands {
+        bare = bare.mut_subcommand(name, |s| s.mut_args(|a| a.env(None)));
+    }
+    bare.try_get_matches_from(args).ok()?;
+    let why = match err.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(valid)) => format!("possible values: {}", valid.join(", ")),
+        _ => std::error::Error::source(err).map_or_else(String::new, ToString::to_string),
+    };
+    let var = var.to_string_lossy();
+    Some(if why.is_empty() {
+        format!("invalid value '{value}' for {var}")
+    } else {
+        format!("invalid value '{value}' for {var}: {why}")
+    })
+}
+
 /// Raises the soft open-file limit to the hard one: each connection is a descriptor, and the
 /// usual soft default (1024) would cap the server far below what it can serve.
 fn raise_open_file_limit() {
@@ -207,7 +296,7 @@ fn raise_open_file_limit() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let (args, check_only) = match cli.command {
         Some(Command::Serve(a)) => (a, false),
         Some(Command::CheckConfig(a)) => (a, true),
@@ -300,5 +389,14 @@ mod tests {
         assert!(!log_colours(true, Some(OsStr::new("1"))));
         assert!(!log_colours(false, None));
         assert!(!log_colours(false, Some(OsStr::new("1"))));
+    }
+
+    #[test]
+    fn a_bad_flag_value_is_reported_by_clap() {
+        // On the command line the flag is named, by clap: no variable is involved.
+        let args = ["shardcast", "--port", "abc"];
+        let err = Cli::try_parse_from(args).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert_eq!(env_value_error(&err, args.map(OsString::from)), None);
     }
 }

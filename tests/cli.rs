@@ -1,9 +1,10 @@
-//! The `shardcast` command line as a user meets it: logs without colour codes in a pipe.
+//! The `shardcast` command line as a user meets it: errors that name what the user wrote
+//! (a flag or an environment variable), and logs without colour codes in a pipe.
 //!
 //! Each test runs the real binary with a cleared environment and waits with a deadline.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// `shardcast ARGS` with only `env` in its environment.
@@ -11,6 +12,35 @@ fn shardcast(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
     cmd.args(args).env_clear().envs(env.iter().copied());
     cmd
+}
+
+/// Runs to the end (killed and failed after 30 s).
+fn output(mut cmd: Command) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shardcast");
+    let status = wait(&mut child, Duration::from_secs(30));
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_end(&mut stderr)
+        .unwrap();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 fn wait(child: &mut Child, within: Duration) -> std::process::ExitStatus {
@@ -26,6 +56,68 @@ fn wait(child: &mut Child, within: Duration) -> std::process::ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).expect("UTF-8 output")
+}
+
+#[test]
+fn a_bad_environment_value_names_the_variable() {
+    let out = output(shardcast(&["check-config"], &[("SHARDCAST_PORT", "abc")]));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "shardcast: invalid value 'abc' for SHARDCAST_PORT: invalid digit found in string\n"
+    );
+    assert!(out.stdout.is_empty());
+
+    // Also without a command, and for a value from a list.
+    let out = output(shardcast(&[], &[("SHARDCAST_LOG_FORMAT", "xml")]));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "shardcast: invalid value 'xml' for SHARDCAST_LOG_FORMAT: possible values: text, json\n"
+    );
+}
+
+#[test]
+fn a_bad_flag_value_names_the_flag() {
+    // The variable is fine; the flag is wrong, and clap says so as usual.
+    let out = output(shardcast(
+        &["check-config", "--port", "abc"],
+        &[("SHARDCAST_PORT", "4000")],
+    ));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("error: invalid value 'abc' for '--port <PORT>'"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SHARDCAST_PORT"), "{stderr}");
+    // Both wrong: the command line is what was parsed, so the flag is named.
+    let out = output(shardcast(
+        &["check-config", "--port=abc"],
+        &[("SHARDCAST_PORT", "abc")],
+    ));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("'--port <PORT>'"));
+    // A flag hides the variable entirely, bad or not, with a command or without one (the
+    // server then refuses the limit after parsing: the port was accepted).
+    let out = output(shardcast(
+        &["check-config", "--port", "4000"],
+        &[("SHARDCAST_PORT", "abc")],
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = output(shardcast(
+        &["--port", "4000", "--max-frame-size=1"],
+        &[("SHARDCAST_PORT", "abc")],
+    ));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "shardcast: invalid setting `limits.max_frame_size`: must be at least 126 bytes\n"
+    );
 }
 
 #[test]
