@@ -1,7 +1,10 @@
 //! The `shardcast` binary: the standalone relay server.
 //!
 //! Settings come, lowest precedence first, from the defaults, the `--config` TOML file,
-//! `SHARDCAST_*` environment variables and command-line flags (see `--help`).
+//! `SHARDCAST_*` environment variables and command-line flags (see `--help`). Every setting of
+//! [`Config`] has a flag and an environment variable here; the defaults live in `config.rs`
+//! alone (no clap defaults, which would hide the file's values), and each flag's help names
+//! its default once (checked by the tests below).
 
 use std::ffi::{OsStr, OsString};
 use std::io::IsTerminal;
@@ -19,7 +22,16 @@ const REDACTED: &str = "<redacted>";
 /// shardcast: a thread-per-core real-time messaging server speaking the stelar protocol over
 /// WebSocket (port) and stelar binary TCP (port + 1).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    after_help = "Settings apply lowest first: defaults, the --config file (TOML, the keys \
+        `shardcast check-config` prints), SHARDCAST_* environment variables, flags.\n\
+        On/off settings take `true` or `false`: `--relay-direct=false` or \
+        `SHARDCAST_RELAY_DIRECT=false`; the flag alone (`--relay-direct`) means true."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -36,56 +48,131 @@ enum Command {
     CheckConfig(ServeArgs),
 }
 
-#[derive(Args, Debug, Clone, Default)]
+// On/off settings all take the same form: `--name[=<BOOL>]`, where the flag alone means true,
+// so that a flag or variable can turn a setting either way whatever the file says.
+#[derive(Args, Debug, Clone)]
 struct ServeArgs {
-    /// TOML configuration file; flags and environment variables override it.
+    /// TOML configuration file; environment variables and flags override it.
     #[arg(long, short = 'c', env = "SHARDCAST_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 0.0.0.0].
-    #[arg(long, env = "SHARDCAST_HOST")]
+    #[arg(long, env = "SHARDCAST_HOST", value_name = "ADDR")]
     host: Option<IpAddr>,
     /// WebSocket + HTTP port; 0 picks a free one [default: 3000].
-    #[arg(long, short = 'p', env = "SHARDCAST_PORT")]
+    #[arg(long, short = 'p', env = "SHARDCAST_PORT", value_name = "PORT")]
     port: Option<u16>,
     /// stelar TCP port; 0 disables TCP [default: --port + 1, which stelar TCP clients dial].
-    #[arg(long, env = "SHARDCAST_TCP_PORT")]
+    #[arg(long, env = "SHARDCAST_TCP_PORT", value_name = "PORT")]
     tcp_port: Option<u16>,
-    /// Shards (threads pinned one per core) [default: every available core].
-    #[arg(long, env = "SHARDCAST_SHARDS")]
+    /// Shards (threads, each pinned to a core); 0 = one per available core [default: 0].
+    #[arg(long, env = "SHARDCAST_SHARDS", value_name = "N")]
     shards: Option<usize>,
-    /// Add the raw /echo and /broadcast WebSocket paths (Autobahn, load comparisons).
-    #[arg(long, env = "SHARDCAST_BENCH_ENDPOINTS")]
-    bench_endpoints: bool,
-    /// Require this key for the HTTP API (/api/*): `Authorization: Bearer KEY` or `X-API-Key`.
-    #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true)]
+    /// Add the raw /echo and /broadcast WebSocket paths (Autobahn, load comparisons)
+    /// [default: false].
+    #[arg(long, env = "SHARDCAST_BENCH_ENDPOINTS", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true")]
+    bench_endpoints: Option<bool>,
+    /// Require this key for the HTTP API (/api/*): `Authorization: Bearer KEY` or `X-API-Key`
+    /// [default: none, the API is open].
+    #[arg(
+        long,
+        env = "SHARDCAST_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
     api_key: Option<String>,
-    /// Most simultaneous clients; 0 = unlimited [default: 0].
-    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS")]
+
+    /// Most simultaneous clients (WebSocket + TCP); 0 = unlimited [default: 0].
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
+    /// Most rooms in the process; a join that would create another is refused
+    /// [default: 100000].
+    #[arg(long, env = "SHARDCAST_MAX_ROOMS", value_name = "N")]
+    max_rooms: Option<usize>,
+    /// Most rooms one client may be in [default: 50].
+    #[arg(long, env = "SHARDCAST_MAX_ROOMS_PER_CLIENT", value_name = "N")]
+    max_rooms_per_client: Option<usize>,
+    /// Longest room name, in bytes [default: 256].
+    #[arg(long, env = "SHARDCAST_MAX_ROOM_NAME", value_name = "BYTES")]
+    max_room_name: Option<usize>,
     /// Largest WebSocket frame payload / stelar TCP frame, in bytes [default: 10485760].
-    #[arg(long, env = "SHARDCAST_MAX_FRAME_SIZE")]
+    #[arg(long, env = "SHARDCAST_MAX_FRAME_SIZE", value_name = "BYTES")]
     max_frame_size: Option<usize>,
     /// Largest message after reassembly and decompression, in bytes [default: 10485760].
-    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_SIZE")]
+    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_SIZE", value_name = "BYTES")]
     max_message_size: Option<usize>,
-    /// Server heartbeat (ping) interval in milliseconds [default: 30000].
-    #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL_MS")]
+    /// Bytes queued for one client beyond which it is disconnected as a slow consumer
+    /// [default: 16777216].
+    #[arg(long, env = "SHARDCAST_MAX_QUEUED_BYTES", value_name = "BYTES")]
+    max_queued_bytes: Option<usize>,
+    /// Largest HTTP request head (request line + headers), in bytes [default: 8192].
+    #[arg(long, env = "SHARDCAST_MAX_HTTP_HEAD", value_name = "BYTES")]
+    max_http_head: Option<usize>,
+    /// Largest HTTP request body (the publish API), in bytes [default: 1048576].
+    #[arg(long, env = "SHARDCAST_MAX_HTTP_BODY", value_name = "BYTES")]
+    max_http_body: Option<usize>,
+
+    /// How often the server pings a client, in milliseconds [default: 30000].
+    #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
     heartbeat_interval_ms: Option<u64>,
     /// Drop a client silent for this many milliseconds [default: 60000].
-    #[arg(long, env = "SHARDCAST_HEARTBEAT_TIMEOUT_MS")]
+    #[arg(long, env = "SHARDCAST_HEARTBEAT_TIMEOUT_MS", value_name = "MS")]
     heartbeat_timeout_ms: Option<u64>,
-    /// Close sockets that have not completed a handshake/request within this many ms [default: 10000].
-    #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT_MS")]
+    /// Close a socket that has not completed its handshake / HTTP request within this many
+    /// milliseconds [default: 10000].
+    #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
     handshake_timeout_ms: Option<u64>,
-    /// Disable permessage-deflate (otherwise negotiated when a client offers it).
-    #[arg(long, env = "SHARDCAST_NO_COMPRESSION")]
-    no_compression: bool,
-    /// Log format: text or json [default: text].
-    #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_parser = ["text", "json"])]
+    /// On shutdown, how long clients get to close before they are cut off, in milliseconds
+    /// [default: 10000].
+    #[arg(long, env = "SHARDCAST_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
+    shutdown_timeout_ms: Option<u64>,
+
+    /// Negotiate permessage-deflate when a client offers it [default: true].
+    #[arg(long, env = "SHARDCAST_COMPRESSION", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true")]
+    compression: Option<bool>,
+    /// Deprecated spelling of `--compression=false`, kept so that scripts and environments
+    /// that used it still turn compression off [default: false].
+    #[arg(long, env = "SHARDCAST_NO_COMPRESSION", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true", hide = true,
+        conflicts_with = "compression")]
+    no_compression: Option<bool>,
+    /// Send messages shorter than this many bytes uncompressed [default: 128].
+    #[arg(long, env = "SHARDCAST_COMPRESSION_THRESHOLD", value_name = "BYTES")]
+    compression_threshold: Option<usize>,
+
+    /// Clients may `publish` to rooms [default: true].
+    #[arg(long, env = "SHARDCAST_RELAY_PUBLISH", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true")]
+    relay_publish: Option<bool>,
+    /// Clients may `publish` only to rooms they are in [default: false].
+    #[arg(long, env = "SHARDCAST_RELAY_PUBLISH_REQUIRES_MEMBERSHIP", value_name = "BOOL",
+        num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    relay_publish_requires_membership: Option<bool>,
+    /// Clients may `broadcast` to every client [default: true].
+    #[arg(long, env = "SHARDCAST_RELAY_BROADCAST", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true")]
+    relay_broadcast: Option<bool>,
+    /// Clients may send `direct` messages to a client id [default: true].
+    #[arg(long, env = "SHARDCAST_RELAY_DIRECT", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true")]
+    relay_direct: Option<bool>,
+
+    /// Log format [default: text].
+    #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_name = "FORMAT",
+        value_parser = ["text", "json"])]
     log_format: Option<String>,
-    /// Log filter (tracing env-filter syntax, e.g. info, shardcast=debug) [default: info].
-    #[arg(long, env = "SHARDCAST_LOG", default_value = "info")]
-    log: String,
+    /// Log filter, tracing env-filter syntax such as `debug` or `shardcast=debug`
+    /// [default: info].
+    #[arg(long, env = "SHARDCAST_LOG", value_name = "FILTER", value_parser = log_filter)]
+    log: Option<String>,
+}
+
+/// Accepts what `EnvFilter` accepts, so a typo is reported instead of logging at `info`.
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 impl ServeArgs {
@@ -94,45 +181,50 @@ impl ServeArgs {
             Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
             None => Config::default(),
         };
-        if let Some(v) = self.host {
-            c.host = v;
+        fn set<T: Clone>(slot: &mut T, v: &Option<T>) {
+            if let Some(v) = v {
+                *slot = v.clone();
+            }
         }
-        if let Some(v) = self.port {
-            c.port = v;
-        }
+        set(&mut c.host, &self.host);
+        set(&mut c.port, &self.port);
         if let Some(v) = self.tcp_port {
             c.tcp_port = Some(v);
         }
-        if let Some(v) = self.shards {
-            c.shards = v;
-        }
-        if self.bench_endpoints {
-            c.bench_endpoints = true;
-        }
+        set(&mut c.shards, &self.shards);
+        set(&mut c.bench_endpoints, &self.bench_endpoints);
         if let Some(v) = &self.api_key {
             c.api_key = Some(v.clone());
         }
-        if let Some(v) = self.max_connections {
-            c.limits.max_connections = v;
+        let l = &mut c.limits;
+        set(&mut l.max_connections, &self.max_connections);
+        set(&mut l.max_rooms, &self.max_rooms);
+        set(&mut l.max_rooms_per_client, &self.max_rooms_per_client);
+        set(&mut l.max_room_name, &self.max_room_name);
+        set(&mut l.max_frame_size, &self.max_frame_size);
+        set(&mut l.max_message_size, &self.max_message_size);
+        set(&mut l.max_queued_bytes, &self.max_queued_bytes);
+        set(&mut l.max_http_head, &self.max_http_head);
+        set(&mut l.max_http_body, &self.max_http_body);
+        let t = &mut c.timeouts;
+        set(&mut t.heartbeat_interval_ms, &self.heartbeat_interval_ms);
+        set(&mut t.heartbeat_timeout_ms, &self.heartbeat_timeout_ms);
+        set(&mut t.handshake_timeout_ms, &self.handshake_timeout_ms);
+        set(&mut t.shutdown_timeout_ms, &self.shutdown_timeout_ms);
+        // The two never come together (clap refuses the pair).
+        if let Some(off) = self.no_compression {
+            c.compression.enabled = !off;
         }
-        if let Some(v) = self.max_frame_size {
-            c.limits.max_frame_size = v;
-        }
-        if let Some(v) = self.max_message_size {
-            c.limits.max_message_size = v;
-        }
-        if let Some(v) = self.heartbeat_interval_ms {
-            c.timeouts.heartbeat_interval_ms = v;
-        }
-        if let Some(v) = self.heartbeat_timeout_ms {
-            c.timeouts.heartbeat_timeout_ms = v;
-        }
-        if let Some(v) = self.handshake_timeout_ms {
-            c.timeouts.handshake_timeout_ms = v;
-        }
-        if self.no_compression {
-            c.compression.enabled = false;
-        }
+        set(&mut c.compression.enabled, &self.compression);
+        set(&mut c.compression.threshold, &self.compression_threshold);
+        let r = &mut c.relay;
+        set(&mut r.publish, &self.relay_publish);
+        set(
+            &mut r.publish_requires_membership,
+            &self.relay_publish_requires_membership,
+        );
+        set(&mut r.broadcast, &self.relay_broadcast);
+        set(&mut r.direct, &self.relay_direct);
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }
@@ -158,7 +250,8 @@ fn log_colours(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
 }
 
 fn init_logging(args: &ServeArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+    // `log` passed `log_filter`, so this parses.
+    let filter = tracing_subscriber::EnvFilter::try_new(args.log.as_deref().unwrap_or("info"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = log_colours(
         std::io::stderr().is_terminal(),
@@ -356,9 +449,169 @@ mod tests {
         }
     }
 
+    /// The `[default: X]` a flag's help names.
+    fn documented_default(arg: &clap::Arg) -> Option<String> {
+        let help = arg.get_help()?.to_string();
+        let (_, rest) = help.split_once("[default: ")?;
+        Some(rest.split([']', ',', ' ']).next()?.to_owned())
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every flag has a variable and says what it does; every flag but those without a
+    /// default names its default exactly once, and clap adds none of its own (a clap default
+    /// would also override the config file).
+    #[test]
+    fn every_flag_has_a_variable_and_one_default() {
+        let no_default = ["config"];
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            let want_env = format!("SHARDCAST_{}", id.to_ascii_uppercase());
+            assert_eq!(env.as_deref(), Some(want_env.as_str()), "--{id}");
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(help.len() > 20, "--{id} says what it does: {help:?}");
+            let defaults = help.matches("[default:").count();
+            let want = usize::from(!no_default.contains(&id));
+            assert_eq!(defaults, want, "--{id}: {help:?}");
+            assert!(
+                arg.get_default_values().is_empty(),
+                "--{id} has a clap default"
+            );
+        }
+    }
+
+    /// A flag set to the default its help names changes nothing, so the help is right.
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        let mut checked = 0;
+        for arg in Cli::command().get_arguments() {
+            let Some(value) = documented_default(arg) else {
+                continue;
+            };
+            let Some(long) = arg.get_long() else {
+                continue;
+            };
+            // `--tcp-port`'s default is `--port + 1`, not a value.
+            if value.starts_with("--") || value == "none" {
+                continue;
+            }
+            let flag = format!("--{long}={value}");
+            let config = parse(&[&flag]).to_config().unwrap();
+            assert_eq!(config, Config::default(), "{flag}");
+            checked += 1;
+        }
+        assert!(checked >= 25, "{checked}");
+    }
+
+    #[test]
+    fn flags_reach_every_setting() {
+        let args = parse(&[
+            "--host=127.0.0.1",
+            "--port=4000",
+            "--tcp-port=0",
+            "--shards=2",
+            "--bench-endpoints",
+            "--api-key=k",
+            "--max-connections=7",
+            "--max-rooms=8",
+            "--max-rooms-per-client=9",
+            "--max-room-name=10",
+            "--max-frame-size=1000",
+            "--max-message-size=2000",
+            "--max-queued-bytes=70000",
+            "--max-http-head=2048",
+            "--max-http-body=3000",
+            "--heartbeat-interval-ms=100",
+            "--heartbeat-timeout-ms=200",
+            "--handshake-timeout-ms=300",
+            "--shutdown-timeout-ms=400",
+            "--compression=false",
+            "--compression-threshold=64",
+            "--relay-publish=false",
+            "--relay-publish-requires-membership",
+            "--relay-broadcast=false",
+            "--relay-direct=false",
+        ]);
+        let c = args.to_config().unwrap();
+        let want = Config::from_toml(
+            r#"
+            host = "127.0.0.1"
+            port = 4000
+            tcp_port = 0
+            shards = 2
+            bench_endpoints = true
+            api_key = "k"
+            [limits]
+            max_connections = 7
+            max_rooms = 8
+            max_rooms_per_client = 9
+            max_room_name = 10
+            max_frame_size = 1000
+            max_message_size = 2000
+            max_queued_bytes = 70000
+            max_http_head = 2048
+            max_http_body = 3000
+            [timeouts]
+            heartbeat_interval_ms = 100
+            heartbeat_timeout_ms = 200
+            handshake_timeout_ms = 300
+            shutdown_timeout_ms = 400
+            [compression]
+            enabled = false
+            threshold = 64
+            [relay]
+            publish = false
+            publish_requires_membership = true
+            broadcast = false
+            direct = false
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c, want);
+    }
+
+    #[test]
+    fn flags_override_the_file_both_ways() {
+        let path = std::env::temp_dir().join(format!("shardcast-cli-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "bench_endpoints = true\n[relay]\ndirect = false\n[limits]\nmax_rooms = 5\n",
+        )
+        .unwrap();
+        let file = format!("--config={}", path.display());
+        let from_file = parse(&[&file]).to_config().unwrap();
+        assert!(from_file.bench_endpoints && !from_file.relay.direct);
+        assert_eq!(from_file.limits.max_rooms, 5);
+        let c = parse(&[
+            &file,
+            "--bench-endpoints=false",
+            "--relay-direct",
+            "--max-rooms=6",
+        ])
+        .to_config()
+        .unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(!c.bench_endpoints && c.relay.direct);
+        assert_eq!(c.limits.max_rooms, 6);
+    }
+
+    #[test]
+    fn no_compression_still_turns_compression_off() {
+        let c = parse(&["--no-compression"]).to_config().unwrap();
+        assert!(!c.compression.enabled);
+        assert!(Cli::try_parse_from(["shardcast", "--no-compression", "--compression"]).is_err());
+    }
+
     #[test]
     fn check_config_prints_toml_that_reads_back() {
-        let c = parse(&["--port=4000", "--max-frame-size=1000"])
+        let c = parse(&["--port=4000", "--relay-broadcast=false"])
             .to_config()
             .unwrap();
         let text = printable_config(&c).unwrap();
@@ -389,6 +642,15 @@ mod tests {
         assert!(!log_colours(true, Some(OsStr::new("1"))));
         assert!(!log_colours(false, None));
         assert!(!log_colours(false, Some(OsStr::new("1"))));
+    }
+
+    #[test]
+    fn a_bad_log_filter_is_refused() {
+        assert!(Cli::try_parse_from(["shardcast", "--log=shardcast=loud"]).is_err());
+        assert_eq!(
+            parse(&["--log=shardcast=debug"]).log.as_deref(),
+            Some("shardcast=debug")
+        );
     }
 
     #[test]

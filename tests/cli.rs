@@ -1,11 +1,14 @@
 //! The `shardcast` command line as a user meets it: errors that name what the user wrote
-//! (a flag or an environment variable), and logs without colour codes in a pipe.
+//! (a flag or an environment variable), `check-config` output that `--config` reads back,
+//! the precedence of file, environment and flags, and logs without colour codes in a pipe.
 //!
 //! Each test runs the real binary with a cleared environment and waits with a deadline.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use shardcast::config::Config;
 
 /// `shardcast ARGS` with only `env` in its environment.
 fn shardcast(args: &[&str], env: &[(&str, &str)]) -> Command {
@@ -79,6 +82,12 @@ fn a_bad_environment_value_names_the_variable() {
         text(&out.stderr),
         "shardcast: invalid value 'xml' for SHARDCAST_LOG_FORMAT: possible values: text, json\n"
     );
+    let out = output(shardcast(&["serve"], &[("SHARDCAST_RELAY_DIRECT", "yes")]));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "shardcast: invalid value 'yes' for SHARDCAST_RELAY_DIRECT: possible values: true, false\n"
+    );
 }
 
 #[test]
@@ -118,6 +127,66 @@ fn a_bad_flag_value_names_the_flag() {
         text(&out.stderr),
         "shardcast: invalid setting `limits.max_frame_size`: must be at least 126 bytes\n"
     );
+}
+
+#[test]
+fn check_config_prints_toml_in_the_order_of_precedence() {
+    let dir = std::env::temp_dir().join(format!("shardcast-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("shardcast.toml");
+    std::fs::write(
+        &file,
+        "port = 4000\n[limits]\nmax_rooms = 5\nmax_rooms_per_client = 3\n\
+         [relay]\ndirect = false\nbroadcast = false\n",
+    )
+    .unwrap();
+    let file_arg = file.to_str().unwrap();
+    let out = output(shardcast(
+        &[
+            "check-config",
+            "--config",
+            file_arg,
+            "--max-rooms",
+            "9",
+            "--relay-broadcast",
+        ],
+        &[
+            ("SHARDCAST_MAX_ROOMS", "7"),
+            ("SHARDCAST_SHUTDOWN_TIMEOUT_MS", "1234"),
+            ("SHARDCAST_RELAY_DIRECT", "true"),
+            ("SHARDCAST_API_KEY", "s3cret"),
+        ],
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("s3cret"), "{stdout}");
+    let c = Config::from_toml(stdout).unwrap_or_else(|e| panic!("{e}\n{stdout}"));
+    let want = Config {
+        port: 4000,
+        api_key: Some("<redacted>".into()),
+        ..Config::default()
+    };
+    let want = Config {
+        limits: shardcast::config::Limits {
+            // file 5 < environment 7 < flag 9
+            max_rooms: 9,
+            max_rooms_per_client: 3,
+            ..want.limits.clone()
+        },
+        timeouts: shardcast::config::Timeouts {
+            shutdown_timeout_ms: 1234,
+            ..want.timeouts.clone()
+        },
+        // file false < environment true; file false < flag alone (true)
+        relay: shardcast::config::Relay {
+            direct: true,
+            broadcast: true,
+            ..want.relay.clone()
+        },
+        ..want
+    };
+    assert_eq!(c, want, "{stdout}");
 }
 
 #[test]
