@@ -340,15 +340,7 @@ fn env_value_error(err: &clap::Error, args: impl IntoIterator<Item = OsString>) 
     }
     // clap reads a variable only for a flag the command line left out. Whether it did: the
     // command line parses without any variable exactly when the bad value was not on it.
-    let mut bare = Cli::command().mut_args(|a| a.env(None));
-    let subcommands: Vec<String> = bare
-        .get_subcommands()
-        .map(|s| s.get_name().to_owned())
-        .collect();
-    for name in subcommands {
-        bare = bare.mut_subcommand(name, |s| s.mut_args(|a| a.env(None)));
-    }
-    bare.try_get_matches_from(args).ok()?;
+    without_env().try_get_matches_from(args).ok()?;
     let why = match err.get(ContextKind::ValidValue) {
         Some(ContextValue::Strings(valid)) => format!("possible values: {}", valid.join(", ")),
         _ => std::error::Error::source(err).map_or_else(String::new, ToString::to_string),
@@ -359,6 +351,19 @@ fn env_value_error(err: &clap::Error, args: impl IntoIterator<Item = OsString>) 
     } else {
         format!("invalid value '{value}' for {var}: {why}")
     })
+}
+
+/// The parser with no flag reading the environment, at any level.
+fn without_env() -> clap::Command {
+    let mut cmd = Cli::command().mut_args(|a| a.env(None));
+    let subcommands: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for name in subcommands {
+        cmd = cmd.mut_subcommand(name, |s| s.mut_args(|a| a.env(None)));
+    }
+    cmd
 }
 
 /// Raises the soft open-file limit to the hard one: each connection is a descriptor, and the
@@ -440,8 +445,11 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
+    /// Parses `args` as flags only: the tests' own environment must not leak in.
     fn parse(args: &[&str]) -> ServeArgs {
-        let cli = Cli::try_parse_from(std::iter::once("shardcast").chain(args.iter().copied()))
+        let cli = without_env()
+            .try_get_matches_from(std::iter::once("shardcast").chain(args.iter().copied()))
+            .and_then(|m| Cli::from_arg_matches(&m))
             .unwrap_or_else(|e| panic!("{args:?}: {e}"));
         match cli.command {
             Some(Command::Serve(a) | Command::CheckConfig(a)) => a,
@@ -606,7 +614,9 @@ mod tests {
     fn no_compression_still_turns_compression_off() {
         let c = parse(&["--no-compression"]).to_config().unwrap();
         assert!(!c.compression.enabled);
-        assert!(Cli::try_parse_from(["shardcast", "--no-compression", "--compression"]).is_err());
+        assert!(without_env()
+            .try_get_matches_from(["shardcast", "--no-compression", "--compression"])
+            .is_err());
     }
 
     #[test]
@@ -646,7 +656,9 @@ mod tests {
 
     #[test]
     fn a_bad_log_filter_is_refused() {
-        assert!(Cli::try_parse_from(["shardcast", "--log=shardcast=loud"]).is_err());
+        assert!(without_env()
+            .try_get_matches_from(["shardcast", "--log=shardcast=loud"])
+            .is_err());
         assert_eq!(
             parse(&["--log=shardcast=debug"]).log.as_deref(),
             Some("shardcast=debug")
@@ -657,7 +669,7 @@ mod tests {
     fn a_bad_flag_value_is_reported_by_clap() {
         // On the command line the flag is named, by clap: no variable is involved.
         let args = ["shardcast", "--port", "abc"];
-        let err = Cli::try_parse_from(args).unwrap_err();
+        let err = without_env().try_get_matches_from(args).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
         assert_eq!(env_value_error(&err, args.map(OsString::from)), None);
     }
