@@ -1,17 +1,27 @@
 //! A chat server on the shardcast library API — copy it as a starting point.
 //!
-//! Run: `cargo run --release --example chat` (WebSocket on 3000, stelar TCP on 3001).
+//! Run: `cargo run --release --example chat [-- --config FILE] [--host ADDR] [--port PORT]`.
+//! It listens where the server would (`shardcast --help`): by default WebSocket on
+//! 0.0.0.0:3000 and stelar TCP on port + 1; a server TOML file (`--config` or
+//! `SHARDCAST_CONFIG`) may set any setting, `SHARDCAST_HOST` / `SHARDCAST_PORT` override it,
+//! and `--host` / `--port` override those. It prints the `shardcast listening ...` line.
 //!
-//! - Clients connect with `?name=alice` (WebSocket) or send `{"event":"hello","data":"alice"}`;
-//!   connections without a name are refused by the middleware (close 4001).
+//! - WebSocket clients connect with `?name=alice`; a WebSocket connection without a name is
+//!   refused by the middleware (close 4001). stelar TCP clients have no URL: they start as
+//!   `anonymous`. Any client may (re)name itself with `{"event":"hello","data":"alice"}`.
 //! - `join-room` / `leave-room` are built in. `say` sends `{"room","text"}` to the room's
-//!   other members as `said` with the speaker's name; `whisper` sends `{"to": id, "text"}`.
+//!   other members as `said` with the speaker's name; `whisper` sends `{"to": id, "text"}`
+//!   to that client as `whisper` with the speaker's name.
 //! - The ACK `members` answers with the rooms the caller is in.
-//! - Everyone is told when someone connects (`joined`) and leaves (`left`).
+//! - Everyone is told when someone connects (`joined`) and leaves (`left`); the newcomer
+//!   gets `welcome` with its id and name.
+
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::json;
 use shardcast::app::{Json, Reject, Server};
+use shardcast::config::Config;
 
 #[derive(Deserialize)]
 struct Say {
@@ -25,9 +35,55 @@ struct Whisper {
     text: String,
 }
 
+/// The server's configuration: defaults, then the TOML file, then the environment, then the
+/// arguments (the same order as `shardcast`, for the settings the example takes).
+fn config() -> Result<Config, String> {
+    const USAGE: &str = "usage: chat [--config FILE] [--host ADDR] [--port PORT]";
+    let env = |name: &'static str| std::env::var(name).ok().map(|v| (v, name));
+    let (mut file, mut host, mut port) = (
+        env("SHARDCAST_CONFIG"),
+        env("SHARDCAST_HOST"),
+        env("SHARDCAST_PORT"),
+    );
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let slot = match arg.as_str() {
+            "--config" | "-c" => &mut file,
+            "--host" => &mut host,
+            "--port" | "-p" => &mut port,
+            "--help" | "-h" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        };
+        let value = args.next().ok_or(format!("{arg} needs a value\n{USAGE}"))?;
+        *slot = Some((value, "the command line"));
+    }
+    let mut config = match file {
+        Some((path, _)) => Config::from_file(Path::new(&path)).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some((v, from)) = host {
+        config.host = v
+            .parse()
+            .map_err(|e| format!("invalid host '{v}' ({from}): {e}"))?;
+    }
+    if let Some((v, from)) = port {
+        config.port = v
+            .parse()
+            .map_err(|e| format!("invalid port '{v}' ({from}): {e}"))?;
+    }
+    Ok(config)
+}
+
 fn main() {
-    let result = Server::builder()
-        .configure(|c| c.port = 3000)
+    let config = match config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chat: {e}");
+            std::process::exit(2);
+        }
+    };
+    let started = Server::builder()
+        .config(config)
         // Authentication: a name in the query string, or refuse (WebSocket close 4001,
         // TCP ERROR frame). TCP clients have no query: accept them as "anonymous".
         .middleware(|ctx| async move {
@@ -55,6 +111,11 @@ fn main() {
                 .server()
                 .broadcast("left", &Json::from_value(&json!({"name": name})), None);
         })
+        .on("hello", |ctx, data| async move {
+            if let Ok(name) = data.parse::<String>() {
+                ctx.set_meta("name", name);
+            }
+        })
         .on("say", |ctx, data| async move {
             let Ok(say) = data.parse::<Say>() else { return };
             let name = ctx.meta("name").unwrap_or_default();
@@ -80,8 +141,17 @@ fn main() {
         .on_ack("members", |ctx, _data| async move {
             Ok(Json::from_value(&ctx.rooms()))
         })
-        .run();
-    if let Err(e) = result {
+        .start();
+    let running = match started {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chat: cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    shardcast::server::log_listening(&running);
+    // Until SIGINT / SIGTERM.
+    if let Err(e) = running.join() {
         eprintln!("chat: {e}");
         std::process::exit(1);
     }

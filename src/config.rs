@@ -9,10 +9,10 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything the server can be told. Field docs are the reference for the TOML file.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on.
@@ -41,7 +41,7 @@ pub struct Config {
 }
 
 /// Connection and message limits.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Most simultaneous clients in the process (WebSocket + TCP). 0 = unlimited.
@@ -69,7 +69,7 @@ pub struct Limits {
 }
 
 /// Heartbeats and timeouts, in milliseconds in the file.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
     /// How often the server pings a client (WebSocket ping, TCP PING frame).
@@ -107,7 +107,7 @@ pub struct Memory {
 }
 
 /// permessage-deflate (RFC 7692).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Compression {
     /// Negotiate permessage-deflate when a client offers it.
@@ -117,7 +117,7 @@ pub struct Compression {
 }
 
 /// The standalone relay's client-facing features (DESIGN.md "The standalone relay").
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Relay {
     /// Clients may `publish` to rooms.
@@ -251,7 +251,8 @@ impl Config {
         })
     }
 
-    /// Parses TOML text over the defaults.
+    /// Parses TOML text over the defaults. [`Config`] also implements `Serialize`:
+    /// `toml::to_string_pretty` writes text this reads back to the same `Config`.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: String::new(),
@@ -411,6 +412,54 @@ mod tests {
         assert_eq!(c.timeouts.heartbeat_interval_ms, 1000);
         let err = Config::from_toml("prot = 1").unwrap_err().to_string();
         assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn toml_round_trip() {
+        // The defaults (`tcp_port` and `api_key` unset, which TOML leaves out)...
+        let c = Config::default();
+        let text = toml::to_string_pretty(&c).unwrap();
+        assert_eq!(Config::from_toml(&text).unwrap(), c, "{text}");
+        // ...and a value other than the default everywhere (with no API key: `check-config`
+        // prints a key redacted, so that output does not read back to the same key).
+        let c = Config {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 4000,
+            tcp_port: Some(0),
+            shards: 3,
+            bench_endpoints: true,
+            api_key: None,
+            limits: Limits {
+                max_connections: 1,
+                max_rooms: 2,
+                max_rooms_per_client: 3,
+                max_room_name: 4,
+                max_frame_size: 5000,
+                max_message_size: 6000,
+                max_queued_bytes: 70_000,
+                max_http_head: 8000,
+                max_http_body: 9000,
+            },
+            timeouts: Timeouts {
+                heartbeat_interval_ms: 10,
+                heartbeat_timeout_ms: 20,
+                handshake_timeout_ms: 30,
+                shutdown_timeout_ms: 40,
+            },
+            compression: Compression {
+                enabled: false,
+                threshold: 50,
+            },
+            relay: Relay {
+                publish: false,
+                publish_requires_membership: true,
+                broadcast: false,
+                direct: false,
+            },
+        };
+        let text = toml::to_string_pretty(&c).unwrap();
+        assert_eq!(Config::from_toml(&text).unwrap(), c, "{text}");
+        assert!(text.contains("[relay]\npublish = false\n"), "{text}");
     }
 
     #[test]

@@ -1,20 +1,37 @@
 //! The `shardcast` binary: the standalone relay server.
 //!
 //! Settings come, lowest precedence first, from the defaults, the `--config` TOML file,
-//! `SHARDCAST_*` environment variables and command-line flags (see `--help`).
+//! `SHARDCAST_*` environment variables and command-line flags (see `--help`). Every setting of
+//! [`Config`] has a flag and an environment variable here; the defaults live in `config.rs`
+//! alone (no clap defaults, which would hide the file's values), and each flag's help names
+//! its default once (checked by the tests below).
 
+use std::ffi::{OsStr, OsString};
+use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use shardcast::config::Config;
 use shardcast::{server, Server};
+
+/// What `check-config` prints instead of the API key.
+const REDACTED: &str = "<redacted>";
 
 /// shardcast: a thread-per-core real-time messaging server speaking the stelar protocol over
 /// WebSocket (port) and stelar binary TCP (port + 1).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    after_help = "Settings apply lowest first: defaults, the --config file (TOML, the keys \
+        `shardcast check-config` prints), SHARDCAST_* environment variables, flags.\n\
+        On/off settings take `true` or `false`: `--relay-direct=false` or \
+        `SHARDCAST_RELAY_DIRECT=false`; the flag alone (`--relay-direct`) means true."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -26,60 +43,136 @@ struct Cli {
 enum Command {
     /// Run the server (the default when no command is given).
     Serve(ServeArgs),
-    /// Print the effective configuration as TOML-like text and exit.
+    /// Print the effective configuration as TOML (the --config format) and exit; an API key
+    /// is printed as "<redacted>".
     CheckConfig(ServeArgs),
 }
 
-#[derive(Args, Debug, Clone, Default)]
+// On/off settings all take the same form: `--name[=<BOOL>]`, where the flag alone means true,
+// so that a flag or variable can turn a setting either way whatever the file says.
+#[derive(Args, Debug, Clone)]
 struct ServeArgs {
-    /// TOML configuration file; flags and environment variables override it.
+    /// TOML configuration file; environment variables and flags override it.
     #[arg(long, short = 'c', env = "SHARDCAST_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 0.0.0.0].
-    #[arg(long, env = "SHARDCAST_HOST")]
+    #[arg(long, env = "SHARDCAST_HOST", value_name = "ADDR")]
     host: Option<IpAddr>,
     /// WebSocket + HTTP port; 0 picks a free one [default: 3000].
-    #[arg(long, short = 'p', env = "SHARDCAST_PORT")]
+    #[arg(long, short = 'p', env = "SHARDCAST_PORT", value_name = "PORT")]
     port: Option<u16>,
     /// stelar TCP port; 0 disables TCP [default: --port + 1, which stelar TCP clients dial].
-    #[arg(long, env = "SHARDCAST_TCP_PORT")]
+    #[arg(long, env = "SHARDCAST_TCP_PORT", value_name = "PORT")]
     tcp_port: Option<u16>,
-    /// Shards (threads pinned one per core) [default: every available core].
-    #[arg(long, env = "SHARDCAST_SHARDS")]
+    /// Shards (threads, each pinned to a core); 0 = one per available core [default: 0].
+    #[arg(long, env = "SHARDCAST_SHARDS", value_name = "N")]
     shards: Option<usize>,
-    /// Add the raw /echo and /broadcast WebSocket paths (Autobahn, load comparisons).
-    #[arg(long, env = "SHARDCAST_BENCH_ENDPOINTS")]
-    bench_endpoints: bool,
-    /// Require this key for the HTTP API (/api/*): `Authorization: Bearer KEY` or `X-API-Key`.
-    #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true)]
+    /// Add the raw /echo and /broadcast WebSocket paths (Autobahn, load comparisons)
+    /// [default: false].
+    #[arg(long, env = "SHARDCAST_BENCH_ENDPOINTS", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true")]
+    bench_endpoints: Option<bool>,
+    /// Require this key for the HTTP API (/api/*): `Authorization: Bearer KEY` or `X-API-Key`
+    /// [default: none, the API is open].
+    #[arg(
+        long,
+        env = "SHARDCAST_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
     api_key: Option<String>,
-    /// Most simultaneous clients; 0 = unlimited [default: 0].
-    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS")]
+
+    /// Most simultaneous clients (WebSocket + TCP); 0 = unlimited [default: 0].
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
+    /// Most rooms in the process; a join that would create another is refused
+    /// [default: 100000].
+    #[arg(long, env = "SHARDCAST_MAX_ROOMS", value_name = "N")]
+    max_rooms: Option<usize>,
+    /// Most rooms one client may be in [default: 50].
+    #[arg(long, env = "SHARDCAST_MAX_ROOMS_PER_CLIENT", value_name = "N")]
+    max_rooms_per_client: Option<usize>,
+    /// Longest room name, in bytes [default: 256].
+    #[arg(long, env = "SHARDCAST_MAX_ROOM_NAME", value_name = "BYTES")]
+    max_room_name: Option<usize>,
     /// Largest WebSocket frame payload / stelar TCP frame, in bytes [default: 10485760].
-    #[arg(long, env = "SHARDCAST_MAX_FRAME_SIZE")]
+    #[arg(long, env = "SHARDCAST_MAX_FRAME_SIZE", value_name = "BYTES")]
     max_frame_size: Option<usize>,
     /// Largest message after reassembly and decompression, in bytes [default: 10485760].
-    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_SIZE")]
+    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_SIZE", value_name = "BYTES")]
     max_message_size: Option<usize>,
-    /// Server heartbeat (ping) interval in milliseconds [default: 30000].
-    #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL_MS")]
+    /// Bytes queued for one client beyond which it is disconnected as a slow consumer
+    /// [default: 16777216].
+    #[arg(long, env = "SHARDCAST_MAX_QUEUED_BYTES", value_name = "BYTES")]
+    max_queued_bytes: Option<usize>,
+    /// Largest HTTP request head (request line + headers), in bytes [default: 8192].
+    #[arg(long, env = "SHARDCAST_MAX_HTTP_HEAD", value_name = "BYTES")]
+    max_http_head: Option<usize>,
+    /// Largest HTTP request body (the publish API), in bytes [default: 1048576].
+    #[arg(long, env = "SHARDCAST_MAX_HTTP_BODY", value_name = "BYTES")]
+    max_http_body: Option<usize>,
+
+    /// How often the server pings a client, in milliseconds [default: 30000].
+    #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
     heartbeat_interval_ms: Option<u64>,
     /// Drop a client silent for this many milliseconds [default: 60000].
-    #[arg(long, env = "SHARDCAST_HEARTBEAT_TIMEOUT_MS")]
+    #[arg(long, env = "SHARDCAST_HEARTBEAT_TIMEOUT_MS", value_name = "MS")]
     heartbeat_timeout_ms: Option<u64>,
-    /// Close sockets that have not completed a handshake/request within this many ms [default: 10000].
-    #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT_MS")]
+    /// Close a socket that has not completed its handshake / HTTP request within this many
+    /// milliseconds [default: 10000].
+    #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
     handshake_timeout_ms: Option<u64>,
-    /// Disable permessage-deflate (otherwise negotiated when a client offers it).
-    #[arg(long, env = "SHARDCAST_NO_COMPRESSION")]
-    no_compression: bool,
-    /// Log format: text or json [default: text].
-    #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_parser = ["text", "json"])]
+    /// On shutdown, how long clients get to close before they are cut off, in milliseconds
+    /// [default: 10000].
+    #[arg(long, env = "SHARDCAST_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
+    shutdown_timeout_ms: Option<u64>,
+
+    /// Negotiate permessage-deflate when a client offers it [default: true].
+    #[arg(long, env = "SHARDCAST_COMPRESSION", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true")]
+    compression: Option<bool>,
+    /// Deprecated spelling of `--compression=false`, kept so that scripts and environments
+    /// that used it still turn compression off [default: false].
+    #[arg(long, env = "SHARDCAST_NO_COMPRESSION", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true", hide = true,
+        conflicts_with = "compression")]
+    no_compression: Option<bool>,
+    /// Send messages shorter than this many bytes uncompressed [default: 128].
+    #[arg(long, env = "SHARDCAST_COMPRESSION_THRESHOLD", value_name = "BYTES")]
+    compression_threshold: Option<usize>,
+
+    /// Clients may `publish` to rooms [default: true].
+    #[arg(long, env = "SHARDCAST_RELAY_PUBLISH", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true")]
+    relay_publish: Option<bool>,
+    /// Clients may `publish` only to rooms they are in [default: false].
+    #[arg(long, env = "SHARDCAST_RELAY_PUBLISH_REQUIRES_MEMBERSHIP", value_name = "BOOL",
+        num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    relay_publish_requires_membership: Option<bool>,
+    /// Clients may `broadcast` to every client [default: true].
+    #[arg(long, env = "SHARDCAST_RELAY_BROADCAST", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true")]
+    relay_broadcast: Option<bool>,
+    /// Clients may send `direct` messages to a client id [default: true].
+    #[arg(long, env = "SHARDCAST_RELAY_DIRECT", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true")]
+    relay_direct: Option<bool>,
+
+    /// Log format [default: text].
+    #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_name = "FORMAT",
+        value_parser = ["text", "json"])]
     log_format: Option<String>,
-    /// Log filter (tracing env-filter syntax, e.g. info, shardcast=debug) [default: info].
-    #[arg(long, env = "SHARDCAST_LOG", default_value = "info")]
-    log: String,
+    /// Log filter, tracing env-filter syntax such as `debug` or `shardcast=debug`
+    /// [default: info].
+    #[arg(long, env = "SHARDCAST_LOG", value_name = "FILTER", value_parser = log_filter)]
+    log: Option<String>,
+}
+
+/// Accepts what `EnvFilter` accepts, so a typo is reported instead of logging at `info`.
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 impl ServeArgs {
@@ -88,65 +181,189 @@ impl ServeArgs {
             Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
             None => Config::default(),
         };
-        if let Some(v) = self.host {
-            c.host = v;
+        fn set<T: Clone>(slot: &mut T, v: &Option<T>) {
+            if let Some(v) = v {
+                *slot = v.clone();
+            }
         }
-        if let Some(v) = self.port {
-            c.port = v;
-        }
+        set(&mut c.host, &self.host);
+        set(&mut c.port, &self.port);
         if let Some(v) = self.tcp_port {
             c.tcp_port = Some(v);
         }
-        if let Some(v) = self.shards {
-            c.shards = v;
-        }
-        if self.bench_endpoints {
-            c.bench_endpoints = true;
-        }
+        set(&mut c.shards, &self.shards);
+        set(&mut c.bench_endpoints, &self.bench_endpoints);
         if let Some(v) = &self.api_key {
             c.api_key = Some(v.clone());
         }
-        if let Some(v) = self.max_connections {
-            c.limits.max_connections = v;
+        let l = &mut c.limits;
+        set(&mut l.max_connections, &self.max_connections);
+        set(&mut l.max_rooms, &self.max_rooms);
+        set(&mut l.max_rooms_per_client, &self.max_rooms_per_client);
+        set(&mut l.max_room_name, &self.max_room_name);
+        set(&mut l.max_frame_size, &self.max_frame_size);
+        set(&mut l.max_message_size, &self.max_message_size);
+        set(&mut l.max_queued_bytes, &self.max_queued_bytes);
+        set(&mut l.max_http_head, &self.max_http_head);
+        set(&mut l.max_http_body, &self.max_http_body);
+        let t = &mut c.timeouts;
+        set(&mut t.heartbeat_interval_ms, &self.heartbeat_interval_ms);
+        set(&mut t.heartbeat_timeout_ms, &self.heartbeat_timeout_ms);
+        set(&mut t.handshake_timeout_ms, &self.handshake_timeout_ms);
+        set(&mut t.shutdown_timeout_ms, &self.shutdown_timeout_ms);
+        // The two never come together (clap refuses the pair).
+        if let Some(off) = self.no_compression {
+            c.compression.enabled = !off;
         }
-        if let Some(v) = self.max_frame_size {
-            c.limits.max_frame_size = v;
-        }
-        if let Some(v) = self.max_message_size {
-            c.limits.max_message_size = v;
-        }
-        if let Some(v) = self.heartbeat_interval_ms {
-            c.timeouts.heartbeat_interval_ms = v;
-        }
-        if let Some(v) = self.heartbeat_timeout_ms {
-            c.timeouts.heartbeat_timeout_ms = v;
-        }
-        if let Some(v) = self.handshake_timeout_ms {
-            c.timeouts.handshake_timeout_ms = v;
-        }
-        if self.no_compression {
-            c.compression.enabled = false;
-        }
+        set(&mut c.compression.enabled, &self.compression);
+        set(&mut c.compression.threshold, &self.compression_threshold);
+        let r = &mut c.relay;
+        set(&mut r.publish, &self.relay_publish);
+        set(
+            &mut r.publish_requires_membership,
+            &self.relay_publish_requires_membership,
+        );
+        set(&mut r.broadcast, &self.relay_broadcast);
+        set(&mut r.direct, &self.relay_direct);
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }
 }
 
+/// The configuration as `check-config` prints it: TOML that `--config` reads back, with the
+/// API key (if any) replaced by [`REDACTED`].
+fn printable_config(config: &Config) -> Result<String, String> {
+    let mut shown = config.clone();
+    if shown.api_key.is_some() {
+        shown.api_key = Some(REDACTED.to_owned());
+    }
+    let toml = toml::to_string_pretty(&shown).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "# shardcast effective configuration (defaults < config file < environment < flags)\n{toml}"
+    ))
+}
+
+/// Whether log lines carry ANSI colours: only on a terminal, and not when `NO_COLOR` is set
+/// to anything non-empty (no-color.org).
+fn log_colours(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
 fn init_logging(args: &ServeArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+    // `log` passed `log_filter`, so this parses.
+    let filter = tracing_subscriber::EnvFilter::try_new(args.log.as_deref().unwrap_or("info"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = log_colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     // A log line that cannot be written (a closed pipe) is dropped: by default the subscriber
     // reports it with `eprintln!`, which panics on the same closed pipe and would take down
     // the thread that logged (a shard, or the signal thread).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .log_internal_errors(false);
     if args.log_format.as_deref() == Some("json") {
         builder.json().init();
     } else {
         builder.init();
     }
+}
+
+/// Parses the command line; on a usage error exits 2 with clap's message, except that a bad
+/// value taken from an environment variable is reported under the variable's name.
+fn parse_cli() -> Cli {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let mut cmd = cli_command(args.get(1).map(OsString::as_os_str));
+    let err = match cmd.try_get_matches_from_mut(&args) {
+        Ok(matches) => match Cli::from_arg_matches(&matches) {
+            Ok(cli) => return cli,
+            Err(e) => e.format(&mut cmd),
+        },
+        Err(e) => e,
+    };
+    match env_value_error(&err, args) {
+        Some(message) => {
+            eprintln!("shardcast: {message}");
+            std::process::exit(2);
+        }
+        None => err.exit(),
+    }
+}
+
+/// The parser for a command line whose first argument is `first`. A subcommand comes first
+/// (the top level's flags conflict with one) and has its own copy of the flags, which reads
+/// the environment; the top level's copy must not read it too, or a bad variable would be
+/// reported where the subcommand's flag replaces it (`SHARDCAST_PORT=x shardcast serve -p 1`).
+fn cli_command(first: Option<&OsStr>) -> clap::Command {
+    let cmd = Cli::command();
+    let subcommand = first
+        .and_then(OsStr::to_str)
+        .is_some_and(|a| a == "help" || cmd.find_subcommand(a).is_some());
+    if subcommand {
+        cmd.mut_args(|a| a.env(None))
+    } else {
+        cmd
+    }
+}
+
+/// For a value error whose value came from the environment, the message naming the variable
+/// (`invalid value 'abc' for SHARDCAST_PORT: invalid digit found in string`). `None` when the
+/// value was on the command line: clap's message, which names the flag, is right then.
+fn env_value_error(err: &clap::Error, args: impl IntoIterator<Item = OsString>) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let ContextValue::String(arg) = err.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let ContextValue::String(value) = err.get(ContextKind::InvalidValue)? else {
+        return None;
+    };
+    let mut cmd = Cli::command();
+    // Built, so that flags render as clap's messages render them (`--port <PORT>`).
+    cmd.build();
+    // Every command takes the same flags, so the top level names them all.
+    let var = cmd
+        .get_arguments()
+        .find(|a| a.to_string() == *arg)?
+        .get_env()?
+        .to_owned();
+    if std::env::var_os(&var).as_deref() != Some(OsStr::new(value)) {
+        return None;
+    }
+    // clap reads a variable only for a flag the command line left out. Whether it did: the
+    // command line parses without any variable exactly when the bad value was not on it.
+    without_env().try_get_matches_from(args).ok()?;
+    let why = match err.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(valid)) => format!("possible values: {}", valid.join(", ")),
+        _ => std::error::Error::source(err).map_or_else(String::new, ToString::to_string),
+    };
+    let var = var.to_string_lossy();
+    Some(if why.is_empty() {
+        format!("invalid value '{value}' for {var}")
+    } else {
+        format!("invalid value '{value}' for {var}: {why}")
+    })
+}
+
+/// The parser with no flag reading the environment, at any level.
+fn without_env() -> clap::Command {
+    let mut cmd = Cli::command().mut_args(|a| a.env(None));
+    let subcommands: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for name in subcommands {
+        cmd = cmd.mut_subcommand(name, |s| s.mut_args(|a| a.env(None)));
+    }
+    cmd
 }
 
 /// Raises the soft open-file limit to the hard one: each connection is a descriptor, and the
@@ -177,7 +394,7 @@ fn raise_open_file_limit() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let (args, check_only) = match cli.command {
         Some(Command::Serve(a)) => (a, false),
         Some(Command::CheckConfig(a)) => (a, true),
@@ -192,8 +409,16 @@ fn main() -> ExitCode {
         }
     };
     if check_only {
-        println!("{config:#?}");
-        return ExitCode::SUCCESS;
+        return match printable_config(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shardcast: cannot print the configuration as TOML: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     raise_open_file_limit();
     let running = match Server::builder().config(config).relay(true).start() {
@@ -213,5 +438,239 @@ fn main() -> ExitCode {
             eprintln!("shardcast: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `args` as flags only: the tests' own environment must not leak in.
+    fn parse(args: &[&str]) -> ServeArgs {
+        let cli = without_env()
+            .try_get_matches_from(std::iter::once("shardcast").chain(args.iter().copied()))
+            .and_then(|m| Cli::from_arg_matches(&m))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.command {
+            Some(Command::Serve(a) | Command::CheckConfig(a)) => a,
+            None => cli.serve,
+        }
+    }
+
+    /// The `[default: X]` a flag's help names.
+    fn documented_default(arg: &clap::Arg) -> Option<String> {
+        let help = arg.get_help()?.to_string();
+        let (_, rest) = help.split_once("[default: ")?;
+        Some(rest.split([']', ',', ' ']).next()?.to_owned())
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every flag has a variable and says what it does; every flag but those without a
+    /// default names its default exactly once, and clap adds none of its own (a clap default
+    /// would also override the config file).
+    #[test]
+    fn every_flag_has_a_variable_and_one_default() {
+        let no_default = ["config"];
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            let want_env = format!("SHARDCAST_{}", id.to_ascii_uppercase());
+            assert_eq!(env.as_deref(), Some(want_env.as_str()), "--{id}");
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(help.len() > 20, "--{id} says what it does: {help:?}");
+            let defaults = help.matches("[default:").count();
+            let want = usize::from(!no_default.contains(&id));
+            assert_eq!(defaults, want, "--{id}: {help:?}");
+            assert!(
+                arg.get_default_values().is_empty(),
+                "--{id} has a clap default"
+            );
+        }
+    }
+
+    /// A flag set to the default its help names changes nothing, so the help is right.
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        let mut checked = 0;
+        for arg in Cli::command().get_arguments() {
+            let Some(value) = documented_default(arg) else {
+                continue;
+            };
+            let Some(long) = arg.get_long() else {
+                continue;
+            };
+            // `--tcp-port`'s default is `--port + 1`, not a value.
+            if value.starts_with("--") || value == "none" {
+                continue;
+            }
+            let flag = format!("--{long}={value}");
+            let config = parse(&[&flag]).to_config().unwrap();
+            assert_eq!(config, Config::default(), "{flag}");
+            checked += 1;
+        }
+        assert!(checked >= 25, "{checked}");
+    }
+
+    #[test]
+    fn flags_reach_every_setting() {
+        let args = parse(&[
+            "--host=127.0.0.1",
+            "--port=4000",
+            "--tcp-port=0",
+            "--shards=2",
+            "--bench-endpoints",
+            "--api-key=k",
+            "--max-connections=7",
+            "--max-rooms=8",
+            "--max-rooms-per-client=9",
+            "--max-room-name=10",
+            "--max-frame-size=1000",
+            "--max-message-size=2000",
+            "--max-queued-bytes=70000",
+            "--max-http-head=2048",
+            "--max-http-body=3000",
+            "--heartbeat-interval-ms=100",
+            "--heartbeat-timeout-ms=200",
+            "--handshake-timeout-ms=300",
+            "--shutdown-timeout-ms=400",
+            "--compression=false",
+            "--compression-threshold=64",
+            "--relay-publish=false",
+            "--relay-publish-requires-membership",
+            "--relay-broadcast=false",
+            "--relay-direct=false",
+        ]);
+        let c = args.to_config().unwrap();
+        let want = Config::from_toml(
+            r#"
+            host = "127.0.0.1"
+            port = 4000
+            tcp_port = 0
+            shards = 2
+            bench_endpoints = true
+            api_key = "k"
+            [limits]
+            max_connections = 7
+            max_rooms = 8
+            max_rooms_per_client = 9
+            max_room_name = 10
+            max_frame_size = 1000
+            max_message_size = 2000
+            max_queued_bytes = 70000
+            max_http_head = 2048
+            max_http_body = 3000
+            [timeouts]
+            heartbeat_interval_ms = 100
+            heartbeat_timeout_ms = 200
+            handshake_timeout_ms = 300
+            shutdown_timeout_ms = 400
+            [compression]
+            enabled = false
+            threshold = 64
+            [relay]
+            publish = false
+            publish_requires_membership = true
+            broadcast = false
+            direct = false
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c, want);
+    }
+
+    #[test]
+    fn flags_override_the_file_both_ways() {
+        let path = std::env::temp_dir().join(format!("shardcast-cli-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "bench_endpoints = true\n[relay]\ndirect = false\n[limits]\nmax_rooms = 5\n",
+        )
+        .unwrap();
+        let file = format!("--config={}", path.display());
+        let from_file = parse(&[&file]).to_config().unwrap();
+        assert!(from_file.bench_endpoints && !from_file.relay.direct);
+        assert_eq!(from_file.limits.max_rooms, 5);
+        let c = parse(&[
+            &file,
+            "--bench-endpoints=false",
+            "--relay-direct",
+            "--max-rooms=6",
+        ])
+        .to_config()
+        .unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(!c.bench_endpoints && c.relay.direct);
+        assert_eq!(c.limits.max_rooms, 6);
+    }
+
+    #[test]
+    fn no_compression_still_turns_compression_off() {
+        let c = parse(&["--no-compression"]).to_config().unwrap();
+        assert!(!c.compression.enabled);
+        assert!(without_env()
+            .try_get_matches_from(["shardcast", "--no-compression", "--compression"])
+            .is_err());
+    }
+
+    #[test]
+    fn check_config_prints_toml_that_reads_back() {
+        let c = parse(&["--port=4000", "--relay-broadcast=false"])
+            .to_config()
+            .unwrap();
+        let text = printable_config(&c).unwrap();
+        assert_eq!(Config::from_toml(&text).unwrap(), c, "{text}");
+        assert!(!text.contains("api_key"), "{text}");
+    }
+
+    #[test]
+    fn check_config_redacts_the_api_key() {
+        let c = parse(&["--api-key=s3cret"]).to_config().unwrap();
+        let text = printable_config(&c).unwrap();
+        assert!(!text.contains("s3cret"), "{text}");
+        let shown = Config::from_toml(&text).unwrap();
+        assert_eq!(shown.api_key.as_deref(), Some(REDACTED));
+        assert_eq!(
+            Config {
+                api_key: c.api_key.clone(),
+                ..shown
+            },
+            c
+        );
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(log_colours(true, None));
+        assert!(log_colours(true, Some(OsStr::new(""))));
+        assert!(!log_colours(true, Some(OsStr::new("1"))));
+        assert!(!log_colours(false, None));
+        assert!(!log_colours(false, Some(OsStr::new("1"))));
+    }
+
+    #[test]
+    fn a_bad_log_filter_is_refused() {
+        assert!(without_env()
+            .try_get_matches_from(["shardcast", "--log=shardcast=loud"])
+            .is_err());
+        assert_eq!(
+            parse(&["--log=shardcast=debug"]).log.as_deref(),
+            Some("shardcast=debug")
+        );
+    }
+
+    #[test]
+    fn a_bad_flag_value_is_reported_by_clap() {
+        // On the command line the flag is named, by clap: no variable is involved.
+        let args = ["shardcast", "--port", "abc"];
+        let err = without_env().try_get_matches_from(args).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert_eq!(env_value_error(&err, args.map(OsString::from)), None);
     }
 }

@@ -4,7 +4,13 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
 use common::*;
+use shardcast_loadgen::report::Report;
 
 #[test]
 fn echo_over_websocket_and_tcp() {
@@ -383,41 +389,116 @@ fn failures_are_counted_by_kind() {
         r.results.errors
     );
     assert_eq!(r.results.connections.failed, 3);
+}
 
-    // The server dies mid-run: the disconnects are counted, not guessed.
+#[test]
+fn a_server_killed_mid_run_loses_every_connection() {
+    // The server dies mid-run: the disconnects are counted, by kind, not guessed.
+    const CONNS: u64 = 5;
     let mut s = Server::start();
-    let url = format!("ws://{}", s.ws);
     let json = temp("killed.json");
-    let json_s = json.to_str().unwrap().to_string();
-    let args = vec![
-        "hold".to_string(),
-        "--url".into(),
-        url,
-        "-c".into(),
-        "5".into(),
-        "--duration".into(),
-        "3s".into(),
-        "--no-progress".into(),
-        "--json".into(),
-        json_s,
-    ];
-    let handle = std::thread::spawn(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(&a, std::time::Duration::from_secs(60))
-    });
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    s.proc.kill();
-    let out = handle.join().unwrap();
+    let conns = CONNS.to_string();
+    // The hold lasts 5 s from the moment all connections are open; the kill follows that
+    // moment by one /health poll, so it lands well inside the hold (checked below).
+    let mut lg = Proc {
+        child: Command::new(loadgen_bin())
+            .args([
+                "hold",
+                "--url",
+                &format!("ws://{}", s.ws),
+                "-c",
+                &conns,
+                "--duration",
+                "5s",
+                "--no-progress",
+                "--json",
+                json.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start loadgen"),
+    };
+    // The event: the server holds every connection. Killing it earlier would turn the
+    // connects that had not happened yet into `connect_refused`, which is not a loss.
+    wait_for_active_connections(&s.ws, CONNS, Duration::from_secs(30));
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        lg.child.try_wait().unwrap().is_none(),
+        "the loadgen ended its 5 s hold before the server was killed"
     );
-    let r = shardcast_loadgen::report::Report::load(&json).unwrap();
+    s.proc.kill();
+    let (status, stdout, stderr) = wait_output(&mut lg, Duration::from_secs(60));
+    let r = Report::load(&json).unwrap_or_else(|e| panic!("report: {e}\n{stdout}\n{stderr}"));
     let _ = std::fs::remove_file(&json);
-    let lost: u64 = ["server_eof", "reset", "closed_by_server"]
-        .iter()
-        .filter_map(|k| r.results.errors.get(*k))
-        .sum();
-    assert_eq!(lost, 5, "{:?}", r.results.errors);
+    let c = &r.results.connections;
+    let errors = &r.results.errors;
+    assert_eq!(c.attempted, CONNS, "{c:?}");
+    // SIGKILL sends no close frame: the kernel closes each socket, with a FIN (`server_eof`)
+    // or, when the server had unread bytes, a RST (`reset`). Each connection ends once, so
+    // each is counted once, and nothing else is counted.
+    for kind in errors.keys() {
+        assert!(
+            ["server_eof", "reset"].contains(&kind.as_str()),
+            "unexpected kind {kind}: {errors:?}"
+        );
+    }
+    assert_eq!(errors.values().sum::<u64>(), CONNS, "{errors:?}");
+    // The server counts a connection as open once its 101 is queued; a client that had not
+    // read its 101 when the kill landed fails its handshake instead (same kinds as above).
+    assert_eq!(c.established + c.failed, CONNS, "{c:?}");
+    assert_eq!(r.results.messages.sent, 0);
+    // The run itself succeeded unless not one connection was established.
+    let want = if c.established > 0 { 0 } else { 1 };
+    assert_eq!(status.code(), Some(want), "{c:?}\n{stdout}\n{stderr}");
+}
+
+/// Polls the server's `/health` until `activeConnections` is `want`, within `within`.
+fn wait_for_active_connections(ws: &str, want: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = active_connections(ws);
+        if last == Some(want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!(
+        "the server did not report {want} active connections within {within:?} (last: {last:?})"
+    );
+}
+
+/// `activeConnections` from one `GET /health`, or `None` if the request failed.
+fn active_connections(ws: &str) -> Option<u64> {
+    let mut sock = TcpStream::connect(ws).ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    sock.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
+    sock.write_all(b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = Vec::new();
+    sock.read_to_end(&mut response).ok()?;
+    let body_at = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let health: serde_json::Value = serde_json::from_slice(&response[body_at..]).ok()?;
+    health["activeConnections"].as_u64()
+}
+
+/// Waits for `p` to exit within `within` (else kills it and panics); its status and output.
+fn wait_output(p: &mut Proc, within: Duration) -> (ExitStatus, String, String) {
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = p.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut o) = p.child.stdout.take() {
+        let _ = o.read_to_string(&mut stdout);
+    }
+    if let Some(mut e) = p.child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    (status, stdout, stderr)
 }

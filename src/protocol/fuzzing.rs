@@ -169,8 +169,61 @@ mod tests {
         fn envelopes_never_panic(data in bytes()) { envelopes(&data); }
     }
 
+    /// The smallest valid upgrade, with the key of RFC 6455 §1.3.
+    const VALID_UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    /// The same request without its `Sec-WebSocket-Key` line.
+    const KEYLESS_UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    /// Runs the server handshake on a complete request head, as the fuzz body does, but
+    /// returns the outcome and the bytes written so the caller can check them.
+    fn accept(
+        request: &[u8],
+    ) -> (
+        Result<handshake::Negotiated<'static>, handshake::HandshakeError>,
+        BytesMut,
+    ) {
+        static CONFIG: std::sync::OnceLock<ServerConfig> = std::sync::OnceLock::new();
+        let config = CONFIG.get_or_init(ServerConfig::default);
+        let req = http::parse_request(request, &Limits::default())
+            .expect("a well-formed HTTP request")
+            .expect("a complete head");
+        let mut out = BytesMut::new();
+        let r = handshake::accept(&req, config, &[], &mut out);
+        (r, out)
+    }
+
     #[test]
     fn a_valid_handshake_is_accepted() {
-        ws_handshake(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+        // The fuzz body takes it without panicking...
+        ws_handshake(VALID_UPGRADE);
+        // ...and the handshake answers it with exactly RFC 6455 §1.3's 101: the accept value
+        // of key `dGhlIHNhbXBsZSBub25jZQ==` is `s3pPLMBiTxaQ9kYGzzhZRbK+xOo=`.
+        let (r, out) = accept(VALID_UPGRADE);
+        let n = r.expect("a valid upgrade is accepted");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+        assert_eq!(n.consumed, VALID_UPGRADE.len());
+        assert_eq!((n.subprotocol, n.deflate), (None, None));
+    }
+
+    #[test]
+    fn a_handshake_without_a_key_is_refused() {
+        ws_handshake(KEYLESS_UPGRADE);
+        let (r, out) = accept(KEYLESS_UPGRADE);
+        // RFC 6455 §4.2.1 5: the request MUST carry a |Sec-WebSocket-Key|.
+        let e = r.expect_err("an upgrade without a key is refused");
+        assert_eq!(e, handshake::HandshakeError::MissingKey);
+        assert!(out.is_empty(), "no 101 is written for a refused upgrade");
+        let mut answer = BytesMut::new();
+        assert!(e.write_response(&mut answer));
+        assert!(
+            answer.starts_with(b"HTTP/1.1 400 "),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
     }
 }
