@@ -89,7 +89,7 @@ pub struct Timeouts {
 
 /// Process-wide memory budgets, in bytes, split evenly between shards. See the README
 /// ("Limits and what happens at each") for what the server does at each.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Memory {
     /// Frames queued to clients, all clients together. 0 = a quarter of the memory available

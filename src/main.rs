@@ -101,8 +101,10 @@ struct ServeArgs {
     /// Largest message after reassembly and decompression, in bytes [default: 10485760].
     #[arg(long, env = "SHARDCAST_MAX_MESSAGE_SIZE", value_name = "BYTES")]
     max_message_size: Option<usize>,
-    /// Bytes queued for one client beyond which it is disconnected as a slow consumer
-    /// [default: 16777216].
+    /// A client's backlog (bytes still queued after its socket took all it would) that it may
+    /// not exceed for longer than --slow-consumer-ms, or it is disconnected as a slow consumer
+    /// (close 1008); a connection is not read while its queue is above a quarter of this
+    /// [default: 4194304].
     #[arg(long, env = "SHARDCAST_MAX_QUEUED_BYTES", value_name = "BYTES")]
     max_queued_bytes: Option<usize>,
     /// Largest HTTP request head (request line + headers), in bytes [default: 8192].
@@ -126,6 +128,26 @@ struct ServeArgs {
     /// [default: 10000].
     #[arg(long, env = "SHARDCAST_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
     shutdown_timeout_ms: Option<u64>,
+    /// How long a client may stay more than --max-queued-bytes behind before it is
+    /// disconnected as a slow consumer, in milliseconds; 0 = at once [default: 5000].
+    #[arg(long, env = "SHARDCAST_SLOW_CONSUMER_MS", value_name = "MS")]
+    slow_consumer_ms: Option<u64>,
+
+    /// Memory for frames queued to clients, all clients together, in bytes; 0 = a quarter of
+    /// the machine's (or cgroup's) memory. When full, the clients with the largest queues are
+    /// disconnected as slow consumers [default: 0].
+    #[arg(long, env = "SHARDCAST_OUTPUT_BUDGET", value_name = "BYTES")]
+    output_budget: Option<usize>,
+    /// Memory for partly received messages, all connections together, in bytes; 0 = an eighth
+    /// of the machine's (or cgroup's) memory. When full, the connections holding the most are
+    /// closed (1013) [default: 0].
+    #[arg(long, env = "SHARDCAST_INPUT_BUDGET", value_name = "BYTES")]
+    input_budget: Option<usize>,
+    /// Per shard: bytes of cross-shard messages held while another shard's inbox is full;
+    /// above half of it the shard stops reading its clients, at the bound messages are
+    /// dropped and counted [default: 67108864].
+    #[arg(long, env = "SHARDCAST_MESH_OVERFLOW", value_name = "BYTES")]
+    mesh_overflow: Option<usize>,
 
     /// Negotiate permessage-deflate when a client offers it [default: true].
     #[arg(long, env = "SHARDCAST_COMPRESSION", value_name = "BOOL", num_args = 0..=1,
@@ -211,6 +233,11 @@ impl ServeArgs {
         set(&mut t.heartbeat_timeout_ms, &self.heartbeat_timeout_ms);
         set(&mut t.handshake_timeout_ms, &self.handshake_timeout_ms);
         set(&mut t.shutdown_timeout_ms, &self.shutdown_timeout_ms);
+        set(&mut t.slow_consumer_ms, &self.slow_consumer_ms);
+        let m = &mut c.memory;
+        set(&mut m.output_budget, &self.output_budget);
+        set(&mut m.input_budget, &self.input_budget);
+        set(&mut m.mesh_overflow, &self.mesh_overflow);
         // The two never come together (clap refuses the pair).
         if let Some(off) = self.no_compression {
             c.compression.enabled = !off;
@@ -540,6 +567,10 @@ mod tests {
             "--heartbeat-timeout-ms=200",
             "--handshake-timeout-ms=300",
             "--shutdown-timeout-ms=400",
+            "--slow-consumer-ms=500",
+            "--output-budget=2000000",
+            "--input-budget=3000000",
+            "--mesh-overflow=4000000",
             "--compression=false",
             "--compression-threshold=64",
             "--relay-publish=false",
@@ -571,6 +602,11 @@ mod tests {
             heartbeat_timeout_ms = 200
             handshake_timeout_ms = 300
             shutdown_timeout_ms = 400
+            slow_consumer_ms = 500
+            [memory]
+            output_budget = 2000000
+            input_budget = 3000000
+            mesh_overflow = 4000000
             [compression]
             enabled = false
             threshold = 64
