@@ -1,7 +1,9 @@
-//! Start-up under production limits: the server must start with the machine's cores under
-//! the default `ulimit -l` (8 MiB) without CAP_IPC_LOCK (which root has here, and production
-//! services usually do not). `capsh` (Debian package libcap2-bin, installed by ./test.sh)
-//! drops the capability.
+//! The server process as an operator sees it: start-up under production limits (the machine's
+//! cores under the default `ulimit -l` of 8 MiB, without CAP_IPC_LOCK, which root has here and
+//! production services usually do not; `capsh` from Debian's libcap2-bin, installed by
+//! ./test.sh, drops the capability), the ports it picks, and how it answers signals.
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -131,4 +133,32 @@ fn a_closed_log_pipe_does_not_prevent_a_graceful_shutdown() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// SIGHUP (a closed terminal, or `systemctl reload`) must never kill the server: it is caught
+/// with the shutdown signals, runs the reload hooks (none yet in the relay, which says so) and
+/// the server carries on serving the connections it has. SIGTERM still shuts it down
+/// gracefully afterwards.
+#[tokio::test]
+async fn sighup_is_caught_and_the_server_keeps_serving() {
+    // Info level: the line saying the signal was handled is what the test waits on.
+    let mut server = common::ServerProc::start(&["--shards", "2", "--log", "info"]);
+    let mut ws = common::Ws::connect(&server.ws_url("/")).await;
+    let id = ws.whoami().await;
+
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) }, 0);
+    // Handled, not merely not yet delivered: the signal thread logged it.
+    server.expect_output("SIGHUP received");
+
+    // The same connection is still served, and so is a new one.
+    assert_eq!(ws.whoami().await, id, "the same client, still connected");
+    let (status, body) = common::http(server.ws, "GET", "/health", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+
+    let status = server.terminate().expect("exit within 20 s of SIGTERM");
+    assert!(
+        status.success(),
+        "graceful exit on SIGTERM after SIGHUP: {status}"
+    );
 }

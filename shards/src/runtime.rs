@@ -7,10 +7,10 @@
 //! 2. raises the soft `RLIMIT_MEMLOCK` to the hard limit (see "Locked memory" below);
 //! 3. binds every listener, one `SO_REUSEPORT` socket per shard (`listener.rs`), so that an
 //!    address in use fails here, before any thread exists;
-//! 4. creates the mesh inboxes and shutdown doorbells, and registers the signal handler if
-//!    asked;
-//! 5. spawns one named thread per shard, which blocks SIGINT/SIGTERM, pins itself, builds its
-//!    glommio executor, wraps its sockets and reports ready — then waits for "go";
+//! 4. creates the mesh inboxes and shutdown doorbells, and registers with the signal thread if
+//!    asked (until the `Runtime` drops);
+//! 5. spawns one named thread per shard, which blocks the handled signals, pins itself, builds
+//!    its glommio executor, wraps its sockets and reports ready — then waits for "go";
 //! 6. waits for every report. All ready: sends "go" and returns the [`Runtime`]. Any failure
 //!    (executor creation, thread spawn, a panic): tells the others to stand down, joins them
 //!    and returns the first error. So the caller never hangs on a half-started runtime.
@@ -63,7 +63,8 @@ use crate::listener::{bind_group, BoundListener, Listener};
 use crate::mesh::{self, InboxParts, MeshSender};
 use crate::shard::{Shard, ShardInner};
 use crate::shutdown::{self, ShardShutdown, Shutdown};
-use crate::{signals, sys};
+use crate::signals::{self, HangupHook};
+use crate::sys;
 
 /// Defaults, documented on the builder methods.
 const DEFAULT_BACKLOG: u32 = 4096;
@@ -133,7 +134,7 @@ pub enum StartError {
     /// Creating a doorbell socketpair failed (out of descriptors).
     #[error("cannot create a shard doorbell: {0}")]
     Doorbell(#[source] io::Error),
-    /// Installing the SIGINT/SIGTERM handler failed.
+    /// Installing the SIGINT/SIGTERM/SIGHUP handlers or starting the signal thread failed.
     #[error("cannot install the signal handler: {0}")]
     Signals(#[source] io::Error),
     /// The OS refused to create a shard thread.
@@ -240,6 +241,8 @@ pub struct Builder<M = ()> {
     timer_tick: Duration,
     drain_timeout: Duration,
     handle_signals: bool,
+    /// Run on SIGHUP, in order, when `handle_signals` is on.
+    hangup_hooks: Vec<HangupHook>,
     thread_name: String,
     wake_guard: Option<Duration>,
     messages: PhantomData<fn() -> M>,
@@ -263,6 +266,7 @@ impl<M> fmt::Debug for Builder<M> {
             .field("timer_tick", &self.timer_tick)
             .field("drain_timeout", &self.drain_timeout)
             .field("handle_signals", &self.handle_signals)
+            .field("hangup_hooks", &self.hangup_hooks.len())
             .field("wake_guard", &self.wake_guard)
             .finish()
     }
@@ -283,6 +287,7 @@ impl Default for Builder<()> {
             timer_tick: DEFAULT_TIMER_TICK,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             handle_signals: false,
+            hangup_hooks: Vec::new(),
             thread_name: "shard".into(),
             wake_guard: Some(DEFAULT_WAKE_GUARD),
             messages: PhantomData,
@@ -307,6 +312,7 @@ impl<M: Send + 'static> Builder<M> {
             timer_tick: self.timer_tick,
             drain_timeout: self.drain_timeout,
             handle_signals: self.handle_signals,
+            hangup_hooks: self.hangup_hooks,
             thread_name: self.thread_name,
             wake_guard: self.wake_guard,
             messages: PhantomData,
@@ -404,10 +410,24 @@ impl<M: Send + 'static> Builder<M> {
         self
     }
 
-    /// Turn SIGINT/SIGTERM into shutdown: the first drains, the second forces (default
-    /// `false`; a server binary turns it on). See `signals.rs` for how.
+    /// Handle SIGINT, SIGTERM and SIGHUP (default `false`; a server binary turns it on).
+    /// SIGINT/SIGTERM: the first drains, the second forces. SIGHUP never ends the process: it
+    /// runs the [`Builder::on_hangup`] hooks, or is logged and ignored when there are none.
+    /// Once no runtime that handles signals is left, each takes its default action again. See
+    /// `signals.rs` for how.
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.handle_signals = on;
+        self
+    }
+
+    /// Adds a hook run on SIGHUP (the conventional "reload your configuration" signal), when
+    /// [`Builder::handle_signals`] is on; hooks run in the order added. They run on the
+    /// process's signal thread, one SIGHUP at a time, while this runtime is serving (not once
+    /// it is shutting down): a hook should do its work quickly or hand it to a thread or a
+    /// shard (`Runtime::mesh`), since a later SIGTERM waits for it. A hook that panics is
+    /// logged; the others still run and the signal thread carries on.
+    pub fn on_hangup(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.hangup_hooks.push(Arc::new(hook));
         self
     }
 
@@ -541,8 +561,17 @@ impl<M: Send + 'static> Builder<M> {
             shutdown_reads.push(read);
         }
         let shutdown = Shutdown::new(shutdown_bells.into_boxed_slice());
-        if self.handle_signals {
-            signals::register(&shutdown).map_err(StartError::Signals)?;
+        let signals = if self.handle_signals {
+            let hooks = self.hangup_hooks.clone().into();
+            Some(signals::register(&shutdown, hooks).map_err(StartError::Signals)?)
+        } else {
+            None
+        };
+        if signals.is_none() && !self.hangup_hooks.is_empty() {
+            tracing::warn!(
+                hooks = self.hangup_hooks.len(),
+                "hangup hooks are configured but signal handling is off: they will never run"
+            );
         }
 
         // 5. Spawn the shards.
@@ -640,6 +669,7 @@ impl<M: Send + 'static> Builder<M> {
             mesh,
             shutdown,
             threads: Some(threads),
+            _signals: signals,
         })
     }
 }
@@ -781,9 +811,10 @@ where
         shutdown: shutdown.clone(),
     };
 
-    // Before glommio spawns its helper thread (which inherits this mask).
-    if let Err(error) = sys::block_shutdown_signals_in_current_thread() {
-        tracing::warn!(shard = id, %error, "cannot block SIGINT/SIGTERM on the shard thread");
+    // Before glommio spawns its helper thread (which inherits this mask). Why shards block
+    // them: `signals::block_in_current_thread`.
+    if let Err(error) = signals::block_in_current_thread() {
+        tracing::warn!(shard = id, %error, "cannot block the handled signals on the shard thread");
     }
     // Pin before the executor allocates, so its memory is NUMA-local.
     let cpu = cpu.and_then(|c| match sys::pin_current_thread(c) {
@@ -884,6 +915,9 @@ pub struct Runtime<M = ()> {
     mesh: MeshSender<M>,
     shutdown: Shutdown,
     threads: Option<Vec<JoinHandle<ShardExit>>>,
+    /// Signals reach this runtime until it drops, which `join` and `Drop` do after the shard
+    /// threads have ended (a field drops after `Drop::drop` has run).
+    _signals: Option<signals::Registered>,
 }
 
 impl<M> fmt::Debug for Runtime<M> {

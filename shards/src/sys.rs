@@ -91,30 +91,24 @@ pub(crate) fn has_cap_ipc_lock() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
 }
 
-/// The signals the runtime turns into a graceful shutdown.
-pub(crate) const SHUTDOWN_SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
-
-/// Blocks SIGINT and SIGTERM in the calling thread (and in every thread it spawns later, which
-/// inherit the mask). Shard threads do this first thing so that a signal is never delivered to
-/// them: glommio's `io_uring_enter` would otherwise see `EINTR`, and a shard must not run a
-/// signal handler in the middle of its loop.
-pub(crate) fn block_shutdown_signals_in_current_thread() -> io::Result<()> {
-    set_shutdown_signal_mask(libc::SIG_BLOCK)
+/// Blocks `signals` in the calling thread (and in every thread it spawns later, which inherit
+/// the mask).
+pub(crate) fn block_signals_in_current_thread(signals: &[libc::c_int]) -> io::Result<()> {
+    set_signal_mask(libc::SIG_BLOCK, signals)
 }
 
-/// Unblocks SIGINT and SIGTERM in the calling thread (the signal thread, which must be able
-/// to re-raise them).
-pub(crate) fn unblock_shutdown_signals_in_current_thread() -> io::Result<()> {
-    set_shutdown_signal_mask(libc::SIG_UNBLOCK)
+/// Unblocks `signals` in the calling thread.
+pub(crate) fn unblock_signals_in_current_thread(signals: &[libc::c_int]) -> io::Result<()> {
+    set_signal_mask(libc::SIG_UNBLOCK, signals)
 }
 
-fn set_shutdown_signal_mask(how: libc::c_int) -> io::Result<()> {
+fn set_signal_mask(how: libc::c_int, signals: &[libc::c_int]) -> io::Result<()> {
     // SAFETY: `sigset_t` is plain data and initialised by `sigemptyset` before use;
     // `pthread_sigmask` only changes the calling thread's mask.
     unsafe {
         let mut set: libc::sigset_t = mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in SHUTDOWN_SIGNALS {
+        for &sig in signals {
             libc::sigaddset(&mut set, sig);
         }
         let rc = libc::pthread_sigmask(how, &set, std::ptr::null_mut());

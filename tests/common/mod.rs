@@ -120,6 +120,26 @@ impl ServerProc {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Waits (with the harness deadline) for a line of the server's output containing
+    /// `needle` and returns it. Stderr lines come prefixed with `stderr: `. Lines read while
+    /// waiting are consumed.
+    pub fn expect_output(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the server printed no line with {needle:?} within {DEADLINE:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the server closed its output (exited?) before printing {needle:?}")
+                }
+            }
+        }
+    }
 }
 
 impl Drop for ServerProc {
