@@ -85,7 +85,8 @@
 //! `runtime.rs` start/join and configuration; `shard.rs` the per-shard handle; `listener.rs`
 //! binding and accepting; `mesh.rs` inboxes; `doorbell.rs` the wake-up handshake; `timer/`
 //! the wheel and its driver; `shutdown.rs` phases; `signals.rs` SIGINT/SIGTERM/SIGHUP (with
-//! `signal-hook`); `event.rs` a shard-local set-once event; `sys.rs` the libc calls.
+//! `signal-hook`); `event.rs` a shard-local set-once event; `sys.rs` the OS calls (sockets
+//! through `socket2`, the rest through `libc`).
 //!
 //! glommio is re-exported as [`glommio`] so callers name the same version's types.
 

@@ -3,9 +3,9 @@
 //!
 //! Binding (DESIGN.md "Each shard binds its own SO_REUSEPORT listener on every port"): for each
 //! named address, [`bind_group`] creates one socket per shard on the same port. Port 0 works:
-//! the first socket lets the kernel choose and the others bind the port it chose. Everything
-//! is bound in the starting thread before a shard runs, so "address in use" surfaces as a
-//! start error at once and the bound ports can be logged in one line.
+//! the kernel chooses the port once and every shard's socket binds it. Everything is bound in
+//! the starting thread before a shard runs, so "address in use" surfaces as a start error at
+//! once and the bound ports can be logged in one line.
 //!
 //! Accepting ([`Listener::accept_loop`]): accept on this shard's socket and hand each stream
 //! to a callback, until shutdown begins, then close the socket (stop accepting). Errors are
@@ -43,28 +43,36 @@ pub struct BoundListener {
     pub addr: SocketAddr,
 }
 
-/// Binds `shards` sockets on `addr`. All share the port (the kernel's choice if `addr` has
-/// port 0).
+/// One configured address as bound: the address every socket of the group shares (with the
+/// kernel's port if port 0 was asked) and one listening socket per shard.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) addr: SocketAddr,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Binds `shards` listening sockets on `addr`, all on the same port (the kernel's choice if
+/// `addr` has port 0).
 ///
-/// A probe bind without `SO_REUSEPORT` runs first: `SO_REUSEPORT` lets any process of the same
-/// user join a group on a port, so without the probe a second server started by mistake on the
-/// same port would silently take half the connections instead of failing with "address in
-/// use". (A process grabbing the port in the microseconds between probe and bind is not
-/// covered.) For port 0 the probe is also what picks the port.
-pub(crate) fn bind_group(
-    addr: SocketAddr,
-    shards: usize,
-    backlog: u32,
-) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
-    let port = sys::probe_exclusive(addr)?;
+/// An exclusive claim on the address comes first (`sys::claim_exclusive`: a bind without
+/// `SO_REUSEPORT`). `SO_REUSEPORT` lets any process of the same user join a group on a port,
+/// so without the claim a second server started by mistake on the same port would silently
+/// take half the connections instead of failing with "address in use". For port 0 the claim
+/// is also what picks the port. The claim is held until every socket of the group listens, so
+/// the port is never released between being checked and being bound; a program that starts
+/// listening on it in between makes our bind fail with "address in use" (see
+/// `sys::claim_exclusive`). (Another process of the same user running this same sequence on
+/// the same port in the microseconds before our first `listen` is not covered: two claims that
+/// both set `SO_REUSEADDR` and do not listen may share a port.)
+pub(crate) fn bind_group(addr: SocketAddr, shards: usize, backlog: u32) -> io::Result<Group> {
+    let (claim, claimed) = sys::claim_exclusive(addr)?;
     let mut fds = Vec::with_capacity(shards);
-    let first = sys::reuseport_listener(port, backlog)?;
-    let bound = sys::local_addr(&first)?;
-    fds.push(first);
-    for _ in 1..shards {
-        fds.push(sys::reuseport_listener(bound, backlog)?);
+    for _ in 0..shards {
+        fds.push(sys::reuseport_listener(claimed, backlog)?);
     }
-    Ok((bound, fds))
+    // Our sockets listen now, which keeps out any socket that is not in our group.
+    drop(claim);
+    Ok(Group { addr: claimed, fds })
 }
 
 /// A fault of the accept path, each with its own counter label.
@@ -323,12 +331,19 @@ mod tests {
 
     #[test]
     fn bind_group_shares_one_port_and_port_zero_works() {
-        let (addr, fds) = bind_group("127.0.0.1:0".parse().unwrap(), 3, 128).unwrap();
-        assert_ne!(addr.port(), 0);
-        assert_eq!(fds.len(), 3);
-        for fd in &fds {
-            assert_eq!(sys::local_addr(fd).unwrap(), addr);
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 3, 128).unwrap();
+        assert_ne!(group.addr.port(), 0);
+        assert_eq!(group.fds.len(), 3);
+        for fd in &group.fds {
+            assert_eq!(sys::local_addr(fd).unwrap(), group.addr);
         }
+    }
+
+    #[test]
+    fn a_group_refuses_to_join_another_group_on_its_port() {
+        let first = bind_group("127.0.0.1:0".parse().unwrap(), 2, 16).unwrap();
+        let err = bind_group(first.addr, 2, 16).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 
     #[test]
@@ -338,7 +353,8 @@ mod tests {
             .make()
             .unwrap();
         ex.run(async {
-            let (addr, mut fds) = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
+            let Group { addr, mut fds } =
+                bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
             let shutdown = ShardShutdown::new();
             let listener = Listener::attach("t".into(), addr, fds.remove(0), Rc::clone(&shutdown));
             let counters = listener.counters();

@@ -535,7 +535,7 @@ impl<M: Send + 'static> Builder<M> {
                     });
                 }
             };
-            let (actual, fds) =
+            let group =
                 bind_group(addr, count, self.backlog).map_err(|source| StartError::Bind {
                     name: spec.name.clone(),
                     addr,
@@ -543,10 +543,10 @@ impl<M: Send + 'static> Builder<M> {
                 })?;
             bound.push(BoundListener {
                 name: spec.name.clone(),
-                addr: actual,
+                addr: group.addr,
             });
-            for (shard, fd) in fds.into_iter().enumerate() {
-                per_shard[shard].push((spec.name.clone(), actual, fd));
+            for (shard, fd) in group.fds.into_iter().enumerate() {
+                per_shard[shard].push((spec.name.clone(), group.addr, fd));
             }
         }
 
