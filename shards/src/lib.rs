@@ -6,8 +6,9 @@
 //!   [`Builder::start`] returns once every shard is up, or with the first shard's setup error
 //!   and nothing left running; [`Runtime::join`] returns when every shard has ended.
 //! - **Listeners** ([`Listener`]): for each named address, one `SO_REUSEPORT` socket per shard
-//!   on the same port (port 0 picks one for all), all bound before any shard runs; an accept
-//!   loop that counts errors and backs off on `EMFILE` instead of spinning.
+//!   on the same port (port 0 picks one for all), all bound before any shard runs; optionally
+//!   a listener at the port after another one's ([`Builder::listen_next_to`]); an accept loop
+//!   that counts errors and backs off on `EMFILE` instead of spinning.
 //! - **The mesh** ([`MeshSender`], [`ShardMesh`], [`Inbox`]): one bounded MPSC inbox per shard
 //!   for a caller-defined message type `M`, fed from shards or plain threads, drained in
 //!   batches, with a doorbell that wakes an idle shard and costs nothing while it is busy.
@@ -79,6 +80,9 @@
 //!   logged at info level ("nothing to reload yet") and ignored. Once no such runtime is left,
 //!   all three signals take their default action again. Shard threads block them, so a signal
 //!   never interrupts a shard's io_uring loop (`signals.rs`).
+//! - Port 0 with [`Builder::listen_next_to`] picks a port `p` whose next port is free too,
+//!   holding `p` while it binds `p + 1`, and trying again (up to 64 ports) when `p + 1` is
+//!   taken; the pair is never checked free and then bound.
 //! - Dropping a [`Runtime`] without joining forces shutdown and waits for the shard threads.
 //!
 //! # Layout

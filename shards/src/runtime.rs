@@ -6,7 +6,8 @@
 //!    per shard (pinning is skipped with a warning when there are more shards than CPUs);
 //! 2. raises the soft `RLIMIT_MEMLOCK` to the hard limit (see "Locked memory" below);
 //! 3. binds every listener, one `SO_REUSEPORT` socket per shard (`listener.rs`), so that an
-//!    address in use fails here, before any thread exists;
+//!    address in use fails here, before any thread exists; a listener configured with
+//!    [`Builder::listen_next_to`] is bound together with the one it follows;
 //! 4. creates the mesh inboxes and shutdown doorbells, and registers with the signal thread if
 //!    asked (until the `Runtime` drops);
 //! 5. spawns one named thread per shard, which blocks the handled signals, pins itself, builds
@@ -47,11 +48,12 @@
 //! The join side: [`Runtime::join`] waits for every shard thread and reports how each ended.
 //! Dropping a `Runtime` without joining forces shutdown and joins.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
@@ -59,7 +61,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::doorbell::Doorbell;
-use crate::listener::{bind_group, BoundListener, Listener};
+use crate::listener::{
+    bind_group, bind_pair, BoundListener, Group, Listener, PairError, PAIR_TRIES,
+};
 use crate::mesh::{self, InboxParts, MeshSender};
 use crate::shard::{Shard, ShardInner};
 use crate::shutdown::{self, ShardShutdown, Shutdown};
@@ -118,6 +122,51 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    /// [`Builder::listen_next_to`] named, as the listener to follow, one that was not added
+    /// with [`Builder::listen`] (an unknown name, or another follower).
+    #[error("listener {name:?} is to follow {of:?}, which is not a listener added with `listen`")]
+    NextToUnknown {
+        /// The follower's name.
+        name: String,
+        /// The name it gave.
+        of: String,
+    },
+    /// Two listeners were configured to follow the same one (only one port comes after it).
+    #[error("listener {name:?} is to follow {of:?}, which listener {other:?} already follows")]
+    NextToTaken {
+        /// The second follower's name.
+        name: String,
+        /// The listener both follow.
+        of: String,
+        /// The first follower's name.
+        other: String,
+    },
+    /// The listener to follow was given port 65535 explicitly: no port comes after it.
+    #[error("listener {name:?}: {of:?} listens on {addr}, and no port comes after it")]
+    NoNextPort {
+        /// The follower's name.
+        name: String,
+        /// The listener it follows.
+        of: String,
+        /// Where that listener is bound.
+        addr: SocketAddr,
+    },
+    /// The listener to follow asked for port 0, and for every port the kernel offered it the
+    /// next port was in use.
+    #[error(
+        "listeners {of:?} and {name:?}: no free pair of consecutive ports on {ip} in {tries} \
+         tries"
+    )]
+    NoConsecutivePorts {
+        /// The follower's name.
+        name: String,
+        /// The listener it follows.
+        of: String,
+        /// The IP address both bind.
+        ip: IpAddr,
+        /// How many ports were tried.
+        tries: u32,
+    },
     /// `RLIMIT_MEMLOCK` (soft, after raising it to the hard limit) is below the 512 KiB glommio
     /// requires to create an executor. Raise it: `ulimit -l`, systemd `LimitMEMLOCK=`, docker
     /// `--ulimit memlock=`.
@@ -171,6 +220,10 @@ impl StartError {
             Self::DuplicateListener { .. } => "duplicate_listener",
             Self::Resolve { .. } => "resolve",
             Self::Bind { .. } => "bind",
+            Self::NextToUnknown { .. } => "next_to_unknown",
+            Self::NextToTaken { .. } => "next_to_taken",
+            Self::NoNextPort { .. } => "no_next_port",
+            Self::NoConsecutivePorts { .. } => "no_consecutive_ports",
             Self::MemlockTooLow { .. } => "memlock_too_low",
             Self::Doorbell(_) => "doorbell",
             Self::Signals(_) => "signals",
@@ -180,9 +233,14 @@ impl StartError {
         }
     }
 
-    /// True for an address-in-use bind failure (another process holds the port).
+    /// True for an address-in-use bind failure (another process holds the port), including
+    /// finding no free pair of consecutive ports.
     pub fn is_addr_in_use(&self) -> bool {
-        matches!(self, Self::Bind { source, .. } if source.kind() == io::ErrorKind::AddrInUse)
+        match self {
+            Self::Bind { source, .. } => source.kind() == io::ErrorKind::AddrInUse,
+            Self::NoConsecutivePorts { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -221,9 +279,17 @@ enum ListenAddr {
     Failed { addr: String, error: io::Error },
 }
 
+/// Where a configured listener binds.
+enum ListenAt {
+    /// An address of its own ([`Builder::listen`]).
+    Addr(ListenAddr),
+    /// The port after the one the named listener is bound to ([`Builder::listen_next_to`]).
+    NextTo(String),
+}
+
 struct ListenSpec {
     name: String,
-    addr: ListenAddr,
+    at: ListenAt,
 }
 
 /// Configures and starts a [`Runtime`]. Obtain with [`Runtime::builder`]; `M` is the
@@ -351,7 +417,22 @@ impl<M: Send + 'static> Builder<M> {
         };
         self.listeners.push(ListenSpec {
             name: name.into(),
-            addr,
+            at: ListenAt::Addr(addr),
+        });
+        self
+    }
+
+    /// Adds a listener bound at the port after the one listener `of` is bound to, on the same
+    /// IP address: a protocol whose clients find its port by adding one to another's. `of`
+    /// must be added with [`Builder::listen`] (before or after this call), and only one
+    /// listener may follow it. When `of` asks for port 0, `start` picks a port `p` such that
+    /// both `p` and `p + 1` are free, holding each while it tries (at most 64 ports, then
+    /// [`StartError::NoConsecutivePorts`]); with an explicit port, this one binds `port + 1`
+    /// or fails as [`Builder::listen`] would. Take it with `Shard::take_listener(name)`.
+    pub fn listen_next_to(mut self, name: impl Into<String>, of: impl Into<String>) -> Self {
+        self.listeners.push(ListenSpec {
+            name: name.into(),
+            at: ListenAt::NextTo(of.into()),
         });
         self
     }
@@ -447,6 +528,45 @@ impl<M: Send + 'static> Builder<M> {
         self
     }
 
+    /// Checks the listeners' names and what each follows. Returns, for every listener that
+    /// another follows ([`Builder::listen_next_to`]), the follower's index, by the followed
+    /// one's index.
+    fn check_listeners(&self) -> Result<HashMap<usize, usize>, StartError> {
+        for (i, spec) in self.listeners.iter().enumerate() {
+            if self.listeners[..i]
+                .iter()
+                .any(|other| other.name == spec.name)
+            {
+                return Err(StartError::DuplicateListener {
+                    name: spec.name.clone(),
+                });
+            }
+        }
+        let mut followers: HashMap<usize, usize> = HashMap::new();
+        for (i, spec) in self.listeners.iter().enumerate() {
+            let ListenAt::NextTo(of) = &spec.at else {
+                continue;
+            };
+            let followed = self
+                .listeners
+                .iter()
+                .position(|l| l.name == *of && matches!(l.at, ListenAt::Addr(_)))
+                .ok_or_else(|| StartError::NextToUnknown {
+                    name: spec.name.clone(),
+                    of: of.clone(),
+                })?;
+            if let Some(&other) = followers.get(&followed) {
+                return Err(StartError::NextToTaken {
+                    name: spec.name.clone(),
+                    of: of.clone(),
+                    other: self.listeners[other].name.clone(),
+                });
+            }
+            followers.insert(followed, i);
+        }
+        Ok(followers)
+    }
+
     /// Binds, spawns the shards and runs `main(shard)` on each once all are up. Returns when
     /// every shard is ready, or with the first error (and nothing left running).
     ///
@@ -463,16 +583,7 @@ impl<M: Send + 'static> Builder<M> {
             Some(n) => n,
             None => cpus.len().max(1),
         };
-        for (i, spec) in self.listeners.iter().enumerate() {
-            if self.listeners[..i]
-                .iter()
-                .any(|other| other.name == spec.name)
-            {
-                return Err(StartError::DuplicateListener {
-                    name: spec.name.clone(),
-                });
-            }
-        }
+        let followers = self.check_listeners()?;
         let placement: Vec<Option<usize>> = if !self.pin {
             vec![None; count]
         } else if count > cpus.len() {
@@ -519,13 +630,13 @@ impl<M: Send + 'static> Builder<M> {
             );
         }
 
-        // 3. Bind every socket up front.
-        let mut bound = Vec::with_capacity(self.listeners.len());
-        // per_shard[shard] = [(name, addr, fd)] in listener order.
-        let mut per_shard: Vec<Vec<(String, SocketAddr, OwnedFd)>> =
-            (0..count).map(|_| Vec::new()).collect();
-        for spec in &self.listeners {
-            let addr = match &spec.addr {
+        // 3. Bind every socket up front, a follower together with the listener it follows.
+        let mut groups: Vec<Option<Group>> = self.listeners.iter().map(|_| None).collect();
+        for (i, spec) in self.listeners.iter().enumerate() {
+            let ListenAt::Addr(addr) = &spec.at else {
+                continue; // bound with the listener it follows
+            };
+            let addr = match addr {
                 ListenAddr::Resolved(a) => *a,
                 ListenAddr::Failed { addr, error } => {
                     return Err(StartError::Resolve {
@@ -535,12 +646,47 @@ impl<M: Send + 'static> Builder<M> {
                     });
                 }
             };
-            let group =
-                bind_group(addr, count, self.backlog).map_err(|source| StartError::Bind {
-                    name: spec.name.clone(),
-                    addr,
-                    source,
+            let bind_error = |source| StartError::Bind {
+                name: spec.name.clone(),
+                addr,
+                source,
+            };
+            let Some(&follower) = followers.get(&i) else {
+                groups[i] = Some(bind_group(addr, count, self.backlog).map_err(bind_error)?);
+                continue;
+            };
+            let follower_name = || self.listeners[follower].name.clone();
+            let (first, second) =
+                bind_pair(addr, count, self.backlog, PAIR_TRIES).map_err(|e| match e {
+                    PairError::First(source) => bind_error(source),
+                    PairError::NoNextPort(addr) => StartError::NoNextPort {
+                        name: follower_name(),
+                        of: spec.name.clone(),
+                        addr,
+                    },
+                    PairError::Second { addr, source } => StartError::Bind {
+                        name: follower_name(),
+                        addr,
+                        source,
+                    },
+                    PairError::NoFreePair { tries } => StartError::NoConsecutivePorts {
+                        name: follower_name(),
+                        of: spec.name.clone(),
+                        ip: addr.ip(),
+                        tries,
+                    },
                 })?;
+            groups[i] = Some(first);
+            groups[follower] = Some(second);
+        }
+        // In configuration order, as `bound_addrs` promises.
+        let mut bound = Vec::with_capacity(self.listeners.len());
+        // per_shard[shard] = [(name, addr, fd)] in listener order.
+        let mut per_shard: Vec<Vec<(String, SocketAddr, OwnedFd)>> =
+            (0..count).map(|_| Vec::new()).collect();
+        for (spec, group) in self.listeners.iter().zip(groups) {
+            // `check_listeners` made every follower name a listener bound above.
+            let group = group.expect("a follower is bound with the listener it follows");
             bound.push(BoundListener {
                 name: spec.name.clone(),
                 addr: group.addr,
