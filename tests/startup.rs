@@ -162,3 +162,35 @@ async fn sighup_is_caught_and_the_server_keeps_serving() {
         "graceful exit on SIGTERM after SIGHUP: {status}"
     );
 }
+
+/// `--port 0` puts the stelar TCP listener at the WebSocket port + 1, as any other `--port`
+/// does: stelar TCP clients dial exactly that. Several servers starting at once each get a
+/// consecutive pair of their own.
+#[tokio::test]
+async fn port_zero_puts_tcp_at_the_websocket_port_plus_one() {
+    // `ServerProc::start` passes `--host 127.0.0.1 --port 0` and no `--tcp-port`.
+    let starting: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(|| common::ServerProc::start(&["--shards", "2"])))
+        .collect();
+    let servers: Vec<common::ServerProc> = starting
+        .into_iter()
+        .map(|t| t.join().expect("server started"))
+        .collect();
+    for server in &servers {
+        let tcp = server.tcp.expect("TCP is on by default");
+        assert_eq!(server.ws.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(
+            tcp,
+            std::net::SocketAddr::new(server.ws.ip(), server.ws.port() + 1),
+            "ws={} tcp={tcp}",
+            server.ws
+        );
+        // A stelar TCP client at P + 1 is greeted with CONNECT (checked by `Tcp::connect`).
+        let client = common::Tcp::connect(tcp).await;
+        assert!(!client.id.is_empty());
+    }
+    for mut server in servers {
+        let status = server.terminate().expect("exit within 20 s of SIGTERM");
+        assert!(status.success(), "{status}");
+    }
+}

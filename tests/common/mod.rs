@@ -39,7 +39,7 @@ impl ServerProc {
     pub fn start(args: &[&str]) -> ServerProc {
         let bin = env!("CARGO_BIN_EXE_shardcast");
         let mut cmd = Command::new(bin);
-        // With --port 0 the TCP port defaults to "any free port" too.
+        // With --port 0 the TCP port defaults to the WebSocket port + 1, as with any port.
         cmd.args(["--host", "127.0.0.1", "--port", "0"]);
         cmd.args(args)
             .env("SHARDCAST_LOG", "warn")
