@@ -260,12 +260,14 @@ impl Config {
         })
     }
 
-    /// The TCP port to bind, if any.
+    /// The TCP port to bind, if any. `Some(0)` when the WebSocket port is 0 and `tcp_port` is
+    /// unset: both ports are then picked at start-up, TCP's as the WebSocket port + 1
+    /// (`server::start` binds it next to the WebSocket listener).
     pub fn effective_tcp_port(&self) -> Option<u16> {
         match self.tcp_port {
             Some(0) => None,
             Some(p) => Some(p),
-            // Port 0 (pick any) for WebSocket means "pick any" for TCP too.
+            // Known only once the WebSocket port is bound: still its port + 1.
             None if self.port == 0 => Some(0),
             None => Some(self.port.checked_add(1).unwrap_or(0)),
         }

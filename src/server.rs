@@ -84,10 +84,13 @@ pub fn start(app: App) -> Result<Running, StartError> {
     if config.shards > 0 {
         builder = builder.shards(config.shards);
     }
-    let tcp_port = config.effective_tcp_port();
-    if let Some(port) = tcp_port {
-        builder = builder.listen("tcp", SocketAddr::new(config.host, port));
-    }
+    builder = match config.tcp_port {
+        // The default: stelar TCP clients dial the WebSocket port + 1, so TCP is bound there,
+        // also when the WebSocket port is 0 (the runtime then picks a free consecutive pair).
+        None => builder.listen_next_to("tcp", "ws"),
+        Some(0) => builder,
+        Some(port) => builder.listen("tcp", SocketAddr::new(config.host, port)),
+    };
     let clients = Arc::new(AtomicUsize::new(0));
     let budgets = memory_budgets(&config);
     let runtime = builder.start(move |shard: Shard<ShardMsg>| {

@@ -1,7 +1,9 @@
-//! Start-up under production limits: the server must start with the machine's cores under
-//! the default `ulimit -l` (8 MiB) without CAP_IPC_LOCK (which root has here, and production
-//! services usually do not). `capsh` (Debian package libcap2-bin, installed by ./test.sh)
-//! drops the capability.
+//! The server process as an operator sees it: start-up under production limits (the machine's
+//! cores under the default `ulimit -l` of 8 MiB, without CAP_IPC_LOCK, which root has here and
+//! production services usually do not; `capsh` from Debian's libcap2-bin, installed by
+//! ./test.sh, drops the capability), the ports it picks, and how it answers signals.
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -130,5 +132,65 @@ fn a_closed_log_pipe_does_not_prevent_a_graceful_shutdown() {
             "no exit within 20 s of SIGTERM with a closed log pipe"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGHUP (a closed terminal, or `systemctl reload`) must never kill the server: it is caught
+/// with the shutdown signals, runs the reload hooks (none yet in the relay, which says so) and
+/// the server carries on serving the connections it has. SIGTERM still shuts it down
+/// gracefully afterwards.
+#[tokio::test]
+async fn sighup_is_caught_and_the_server_keeps_serving() {
+    // Info level: the line saying the signal was handled is what the test waits on.
+    let mut server = common::ServerProc::start(&["--shards", "2", "--log", "info"]);
+    let mut ws = common::Ws::connect(&server.ws_url("/")).await;
+    let id = ws.whoami().await;
+
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) }, 0);
+    // Handled, not merely not yet delivered: the signal thread logged it.
+    server.expect_output("SIGHUP received");
+
+    // The same connection is still served, and so is a new one.
+    assert_eq!(ws.whoami().await, id, "the same client, still connected");
+    let (status, body) = common::http(server.ws, "GET", "/health", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+
+    let status = server.terminate().expect("exit within 20 s of SIGTERM");
+    assert!(
+        status.success(),
+        "graceful exit on SIGTERM after SIGHUP: {status}"
+    );
+}
+
+/// `--port 0` puts the stelar TCP listener at the WebSocket port + 1, as any other `--port`
+/// does: stelar TCP clients dial exactly that. Several servers starting at once each get a
+/// consecutive pair of their own.
+#[tokio::test]
+async fn port_zero_puts_tcp_at_the_websocket_port_plus_one() {
+    // `ServerProc::start` passes `--host 127.0.0.1 --port 0` and no `--tcp-port`.
+    let starting: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(|| common::ServerProc::start(&["--shards", "2"])))
+        .collect();
+    let servers: Vec<common::ServerProc> = starting
+        .into_iter()
+        .map(|t| t.join().expect("server started"))
+        .collect();
+    for server in &servers {
+        let tcp = server.tcp.expect("TCP is on by default");
+        assert_eq!(server.ws.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(
+            tcp,
+            std::net::SocketAddr::new(server.ws.ip(), server.ws.port() + 1),
+            "ws={} tcp={tcp}",
+            server.ws
+        );
+        // A stelar TCP client at P + 1 is greeted with CONNECT (checked by `Tcp::connect`).
+        let client = common::Tcp::connect(tcp).await;
+        assert!(!client.id.is_empty());
+    }
+    for mut server in servers {
+        let status = server.terminate().expect("exit within 20 s of SIGTERM");
+        assert!(status.success(), "{status}");
     }
 }

@@ -6,8 +6,9 @@
 //!   [`Builder::start`] returns once every shard is up, or with the first shard's setup error
 //!   and nothing left running; [`Runtime::join`] returns when every shard has ended.
 //! - **Listeners** ([`Listener`]): for each named address, one `SO_REUSEPORT` socket per shard
-//!   on the same port (port 0 picks one for all), all bound before any shard runs; an accept
-//!   loop that counts errors and backs off on `EMFILE` instead of spinning.
+//!   on the same port (port 0 picks one for all), all bound before any shard runs; optionally
+//!   a listener at the port after another one's ([`Builder::listen_next_to`]); an accept loop
+//!   that counts errors and backs off on `EMFILE` instead of spinning.
 //! - **The mesh** ([`MeshSender`], [`ShardMesh`], [`Inbox`]): one bounded MPSC inbox per shard
 //!   for a caller-defined message type `M`, fed from shards or plain threads, drained in
 //!   batches, with a doorbell that wakes an idle shard and costs nothing while it is busy.
@@ -16,6 +17,8 @@
 //! - **Shutdown** ([`Shutdown`]): a process-wide handle (optionally driven by SIGINT/SIGTERM)
 //!   that every shard observes as a future: phase 1 drains, phase 2 (explicit or after the
 //!   drain timeout) forces.
+//! - **Signals** (optional, [`Builder::handle_signals`]): SIGINT/SIGTERM drive the shutdown,
+//!   SIGHUP runs the caller's hangup hooks ([`Builder::on_hangup`]).
 //!
 //! # What it does not own
 //! No WebSocket, no stelar, no HTTP: a stream is handed to the caller as a glommio
@@ -71,14 +74,23 @@
 //! - Locked memory: glommio's I/O buffer is sized to its 64 KiB minimum so the runtime starts
 //!   under an 8 MiB `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK` (see `runtime.rs`).
 //! - Signals are opt-in ([`Builder::handle_signals`]): first SIGINT/SIGTERM drains, second
-//!   forces.
+//!   forces. **SIGHUP never ends the process** while a runtime handles signals: it runs the
+//!   hooks given to [`Builder::on_hangup`] (meant for reloading configuration and
+//!   certificates), on the signal thread, for each runtime still serving; with no hook it is
+//!   logged at info level ("nothing to reload yet") and ignored. Once no such runtime is left,
+//!   all three signals take their default action again. Shard threads block them, so a signal
+//!   never interrupts a shard's io_uring loop (`signals.rs`).
+//! - Port 0 with [`Builder::listen_next_to`] picks a port `p` whose next port is free too,
+//!   holding `p` while it binds `p + 1`, and trying again (up to 64 ports) when `p + 1` is
+//!   taken; the pair is never checked free and then bound.
 //! - Dropping a [`Runtime`] without joining forces shutdown and waits for the shard threads.
 //!
 //! # Layout
 //! `runtime.rs` start/join and configuration; `shard.rs` the per-shard handle; `listener.rs`
 //! binding and accepting; `mesh.rs` inboxes; `doorbell.rs` the wake-up handshake; `timer/`
-//! the wheel and its driver; `shutdown.rs` phases; `signals.rs` SIGINT/SIGTERM; `event.rs` a
-//! shard-local set-once event; `sys.rs` the libc calls.
+//! the wheel and its driver; `shutdown.rs` phases; `signals.rs` SIGINT/SIGTERM/SIGHUP (with
+//! `signal-hook`); `event.rs` a shard-local set-once event; `sys.rs` the OS calls (sockets
+//! through `socket2`, the rest through `libc`).
 //!
 //! glommio is re-exported as [`glommio`] so callers name the same version's types.
 

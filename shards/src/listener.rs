@@ -3,9 +3,10 @@
 //!
 //! Binding (DESIGN.md "Each shard binds its own SO_REUSEPORT listener on every port"): for each
 //! named address, [`bind_group`] creates one socket per shard on the same port. Port 0 works:
-//! the first socket lets the kernel choose and the others bind the port it chose. Everything
-//! is bound in the starting thread before a shard runs, so "address in use" surfaces as a
-//! start error at once and the bound ports can be logged in one line.
+//! the kernel chooses the port once and every shard's socket binds it. [`bind_pair`] binds a
+//! second group at the port after a first group's, choosing a free pair when the first asks
+//! for port 0. Everything is bound in the starting thread before a shard runs, so "address in
+//! use" surfaces as a start error at once and the bound ports can be logged in one line.
 //!
 //! Accepting ([`Listener::accept_loop`]): accept on this shard's socket and hand each stream
 //! to a callback, until shutdown begins, then close the socket (stop accepting). Errors are
@@ -43,28 +44,113 @@ pub struct BoundListener {
     pub addr: SocketAddr,
 }
 
-/// Binds `shards` sockets on `addr`. All share the port (the kernel's choice if `addr` has
-/// port 0).
+/// One configured address as bound: the address every socket of the group shares (with the
+/// kernel's port if port 0 was asked) and one listening socket per shard.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) addr: SocketAddr,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Binds `shards` listening sockets on `addr`, all on the same port (the kernel's choice if
+/// `addr` has port 0).
 ///
-/// A probe bind without `SO_REUSEPORT` runs first: `SO_REUSEPORT` lets any process of the same
-/// user join a group on a port, so without the probe a second server started by mistake on the
-/// same port would silently take half the connections instead of failing with "address in
-/// use". (A process grabbing the port in the microseconds between probe and bind is not
-/// covered.) For port 0 the probe is also what picks the port.
-pub(crate) fn bind_group(
-    addr: SocketAddr,
+/// An exclusive claim on the address comes first (`sys::claim_exclusive`: a bind without
+/// `SO_REUSEPORT`). `SO_REUSEPORT` lets any process of the same user join a group on a port,
+/// so without the claim a second server started by mistake on the same port would silently
+/// take half the connections instead of failing with "address in use". For port 0 the claim
+/// is also what picks the port. The claim is held until every socket of the group listens, so
+/// the port is never released between being checked and being bound; a program that starts
+/// listening on it in between makes our bind fail with "address in use" (see
+/// `sys::claim_exclusive`). (Another process of the same user running this same sequence on
+/// the same port in the microseconds before our first `listen` is not covered: two claims that
+/// both set `SO_REUSEADDR` and do not listen may share a port.)
+pub(crate) fn bind_group(addr: SocketAddr, shards: usize, backlog: u32) -> io::Result<Group> {
+    let (claim, claimed) = sys::claim_exclusive(addr)?;
+    let mut fds = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        fds.push(sys::reuseport_listener(claimed, backlog)?);
+    }
+    // Our sockets listen now, which keeps out any socket that is not in our group.
+    drop(claim);
+    Ok(Group { addr: claimed, fds })
+}
+
+/// How many ports [`bind_pair`] takes from the kernel, when the first group asks for port 0,
+/// before giving up on finding one whose next port is free too.
+pub(crate) const PAIR_TRIES: u32 = 64;
+
+/// Why [`bind_pair`] could not bind two groups on consecutive ports.
+#[derive(Debug)]
+pub(crate) enum PairError {
+    /// Binding the first group failed.
+    First(io::Error),
+    /// The first group is bound at port 65535 (asked for explicitly): no port comes after it.
+    NoNextPort(SocketAddr),
+    /// Binding the second group at `addr`, the port after the first group's, failed.
+    Second {
+        /// The address tried.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The first group asked for port 0, and for each of the `tries` ports the kernel chose
+    /// the next port was taken.
+    NoFreePair {
+        /// How many ports were tried.
+        tries: u32,
+    },
+}
+
+/// Binds a group on `first` and a second group at the port after the one the first is bound
+/// to, with the same IP address (see [`bind_group`] for each).
+///
+/// An explicit port: the second group binds `port + 1`, and a failure there (in use, say) is
+/// the second group's error. Port 0: the kernel chooses `p` for the first group, which stays
+/// bound while the second tries `p + 1`; if that is in use (or `p` is 65535), both groups are
+/// dropped and the kernel is asked again, at most `tries` times. A free pair is thus found
+/// while holding it, rather than checked free and then bound: no port is released between
+/// the check and the bind for another process to take.
+pub(crate) fn bind_pair(
+    first: SocketAddr,
     shards: usize,
     backlog: u32,
-) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
-    let port = sys::probe_exclusive(addr)?;
-    let mut fds = Vec::with_capacity(shards);
-    let first = sys::reuseport_listener(port, backlog)?;
-    let bound = sys::local_addr(&first)?;
-    fds.push(first);
-    for _ in 1..shards {
-        fds.push(sys::reuseport_listener(bound, backlog)?);
+    tries: u32,
+) -> Result<(Group, Group), PairError> {
+    bind_pair_with(first, tries, |addr| bind_group(addr, shards, backlog))
+}
+
+/// [`bind_pair`] with the group binding supplied, so tests can make the next port taken.
+fn bind_pair_with(
+    first: SocketAddr,
+    tries: u32,
+    mut bind: impl FnMut(SocketAddr) -> io::Result<Group>,
+) -> Result<(Group, Group), PairError> {
+    let next_to = |group: &Group| {
+        let port = group.addr.port().checked_add(1)?;
+        let mut next = group.addr;
+        next.set_port(port);
+        Some(next)
+    };
+    if first.port() != 0 {
+        let a = bind(first).map_err(PairError::First)?;
+        let next = next_to(&a).ok_or(PairError::NoNextPort(a.addr))?;
+        let b = bind(next).map_err(|source| PairError::Second { addr: next, source })?;
+        return Ok((a, b));
     }
-    Ok((bound, fds))
+    for _ in 0..tries {
+        let a = bind(first).map_err(PairError::First)?;
+        let Some(next) = next_to(&a) else {
+            continue;
+        };
+        match bind(next) {
+            Ok(b) => return Ok((a, b)),
+            // Dropping `a` here releases its port before the kernel picks again.
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+            Err(source) => return Err(PairError::Second { addr: next, source }),
+        }
+    }
+    Err(PairError::NoFreePair { tries })
 }
 
 /// A fault of the accept path, each with its own counter label.
@@ -323,12 +409,145 @@ mod tests {
 
     #[test]
     fn bind_group_shares_one_port_and_port_zero_works() {
-        let (addr, fds) = bind_group("127.0.0.1:0".parse().unwrap(), 3, 128).unwrap();
-        assert_ne!(addr.port(), 0);
-        assert_eq!(fds.len(), 3);
-        for fd in &fds {
-            assert_eq!(sys::local_addr(fd).unwrap(), addr);
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 3, 128).unwrap();
+        assert_ne!(group.addr.port(), 0);
+        assert_eq!(group.fds.len(), 3);
+        for fd in &group.fds {
+            assert_eq!(sys::local_addr(fd).unwrap(), group.addr);
         }
+    }
+
+    #[test]
+    fn a_group_refuses_to_join_another_group_on_its_port() {
+        let first = bind_group("127.0.0.1:0".parse().unwrap(), 2, 16).unwrap();
+        let err = bind_group(first.addr, 2, 16).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    fn assert_consecutive(a: &Group, b: &Group) {
+        assert_ne!(a.addr.port(), 0);
+        assert_eq!(b.addr.ip(), a.addr.ip());
+        assert_eq!(
+            b.addr.port(),
+            a.addr.port() + 1,
+            "{} then {}",
+            a.addr,
+            b.addr
+        );
+        for (group, fds) in [(a, &a.fds), (b, &b.fds)] {
+            for fd in fds {
+                assert_eq!(sys::local_addr(fd).unwrap(), group.addr);
+            }
+        }
+    }
+
+    #[test]
+    fn pairs_on_port_zero_are_consecutive_even_when_many_are_bound_concurrently() {
+        // Four threads each hold 25 pairs at once: every pair is consecutive, and no two
+        // groups share a port (a group joining another's would show up as a repeated port).
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    (0..25)
+                        .map(|_| {
+                            bind_pair("127.0.0.1:0".parse().unwrap(), 2, 16, PAIR_TRIES)
+                                .expect("a free pair")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let pairs: Vec<(Group, Group)> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let mut ports = std::collections::HashSet::new();
+        for (a, b) in &pairs {
+            assert_consecutive(a, b);
+            assert!(ports.insert(a.addr.port()), "port {} bound twice", a.addr);
+            assert!(ports.insert(b.addr.port()), "port {} bound twice", b.addr);
+        }
+        // Both groups of a pair accept connections.
+        let (a, b) = &pairs[0];
+        let _ca = std::net::TcpStream::connect(a.addr).unwrap();
+        let _cb = std::net::TcpStream::connect(b.addr).unwrap();
+    }
+
+    #[test]
+    fn a_taken_next_port_makes_port_zero_try_again() {
+        let mut seconds_refused = 0;
+        let (a, b) = bind_pair_with("127.0.0.1:0".parse().unwrap(), PAIR_TRIES, |addr| {
+            if addr.port() != 0 && seconds_refused < 3 {
+                seconds_refused += 1;
+                return Err(io::Error::from(io::ErrorKind::AddrInUse));
+            }
+            bind_group(addr, 1, 16)
+        })
+        .unwrap();
+        assert_eq!(seconds_refused, 3);
+        assert_consecutive(&a, &b);
+    }
+
+    #[test]
+    fn port_zero_gives_up_after_the_tries_with_a_clear_error() {
+        let mut firsts = 0;
+        let err = bind_pair_with("127.0.0.1:0".parse().unwrap(), 5, |addr| {
+            if addr.port() == 0 {
+                firsts += 1;
+                bind_group(addr, 1, 16)
+            } else {
+                Err(io::Error::from(io::ErrorKind::AddrInUse))
+            }
+        })
+        .unwrap_err();
+        assert!(matches!(err, PairError::NoFreePair { tries: 5 }), "{err:?}");
+        assert_eq!(firsts, 5);
+        // Any other failure of the second group is reported at once.
+        let err = bind_pair_with("127.0.0.1:0".parse().unwrap(), 5, |addr| {
+            if addr.port() == 0 {
+                bind_group(addr, 1, 16)
+            } else {
+                Err(io::Error::from(io::ErrorKind::PermissionDenied))
+            }
+        })
+        .unwrap_err();
+        let PairError::Second { source, .. } = &err else {
+            panic!("expected the second group's error, got {err:?}");
+        };
+        assert_eq!(source.kind(), io::ErrorKind::PermissionDenied);
+    }
+
+    #[test]
+    fn an_explicit_port_pairs_with_exactly_the_next_one() {
+        // Find a free pair first, then ask for it explicitly.
+        let (a, b) = bind_pair("127.0.0.1:0".parse().unwrap(), 1, 16, PAIR_TRIES).unwrap();
+        let (first, second) = (a.addr, b.addr);
+        drop((a, b));
+        let (a, b) = bind_pair(first, 2, 16, PAIR_TRIES).unwrap();
+        assert_eq!((a.addr, b.addr), (first, second));
+        drop(b);
+        // The next port taken: that is the second group's error, with no retry elsewhere.
+        let squatter = std::net::TcpListener::bind(second).unwrap();
+        drop(a);
+        let err = bind_pair(first, 2, 16, PAIR_TRIES).unwrap_err();
+        assert!(
+            matches!(&err, PairError::Second { addr, source }
+                if *addr == second && source.kind() == io::ErrorKind::AddrInUse),
+            "{err:?}"
+        );
+        drop(squatter);
+        // A first port with no next one.
+        let err = bind_pair_with("127.0.0.1:65535".parse().unwrap(), 5, |addr| {
+            Ok(Group {
+                addr,
+                fds: Vec::new(),
+            })
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, PairError::NoNextPort(a) if a.port() == 65535),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -338,7 +557,8 @@ mod tests {
             .make()
             .unwrap();
         ex.run(async {
-            let (addr, mut fds) = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
+            let Group { addr, mut fds } =
+                bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
             let shutdown = ShardShutdown::new();
             let listener = Listener::attach("t".into(), addr, fds.remove(0), Rc::clone(&shutdown));
             let counters = listener.counters();

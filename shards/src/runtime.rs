@@ -6,11 +6,12 @@
 //!    per shard (pinning is skipped with a warning when there are more shards than CPUs);
 //! 2. raises the soft `RLIMIT_MEMLOCK` to the hard limit (see "Locked memory" below);
 //! 3. binds every listener, one `SO_REUSEPORT` socket per shard (`listener.rs`), so that an
-//!    address in use fails here, before any thread exists;
-//! 4. creates the mesh inboxes and shutdown doorbells, and registers the signal handler if
-//!    asked;
-//! 5. spawns one named thread per shard, which blocks SIGINT/SIGTERM, pins itself, builds its
-//!    glommio executor, wraps its sockets and reports ready — then waits for "go";
+//!    address in use fails here, before any thread exists; a listener configured with
+//!    [`Builder::listen_next_to`] is bound together with the one it follows;
+//! 4. creates the mesh inboxes and shutdown doorbells, and registers with the signal thread if
+//!    asked (until the `Runtime` drops);
+//! 5. spawns one named thread per shard, which blocks the handled signals, pins itself, builds
+//!    its glommio executor, wraps its sockets and reports ready — then waits for "go";
 //! 6. waits for every report. All ready: sends "go" and returns the [`Runtime`]. Any failure
 //!    (executor creation, thread spawn, a panic): tells the others to stand down, joins them
 //!    and returns the first error. So the caller never hangs on a half-started runtime.
@@ -47,11 +48,12 @@
 //! The join side: [`Runtime::join`] waits for every shard thread and reports how each ended.
 //! Dropping a `Runtime` without joining forces shutdown and joins.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
@@ -59,11 +61,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::doorbell::Doorbell;
-use crate::listener::{bind_group, BoundListener, Listener};
+use crate::listener::{
+    bind_group, bind_pair, BoundListener, Group, Listener, PairError, PAIR_TRIES,
+};
 use crate::mesh::{self, InboxParts, MeshSender};
 use crate::shard::{Shard, ShardInner};
 use crate::shutdown::{self, ShardShutdown, Shutdown};
-use crate::{signals, sys};
+use crate::signals::{self, HangupHook};
+use crate::sys;
 
 /// Defaults, documented on the builder methods.
 const DEFAULT_BACKLOG: u32 = 4096;
@@ -117,6 +122,51 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    /// [`Builder::listen_next_to`] named, as the listener to follow, one that was not added
+    /// with [`Builder::listen`] (an unknown name, or another follower).
+    #[error("listener {name:?} is to follow {of:?}, which is not a listener added with `listen`")]
+    NextToUnknown {
+        /// The follower's name.
+        name: String,
+        /// The name it gave.
+        of: String,
+    },
+    /// Two listeners were configured to follow the same one (only one port comes after it).
+    #[error("listener {name:?} is to follow {of:?}, which listener {other:?} already follows")]
+    NextToTaken {
+        /// The second follower's name.
+        name: String,
+        /// The listener both follow.
+        of: String,
+        /// The first follower's name.
+        other: String,
+    },
+    /// The listener to follow was given port 65535 explicitly: no port comes after it.
+    #[error("listener {name:?}: {of:?} listens on {addr}, and no port comes after it")]
+    NoNextPort {
+        /// The follower's name.
+        name: String,
+        /// The listener it follows.
+        of: String,
+        /// Where that listener is bound.
+        addr: SocketAddr,
+    },
+    /// The listener to follow asked for port 0, and for every port the kernel offered it the
+    /// next port was in use.
+    #[error(
+        "listeners {of:?} and {name:?}: no free pair of consecutive ports on {ip} in {tries} \
+         tries"
+    )]
+    NoConsecutivePorts {
+        /// The follower's name.
+        name: String,
+        /// The listener it follows.
+        of: String,
+        /// The IP address both bind.
+        ip: IpAddr,
+        /// How many ports were tried.
+        tries: u32,
+    },
     /// `RLIMIT_MEMLOCK` (soft, after raising it to the hard limit) is below the 512 KiB glommio
     /// requires to create an executor. Raise it: `ulimit -l`, systemd `LimitMEMLOCK=`, docker
     /// `--ulimit memlock=`.
@@ -133,7 +183,7 @@ pub enum StartError {
     /// Creating a doorbell socketpair failed (out of descriptors).
     #[error("cannot create a shard doorbell: {0}")]
     Doorbell(#[source] io::Error),
-    /// Installing the SIGINT/SIGTERM handler failed.
+    /// Installing the SIGINT/SIGTERM/SIGHUP handlers or starting the signal thread failed.
     #[error("cannot install the signal handler: {0}")]
     Signals(#[source] io::Error),
     /// The OS refused to create a shard thread.
@@ -170,6 +220,10 @@ impl StartError {
             Self::DuplicateListener { .. } => "duplicate_listener",
             Self::Resolve { .. } => "resolve",
             Self::Bind { .. } => "bind",
+            Self::NextToUnknown { .. } => "next_to_unknown",
+            Self::NextToTaken { .. } => "next_to_taken",
+            Self::NoNextPort { .. } => "no_next_port",
+            Self::NoConsecutivePorts { .. } => "no_consecutive_ports",
             Self::MemlockTooLow { .. } => "memlock_too_low",
             Self::Doorbell(_) => "doorbell",
             Self::Signals(_) => "signals",
@@ -179,9 +233,14 @@ impl StartError {
         }
     }
 
-    /// True for an address-in-use bind failure (another process holds the port).
+    /// True for an address-in-use bind failure (another process holds the port), including
+    /// finding no free pair of consecutive ports.
     pub fn is_addr_in_use(&self) -> bool {
-        matches!(self, Self::Bind { source, .. } if source.kind() == io::ErrorKind::AddrInUse)
+        match self {
+            Self::Bind { source, .. } => source.kind() == io::ErrorKind::AddrInUse,
+            Self::NoConsecutivePorts { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -220,9 +279,17 @@ enum ListenAddr {
     Failed { addr: String, error: io::Error },
 }
 
+/// Where a configured listener binds.
+enum ListenAt {
+    /// An address of its own ([`Builder::listen`]).
+    Addr(ListenAddr),
+    /// The port after the one the named listener is bound to ([`Builder::listen_next_to`]).
+    NextTo(String),
+}
+
 struct ListenSpec {
     name: String,
-    addr: ListenAddr,
+    at: ListenAt,
 }
 
 /// Configures and starts a [`Runtime`]. Obtain with [`Runtime::builder`]; `M` is the
@@ -240,6 +307,8 @@ pub struct Builder<M = ()> {
     timer_tick: Duration,
     drain_timeout: Duration,
     handle_signals: bool,
+    /// Run on SIGHUP, in order, when `handle_signals` is on.
+    hangup_hooks: Vec<HangupHook>,
     thread_name: String,
     wake_guard: Option<Duration>,
     messages: PhantomData<fn() -> M>,
@@ -263,6 +332,7 @@ impl<M> fmt::Debug for Builder<M> {
             .field("timer_tick", &self.timer_tick)
             .field("drain_timeout", &self.drain_timeout)
             .field("handle_signals", &self.handle_signals)
+            .field("hangup_hooks", &self.hangup_hooks.len())
             .field("wake_guard", &self.wake_guard)
             .finish()
     }
@@ -283,6 +353,7 @@ impl Default for Builder<()> {
             timer_tick: DEFAULT_TIMER_TICK,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             handle_signals: false,
+            hangup_hooks: Vec::new(),
             thread_name: "shard".into(),
             wake_guard: Some(DEFAULT_WAKE_GUARD),
             messages: PhantomData,
@@ -307,6 +378,7 @@ impl<M: Send + 'static> Builder<M> {
             timer_tick: self.timer_tick,
             drain_timeout: self.drain_timeout,
             handle_signals: self.handle_signals,
+            hangup_hooks: self.hangup_hooks,
             thread_name: self.thread_name,
             wake_guard: self.wake_guard,
             messages: PhantomData,
@@ -345,7 +417,22 @@ impl<M: Send + 'static> Builder<M> {
         };
         self.listeners.push(ListenSpec {
             name: name.into(),
-            addr,
+            at: ListenAt::Addr(addr),
+        });
+        self
+    }
+
+    /// Adds a listener bound at the port after the one listener `of` is bound to, on the same
+    /// IP address: a protocol whose clients find its port by adding one to another's. `of`
+    /// must be added with [`Builder::listen`] (before or after this call), and only one
+    /// listener may follow it. When `of` asks for port 0, `start` picks a port `p` such that
+    /// both `p` and `p + 1` are free, holding each while it tries (at most 64 ports, then
+    /// [`StartError::NoConsecutivePorts`]); with an explicit port, this one binds `port + 1`
+    /// or fails as [`Builder::listen`] would. Take it with `Shard::take_listener(name)`.
+    pub fn listen_next_to(mut self, name: impl Into<String>, of: impl Into<String>) -> Self {
+        self.listeners.push(ListenSpec {
+            name: name.into(),
+            at: ListenAt::NextTo(of.into()),
         });
         self
     }
@@ -404,10 +491,24 @@ impl<M: Send + 'static> Builder<M> {
         self
     }
 
-    /// Turn SIGINT/SIGTERM into shutdown: the first drains, the second forces (default
-    /// `false`; a server binary turns it on). See `signals.rs` for how.
+    /// Handle SIGINT, SIGTERM and SIGHUP (default `false`; a server binary turns it on).
+    /// SIGINT/SIGTERM: the first drains, the second forces. SIGHUP never ends the process: it
+    /// runs the [`Builder::on_hangup`] hooks, or is logged and ignored when there are none.
+    /// Once no runtime that handles signals is left, each takes its default action again. See
+    /// `signals.rs` for how.
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.handle_signals = on;
+        self
+    }
+
+    /// Adds a hook run on SIGHUP (the conventional "reload your configuration" signal), when
+    /// [`Builder::handle_signals`] is on; hooks run in the order added. They run on the
+    /// process's signal thread, one SIGHUP at a time, while this runtime is serving (not once
+    /// it is shutting down): a hook should do its work quickly or hand it to a thread or a
+    /// shard (`Runtime::mesh`), since a later SIGTERM waits for it. A hook that panics is
+    /// logged; the others still run and the signal thread carries on.
+    pub fn on_hangup(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.hangup_hooks.push(Arc::new(hook));
         self
     }
 
@@ -427,6 +528,45 @@ impl<M: Send + 'static> Builder<M> {
         self
     }
 
+    /// Checks the listeners' names and what each follows. Returns, for every listener that
+    /// another follows ([`Builder::listen_next_to`]), the follower's index, by the followed
+    /// one's index.
+    fn check_listeners(&self) -> Result<HashMap<usize, usize>, StartError> {
+        for (i, spec) in self.listeners.iter().enumerate() {
+            if self.listeners[..i]
+                .iter()
+                .any(|other| other.name == spec.name)
+            {
+                return Err(StartError::DuplicateListener {
+                    name: spec.name.clone(),
+                });
+            }
+        }
+        let mut followers: HashMap<usize, usize> = HashMap::new();
+        for (i, spec) in self.listeners.iter().enumerate() {
+            let ListenAt::NextTo(of) = &spec.at else {
+                continue;
+            };
+            let followed = self
+                .listeners
+                .iter()
+                .position(|l| l.name == *of && matches!(l.at, ListenAt::Addr(_)))
+                .ok_or_else(|| StartError::NextToUnknown {
+                    name: spec.name.clone(),
+                    of: of.clone(),
+                })?;
+            if let Some(&other) = followers.get(&followed) {
+                return Err(StartError::NextToTaken {
+                    name: spec.name.clone(),
+                    of: of.clone(),
+                    other: self.listeners[other].name.clone(),
+                });
+            }
+            followers.insert(followed, i);
+        }
+        Ok(followers)
+    }
+
     /// Binds, spawns the shards and runs `main(shard)` on each once all are up. Returns when
     /// every shard is ready, or with the first error (and nothing left running).
     ///
@@ -443,16 +583,7 @@ impl<M: Send + 'static> Builder<M> {
             Some(n) => n,
             None => cpus.len().max(1),
         };
-        for (i, spec) in self.listeners.iter().enumerate() {
-            if self.listeners[..i]
-                .iter()
-                .any(|other| other.name == spec.name)
-            {
-                return Err(StartError::DuplicateListener {
-                    name: spec.name.clone(),
-                });
-            }
-        }
+        let followers = self.check_listeners()?;
         let placement: Vec<Option<usize>> = if !self.pin {
             vec![None; count]
         } else if count > cpus.len() {
@@ -499,13 +630,13 @@ impl<M: Send + 'static> Builder<M> {
             );
         }
 
-        // 3. Bind every socket up front.
-        let mut bound = Vec::with_capacity(self.listeners.len());
-        // per_shard[shard] = [(name, addr, fd)] in listener order.
-        let mut per_shard: Vec<Vec<(String, SocketAddr, OwnedFd)>> =
-            (0..count).map(|_| Vec::new()).collect();
-        for spec in &self.listeners {
-            let addr = match &spec.addr {
+        // 3. Bind every socket up front, a follower together with the listener it follows.
+        let mut groups: Vec<Option<Group>> = self.listeners.iter().map(|_| None).collect();
+        for (i, spec) in self.listeners.iter().enumerate() {
+            let ListenAt::Addr(addr) = &spec.at else {
+                continue; // bound with the listener it follows
+            };
+            let addr = match addr {
                 ListenAddr::Resolved(a) => *a,
                 ListenAddr::Failed { addr, error } => {
                     return Err(StartError::Resolve {
@@ -515,18 +646,53 @@ impl<M: Send + 'static> Builder<M> {
                     });
                 }
             };
-            let (actual, fds) =
-                bind_group(addr, count, self.backlog).map_err(|source| StartError::Bind {
-                    name: spec.name.clone(),
-                    addr,
-                    source,
+            let bind_error = |source| StartError::Bind {
+                name: spec.name.clone(),
+                addr,
+                source,
+            };
+            let Some(&follower) = followers.get(&i) else {
+                groups[i] = Some(bind_group(addr, count, self.backlog).map_err(bind_error)?);
+                continue;
+            };
+            let follower_name = || self.listeners[follower].name.clone();
+            let (first, second) =
+                bind_pair(addr, count, self.backlog, PAIR_TRIES).map_err(|e| match e {
+                    PairError::First(source) => bind_error(source),
+                    PairError::NoNextPort(addr) => StartError::NoNextPort {
+                        name: follower_name(),
+                        of: spec.name.clone(),
+                        addr,
+                    },
+                    PairError::Second { addr, source } => StartError::Bind {
+                        name: follower_name(),
+                        addr,
+                        source,
+                    },
+                    PairError::NoFreePair { tries } => StartError::NoConsecutivePorts {
+                        name: follower_name(),
+                        of: spec.name.clone(),
+                        ip: addr.ip(),
+                        tries,
+                    },
                 })?;
+            groups[i] = Some(first);
+            groups[follower] = Some(second);
+        }
+        // In configuration order, as `bound_addrs` promises.
+        let mut bound = Vec::with_capacity(self.listeners.len());
+        // per_shard[shard] = [(name, addr, fd)] in listener order.
+        let mut per_shard: Vec<Vec<(String, SocketAddr, OwnedFd)>> =
+            (0..count).map(|_| Vec::new()).collect();
+        for (spec, group) in self.listeners.iter().zip(groups) {
+            // `check_listeners` made every follower name a listener bound above.
+            let group = group.expect("a follower is bound with the listener it follows");
             bound.push(BoundListener {
                 name: spec.name.clone(),
-                addr: actual,
+                addr: group.addr,
             });
-            for (shard, fd) in fds.into_iter().enumerate() {
-                per_shard[shard].push((spec.name.clone(), actual, fd));
+            for (shard, fd) in group.fds.into_iter().enumerate() {
+                per_shard[shard].push((spec.name.clone(), group.addr, fd));
             }
         }
 
@@ -541,8 +707,17 @@ impl<M: Send + 'static> Builder<M> {
             shutdown_reads.push(read);
         }
         let shutdown = Shutdown::new(shutdown_bells.into_boxed_slice());
-        if self.handle_signals {
-            signals::register(&shutdown).map_err(StartError::Signals)?;
+        let signals = if self.handle_signals {
+            let hooks = self.hangup_hooks.clone().into();
+            Some(signals::register(&shutdown, hooks).map_err(StartError::Signals)?)
+        } else {
+            None
+        };
+        if signals.is_none() && !self.hangup_hooks.is_empty() {
+            tracing::warn!(
+                hooks = self.hangup_hooks.len(),
+                "hangup hooks are configured but signal handling is off: they will never run"
+            );
         }
 
         // 5. Spawn the shards.
@@ -640,6 +815,7 @@ impl<M: Send + 'static> Builder<M> {
             mesh,
             shutdown,
             threads: Some(threads),
+            _signals: signals,
         })
     }
 }
@@ -781,9 +957,10 @@ where
         shutdown: shutdown.clone(),
     };
 
-    // Before glommio spawns its helper thread (which inherits this mask).
-    if let Err(error) = sys::block_shutdown_signals_in_current_thread() {
-        tracing::warn!(shard = id, %error, "cannot block SIGINT/SIGTERM on the shard thread");
+    // Before glommio spawns its helper thread (which inherits this mask). Why shards block
+    // them: `signals::block_in_current_thread`.
+    if let Err(error) = signals::block_in_current_thread() {
+        tracing::warn!(shard = id, %error, "cannot block the handled signals on the shard thread");
     }
     // Pin before the executor allocates, so its memory is NUMA-local.
     let cpu = cpu.and_then(|c| match sys::pin_current_thread(c) {
@@ -884,6 +1061,9 @@ pub struct Runtime<M = ()> {
     mesh: MeshSender<M>,
     shutdown: Shutdown,
     threads: Option<Vec<JoinHandle<ShardExit>>>,
+    /// Signals reach this runtime until it drops, which `join` and `Drop` do after the shard
+    /// threads have ended (a field drops after `Drop::drop` has run).
+    _signals: Option<signals::Registered>,
 }
 
 impl<M> fmt::Debug for Runtime<M> {

@@ -1,15 +1,20 @@
-//! The few Linux calls the runtime needs that neither `std` nor glommio expose: CPU affinity,
+//! The few OS calls the runtime needs that neither `std` nor glommio expose: CPU affinity,
 //! `RLIMIT_MEMLOCK`, the per-thread signal mask, `SO_REUSEPORT` listening sockets with a chosen
-//! backlog, and the non-blocking socketpair used as a doorbell.
+//! backlog, the exclusive claim on a port, and the non-blocking socketpair used as a doorbell.
 //!
-//! Every `unsafe` block of the crate that talks to libc lives here, each with the reason it is
+//! Sockets and socket addresses go through `socket2` (creation with close-on-exec, options,
+//! `bind`, `listen`, `sockaddr` conversion, `send`, `shutdown`); `libc` is called directly only
+//! for what `socket2` does not cover: affinity, rlimits, capabilities and signal masks. Every
+//! `unsafe` block of the crate that talks to the OS lives here, each with the reason it is
 //! sound. Nothing here allocates per message or per connection; these run at start-up, except
 //! [`ring`], which runs when a sender wakes an idle shard (see `doorbell.rs`).
 
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 /// Returns `Err(last_os_error)` when a libc call reported failure with `-1`.
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -91,30 +96,24 @@ pub(crate) fn has_cap_ipc_lock() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
 }
 
-/// The signals the runtime turns into a graceful shutdown.
-pub(crate) const SHUTDOWN_SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
-
-/// Blocks SIGINT and SIGTERM in the calling thread (and in every thread it spawns later, which
-/// inherit the mask). Shard threads do this first thing so that a signal is never delivered to
-/// them: glommio's `io_uring_enter` would otherwise see `EINTR`, and a shard must not run a
-/// signal handler in the middle of its loop.
-pub(crate) fn block_shutdown_signals_in_current_thread() -> io::Result<()> {
-    set_shutdown_signal_mask(libc::SIG_BLOCK)
+/// Blocks `signals` in the calling thread (and in every thread it spawns later, which inherit
+/// the mask).
+pub(crate) fn block_signals_in_current_thread(signals: &[libc::c_int]) -> io::Result<()> {
+    set_signal_mask(libc::SIG_BLOCK, signals)
 }
 
-/// Unblocks SIGINT and SIGTERM in the calling thread (the signal thread, which must be able
-/// to re-raise them).
-pub(crate) fn unblock_shutdown_signals_in_current_thread() -> io::Result<()> {
-    set_shutdown_signal_mask(libc::SIG_UNBLOCK)
+/// Unblocks `signals` in the calling thread.
+pub(crate) fn unblock_signals_in_current_thread(signals: &[libc::c_int]) -> io::Result<()> {
+    set_signal_mask(libc::SIG_UNBLOCK, signals)
 }
 
-fn set_shutdown_signal_mask(how: libc::c_int) -> io::Result<()> {
+fn set_signal_mask(how: libc::c_int, signals: &[libc::c_int]) -> io::Result<()> {
     // SAFETY: `sigset_t` is plain data and initialised by `sigemptyset` before use;
     // `pthread_sigmask` only changes the calling thread's mask.
     unsafe {
         let mut set: libc::sigset_t = mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in SHUTDOWN_SIGNALS {
+        for &sig in signals {
             libc::sigaddset(&mut set, sig);
         }
         let rc = libc::pthread_sigmask(how, &set, std::ptr::null_mut());
@@ -129,18 +128,9 @@ fn set_shutdown_signal_mask(how: libc::c_int) -> io::Result<()> {
 /// end)`. Used as a doorbell: glommio can await the read end (its reads are `recv`, which an
 /// eventfd does not support), and any thread can `send` one byte into the write end.
 pub(crate) fn doorbell_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [-1 as libc::c_int; 2];
-    // SAFETY: `fds` has room for the two descriptors `socketpair` writes.
-    check(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: on success both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    // `Socket::pair` adds close-on-exec itself.
+    let (read, write) = Socket::pair(Domain::UNIX, Type::STREAM.nonblocking(), None)?;
+    Ok((read.into(), write.into()))
 }
 
 /// Sends one byte into a doorbell's write end without blocking and without SIGPIPE. A full
@@ -148,17 +138,9 @@ pub(crate) fn doorbell_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// (`EPIPE`) means the shard has ended. Neither needs anything from the sender, so errors are
 /// deliberately ignored.
 pub(crate) fn ring(fd: BorrowedFd<'_>) {
-    let byte = 1u8;
-    // SAFETY: we send one byte from a valid stack location on a descriptor kept open by the
-    // caller's borrow.
-    let _ = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            (&byte as *const u8).cast(),
-            1,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
+    // `MSG_NOSIGNAL`: socket2 passes the flags through as given, and a SIGPIPE would kill a
+    // sender whose shard has ended.
+    let _ = SockRef::from(&fd).send_with_flags(&[1], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
 }
 
 /// Creates a listening TCP socket on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, so that
@@ -167,122 +149,56 @@ pub(crate) fn ring(fd: BorrowedFd<'_>) {
 /// leaves it: glommio toggles `O_NONBLOCK` around its direct `accept` and otherwise submits an
 /// io_uring accept. The kernel caps `backlog` at `net.core.somaxconn`.
 pub(crate) fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd> {
-    let fd = tcp_socket(addr)?;
-    set_int_option(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    set_int_option(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-    bind(&fd, addr)?;
-    let backlog = libc::c_int::try_from(backlog).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fd` is an open socket we own.
-    check(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
-    Ok(fd)
+    let socket = tcp_socket(addr)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&SockAddr::from(addr))?;
+    socket.listen(libc::c_int::try_from(backlog).unwrap_or(libc::c_int::MAX))?;
+    Ok(socket.into())
 }
 
-/// A new blocking TCP socket of `addr`'s family (close-on-exec).
-fn tcp_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
-    let domain = match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: plain socket creation; on success we take sole ownership of the descriptor.
-    Ok(unsafe {
-        OwnedFd::from_raw_fd(check(libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_TCP,
-        ))?)
-    })
+/// A new blocking TCP socket of `addr`'s family (close-on-exec: `Socket::new` sets it
+/// atomically).
+fn tcp_socket(addr: SocketAddr) -> io::Result<Socket> {
+    Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
 }
 
-/// Checks that nobody listens on `addr` by binding a plain socket there (`SO_REUSEADDR` only,
-/// so sockets in TIME_WAIT do not count, but no `SO_REUSEPORT`, so any listener — including
-/// another process's `SO_REUSEPORT` group under the same user, which would otherwise silently
-/// share our port — makes it fail with `EADDRINUSE`). Returns the address with the port the
-/// kernel chose if `addr` had port 0. The probe socket is closed on return.
-pub(crate) fn probe_exclusive(addr: SocketAddr) -> io::Result<SocketAddr> {
-    let fd = tcp_socket(addr)?;
-    set_int_option(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    bind(&fd, addr)?;
-    local_addr(&fd)
-}
-
-fn set_int_option(
-    fd: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: we pass a pointer to a `c_int` and its exact size.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })?;
-    Ok(())
-}
-
-fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
-    match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: `sockaddr_in` is plain data; every field we rely on is set below.
-            let mut sin: libc::sockaddr_in = unsafe { mem::zeroed() };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr = libc::in_addr {
-                s_addr: u32::from_ne_bytes(a.ip().octets()),
-            };
-            // SAFETY: pointer and length describe the `sockaddr_in` above.
-            check(unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&sin as *const libc::sockaddr_in).cast(),
-                    mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            })?;
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: `sockaddr_in6` is plain data; every field we rely on is set below.
-            let mut sin6: libc::sockaddr_in6 = unsafe { mem::zeroed() };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr = libc::in6_addr {
-                s6_addr: a.ip().octets(),
-            };
-            sin6.sin6_flowinfo = a.flowinfo();
-            sin6.sin6_scope_id = a.scope_id();
-            // SAFETY: pointer and length describe the `sockaddr_in6` above.
-            check(unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&sin6 as *const libc::sockaddr_in6).cast(),
-                    mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                )
-            })?;
-        }
-    }
-    Ok(())
+/// Claims `addr` for this process: binds a plain socket there, with `SO_REUSEADDR` (so sockets
+/// in TIME_WAIT do not count) but without `SO_REUSEPORT`, so that any other socket on the port
+/// — including another process's `SO_REUSEPORT` group under the same user, which would
+/// otherwise silently share it — makes this fail with `EADDRINUSE`. Port 0 lets the kernel
+/// choose a port nobody holds. Returns the claim with the address it holds.
+///
+/// While the claim is held (bound, never listening), `SO_REUSEPORT` listeners of this process
+/// can still bind the same address: two sockets that both set `SO_REUSEADDR` may share a port
+/// as long as neither listens. A socket without `SO_REUSEADDR` is refused meanwhile, and one
+/// with it that starts listening first makes our bind fail, so no other program ends up
+/// sharing the port silently. A caller holds the claim until its own listeners are up.
+pub(crate) fn claim_exclusive(addr: SocketAddr) -> io::Result<(OwnedFd, SocketAddr)> {
+    let socket = tcp_socket(addr)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SockAddr::from(addr))?;
+    let claimed = local_addr(&socket)?;
+    Ok((socket.into(), claimed))
 }
 
 /// Stops a listening socket at once: `shutdown(SHUT_RD)` moves it out of LISTEN (new
 /// connections are refused) and fails any accept in flight. Closing the descriptor is not
 /// enough, because an io_uring accept in flight holds its own reference to the socket, which
 /// keeps it listening until the request is cancelled. Errors (already closed) are ignored.
-pub(crate) fn stop_listening(fd: libc::c_int) {
-    // SAFETY: `shutdown` on a descriptor the caller keeps open; no memory is passed.
-    let _ = unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+pub(crate) fn stop_listening(fd: RawFd) {
+    // SAFETY: the caller keeps `fd` open for the duration of this call (glommio's listener
+    // owns it and outlives the call); the borrow does not escape.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = SockRef::from(&fd).shutdown(std::net::Shutdown::Read);
 }
 
 /// The address a socket is bound to (reads the port the kernel chose for port 0).
-pub(crate) fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
-    // Borrow the descriptor as a std listener only to reuse std's sockaddr decoding;
-    // `ManuallyDrop` keeps std from closing a descriptor it does not own.
-    // SAFETY: `fd` stays open for the duration of this call.
-    let std_listener =
-        mem::ManuallyDrop::new(unsafe { std::net::TcpListener::from_raw_fd(fd.as_raw_fd()) });
-    std_listener.local_addr()
+pub(crate) fn local_addr(fd: &impl AsFd) -> io::Result<SocketAddr> {
+    SockRef::from(fd).local_addr()?.as_socket().ok_or_else(|| {
+        // Only TCP sockets of an IP family are created here.
+        io::Error::new(io::ErrorKind::InvalidInput, "not an IPv4 or IPv6 socket")
+    })
 }
 
 #[cfg(test)]
@@ -310,12 +226,42 @@ mod tests {
     }
 
     #[test]
-    fn the_probe_sees_a_reuseport_group_as_in_use() {
-        let probed = probe_exclusive("127.0.0.1:0".parse().unwrap()).unwrap();
-        assert_ne!(probed.port(), 0);
-        let group = reuseport_listener(probed, 16).unwrap();
-        let err = probe_exclusive(local_addr(&group).unwrap()).unwrap_err();
+    fn a_claim_sees_a_reuseport_group_as_in_use() {
+        let (claim, claimed) = claim_exclusive("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(claimed.port(), 0);
+        let group = reuseport_listener(claimed, 16).unwrap();
+        drop(claim);
+        let err = claim_exclusive(local_addr(&group).unwrap()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn a_held_claim_admits_our_reuseport_group_and_refuses_plain_binds() {
+        let (_claim, addr) = claim_exclusive("127.0.0.1:0".parse().unwrap()).unwrap();
+        // While the claim is held, a socket without SO_REUSEADDR cannot bind the port.
+        let plain = tcp_socket(addr).unwrap();
+        let err = plain.bind(&SockAddr::from(addr)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        // Our group can, and listens.
+        let first = reuseport_listener(addr, 16).unwrap();
+        let second = reuseport_listener(addr, 16).unwrap();
+        assert_eq!(local_addr(&first).unwrap(), addr);
+        assert_eq!(local_addr(&second).unwrap(), addr);
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        // From now on nobody else can listen there (std's listener sets SO_REUSEADDR).
+        let err = std::net::TcpListener::bind(addr).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn a_listener_that_beats_our_group_to_the_claimed_port_makes_our_bind_fail() {
+        let (_claim, addr) = claim_exclusive("127.0.0.1:0".parse().unwrap()).unwrap();
+        // SO_REUSEADDR lets another program bind next to the claim; once it listens, our
+        // group fails loudly instead of sharing the port.
+        let other = std::net::TcpListener::bind(addr).unwrap();
+        let err = reuseport_listener(addr, 16).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        drop(other);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Tests that need a process of their own: starting under an 8 MiB `RLIMIT_MEMLOCK` without
-//! `CAP_IPC_LOCK` (as on a production machine), and SIGTERM/SIGINT handling.
+//! `CAP_IPC_LOCK` (as on a production machine), and SIGTERM/SIGINT/SIGHUP handling.
 //!
 //! Each parent test re-executes this test binary with `SHARDCAST_TEST_CHILD=<role>` and runs
 //! only the matching `child_*` function there. Outside such a child, the `child_*` functions
@@ -8,6 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -289,5 +290,55 @@ fn child_signals() {
         loop {
             std::thread::park();
         }
+    }
+}
+
+/// SIGHUP runs the hangup hooks, in order, and never stops the shards: a hook that panics
+/// keeps neither the next hook nor the next signal from being handled, and SIGTERM still
+/// drains afterwards. Once the runtime is gone, SIGHUP takes its default action again.
+#[test]
+fn sighup_runs_the_hangup_hooks_and_never_stops_the_shards() {
+    let (child, rx) = spawn(child_command(
+        "sh",
+        &["-c", SH_EXEC],
+        "hangup",
+        "child_hangup",
+    ));
+    expect_line(&rx, "ready");
+    for n in 1..=2 {
+        signal(&child, libc::SIGHUP);
+        assert_eq!(expect_line(&rx, "hangup"), format!("hangup {n}"));
+    }
+    signal(&child, libc::SIGTERM);
+    assert_eq!(expect_line(&rx, "exits"), "exits [Finished, Finished]");
+    expect_line(&rx, "idle");
+    signal(&child, libc::SIGHUP);
+    let status = wait_within(child, Duration::from_secs(30));
+    assert_eq!(status.signal(), Some(libc::SIGHUP), "{status:?}");
+}
+
+#[test]
+fn child_hangup() {
+    if !role_is("hangup") {
+        return;
+    }
+    let hangups = AtomicUsize::new(0);
+    let rt = Runtime::builder()
+        .shards(2)
+        .handle_signals(true)
+        .on_hangup(|| panic!("this hangup hook panics on purpose"))
+        .on_hangup(move || {
+            let n = hangups.fetch_add(1, Ordering::Relaxed) + 1;
+            println!("hangup {n}");
+        })
+        .start(|shard| async move { shard.shutdown().await })
+        .unwrap();
+    println!("\nready");
+    let exits = rt.join().unwrap();
+    println!("exits {exits:?}");
+    println!("idle");
+    // Wait for the parent's last SIGHUP, which must now terminate the process.
+    loop {
+        std::thread::park();
     }
 }

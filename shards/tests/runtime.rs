@@ -3,8 +3,8 @@
 //! shard, start-up errors surface instead of hanging. Every wait has a deadline; nothing
 //! sleeps.
 
-use std::collections::HashMap;
-use std::net::TcpStream;
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -399,6 +399,134 @@ fn configuration_errors_are_reported() {
         .start(|_shard| async {})
         .unwrap_err();
     assert_eq!(err.label(), "resolve");
+}
+
+/// `listen_next_to` with port 0: the follower is always bound at the port after its leader's,
+/// also when several runtimes pick their pairs at the same time, and both accept.
+#[test]
+fn a_listener_next_to_another_gets_the_following_port() {
+    const RUNTIMES: usize = 4;
+    const ROUNDS: usize = 3;
+    for _ in 0..ROUNDS {
+        let starting: Vec<_> = (0..RUNTIMES)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    Runtime::builder()
+                        .shards(2)
+                        .pin(false)
+                        .ring_depth(128)
+                        // Before the listener it follows: the order does not matter.
+                        .listen_next_to("next", "first")
+                        .listen("first", "127.0.0.1:0")
+                        .start(|shard| async move {
+                            let first = shard.take_listener("first").expect("configured");
+                            let next = shard.take_listener("next").expect("configured");
+                            assert_eq!(next.local_addr().port(), first.local_addr().port() + 1);
+                            let (a, b) = futures_lite::future::zip(
+                                first.accept_loop(drop),
+                                next.accept_loop(drop),
+                            )
+                            .await;
+                            a.and(b).expect("accept loops");
+                        })
+                        .expect("start")
+                })
+            })
+            .collect();
+        let runtimes: Vec<Runtime> = starting.into_iter().map(|t| t.join().unwrap()).collect();
+        let mut ports = HashSet::new();
+        for rt in &runtimes {
+            let first = rt.bound_addr("first").unwrap();
+            let next = rt.bound_addr("next").unwrap();
+            assert_eq!(next, SocketAddr::new(first.ip(), first.port() + 1));
+            let names: Vec<&str> = rt.bound_addrs().iter().map(|b| b.name.as_str()).collect();
+            assert_eq!(names, ["next", "first"], "configuration order");
+            assert!(ports.insert(first.port()), "{first} bound twice");
+            assert!(ports.insert(next.port()), "{next} bound twice");
+            TcpStream::connect(first).unwrap();
+            TcpStream::connect(next).unwrap();
+        }
+        for rt in runtimes {
+            rt.shutdown_handle().trigger();
+            let exits = join_within(rt, Duration::from_secs(10)).expect("no panic");
+            assert_eq!(exits, vec![ShardExit::Finished; 2]);
+        }
+    }
+}
+
+/// With an explicit port, the follower binds exactly the next one, and fails (as a bind of
+/// its own) when that port is taken.
+#[test]
+fn a_listener_next_to_an_explicit_port_takes_exactly_the_next_one() {
+    // A free pair, found by a runtime and released.
+    let probe = Runtime::builder()
+        .shards(1)
+        .listen("first", "127.0.0.1:0")
+        .listen_next_to("next", "first")
+        .start(|shard| async move { shard.shutdown().await })
+        .unwrap();
+    let (first, next) = (
+        probe.bound_addr("first").unwrap(),
+        probe.bound_addr("next").unwrap(),
+    );
+    probe.shutdown_handle().trigger();
+    join_within(probe, Duration::from_secs(10)).unwrap();
+
+    let rt = Runtime::builder()
+        .shards(2)
+        .listen("first", first)
+        .listen_next_to("next", "first")
+        .start(|shard| async move { shard.shutdown().await })
+        .unwrap();
+    assert_eq!(rt.bound_addr("next"), Some(next));
+    rt.shutdown_handle().trigger();
+    join_within(rt, Duration::from_secs(10)).unwrap();
+
+    let squatter = std::net::TcpListener::bind(next).unwrap();
+    let err = Runtime::builder()
+        .shards(2)
+        .listen("first", first)
+        .listen_next_to("next", "first")
+        .start(|_shard| async {})
+        .unwrap_err();
+    assert!(err.is_addr_in_use(), "{err}");
+    assert!(
+        matches!(&err, StartError::Bind { name, addr, .. } if name == "next" && *addr == next),
+        "{err}"
+    );
+    drop(squatter);
+}
+
+#[test]
+fn a_listener_next_to_an_unknown_or_taken_one_is_refused() {
+    let err = Runtime::builder()
+        .shards(1)
+        .listen("first", "127.0.0.1:0")
+        .listen_next_to("next", "frist")
+        .start(|_shard| async {})
+        .unwrap_err();
+    assert_eq!(err.label(), "next_to_unknown", "{err}");
+    // Following a follower is not supported: only one port comes after a listener.
+    let err = Runtime::builder()
+        .shards(1)
+        .listen("first", "127.0.0.1:0")
+        .listen_next_to("next", "first")
+        .listen_next_to("after-next", "next")
+        .start(|_shard| async {})
+        .unwrap_err();
+    assert_eq!(err.label(), "next_to_unknown", "{err}");
+    let err = Runtime::builder()
+        .shards(1)
+        .listen("first", "127.0.0.1:0")
+        .listen_next_to("next", "first")
+        .listen_next_to("also-next", "first")
+        .start(|_shard| async {})
+        .unwrap_err();
+    assert!(
+        matches!(&err, StartError::NextToTaken { name, other, .. }
+            if name == "also-next" && other == "next"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -39,7 +39,7 @@ impl ServerProc {
     pub fn start(args: &[&str]) -> ServerProc {
         let bin = env!("CARGO_BIN_EXE_shardcast");
         let mut cmd = Command::new(bin);
-        // With --port 0 the TCP port defaults to "any free port" too.
+        // With --port 0 the TCP port defaults to the WebSocket port + 1, as with any port.
         cmd.args(["--host", "127.0.0.1", "--port", "0"]);
         cmd.args(args)
             .env("SHARDCAST_LOG", "warn")
@@ -147,6 +147,26 @@ impl ServerProc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits (with the harness deadline) for a line of the server's output containing
+    /// `needle` and returns it. Stderr lines come prefixed with `stderr: `. Lines read while
+    /// waiting are consumed.
+    pub fn expect_output(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the server printed no line with {needle:?} within {DEADLINE:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the server closed its output (exited?) before printing {needle:?}")
+                }
+            }
+        }
     }
 }
 
