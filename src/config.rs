@@ -447,6 +447,7 @@ mod tests {
                 heartbeat_timeout_ms: 20,
                 handshake_timeout_ms: 30,
                 shutdown_timeout_ms: 40,
+                slow_consumer_ms: 45,
             },
             compression: Compression {
                 enabled: false,
@@ -457,6 +458,11 @@ mod tests {
                 publish_requires_membership: true,
                 broadcast: false,
                 direct: false,
+            },
+            memory: Memory {
+                output_budget: 1 << 21,
+                input_budget: 1 << 22,
+                mesh_overflow: 1 << 23,
             },
         };
         let text = toml::to_string_pretty(&c).unwrap();
