@@ -45,11 +45,10 @@ impl BinaryMessage<'_> {
 /// header, [`Error::NotAnObject`] for a header that is valid JSON but not an object, and
 /// [`Error::EventTooLong`] for an event over 256 bytes.
 pub fn parse(msg: &[u8]) -> Result<BinaryMessage<'_>, Error> {
-    let Some(&[a, b, c, d]) = msg.get(..4) else {
+    let Some((&len_bytes, rest)) = msg.split_first_chunk::<4>() else {
         return Err(Error::BinaryTooShort);
     };
-    let header_len = u32::from_be_bytes([a, b, c, d]) as usize;
-    let rest = msg.get(4..).unwrap_or_default();
+    let header_len = u32::from_be_bytes(len_bytes) as usize;
     if header_len > rest.len() {
         return Err(Error::BinaryHeaderLength);
     }
