@@ -1284,7 +1284,8 @@ fn feed_chunked(
 // Responses
 // ---------------------------------------------------------------------------------------
 
-/// `tchar` of RFC 9110 §5.6.2: the bytes allowed in a header name.
+/// `tchar` of RFC 9110 §5.6.2: the bytes allowed in a token (a header name, a method, a
+/// subprotocol name). The one definition in the crate: use [`is_token`].
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
@@ -1306,14 +1307,16 @@ fn is_tchar(b: u8) -> bool {
         )
 }
 
-fn valid_header_name(name: &[u8]) -> bool {
-    !name.is_empty() && name.iter().all(|&b| is_tchar(b))
+/// RFC 9110 §5.6.2: `token = 1*tchar`. Header names are tokens, and so are WebSocket
+/// subprotocol names (RFC 6455 §4.1), which `ws/handshake.rs` checks with this.
+pub(crate) fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
 }
 
 /// RFC 9110 §5.5: "Field values containing CR, LF, or NUL characters are invalid and
 /// dangerous". Checked on everything the application writes, so a peer-supplied value echoed
 /// into a response (an Origin, say) can never inject a header.
-fn valid_header_value(value: &[u8]) -> bool {
+pub(crate) fn valid_header_value(value: &[u8]) -> bool {
     !value.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0))
 }
 
@@ -1379,7 +1382,7 @@ impl<'a> ResponseWriter<'a> {
 
     /// Adds a header field.
     pub fn header(&mut self, name: &str, value: &[u8]) -> &mut Self {
-        if valid_header_name(name.as_bytes()) && valid_header_value(value) {
+        if is_token(name.as_bytes()) && valid_header_value(value) {
             self.put_header(name.as_bytes(), value);
         } else {
             self.invalid = true;
@@ -1389,7 +1392,7 @@ impl<'a> ResponseWriter<'a> {
 
     /// Adds a header field with a decimal value.
     pub fn header_u64(&mut self, name: &str, value: u64) -> &mut Self {
-        if valid_header_name(name.as_bytes()) {
+        if is_token(name.as_bytes()) {
             self.out.put_slice(name.as_bytes());
             self.out.put_slice(b": ");
             put_decimal(self.out, value);
@@ -2281,6 +2284,21 @@ mod tests {
         assert_eq!(&out[..], &b"HTTP/1.1 299 \r\nContent-Length: 0\r\n\r\n"[..]);
         assert_eq!(StatusCode::from_u16(99), None);
         assert_eq!(StatusCode::from_u16(1000), None);
+    }
+
+    #[test]
+    fn tchar_is_vchar_minus_delimiters() {
+        // RFC 9110 §5.6.2, read the other way round: tchar is any VCHAR except the
+        // delimiters `DQUOTE and "(),/:;<=>?@[\]{}"`.
+        let delimiters = b"\"(),/:;<=>?@[\\]{}";
+        for b in 0..=255u8 {
+            let vchar = (0x21..=0x7e).contains(&b);
+            assert_eq!(is_tchar(b), vchar && !delimiters.contains(&b), "{b:#04x}");
+        }
+        assert!(is_token(b"Sec-WebSocket-Protocol"));
+        assert!(is_token(b"stelar.v1"));
+        assert!(!is_token(b""));
+        assert!(!is_token(b"a b"));
     }
 
     #[test]
