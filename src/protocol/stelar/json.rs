@@ -814,7 +814,9 @@ mod tests {
     fn truthiness() {
         let t = |s: &str| is_truthy(s.as_bytes(), validate_value(s.as_bytes()).unwrap());
         let huge = format!("1{}", "0".repeat(400));
-        for s in ["true", "1", "-0.1", "\"x\"", "\"0\"", "[]", "{}", "1e-300", "1E+400", &huge] {
+        for s in [
+            "true", "1", "-0.1", "\"x\"", "\"0\"", "[]", "{}", "1e-300", "1E+400", &huge,
+        ] {
             assert!(t(s), "{s}");
         }
         for s in ["false", "null", "0", "-0", "0.0e5", "\"\"", "1e-400"] {

@@ -1418,9 +1418,14 @@ mod tests {
                 Some(KEY)
             });
         } else {
-            write_message(&mut wire, OpCode::Text, payload, false, max_fragment, &mut || {
-                Some(KEY)
-            });
+            write_message(
+                &mut wire,
+                OpCode::Text,
+                payload,
+                false,
+                max_fragment,
+                &mut || Some(KEY),
+            );
         }
         wire.to_vec()
     }
