@@ -31,7 +31,9 @@
 //!
 //! Decision on chunked request bodies: decoded (curl and many HTTP libraries send them for
 //! streamed uploads), with the body capped at [`Limits::max_body_size`], the chunk-size line at
-//! 1 KiB and the trailer section at [`Limits::max_head_size`]; trailers are discarded.
+//! 1 KiB and the trailer section at [`Limits::max_head_size`]; trailers are discarded. The
+//! chunk-size line is parsed by `httparse::parse_chunk_size`, with a bare LF or NUL in it
+//! refused, which httparse alone would let through in an extension.
 //!
 //! Cost: a head is re-parsed from the start on every call until it is complete; the head is
 //! capped at 8 KiB by default, so a peer trickling bytes costs at most that much re-scanning per
@@ -1073,50 +1075,44 @@ pub struct BodyDecoder {
 enum Framing {
     Empty,
     Length(usize),
-    Chunked { state: ChunkState, out: BytesMut },
+    Chunked(Chunked),
     Done,
 }
 
-/// The chunked-coding parser (RFC 9112 §7.1), one byte class at a time. CRLF is required
-/// exactly: a bare LF in chunk framing is refused, since lenient framing is how smuggling
-/// works.
+/// A chunked body being decoded (RFC 9112 §7.1): `chunk-size [ chunk-ext ] CRLF`, the data
+/// and CRLF, repeated until a `0` size line, then trailer field lines and a final CRLF.
+///
+/// The chunk-size line is parsed by `httparse::parse_chunk_size` once it has ended; a line
+/// that straddles reads is moved into `line` so the read buffer holds only unread bytes.
+/// Trailer lines are checked for their line endings and discarded. CRLF is required exactly:
+/// a bare LF anywhere in the framing is refused, since lenient framing is how smuggling works.
+#[derive(Debug)]
+struct Chunked {
+    state: ChunkState,
+    /// The start of a size or trailer line whose end has not arrived yet. Invariant: shorter
+    /// than that line's limit (`MAX_CHUNK_LINE`, or what is left of the trailer budget), holds
+    /// no LF, and is empty in the `Data*` states.
+    line: Vec<u8>,
+    /// The body decoded so far. Invariant: `out.len() <= max` (sizes are checked against
+    /// what is left before their data is taken).
+    out: BytesMut,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
-    /// Reading hex digits; `digits` so far, `line` bytes of this line so far.
-    Size {
-        size: u64,
-        digits: u8,
-        line: usize,
-    },
-    /// After the size: optional whitespace before `;` or CR.
-    SizeWs {
-        size: u64,
-        line: usize,
-    },
-    /// Inside chunk extensions: skipped up to CR.
-    Ext {
-        size: u64,
-        line: usize,
-    },
-    /// Saw CR after the size line; LF must follow.
-    SizeLf {
-        size: u64,
-    },
-    /// Copying chunk data.
+    /// At (or inside) a chunk-size line.
+    Size,
+    /// Copying chunk data; `remaining` bytes of this chunk to go.
     Data {
         remaining: u64,
     },
+    /// After a chunk's data: CR, then LF.
     DataCr,
     DataLf,
-    /// In the trailer section: `line` bytes of the current field line, `total` overall.
-    Trailer {
-        line: usize,
-        total: usize,
+    /// In the trailer section; `used` bytes of complete field lines so far.
+    Trailers {
+        used: usize,
     },
-    TrailerLf {
-        total: usize,
-    },
-    EndLf,
 }
 
 impl BodyDecoder {
@@ -1130,14 +1126,11 @@ impl BodyDecoder {
                 Ok(n) if n <= max => Framing::Length(n),
                 _ => return Err(HttpError::BodyTooLarge),
             },
-            BodyKind::Chunked => Framing::Chunked {
-                state: ChunkState::Size {
-                    size: 0,
-                    digits: 0,
-                    line: 0,
-                },
+            BodyKind::Chunked => Framing::Chunked(Chunked {
+                state: ChunkState::Size,
+                line: Vec::new(),
                 out: BytesMut::new(),
-            },
+            }),
         };
         Ok(Self {
             framing,
@@ -1163,11 +1156,11 @@ impl BodyDecoder {
                 self.framing = Framing::Done;
                 Ok(Some(buf.split_to(n).freeze()))
             }
-            Framing::Chunked { state, out } => {
-                let (consumed, done) = feed_chunked(state, buf, out, self.max, self.max_trailers)?;
+            Framing::Chunked(chunked) => {
+                let (consumed, done) = chunked.feed(buf, self.max, self.max_trailers)?;
                 buf.advance(consumed);
                 if done {
-                    let body = out.split().freeze();
+                    let body = chunked.out.split().freeze();
                     self.framing = Framing::Done;
                     Ok(Some(body))
                 } else {
@@ -1178,156 +1171,188 @@ impl BodyDecoder {
     }
 }
 
-/// Runs the chunked parser over `input`; returns bytes consumed and whether the body ended.
-fn feed_chunked(
-    state: &mut ChunkState,
-    input: &[u8],
-    out: &mut BytesMut,
-    max: usize,
-    max_trailers: usize,
-) -> Result<(usize, bool), HttpError> {
-    use ChunkState::*;
-    let mut i = 0usize;
-    loop {
-        let rest = input.get(i..).unwrap_or_default();
-        let Some(&b) = rest.first() else {
-            return Ok((i, false));
-        };
-        *state = match *state {
-            Data { remaining } => {
-                // Bulk copy; `remaining` was checked against `max` when the size line ended.
-                let take = rest
-                    .len()
-                    .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                out.extend_from_slice(rest.get(..take).unwrap_or_default());
-                i += take;
-                let left = remaining.saturating_sub(take as u64);
-                *state = if left == 0 {
-                    DataCr
-                } else {
-                    Data { remaining: left }
-                };
-                continue;
+impl Chunked {
+    /// Runs the decoder over `input`; returns the bytes consumed (all of `input` unless the
+    /// body ended) and whether the body ended.
+    fn feed(
+        &mut self,
+        input: &[u8],
+        max: usize,
+        max_trailers: usize,
+    ) -> Result<(usize, bool), HttpError> {
+        use ChunkState::*;
+        let mut used = 0usize;
+        loop {
+            // used <= input.len(): it only grows by lengths taken from `rest`.
+            let rest = &input[used..];
+            if rest.is_empty() {
+                return Ok((used, false));
             }
-            Size { size, digits, line } => {
-                if line >= MAX_CHUNK_LINE {
-                    return Err(HttpError::ChunkLineTooLong);
+            match self.state {
+                Data { remaining } => {
+                    // Bulk copy; `remaining` was checked against `max` when the size line ended.
+                    let take = usize::try_from(remaining).map_or(rest.len(), |r| r.min(rest.len()));
+                    self.out.extend_from_slice(&rest[..take]);
+                    used += take;
+                    let left = remaining - take as u64;
+                    self.state = if left == 0 {
+                        DataCr
+                    } else {
+                        Data { remaining: left }
+                    };
                 }
-                match (hex_val(b), b) {
-                    (Some(v), _) => {
-                        // 16 hex digits fill a u64; more would overflow.
-                        if digits >= 16 {
-                            return Err(HttpError::InvalidChunkSize);
-                        }
-                        Size {
-                            size: size << 4 | u64::from(v),
-                            digits: digits + 1,
-                            line: line + 1,
-                        }
+                DataCr | DataLf => {
+                    let (want, next) = if self.state == DataCr {
+                        (b'\r', DataLf)
+                    } else {
+                        (b'\n', Size)
+                    };
+                    if rest[0] != want {
+                        return Err(HttpError::InvalidChunkTerminator);
                     }
-                    // RFC 9112 §7.1: chunk-size = 1*HEXDIG.
-                    _ if digits == 0 => return Err(HttpError::InvalidChunkSize),
-                    (None, b' ' | b'\t') => SizeWs {
-                        size,
-                        line: line + 1,
-                    },
-                    (None, b';') => Ext {
-                        size,
-                        line: line + 1,
-                    },
-                    (None, b'\r') => SizeLf { size },
-                    _ => return Err(HttpError::InvalidChunkSize),
+                    used += 1;
+                    self.state = next;
                 }
-            }
-            SizeWs { size, line } => {
-                if line >= MAX_CHUNK_LINE {
-                    return Err(HttpError::ChunkLineTooLong);
-                }
-                match b {
-                    b' ' | b'\t' => SizeWs {
-                        size,
-                        line: line + 1,
-                    },
-                    b';' => Ext {
-                        size,
-                        line: line + 1,
-                    },
-                    b'\r' => SizeLf { size },
-                    _ => return Err(HttpError::InvalidChunkSize),
-                }
-            }
-            Ext { size, line } => match b {
-                b'\r' => SizeLf { size },
-                b'\n' | 0 => return Err(HttpError::InvalidChunkSize),
-                _ if line >= MAX_CHUNK_LINE => return Err(HttpError::ChunkLineTooLong),
-                _ => Ext {
-                    size,
-                    line: line + 1,
+                Size => match take_line(&mut self.line, rest, MAX_CHUNK_LINE) {
+                    Line::Complete { line, taken } => {
+                        let size = chunk_size(line)?.ok_or(HttpError::InvalidChunkSize)?;
+                        used += taken;
+                        self.line.clear();
+                        self.state = if size == 0 {
+                            Trailers { used: 0 }
+                        } else {
+                            // Refused from the size line, before the chunk's data is buffered.
+                            if size > (max - self.out.len()) as u64 {
+                                return Err(HttpError::BodyTooLarge);
+                            }
+                            Data { remaining: size }
+                        };
+                    }
+                    Line::Partial => {
+                        // Refuse a line that is already wrong without waiting for its end.
+                        chunk_size(&self.line)?;
+                        return Ok((input.len(), false));
+                    }
+                    Line::TooLong => return Err(HttpError::ChunkLineTooLong),
                 },
-            },
-            SizeLf { size } => {
-                if b != b'\n' {
-                    return Err(HttpError::InvalidChunkSize);
-                }
-                if size == 0 {
-                    Trailer { line: 0, total: 0 }
-                } else {
-                    // Refused from the size line, before the chunk's data is buffered.
-                    let room = max.saturating_sub(out.len());
-                    if size > room as u64 {
-                        return Err(HttpError::BodyTooLarge);
+                Trailers { used: so_far } => {
+                    match take_line(&mut self.line, rest, max_trailers - so_far) {
+                        Line::Complete { line, taken } => {
+                            let empty = trailer_line(line)?;
+                            // The whole line counts, also the part that came in earlier
+                            // reads: so_far + line.len() <= max_trailers (take_line's limit).
+                            let line_len = line.len();
+                            used += taken;
+                            self.line.clear();
+                            if empty {
+                                return Ok((used, true));
+                            }
+                            self.state = Trailers {
+                                used: so_far + line_len,
+                            };
+                        }
+                        Line::Partial => {
+                            trailer_line(&self.line)?;
+                            return Ok((input.len(), false));
+                        }
+                        Line::TooLong => return Err(HttpError::TrailersTooLarge),
                     }
-                    Data { remaining: size }
                 }
             }
-            DataCr => {
-                if b != b'\r' {
-                    return Err(HttpError::InvalidChunkTerminator);
-                }
-                DataLf
-            }
-            DataLf => {
-                if b != b'\n' {
-                    return Err(HttpError::InvalidChunkTerminator);
-                }
-                Size {
-                    size: 0,
-                    digits: 0,
-                    line: 0,
-                }
-            }
-            Trailer { line, total } => {
-                if total >= max_trailers {
-                    return Err(HttpError::TrailersTooLarge);
-                }
-                match b {
-                    b'\r' if line == 0 => EndLf,
-                    b'\r' => TrailerLf { total: total + 1 },
-                    b'\n' | 0 => return Err(HttpError::InvalidNewLine),
-                    _ => Trailer {
-                        line: line + 1,
-                        total: total + 1,
-                    },
-                }
-            }
-            TrailerLf { total } => {
-                if b != b'\n' {
-                    return Err(HttpError::InvalidNewLine);
-                }
-                Trailer {
-                    line: 0,
-                    total: total + 1,
-                }
-            }
-            EndLf => {
-                if b != b'\n' {
-                    return Err(HttpError::InvalidNewLine);
-                }
-                return Ok((i + 1, true));
-            }
-        };
-        i += 1;
+        }
     }
+}
+
+/// What [`take_line`] found.
+enum Line<'a> {
+    /// The whole line, LF included, and how many of its bytes came from `input`.
+    Complete { line: &'a [u8], taken: usize },
+    /// No LF yet: all of `input` was moved into `pending`.
+    Partial,
+    /// No LF within `limit` bytes.
+    TooLong,
+}
+
+/// Takes the line at the front of `input`, whose first bytes may be in `pending` (moved
+/// there by earlier calls), up to `limit` bytes in all, LF included. A complete line is
+/// borrowed from `input` when `pending` is empty (the common case, no copy), else assembled
+/// in `pending`, which the caller clears once done with it.
+fn take_line<'a>(pending: &'a mut Vec<u8>, input: &'a [u8], limit: usize) -> Line<'a> {
+    // The invariant on Chunked::line: pending.len() < limit, else TooLong came earlier.
+    let room = limit - pending.len();
+    let window = &input[..input.len().min(room)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(lf) => {
+            let taken = lf + 1;
+            if pending.is_empty() {
+                Line::Complete {
+                    line: &input[..taken],
+                    taken,
+                }
+            } else {
+                pending.extend_from_slice(&window[..taken]);
+                Line::Complete {
+                    line: pending,
+                    taken,
+                }
+            }
+        }
+        // `input` is not empty (the caller checks), so a full window means the line has at
+        // least `limit` bytes and no end yet.
+        None if window.len() == room => Line::TooLong,
+        None => {
+            pending.extend_from_slice(window);
+            Line::Partial
+        }
+    }
+}
+
+/// A chunk-size line (`1*HEXDIG [ chunk-ext ] CRLF`), complete (ends with LF) or the start
+/// of one: `Ok(Some(size))` for a complete valid line, `Ok(None)` for a valid start.
+///
+/// `httparse::parse_chunk_size` does the parsing (hex digits, whitespace before `;`,
+/// extensions skipped). Around it, what it is lenient about and we are not: it reads an empty
+/// size as 0 (RFC 9112: `chunk-size = 1*HEXDIG`), and it lets an extension hold any byte,
+/// a bare LF or a NUL included. A bare LF that ends the line for a lenient peer but not for us
+/// is a request-smuggling vector, so the only LF must be the CRLF's at the end.
+fn chunk_size(line: &[u8]) -> Result<Option<u64>, HttpError> {
+    let Some(&first) = line.first() else {
+        return Ok(None);
+    };
+    if !first.is_ascii_hexdigit() {
+        return Err(HttpError::InvalidChunkSize);
+    }
+    let complete = line.last() == Some(&b'\n');
+    let content = if complete {
+        // take_line stops at the first LF: the last byte is the only one.
+        line.strip_suffix(b"\r\n")
+            .ok_or(HttpError::InvalidChunkSize)?
+    } else {
+        line
+    };
+    if content.contains(&0) {
+        return Err(HttpError::InvalidChunkSize);
+    }
+    match httparse::parse_chunk_size(line) {
+        Ok(httparse::Status::Complete((n, size))) if complete && n == line.len() => Ok(Some(size)),
+        Ok(httparse::Status::Partial) if !complete => Ok(None),
+        _ => Err(HttpError::InvalidChunkSize),
+    }
+}
+
+/// A trailer field line, complete (ends with LF) or the start of one; `Ok(true)` for the
+/// empty line that ends the section. Trailers are discarded, but their line endings are held
+/// to CRLF like the head's: a CR must be followed by LF, a LF preceded by CR, and no NUL.
+fn trailer_line(line: &[u8]) -> Result<bool, HttpError> {
+    let content = match line.strip_suffix(b"\n") {
+        Some(ended) => ended.strip_suffix(b"\r").ok_or(HttpError::InvalidNewLine)?,
+        // Unfinished: a CR at the very end may still be followed by its LF.
+        None => line.strip_suffix(b"\r").unwrap_or(line),
+    };
+    if content.iter().any(|&b| b == b'\r' || b == 0) {
+        return Err(HttpError::InvalidNewLine);
+    }
+    Ok(line.len() == 2 && content.is_empty())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2322,6 +2347,146 @@ mod tests {
             decode_chunked(b"6\r\nhello!\r\n5\r\n", 10).unwrap_err(),
             HttpError::BodyTooLarge
         );
+    }
+
+    /// Feeds `input` to a chunked decoder in two reads cut at `cut`; the body and what was
+    /// left of the input, or the error. Checks that an `Ok(None)` consumed everything.
+    fn chunked_in_two(
+        input: &[u8],
+        cut: usize,
+        limits: &Limits,
+    ) -> Result<(Bytes, Vec<u8>), HttpError> {
+        let mut d = BodyDecoder::new(BodyKind::Chunked, limits)?;
+        let mut buf = BytesMut::from(&input[..cut]);
+        if let Some(body) = d.decode(&mut buf)? {
+            buf.extend_from_slice(&input[cut..]);
+            return Ok((body, buf.to_vec()));
+        }
+        assert!(
+            buf.is_empty(),
+            "cut {cut}: an incomplete body consumes what it was given"
+        );
+        buf.extend_from_slice(&input[cut..]);
+        match d.decode(&mut buf)? {
+            Some(body) => Ok((body, buf.to_vec())),
+            None => panic!("cut {cut}: the whole input holds a whole body"),
+        }
+    }
+
+    #[test]
+    fn chunked_split_at_every_offset() {
+        let limits = Limits {
+            max_body_size: 100,
+            max_head_size: 64,
+        };
+        let wire = b"4;name=value\r\nWiki\r\n5 ;x\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nExpires: never\r\nX: y\r\n\r\nNEXT";
+        for cut in 0..=wire.len() {
+            let (body, rest) = chunked_in_two(wire, cut, &limits).unwrap();
+            assert_eq!(&body[..], b"Wikipedia in\r\n\r\nchunks.", "cut {cut}");
+            assert_eq!(rest, b"NEXT", "cut {cut}");
+        }
+        // One byte at a time.
+        let mut d = BodyDecoder::new(BodyKind::Chunked, &limits).unwrap();
+        let mut buf = BytesMut::new();
+        let mut body = None;
+        for &b in wire.iter() {
+            buf.extend_from_slice(&[b]);
+            if body.is_none() {
+                body = d.decode(&mut buf).unwrap();
+            }
+        }
+        assert_eq!(&body.unwrap()[..], b"Wikipedia in\r\n\r\nchunks.");
+        assert_eq!(&buf[..], b"NEXT");
+    }
+
+    #[test]
+    fn chunked_errors_at_every_offset() {
+        let limits = Limits {
+            max_body_size: 10,
+            max_head_size: 64,
+        };
+        let cases: &[(&[u8], HttpError)] = &[
+            // httparse would take an empty size as 0, and a bare LF inside an extension as
+            // part of it: both refused here.
+            (
+                b";x\r\n5\r\nhello\r\n0\r\n\r\n",
+                HttpError::InvalidChunkSize,
+            ),
+            (b" 5\r\nhello\r\n0\r\n\r\n", HttpError::InvalidChunkSize),
+            (b"5;a\nb\r\nhello\r\n0\r\n\r\n", HttpError::InvalidChunkSize),
+            (b"5;a\0\r\nhello\r\n0\r\n\r\n", HttpError::InvalidChunkSize),
+            (b"5;a\rb\r\nhello\r\n0\r\n\r\n", HttpError::InvalidChunkSize),
+            (b"5\r\nhello\n0\r\n\r\n", HttpError::InvalidChunkTerminator),
+            (b"0\r\nX: y\r\nZ\0: 1\r\n\r\n", HttpError::InvalidNewLine),
+            (b"0\r\nX: y\r\n\n", HttpError::InvalidNewLine),
+            (
+                b"6\r\nhello!\r\n5\r\nworld\r\n0\r\n\r\n",
+                HttpError::BodyTooLarge,
+            ),
+        ];
+        for (input, want) in cases {
+            for cut in 0..=input.len() {
+                assert_eq!(
+                    chunked_in_two(input, cut, &limits).unwrap_err(),
+                    *want,
+                    "{:?} cut at {cut}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_line_limits_hold_across_reads() {
+        let limits = Limits {
+            max_body_size: 10,
+            max_head_size: 64,
+        };
+        // A chunk-size line of exactly MAX_CHUNK_LINE bytes (CRLF included) is fine; one byte
+        // more is not, wherever the reads cut it.
+        let line = |len: usize| {
+            let mut l = b"1;".to_vec();
+            l.resize(len - 2, b'x');
+            l.extend_from_slice(b"\r\n");
+            l
+        };
+        let mut ok = line(MAX_CHUNK_LINE);
+        ok.extend_from_slice(b"a\r\n0\r\n\r\n");
+        let mut long = line(MAX_CHUNK_LINE + 1);
+        long.extend_from_slice(b"a\r\n0\r\n\r\n");
+        for cut in [
+            0,
+            1,
+            500,
+            MAX_CHUNK_LINE - 2,
+            MAX_CHUNK_LINE - 1,
+            MAX_CHUNK_LINE,
+        ] {
+            assert_eq!(&chunked_in_two(&ok, cut, &limits).unwrap().0[..], b"a");
+            assert_eq!(
+                chunked_in_two(&long, cut, &limits).unwrap_err(),
+                HttpError::ChunkLineTooLong,
+                "cut {cut}"
+            );
+        }
+        // The trailer section: 64 bytes in all (final CRLF included) is fine, 65 is not,
+        // also when a line straddles reads (the part read earlier still counts).
+        let trailers = |len: usize| {
+            let mut t = b"0\r\nA: ".to_vec();
+            t.resize(3 + len - 4, b'a');
+            t.extend_from_slice(b"\r\n\r\n");
+            t
+        };
+        let ok = trailers(64);
+        let long = trailers(65);
+        for cut in 0..=ok.len() {
+            assert!(chunked_in_two(&ok, cut, &limits).is_ok(), "cut {cut}");
+            assert_eq!(
+                chunked_in_two(&long, cut, &limits).unwrap_err(),
+                HttpError::TrailersTooLarge,
+                "cut {cut}"
+            );
+        }
     }
 
     #[test]
