@@ -17,7 +17,8 @@
 //!   on HTTP/1.1), `Expect: 100-continue`.
 //! - Query strings ([`QueryPairs`]) decoded the way browsers' `URLSearchParams` does
 //!   (`+` is a space, invalid escapes stay literal, bad UTF-8 becomes U+FFFD), and strict
-//!   percent-decoding for paths ([`Request::path_decoded`]).
+//!   percent-decoding for paths ([`Request::path_decoded`]); the decoding itself is the
+//!   `percent-encoding` crate's.
 //! - Responses written into a caller `BytesMut` ([`ResponseWriter`], [`write_json`],
 //!   [`write_text`], [`write_error`]) or built as `Bytes`; and response heads parsed for the
 //!   client role ([`parse_response`]) used by the load generator and the WebSocket client.
@@ -954,73 +955,59 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
     Some(n)
 }
 
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Strict percent-decoding (RFC 3986 §2.1): `%` must be followed by two hex digits.
 /// With `plus_as_space`, `+` decodes to a space (form encoding). Borrowed when unchanged.
 pub fn percent_decode(input: &[u8], plus_as_space: bool) -> Result<Cow<'_, [u8]>, HttpError> {
-    let needs = input
-        .iter()
-        .any(|&b| b == b'%' || (plus_as_space && b == b'+'));
-    if !needs {
-        return Ok(Cow::Borrowed(input));
+    // The decoding is percent-encoding's. Its decoder leaves a `%` without two hex digits as
+    // it is (the WHATWG rule, right for queries, see form_decode); here that is an error, so
+    // the escapes are checked first.
+    if !escapes_are_valid(input) {
+        return Err(HttpError::InvalidPercentEncoding);
     }
-    let mut out = Vec::with_capacity(input.len());
-    let mut rest = input;
-    while let [b, tail @ ..] = rest {
-        match b {
-            b'%' => match tail {
-                [h, l, after @ ..] => {
-                    let (Some(h), Some(l)) = (hex_val(*h), hex_val(*l)) else {
-                        return Err(HttpError::InvalidPercentEncoding);
-                    };
-                    out.push(h << 4 | l);
-                    rest = after;
-                    continue;
-                }
-                _ => return Err(HttpError::InvalidPercentEncoding),
-            },
-            b'+' if plus_as_space => out.push(b' '),
-            other => out.push(*other),
-        }
-        rest = tail;
+    if plus_as_space && input.contains(&b'+') {
+        let spaced = plus_to_space(input);
+        return Ok(Cow::Owned(
+            percent_encoding::percent_decode(&spaced).collect(),
+        ));
     }
-    Ok(Cow::Owned(out))
+    Ok(percent_encoding::percent_decode(input).into())
 }
 
-/// Lenient decoding as in the WHATWG `application/x-www-form-urlencoded` parser: `+` is a
-/// space, a `%` without two hex digits stays literal, invalid UTF-8 becomes U+FFFD.
-fn form_decode(input: &str) -> Cow<'_, str> {
-    if !input.bytes().any(|b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(input);
-    }
-    let mut out = Vec::with_capacity(input.len());
-    let mut rest = input.as_bytes();
-    while let [b, tail @ ..] = rest {
-        match (b, tail) {
-            (b'%', [h, l, after @ ..]) => {
-                if let (Some(h), Some(l)) = (hex_val(*h), hex_val(*l)) {
-                    out.push(h << 4 | l);
-                    rest = after;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            (b'+', _) => out.push(b' '),
-            (other, _) => out.push(*other),
+/// Whether every `%` in `input` starts `%HH` (two hex digits).
+fn escapes_are_valid(input: &[u8]) -> bool {
+    let mut rest = input;
+    while let Some(at) = rest.iter().position(|&b| b == b'%') {
+        // at < rest.len(), so at + 1 <= rest.len().
+        match &rest[at + 1..] {
+            [h, l, tail @ ..] if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => rest = tail,
+            _ => return false,
         }
-        rest = tail;
     }
-    match String::from_utf8(out) {
-        Ok(s) => Cow::Owned(s),
-        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    true
+}
+
+/// `input` with every `+` turned into a space.
+fn plus_to_space(input: &[u8]) -> Vec<u8> {
+    input
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect()
+}
+
+/// Lenient decoding as in the WHATWG `application/x-www-form-urlencoded` parser (what
+/// browsers' `URLSearchParams` does): `+` is a space, a `%` without two hex digits stays
+/// literal, invalid UTF-8 becomes U+FFFD. percent-encoding's decoder does the last two as
+/// they are; `+` goes first, so that a `%2B` still decodes to `+`. Borrowed when unchanged.
+fn form_decode(input: &str) -> Cow<'_, str> {
+    if input.contains('+') {
+        let spaced = plus_to_space(input.as_bytes());
+        Cow::Owned(
+            percent_encoding::percent_decode(&spaced)
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
+    } else {
+        percent_encoding::percent_decode_str(input).decode_utf8_lossy()
     }
 }
 
@@ -2221,6 +2208,59 @@ mod tests {
         );
     }
 
+    /// The obvious percent-decoder, `+` as space or not, `None` for a bad escape (strict) or
+    /// the `%` kept (lenient): what both decoders are held to.
+    fn reference_decode(input: &[u8], plus_as_space: bool, strict: bool) -> Option<Vec<u8>> {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match (
+                b,
+                input.get(i + 1).copied().and_then(hex),
+                input.get(i + 2).copied().and_then(hex),
+            ) {
+                (b'%', Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
+                }
+                (b'%', _, _) if strict => return None,
+                (b'+', _, _) if plus_as_space => out.push(b' '),
+                _ => out.push(b),
+            }
+            i += 1;
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn plus_and_escaped_plus() {
+        let pairs: Vec<(String, String)> = QueryPairs::new("q=a%2Bb+c&a+b=%2b")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![("q".into(), "a+b c".into()), ("a b".into(), "+".into())]
+        );
+        assert_eq!(percent_decode(b"a%2B+b", true).unwrap().as_ref(), b"a+ b");
+        assert_eq!(percent_decode(b"a%2B+b", false).unwrap().as_ref(), b"a++b");
+        assert!(matches!(
+            percent_decode(b"/plain+", false),
+            Ok(Cow::Borrowed(_))
+        ));
+        assert_eq!(
+            percent_decode(b"a+%zz", true).unwrap_err(),
+            HttpError::InvalidPercentEncoding
+        );
+        // An invalid escape is literal in a query, and nothing else changed: borrowed.
+        assert!(matches!(
+            QueryPairs::new("x=%zz").next(),
+            Some((Cow::Borrowed("x"), Cow::Borrowed("%zz")))
+        ));
+    }
+
     #[test]
     fn header_lists_and_tokens() {
         let r = parse_ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nX: 1\r\nx: 2\r\n\r\n");
@@ -2732,6 +2772,22 @@ mod tests {
             };
             prop_assert_eq!(&body[..], &want[..]);
             prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn decoders_agree_with_the_obvious_version(
+            input in proptest::collection::vec(
+                prop_oneof![Just(b'%'), Just(b'+'), Just(b'a'), Just(b'F'), Just(b'0'), Just(b'g'), any::<u8>()],
+                0..24,
+            ),
+            plus_as_space in any::<bool>(),
+        ) {
+            let strict = percent_decode(&input, plus_as_space).ok();
+            let want = reference_decode(&input, plus_as_space, true);
+            prop_assert_eq!(strict.as_deref(), want.as_deref());
+            let text = String::from_utf8_lossy(&input);
+            let lenient = reference_decode(text.as_bytes(), true, false).unwrap();
+            prop_assert_eq!(form_decode(&text), String::from_utf8_lossy(&lenient));
         }
 
         #[test]
