@@ -22,6 +22,9 @@
 //! - Responses written into a caller `BytesMut` ([`ResponseWriter`], [`write_json`],
 //!   [`write_text`], [`write_error`]) or built as `Bytes`; and response heads parsed for the
 //!   client role ([`parse_response`]) used by the load generator and the WebSocket client.
+//!   The answer to a request starts with [`ResponseWriter::for_request`], which takes the
+//!   method from the request, so a `HEAD` gets the `GET` head without body bytes (RFC 9110
+//!   §9.3.2) whatever the caller writes; the other helpers answer as for `GET`.
 //! - [`HttpError`]: one variant per fault, [`HttpError::status`] (the status to answer) and
 //!   [`HttpError::label`] (the counter label).
 //!
@@ -1400,14 +1403,28 @@ fn put_decimal(out: &mut BytesMut, mut n: u64) {
 
 /// Writes one response head (and optionally its body) into a caller buffer.
 ///
+/// A response to a parsed request starts with [`ResponseWriter::for_request`] (or
+/// [`ResponseWriter::for_method`]), which gets `HEAD` right: the caller writes the same
+/// headers and calls the same finishing method as for `GET`, and the answer to a `HEAD`
+/// carries the `Content-Length` the `GET` body would have but no body bytes (RFC 9110
+/// §9.3.2). Writing the body anyway would put stray bytes in front of the next response on
+/// a keep-alive connection.
+///
 /// ```
 /// # use bytes::BytesMut;
-/// # use shardcast::protocol::http::{ResponseWriter, StatusCode};
+/// # use shardcast::protocol::http::{parse_request, Limits, ResponseWriter, StatusCode};
+/// let req = parse_request(b"HEAD /health HTTP/1.1\r\nHost: a\r\n\r\n", &Limits::default())
+///     .unwrap()
+///     .unwrap();
 /// let mut out = BytesMut::new();
-/// let mut w = ResponseWriter::new(&mut out, StatusCode::OK);
+/// let mut w = ResponseWriter::for_request(&mut out, &req, StatusCode::OK);
 /// w.header("Cache-Control", b"no-store");
 /// w.body("application/json", br#"{"status":"ok"}"#).unwrap();
-/// assert!(out.starts_with(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n"));
+/// assert_eq!(
+///     &out[..],
+///     b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Type: application/json\r\n\
+///       Content-Length: 15\r\n\r\n"
+/// );
 /// ```
 ///
 /// A header name or value that would break the message (CR, LF, NUL, non-token name) is not
@@ -1418,13 +1435,27 @@ pub struct ResponseWriter<'a> {
     out: &'a mut BytesMut,
     start: usize,
     status: StatusCode,
-    omit_body: bool,
+    /// The response answers a `HEAD`: the finishing calls write the head a `GET` would get,
+    /// `Content-Length` included, and no body bytes. Fixed at construction, so no finishing
+    /// path can forget it; [`ResponseWriter::body`] is the only one that writes body bytes.
+    head_only: bool,
     invalid: bool,
 }
 
 impl<'a> ResponseWriter<'a> {
-    /// Starts a response: writes the status line.
-    pub fn new(out: &'a mut BytesMut, status: StatusCode) -> Self {
+    /// Starts the response to `req`: writes the status line. A `HEAD` request gets its
+    /// answer without body bytes; see the type's docs.
+    pub fn for_request<B: AsRef<[u8]>>(
+        out: &'a mut BytesMut,
+        req: &Request<B>,
+        status: StatusCode,
+    ) -> Self {
+        Self::for_method(out, req.method(), status)
+    }
+
+    /// Starts the response to a request made with `method` (`Method::Head`: no body bytes,
+    /// see the type's docs): writes the status line.
+    pub fn for_method(out: &'a mut BytesMut, method: Method, status: StatusCode) -> Self {
         let start = out.len();
         out.reserve(128);
         out.put_slice(b"HTTP/1.1 ");
@@ -1436,9 +1467,17 @@ impl<'a> ResponseWriter<'a> {
             out,
             start,
             status,
-            omit_body: false,
+            head_only: method == Method::Head,
             invalid: false,
         }
+    }
+
+    /// Starts a response written as for `GET`, body included: for answers that do not
+    /// depend on the request's method, such as an error before the request was understood
+    /// or the `101` of an upgrade (always a `GET`). To answer a parsed request use
+    /// [`ResponseWriter::for_request`], which also gets `HEAD` right.
+    pub fn new(out: &'a mut BytesMut, status: StatusCode) -> Self {
+        Self::for_method(out, Method::Get, status)
     }
 
     /// Adds a header field.
@@ -1472,13 +1511,6 @@ impl<'a> ResponseWriter<'a> {
         self
     }
 
-    /// For a HEAD request: headers (including `Content-Length`) as for GET, but no body
-    /// (RFC 9110 §9.3.2).
-    pub fn omit_body(&mut self, omit: bool) -> &mut Self {
-        self.omit_body = omit;
-        self
-    }
-
     fn put_header(&mut self, name: &[u8], value: &[u8]) {
         self.out.reserve(name.len() + value.len() + 4);
         self.out.put_slice(name);
@@ -1497,7 +1529,11 @@ impl<'a> ResponseWriter<'a> {
     }
 
     /// Finishes with `Content-Type`, `Content-Length` and the body. For statuses without
-    /// content (1xx, 204, 304) the body and both headers are left out.
+    /// content (1xx, 204, 304) the body and both headers are left out. In the answer to a
+    /// `HEAD` the headers are the same and the body bytes are left out (RFC 9110 §9.3.2:
+    /// "The server SHOULD send the same header fields in response to a HEAD request as it
+    /// would have sent if the request method had been GET", and §8.6 lets `Content-Length`
+    /// give the size the `GET` body would have).
     pub fn body(mut self, content_type: &str, body: &[u8]) -> Result<(), HttpError> {
         if !self.status.allows_body() {
             return self.empty();
@@ -1507,13 +1543,14 @@ impl<'a> ResponseWriter<'a> {
         } else {
             self.invalid = true;
         }
-        let omit = self.omit_body;
+        let head_only = self.head_only;
         let out = self.check()?;
         out.reserve(body.len() + 24);
         out.put_slice(b"Content-Length: ");
         put_decimal(out, body.len() as u64);
         out.put_slice(b"\r\n\r\n");
-        if !omit {
+        // RFC 9110 §9.3.2: "the server MUST NOT send content in the response" to HEAD.
+        if !head_only {
             out.put_slice(body);
         }
         Ok(())
@@ -1540,8 +1577,12 @@ impl<'a> ResponseWriter<'a> {
     }
 }
 
+// The helpers below answer as for `GET` (body included), like [`ResponseWriter::new`]: for
+// errors and answers that do not depend on the method. A response to a request that may be
+// a `HEAD` is written with `ResponseWriter::for_request`.
+
 /// Writes a complete response with a body of `content_type`. Statuses without content get
-/// none. `keep_alive == false` adds `Connection: close`.
+/// none. `keep_alive == false` adds `Connection: close`. Written as for `GET`.
 pub fn write_response(
     out: &mut BytesMut,
     status: StatusCode,
@@ -1573,25 +1614,26 @@ pub fn write_text(out: &mut BytesMut, status: StatusCode, body: &[u8], keep_aliv
     let _ = write_response(out, status, CONTENT_TYPE_TEXT, body, keep_alive);
 }
 
-/// Writes an error response whose text body is `"<code> <reason>\n"`.
+/// Writes an error response whose text body is `"<code> <reason>\n"` (statuses without
+/// content get just the head). Written as for `GET`.
 pub fn write_error(out: &mut BytesMut, status: StatusCode, keep_alive: bool) {
+    // "NNN " + the longest reason phrase (31 bytes) + "\n" fits: a status code has three
+    // digits (StatusCode is 100..=999) and reason() is one of the constants above.
+    let mut body = [0u8; 48];
     let reason = status.reason().as_bytes();
+    let code = status.as_u16();
+    body[..3].copy_from_slice(&[
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ]);
+    body[3] = b' ';
+    body[4..4 + reason.len()].copy_from_slice(reason);
+    body[4 + reason.len()] = b'\n';
     let mut w = ResponseWriter::new(out, status);
     w.keep_alive(keep_alive);
-    if !status.allows_body() {
-        // Statuses without content (never passed in practice) get just the head.
-        let _ = w.empty();
-        return;
-    }
-    w.put_header(b"Content-Type", CONTENT_TYPE_TEXT.as_bytes());
-    let out = w.out;
-    out.put_slice(b"Content-Length: ");
-    put_decimal(out, (3 + 1 + reason.len() + 1) as u64);
-    out.put_slice(b"\r\n\r\n");
-    put_decimal(out, u64::from(status.as_u16()));
-    out.put_u8(b' ');
-    out.put_slice(reason);
-    out.put_u8(b'\n');
+    // A constant content type: this cannot fail.
+    let _ = w.body(CONTENT_TYPE_TEXT, &body[..reason.len() + 5]);
 }
 
 /// A JSON response as shareable bytes.
@@ -2574,8 +2616,8 @@ mod tests {
         );
 
         let mut out = BytesMut::new();
-        let mut w = ResponseWriter::new(&mut out, StatusCode::OK);
-        w.omit_body(true).header_u64("X-Count", 1234567890);
+        let mut w = ResponseWriter::for_method(&mut out, Method::Head, StatusCode::OK);
+        w.header_u64("X-Count", 1234567890);
         w.body(CONTENT_TYPE_PROMETHEUS, b"abc").unwrap();
         assert_eq!(&out[..], &b"HTTP/1.1 200 OK\r\nX-Count: 1234567890\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: 3\r\n\r\n"[..]);
 
@@ -2610,6 +2652,102 @@ mod tests {
         assert!(is_token(b"stelar.v1"));
         assert!(!is_token(b""));
         assert!(!is_token(b"a b"));
+    }
+
+    /// A `/health`-like answer to `req`, as conn/ writes it.
+    fn answer(out: &mut BytesMut, req: &Request<&[u8]>, status: StatusCode, body: &[u8]) {
+        let mut w = ResponseWriter::for_request(out, req, status);
+        w.keep_alive(req.keep_alive())
+            .header("Cache-Control", b"no-store");
+        w.body(CONTENT_TYPE_JSON, body).unwrap();
+    }
+
+    #[test]
+    fn head_gets_the_get_head_without_the_body() {
+        let body = br#"{"status":"ok","connections":3}"#;
+        let get = parse_ok(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n");
+        let head = parse_ok(b"HEAD /health HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(head.method(), Method::Head);
+        let (mut to_get, mut to_head) = (BytesMut::new(), BytesMut::new());
+        answer(&mut to_get, &get, StatusCode::OK, body);
+        answer(&mut to_head, &head, StatusCode::OK, body);
+        // RFC 9110 §9.3.2: the same status line and fields, Content-Length of the GET body
+        // included; no content.
+        assert_eq!(&to_get[..to_head.len()], &to_head[..]);
+        assert_eq!(&to_get[to_head.len()..], body);
+        assert!(to_head.ends_with(b"Content-Length: 31\r\n\r\n"));
+
+        // Two HEAD answers on one keep-alive connection: the client reads two whole
+        // responses and nothing in between.
+        let mut wire = BytesMut::new();
+        answer(&mut wire, &head, StatusCode::OK, body);
+        let first = wire.len();
+        answer(&mut wire, &head, StatusCode::NOT_FOUND, b"{}");
+        let r = parse_response(&wire, &Limits::default()).unwrap().unwrap();
+        assert_eq!((r.status(), r.head_len()), (StatusCode::OK, first));
+        let r = parse_response(&wire[first..], &Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(r.header("content-length"), Some(&b"2"[..]));
+        assert_eq!(r.head_len(), wire.len() - first);
+
+        // Empty and content-less answers are the same for HEAD and GET.
+        for status in [
+            StatusCode::OK,
+            StatusCode::NO_CONTENT,
+            StatusCode::NOT_MODIFIED,
+        ] {
+            let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+            ResponseWriter::for_method(&mut a, Method::Get, status)
+                .empty()
+                .unwrap();
+            ResponseWriter::for_method(&mut b, Method::Head, status)
+                .empty()
+                .unwrap();
+            assert_eq!(a, b);
+            let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+            ResponseWriter::for_method(&mut a, Method::Get, status)
+                .body(CONTENT_TYPE_TEXT, b"x")
+                .unwrap();
+            ResponseWriter::for_method(&mut b, Method::Head, status)
+                .body(CONTENT_TYPE_TEXT, b"x")
+                .unwrap();
+            assert_eq!(a.len() - b.len(), usize::from(status.allows_body()));
+        }
+        // A refused header still truncates the whole answer.
+        let mut out = BytesMut::from(&b"before"[..]);
+        let mut w = ResponseWriter::for_request(&mut out, &head, StatusCode::OK);
+        w.header("X", b"a\nb");
+        assert!(w.body(CONTENT_TYPE_JSON, body).is_err());
+        assert_eq!(&out[..], b"before");
+        // `new` answers as for GET.
+        let mut out = BytesMut::new();
+        ResponseWriter::new(&mut out, StatusCode::OK)
+            .body(CONTENT_TYPE_TEXT, b"x")
+            .unwrap();
+        assert!(out.ends_with(b"\r\n\r\nx"));
+    }
+
+    #[test]
+    fn error_bodies_for_every_status() {
+        for code in 100..=999 {
+            let status = StatusCode::from_u16(code).unwrap();
+            let mut out = BytesMut::new();
+            write_error(&mut out, status, false);
+            let r = parse_response(&out, &Limits::default()).unwrap().unwrap();
+            assert_eq!(r.status(), status);
+            let body = &out[r.head_len()..];
+            if status.allows_body() {
+                assert_eq!(body, format!("{code} {}\n", status.reason()).as_bytes());
+                assert_eq!(
+                    r.header("content-length"),
+                    Some(body.len().to_string().as_bytes())
+                );
+            } else {
+                assert!(body.is_empty());
+            }
+        }
     }
 
     #[test]
