@@ -842,11 +842,12 @@ impl<B: AsRef<[u8]>> Request<B> {
     pub fn query(&self) -> Option<&str> {
         let target = self.target();
         let (_, rest) = target.split_once('?')?;
-        Some(rest.split('#').next().unwrap_or(rest))
+        Some(rest.split_once('#').map_or(rest, |(query, _)| query))
     }
 
     /// Decoded `(name, value)` pairs of the query (empty when there is none).
     pub fn query_pairs(&self) -> QueryPairs<'_> {
+        // No query: no pairs.
         QueryPairs::new(self.query().unwrap_or(""))
     }
 

@@ -95,9 +95,9 @@ fn server_header_len(event: &str) -> usize {
 pub fn encode_server_into(dst: &mut BytesMut, event: &str, payload: &[u8]) {
     let header_len = server_header_len(event);
     dst.reserve(4 + header_len + payload.len());
-    // An event name long enough to overflow u32 cannot reach here (names are <= 256 bytes
-    // by policy); saturate rather than panic.
-    dst.put_u32(u32::try_from(header_len).unwrap_or(u32::MAX));
+    // A header longer than u32::MAX would need an event name of 4 GiB; names are at most
+    // 256 bytes by policy (names.rs). A saturated length would frame garbage, so panic.
+    dst.put_u32(u32::try_from(header_len).expect("a binary header fits a u32 length"));
     dst.extend_from_slice(b"{\"event\":");
     json::write_quoted(dst, event);
     dst.extend_from_slice(SERVER_TAIL);
@@ -115,7 +115,8 @@ pub fn encode_server(event: &str, payload: &[u8]) -> Bytes {
 pub fn encode_client(event: &str, payload: &[u8]) -> Bytes {
     let header_len = 10 + json::quoted_len(event);
     let mut dst = BytesMut::with_capacity(4 + header_len + payload.len());
-    dst.put_u32(u32::try_from(header_len).unwrap_or(u32::MAX));
+    // As in encode_server_into: the client's event names are short.
+    dst.put_u32(u32::try_from(header_len).expect("a binary header fits a u32 length"));
     dst.extend_from_slice(b"{\"event\":");
     json::write_quoted(&mut dst, event);
     dst.put_u8(b'}');
