@@ -66,7 +66,12 @@ const MAX_CHUNK_LINE: usize = 1024;
 pub const CONTINUE_RESPONSE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Size limits applied while parsing. Memory for a request never exceeds these.
+///
+/// Non-exhaustive, so that a limit can come or go without breaking callers: start from
+/// `Limits::default()` (`Limits { max_head_size: n, ..Limits::default() }` inside this
+/// crate, field assignment outside it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Bytes a head may take, blank line included. Past it: 414 (request line unfinished) or
     /// 431 (headers unfinished). The number of header fields is not limited otherwise.

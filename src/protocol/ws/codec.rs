@@ -1535,7 +1535,8 @@ mod tests {
         let mut surrogate = good.to_vec();
         surrogate.splice(3..3, [0xED, 0xA0, 0x80]);
         let dangling = [good, &[0xF0, 0x9F]].concat();
-        let cases: [(&[u8], Result<Vec<Message>, Error>); 4] = [
+        type Decoded = Result<Vec<Message>, Error>;
+        let cases: [(&[u8], Decoded); 4] = [
             (good, Ok(vec![Message::Text(Bytes::copy_from_slice(good))])),
             (&bad_byte, Err(Error::InvalidUtf8)),
             (&surrogate, Err(Error::InvalidUtf8)),
