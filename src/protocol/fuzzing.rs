@@ -80,7 +80,6 @@ pub fn ws_frames(data: &[u8]) {
 pub fn ws_handshake(data: &[u8]) {
     let limits = Limits {
         max_head_size: 1024,
-        max_headers: 16,
         max_body_size: 512,
     };
     let config = ServerConfig::default();
@@ -103,7 +102,6 @@ pub fn ws_handshake(data: &[u8]) {
 pub fn http_request(data: &[u8]) {
     let limits = Limits {
         max_head_size: 1024,
-        max_headers: 16,
         max_body_size: 512,
     };
     let req = match http::parse_request(data, &limits) {

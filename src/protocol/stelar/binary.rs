@@ -45,11 +45,10 @@ impl BinaryMessage<'_> {
 /// header, [`Error::NotAnObject`] for a header that is valid JSON but not an object, and
 /// [`Error::EventTooLong`] for an event over 256 bytes.
 pub fn parse(msg: &[u8]) -> Result<BinaryMessage<'_>, Error> {
-    let Some(&[a, b, c, d]) = msg.get(..4) else {
+    let Some((&len_bytes, rest)) = msg.split_first_chunk::<4>() else {
         return Err(Error::BinaryTooShort);
     };
-    let header_len = u32::from_be_bytes([a, b, c, d]) as usize;
-    let rest = msg.get(4..).unwrap_or_default();
+    let header_len = u32::from_be_bytes(len_bytes) as usize;
     if header_len > rest.len() {
         return Err(Error::BinaryHeaderLength);
     }
@@ -96,9 +95,9 @@ fn server_header_len(event: &str) -> usize {
 pub fn encode_server_into(dst: &mut BytesMut, event: &str, payload: &[u8]) {
     let header_len = server_header_len(event);
     dst.reserve(4 + header_len + payload.len());
-    // An event name long enough to overflow u32 cannot reach here (names are <= 256 bytes
-    // by policy); saturate rather than panic.
-    dst.put_u32(u32::try_from(header_len).unwrap_or(u32::MAX));
+    // A header longer than u32::MAX would need an event name of 4 GiB; names are at most
+    // 256 bytes by policy (names.rs). A saturated length would frame garbage, so panic.
+    dst.put_u32(u32::try_from(header_len).expect("a binary header fits a u32 length"));
     dst.extend_from_slice(b"{\"event\":");
     json::write_quoted(dst, event);
     dst.extend_from_slice(SERVER_TAIL);
@@ -116,7 +115,8 @@ pub fn encode_server(event: &str, payload: &[u8]) -> Bytes {
 pub fn encode_client(event: &str, payload: &[u8]) -> Bytes {
     let header_len = 10 + json::quoted_len(event);
     let mut dst = BytesMut::with_capacity(4 + header_len + payload.len());
-    dst.put_u32(u32::try_from(header_len).unwrap_or(u32::MAX));
+    // As in encode_server_into: the client's event names are short.
+    dst.put_u32(u32::try_from(header_len).expect("a binary header fits a u32 length"));
     dst.extend_from_slice(b"{\"event\":");
     json::write_quoted(&mut dst, event);
     dst.put_u8(b'}');

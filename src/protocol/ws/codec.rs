@@ -261,8 +261,15 @@ pub struct Decoder {
     utf8: Utf8Validator,
     /// Payload bytes of the (incomplete) frame at the front of the read buffer that were
     /// already unmasked in place and fed to `utf8`, so invalid text fails the connection
-    /// before the rest of the frame arrives (Autobahn 6.4.3/6.4.4). Invariant: less than that
-    /// frame's payload length; 0 whenever no such frame is pending.
+    /// before the rest of the frame arrives (Autobahn 6.4.3/6.4.4).
+    ///
+    /// Invariant: at most the number of that frame's payload bytes now in the read buffer
+    /// (so less than its payload length), and 0 whenever no such frame is pending. Only
+    /// `validate_ahead` raises it, to what has arrived of an incomplete frame; the frame's
+    /// completion in `decode_frames` takes it back to 0; it holds across calls because the
+    /// caller keeps the bytes left in `buf` and only appends (the [`Decoder::decode`]
+    /// contract). Code that relies on it indexes, so a break panics rather than skipping the
+    /// unmasking or UTF-8 check of the rest of the frame.
     progress: usize,
 }
 
@@ -307,6 +314,10 @@ impl Decoder {
     /// `Ok(None)`: more bytes are needed (or the peer's close was already received, in which
     /// case `buf` is cleared). After an `Err`, the connection must be failed with
     /// [`Error::close_code`]; later calls return the same error and discard input.
+    ///
+    /// Between calls the caller keeps the bytes left in `buf` and only appends to them: the
+    /// front of an incomplete text frame may already be unmasked in place and validated.
+    /// Handing the decoder other bytes instead is a bug it panics on.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, Error> {
         if let Some(err) = self.failed {
             buf.clear();
@@ -434,12 +445,15 @@ impl Decoder {
             payload.advance(header_len);
             // The first `done` payload bytes were unmasked and validated while arriving.
             let done = std::mem::take(&mut self.progress);
+            // The invariant on `progress`; everything below slices `payload[done..]` on it.
+            assert!(
+                done <= payload.len(),
+                "validated-ahead prefix ({done} bytes) is longer than the frame payload ({} \
+                 bytes): the read buffer changed between decode calls",
+                payload.len()
+            );
             if let Some(key) = header.mask {
-                if done == 0 {
-                    apply_mask(&mut payload, key);
-                } else if let Some(rest) = payload.get_mut(done..) {
-                    apply_mask_offset(rest, key, done);
-                }
+                apply_mask_offset(&mut payload[done..], key, done);
             }
             match header.opcode {
                 OpCode::Ping => return Ok(Some(Message::Ping(payload.freeze()))),
@@ -528,14 +542,19 @@ impl Decoder {
         if !text {
             return Ok(());
         }
-        // Everything after the header belongs to this frame: it is not complete yet.
-        let Some(arrived) = buf.get_mut(header_len..) else {
-            return Ok(());
-        };
+        // Everything after the header belongs to this frame: it is not complete yet. The
+        // header was parsed from `buf`, so header_len <= buf.len().
+        let arrived = &mut buf[header_len..];
         let arrived_len = arrived.len();
-        let Some(fresh) = arrived.get_mut(self.progress..) else {
-            return Ok(());
-        };
+        // The invariant on `progress`: it counts bytes of this frame that arrived earlier and
+        // are still in `buf`.
+        assert!(
+            self.progress <= arrived_len,
+            "validated-ahead prefix ({} bytes) is longer than what is buffered of the frame \
+             ({arrived_len} bytes): the read buffer changed between decode calls",
+            self.progress
+        );
+        let fresh = &mut arrived[self.progress..];
         if fresh.is_empty() {
             return Ok(());
         }
@@ -577,7 +596,8 @@ impl Decoder {
                         return Err(Error::InvalidUtf8);
                     }
                 } else {
-                    self.utf8.feed(payload.get(done..).unwrap_or_default())?;
+                    // done <= payload.len(): asserted in decode_frames.
+                    self.utf8.feed(&payload[done..])?;
                     self.utf8.finish()?;
                 }
             }
@@ -605,7 +625,9 @@ impl Decoder {
 }
 
 /// Adds one fragment's payload to the message being reassembled, validating text as it goes
-/// (`done` leading bytes were already validated while the frame arrived).
+/// (`done` leading bytes were already validated while the frame arrived; `done <=
+/// payload.len()`, asserted by the caller, and `done == 0` for compressed messages, whose
+/// frames are not validated ahead).
 fn append_fragment(
     partial: &mut Partial,
     utf8: &mut Utf8Validator,
@@ -614,26 +636,50 @@ fn append_fragment(
     done: usize,
     max_message: usize,
 ) -> Result<(), Error> {
-    let start = partial.buf.len();
     if partial.compressed {
         let Some(inflater) = inflater else {
             return Err(Error::ReservedBits);
         };
-        inflater.push(payload, &mut partial.buf, max_message)?;
+        debug_assert_eq!(done, 0, "compressed frames are not validated ahead");
+        let inflated = inflate_onto(inflater, payload, &mut partial.buf, max_message)?;
+        if partial.text {
+            utf8.feed(inflated)?;
+        }
     } else {
         // Fail fast on bad UTF-8 before copying.
         if partial.text {
-            utf8.feed(payload.get(done..).unwrap_or_default())?;
+            utf8.feed(&payload[done..])?;
         }
-        // check_header ensured start + payload.len() <= max_message.
+        // check_header ensured partial.buf.len() + payload.len() <= max_message.
         reserve_bounded(&mut partial.buf, payload.len(), max_message);
         partial.buf.extend_from_slice(payload);
-        return Ok(());
-    }
-    if partial.text {
-        utf8.feed(partial.buf.get(start..).unwrap_or_default())?;
     }
     Ok(())
+}
+
+/// Inflates `input` onto the end of `buf` (within `max_message`) and returns what it added.
+fn inflate_onto<'b>(
+    inflater: &mut Inflater,
+    input: &[u8],
+    buf: &'b mut Vec<u8>,
+    max_message: usize,
+) -> Result<&'b [u8], Error> {
+    let start = buf.len();
+    inflater.push(input, buf, max_message)?;
+    // Inflater::push only appends, so start <= buf.len().
+    Ok(&buf[start..])
+}
+
+/// Ends the inflation of a message onto the end of `buf` and returns what that added.
+fn finish_inflating<'b>(
+    inflater: &mut Inflater,
+    buf: &'b mut Vec<u8>,
+    max_message: usize,
+) -> Result<&'b [u8], Error> {
+    let start = buf.len();
+    inflater.finish(buf, max_message)?;
+    // Inflater::finish only appends, so start <= buf.len().
+    Ok(&buf[start..])
 }
 
 /// Completes a reassembled message.
@@ -647,10 +693,9 @@ fn finish_message(
         let Some(inflater) = inflater else {
             return Err(Error::ReservedBits);
         };
-        let start = partial.buf.len();
-        inflater.finish(&mut partial.buf, max_message)?;
+        let inflated = finish_inflating(inflater, &mut partial.buf, max_message)?;
         if partial.text {
-            utf8.feed(partial.buf.get(start..).unwrap_or_default())?;
+            utf8.feed(inflated)?;
         }
     }
     let bytes = Bytes::from(partial.buf);
@@ -1371,6 +1416,158 @@ mod tests {
         assert_eq!(got, vec![text("κόσμε κόσμε")]);
     }
 
+    /// A client-role text message: `payload` (not necessarily UTF-8), split into fragments
+    /// of `max_fragment` bytes (0 = one frame), compressed with context takeover or not.
+    fn client_text(payload: &[u8], max_fragment: usize, compressed: bool) -> Vec<u8> {
+        let mut wire = BytesMut::new();
+        if compressed {
+            let mut c = Compressor::new(Deflater::new(false, 15), 0);
+            c.write_message(&mut wire, OpCode::Text, payload, max_fragment, &mut || {
+                Some(KEY)
+            });
+        } else {
+            write_message(
+                &mut wire,
+                OpCode::Text,
+                payload,
+                false,
+                max_fragment,
+                &mut || Some(KEY),
+            );
+        }
+        wire.to_vec()
+    }
+
+    #[test]
+    fn text_validated_ahead_then_completed_by_its_last_byte() {
+        // All but the last payload byte arrive first, so the validated-ahead prefix is as
+        // long as it gets (payload length - 1); the last byte completes a 4-byte character.
+        let payload = "ab\u{1F600}".as_bytes();
+        let frame = masked(0x81, payload);
+        let mut d = server();
+        let mut buf = BytesMut::from(&frame[..frame.len() - 1]);
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        assert_eq!(d.progress, payload.len() - 1);
+        buf.extend_from_slice(&frame[frame.len() - 1..]);
+        assert_eq!(d.decode(&mut buf), Ok(Some(text("ab\u{1F600}"))));
+        assert_eq!(d.progress, 0);
+        assert!(buf.is_empty());
+
+        // The same, where the last byte breaks the character: refused when it arrives.
+        let mut bad = payload.to_vec();
+        *bad.last_mut().unwrap() = b'x';
+        let frame = masked(0x81, &bad);
+        let mut d = server();
+        let mut buf = BytesMut::from(&frame[..frame.len() - 1]);
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(&frame[frame.len() - 1..]);
+        assert_eq!(d.decode(&mut buf), Err(Error::InvalidUtf8));
+
+        // And where the character is cut short at the end of the message: the prefix is
+        // fine on its own, the finished message is not.
+        let frame = masked(0x81, &payload[..payload.len() - 1]);
+        let mut d = server();
+        let mut buf = BytesMut::from(&frame[..frame.len() - 1]);
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(&frame[frame.len() - 1..]);
+        assert_eq!(d.decode(&mut buf), Err(Error::InvalidUtf8));
+
+        // In a continuation frame: the fragment's prefix is validated ahead, its last byte
+        // completes the message.
+        let wire = [masked(0x01, b"ok "), masked(0x80, payload)].concat();
+        let mut d = server();
+        let mut buf = BytesMut::from(&wire[..wire.len() - 1]);
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        assert_eq!(d.progress, payload.len() - 1);
+        buf.extend_from_slice(&wire[wire.len() - 1..]);
+        assert_eq!(d.decode(&mut buf), Ok(Some(text("ok ab\u{1F600}"))));
+    }
+
+    #[test]
+    fn validated_prefix_equal_to_the_whole_payload() {
+        // `decode` never gets here (a frame validated ahead is incomplete, so `done` stays
+        // below its length), but the message paths must still finish the UTF-8 check when
+        // nothing of the payload is left to feed.
+        let header = FrameHeader::new(OpCode::Text, 2);
+        let mut d = server();
+        d.utf8.feed("\u{e9}".as_bytes()).unwrap();
+        let payload = BytesMut::from("\u{e9}".as_bytes());
+        assert_eq!(
+            d.single_frame_message(header, payload, 2),
+            Ok(Some(text("\u{e9}")))
+        );
+        // A dangling lead byte fed ahead is refused by the finish, not skipped.
+        let mut d = server();
+        d.utf8.feed(&[0xC3]).unwrap();
+        let header = FrameHeader::new(OpCode::Text, 1);
+        assert_eq!(
+            d.single_frame_message(header, BytesMut::from(&[0xC3][..]), 1),
+            Err(Error::InvalidUtf8)
+        );
+        // The same for a fragment.
+        let mut partial = Partial {
+            text: true,
+            compressed: false,
+            buf: Vec::new(),
+        };
+        let mut utf8 = Utf8Validator::new();
+        utf8.feed(&[0xE2, 0x82]).unwrap();
+        append_fragment(&mut partial, &mut utf8, None, &[0xE2, 0x82], 2, 100).unwrap();
+        append_fragment(&mut partial, &mut utf8, None, &[0xAC], 0, 100).unwrap();
+        assert_eq!(
+            finish_message(partial, &mut utf8, None, 100),
+            Ok(Message::Text(Bytes::from_static("\u{20ac}".as_bytes())))
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "validated-ahead prefix")]
+    fn a_read_buffer_changed_between_calls_panics() {
+        // Misuse, not a peer fault: the caller replaced the bytes of a frame the decoder had
+        // started validating. Panicking beats skipping the check of the rest.
+        let frame = masked(0x81, b"hello world");
+        let mut d = server();
+        let mut buf = BytesMut::from(&frame[..frame.len() - 2]);
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        let mut other = BytesMut::from(&masked(0x81, b"hi")[..]);
+        let _ = d.decode(&mut other);
+    }
+
+    #[test]
+    fn multibyte_text_split_at_every_offset() {
+        // Characters of every length, across fragment boundaries and across reads, plain and
+        // compressed: every cut puts the validated-ahead prefix somewhere else.
+        let good = "a\u{e9}\u{20ac}\u{1F600}\u{3ba}\u{1f79}\u{3c3}\u{3bc}\u{3b5} z".as_bytes();
+        let mut bad_byte = good.to_vec();
+        bad_byte.insert(7, 0xFF);
+        let mut surrogate = good.to_vec();
+        surrogate.splice(3..3, [0xED, 0xA0, 0x80]);
+        let dangling = [good, &[0xF0, 0x9F]].concat();
+        type Decoded = Result<Vec<Message>, Error>;
+        let cases: [(&[u8], Decoded); 4] = [
+            (good, Ok(vec![Message::Text(Bytes::copy_from_slice(good))])),
+            (&bad_byte, Err(Error::InvalidUtf8)),
+            (&surrogate, Err(Error::InvalidUtf8)),
+            (&dangling, Err(Error::InvalidUtf8)),
+        ];
+        for compressed in [false, true] {
+            for max_fragment in [0, 1, 2, 3, 5, 7] {
+                for (payload, want) in &cases {
+                    let wire = client_text(payload, max_fragment, compressed);
+                    let all: Vec<usize> = (0..=wire.len()).collect();
+                    for cuts in (0..=wire.len()).map(|c| vec![c]).chain([all]) {
+                        let mut d = with_inflate(Role::Server, false);
+                        let got = feed_in_pieces(&mut d, &wire, &cuts);
+                        assert_eq!(
+                            &got, want,
+                            "compressed {compressed}, fragments of {max_fragment}, cuts {cuts:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn control_frames_inside_a_fragmented_message() {
         let bytes = [
@@ -1677,6 +1874,33 @@ mod tests {
                 }
                 prop_assert!(buf.len() < d.max_buffered());
             }
+        }
+
+        #[test]
+        fn any_text_any_fragmentation_any_reads(
+            s in "\\PC{0,40}",
+            corrupt in proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
+            max_fragment in 0usize..12,
+            compressed in any::<bool>(),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            // Text with characters of every length (possibly with one byte replaced, which may
+            // or may not break it), split into fragments and reads anywhere: the decoder
+            // agrees with std on whether it is UTF-8.
+            let mut payload = s.into_bytes();
+            if let (Some((at, byte)), false) = (corrupt, payload.is_empty()) {
+                let at = at.index(payload.len());
+                payload[at] = byte;
+            }
+            let want = match std::str::from_utf8(&payload) {
+                Ok(_) => Ok(vec![Message::Text(Bytes::copy_from_slice(&payload))]),
+                Err(_) => Err(Error::InvalidUtf8),
+            };
+            let wire = client_text(&payload, max_fragment, compressed);
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut d = with_inflate(Role::Server, false);
+            prop_assert_eq!(feed_in_pieces(&mut d, &wire, &cuts), want);
         }
     }
 }

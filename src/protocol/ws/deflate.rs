@@ -174,6 +174,9 @@ impl Inflater {
     /// Decompresses the next piece of the current message, appending to `out`. Fails with
     /// [`Error::InflatedTooLarge`] as soon as `out.len()` would pass `max_len`, and with
     /// [`Error::Inflate`] on corrupt data.
+    ///
+    /// Only appends: `out` never ends up shorter than it came in (the codec relies on it to
+    /// find the bytes this call added).
     pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>, max_len: usize) -> Result<(), Error> {
         if self.stream_ended {
             return Ok(());
@@ -230,7 +233,7 @@ impl Inflater {
 
     /// Ends the current message: appends the `00 00 ff ff` the sender removed (RFC 7692
     /// §7.2.2), flushes the remaining output into `out` under the same cap, and resets the
-    /// window when there is no context takeover.
+    /// window when there is no context takeover. Like [`Inflater::push`], only appends.
     pub fn finish(&mut self, out: &mut Vec<u8>, max_len: usize) -> Result<(), Error> {
         let result = if self.stream_ended {
             Ok(())

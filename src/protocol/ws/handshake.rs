@@ -566,7 +566,8 @@ pub fn select_subprotocol<'c, B: AsRef<[u8]>>(
 /// §1.1 step 2: a missing Origin counts as the empty string). The decision what to do with a
 /// mismatch (stelar answers `403 Forbidden`) belongs to the caller.
 pub fn origin_allowed<B: AsRef<[u8]>, S: AsRef<[u8]>>(req: &Request<B>, allowed: &[S]) -> bool {
-    let origin = req.header("origin").unwrap_or_default();
+    // Not a hidden default: PROTOCOL.md §1.1 step 2 compares a missing Origin as "".
+    let origin: &[u8] = req.header("origin").unwrap_or(b"");
     allowed.iter().any(|a| a.as_ref() == origin)
 }
 
@@ -590,8 +591,7 @@ fn negotiate_deflate<B: AsRef<[u8]>>(
     }
     for line in headers.get_all("sec-websocket-extensions") {
         for element in split_quoted(line, b',') {
-            let mut parts = split_quoted(element, b';');
-            let name = http::trim_ows(parts.next().unwrap_or_default());
+            let (name, parts) = name_and_params(element);
             if !name.eq_ignore_ascii_case(PERMESSAGE_DEFLATE) {
                 continue;
             }
@@ -677,28 +677,42 @@ fn answer_offer(offer: &PmdParams, cfg: &DeflateConfig) -> Option<(DeflateParams
 fn split_quoted(input: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
     let mut rest = Some(input);
     std::iter::from_fn(move || {
-        let s = rest?;
-        let mut in_quotes = false;
-        let mut escaped = false;
-        for (i, &b) in s.iter().enumerate() {
-            if escaped {
-                escaped = false;
-            } else if in_quotes {
-                match b {
-                    b'\\' => escaped = true,
-                    b'"' => in_quotes = false,
-                    _ => {}
-                }
-            } else if b == b'"' {
-                in_quotes = true;
-            } else if b == sep {
-                rest = s.get(i + 1..);
-                return s.get(..i);
-            }
-        }
-        rest = None;
-        Some(s)
+        let (piece, tail) = split_once_quoted(rest?, sep);
+        rest = tail;
+        Some(piece)
     })
+}
+
+/// The part of `input` before the first `sep` outside quoted strings, and what follows that
+/// `sep` (`None` when there is none).
+fn split_once_quoted(input: &[u8], sep: u8) -> (&[u8], Option<&[u8]>) {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, &b) in input.iter().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if in_quotes {
+            match b {
+                b'\\' => escaped = true,
+                b'"' => in_quotes = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_quotes = true;
+        } else if b == sep {
+            let (piece, tail) = input.split_at(i);
+            // tail starts with `sep`.
+            return (piece, Some(&tail[1..]));
+        }
+    }
+    (input, None)
+}
+
+/// One element of an extension list: its name (trimmed) and its `;`-separated parameters.
+fn name_and_params(element: &[u8]) -> (&[u8], impl Iterator<Item = &[u8]>) {
+    let (name, params) = split_once_quoted(element, b';');
+    let params = params.into_iter().flat_map(|p| split_quoted(p, b';'));
+    (http::trim_ows(name), params)
 }
 
 /// How the offer mentions `client_max_window_bits`.
@@ -740,10 +754,14 @@ impl PmdParams {
         let mut seen = [false; 4];
         for raw in params {
             let (name, value) = match raw.iter().position(|&b| b == b'=') {
-                Some(eq) => (
-                    http::trim_ows(raw.get(..eq).unwrap_or_default()),
-                    parse_value(http::trim_ows(raw.get(eq + 1..).unwrap_or_default())),
-                ),
+                Some(eq) => {
+                    let (name, value) = raw.split_at(eq);
+                    // value starts with the `=`.
+                    (
+                        http::trim_ows(name),
+                        parse_value(http::trim_ows(&value[1..])),
+                    )
+                }
                 None => (http::trim_ows(raw), ParamValue::None),
             };
             if name.is_empty() {
@@ -760,10 +778,9 @@ impl PmdParams {
             } else {
                 return Err(ExtensionFault::UnknownParam);
             };
-            match seen.get_mut(slot) {
-                Some(true) => return Err(ExtensionFault::DuplicateParam),
-                Some(s) => *s = true,
-                None => return Err(ExtensionFault::Malformed),
+            // slot is 0..=3, set just above.
+            if std::mem::replace(&mut seen[slot], true) {
+                return Err(ExtensionFault::DuplicateParam);
             }
             match (slot, value) {
                 (_, ParamValue::Invalid) => return Err(ExtensionFault::InvalidValue),
@@ -805,6 +822,7 @@ fn parse_value(v: &[u8]) -> ParamValue {
                     return ParamValue::Invalid;
                 }
                 escaped = false;
+                // A third character makes the value invalid whatever it is.
                 match buf.get_mut(len) {
                     Some(slot) => *slot = b,
                     None => return ParamValue::Invalid,
@@ -814,7 +832,8 @@ fn parse_value(v: &[u8]) -> ParamValue {
             if escaped {
                 return ParamValue::Invalid;
             }
-            return bits_of(buf.get(..len).unwrap_or_default());
+            // len <= buf.len(): it only grows after a write into buf[len].
+            return bits_of(&buf[..len]);
         }
         [b'"', ..] | [.., b'"'] => return ParamValue::Invalid,
         other => other,
@@ -835,6 +854,7 @@ fn bits_of(v: &[u8]) -> ParamValue {
 #[derive(Clone)]
 struct HeaderValue {
     buf: [u8; 160],
+    /// Bytes used. Invariant: `len <= buf.len()`.
     len: usize,
 }
 
@@ -848,11 +868,11 @@ impl HeaderValue {
 
     fn push(&mut self, bytes: &[u8]) {
         let end = self.len + bytes.len();
-        // Every caller pushes constant fragments whose total is below the capacity.
-        if let Some(dst) = self.buf.get_mut(self.len..end) {
-            dst.copy_from_slice(bytes);
-            self.len = end;
-        }
+        // Every caller pushes constant fragments whose total (at most 128 bytes, the test
+        // `longest_extension_values_fit` writes it) is below the capacity. Indexing: a value
+        // cut short would be a wrong header, so overflowing is a bug that must panic.
+        self.buf[self.len..end].copy_from_slice(bytes);
+        self.len = end;
     }
 
     fn push_bits(&mut self, bits: u8) {
@@ -864,7 +884,8 @@ impl HeaderValue {
     }
 
     fn as_bytes(&self) -> &[u8] {
-        self.buf.get(..self.len).unwrap_or_default()
+        // len <= buf.len(), the invariant push keeps.
+        &self.buf[..self.len]
     }
 }
 
@@ -1016,12 +1037,12 @@ impl<'a> ClientRequest<'a> {
             return Err(HandshakeError::InvalidHost);
         }
         for p in self.subprotocols {
-            if !is_token(p.as_bytes()) {
+            if !http::is_token(p.as_bytes()) {
                 return Err(HandshakeError::InvalidSubprotocolName);
             }
         }
         for (name, value) in self.extra_headers {
-            if !is_token(name.as_bytes()) || value.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)) {
+            if !http::is_token(name.as_bytes()) || !http::valid_header_value(value) {
                 return Err(HandshakeError::InvalidExtraHeader);
             }
         }
@@ -1068,30 +1089,6 @@ impl<'a> ClientRequest<'a> {
             limits: self.limits,
         })
     }
-}
-
-fn is_token(s: &[u8]) -> bool {
-    !s.is_empty()
-        && s.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
 }
 
 /// A client waiting for the server's answer to its upgrade request.
@@ -1170,8 +1167,7 @@ impl<'a> ClientHandshake<'a> {
                 if http::trim_ows(element).is_empty() {
                     continue;
                 }
-                let mut parts = split_quoted(element, b';');
-                let name = http::trim_ows(parts.next().unwrap_or_default());
+                let (name, parts) = name_and_params(element);
                 let Some(offer) = self.deflate else {
                     return Err(HandshakeError::ExtensionNotOffered);
                 };
@@ -1286,6 +1282,94 @@ mod tests {
         response
             .lines()
             .find_map(|l| l.strip_prefix("Sec-WebSocket-Extensions: "))
+    }
+
+    #[test]
+    fn longest_extension_values_fit() {
+        // Every parameter at its longest, in both roles: HeaderValue::push panics rather than
+        // cut a value short, so this is the capacity check.
+        let offer = PmdParams {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: Some(10),
+            client_max_window_bits: WindowBitsOffer::Max(15),
+            server_max_window_bits_without_value: false,
+        };
+        let cfg = DeflateConfig {
+            client_max_window_bits: Some(12),
+            ..DeflateConfig::default()
+        };
+        let (_, answer) = answer_offer(&offer, &cfg).unwrap();
+        assert_eq!(
+            answer.as_bytes(),
+            b"permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10; client_max_window_bits=12"
+        );
+        let client = DeflateOffer {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: Some(15),
+            client_max_window_bits: WindowBitsOffer::Max(10),
+        };
+        let value = client.header_value().unwrap();
+        assert_eq!(
+            value.as_bytes(),
+            b"permessage-deflate; client_no_context_takeover; server_no_context_takeover; server_max_window_bits=15; client_max_window_bits=10"
+        );
+        assert!(answer.as_bytes().len() <= 128 && value.as_bytes().len() <= 128);
+    }
+
+    #[test]
+    fn extension_elements_split_outside_quotes() {
+        let (name, params) = name_and_params(b" permessage-deflate ; a=\"x;y\" ;b");
+        assert_eq!(name, b"permessage-deflate");
+        assert_eq!(
+            params.collect::<Vec<_>>(),
+            vec![&b" a=\"x;y\" "[..], &b"b"[..]]
+        );
+        let (name, params) = name_and_params(b"permessage-deflate");
+        assert_eq!(name, b"permessage-deflate");
+        assert_eq!(params.count(), 0);
+        let (name, params) = name_and_params(b"x;");
+        assert_eq!(name, b"x");
+        assert_eq!(params.collect::<Vec<_>>(), vec![&b""[..]]);
+        assert_eq!(
+            split_quoted(b"a,\"b,\\\",c\",", b',').collect::<Vec<_>>(),
+            vec![&b"a"[..], &b"\"b,\\\",c\""[..], &b""[..]]
+        );
+    }
+
+    #[test]
+    fn client_request_names_are_http_tokens() {
+        let names: [(&str, bool); 5] = [
+            ("chat", true),
+            ("stelar.v1", true),
+            ("a~b|c", true),
+            ("a b", false),
+            ("x(y)", false),
+        ];
+        for (p, token) in names {
+            let protos = [p];
+            let req = ClientRequest {
+                subprotocols: &protos,
+                ..ClientRequest::new("h", "/", RFC_NONCE)
+            };
+            let got = req.write(&mut BytesMut::new()).map(|_| ());
+            let want = if token {
+                Ok(())
+            } else {
+                Err(HandshakeError::InvalidSubprotocolName)
+            };
+            assert_eq!(got, want, "{p}");
+        }
+        let extra: [(&str, &[u8]); 1] = [("X-Ok", b"a\rb")];
+        let req = ClientRequest {
+            extra_headers: &extra,
+            ..ClientRequest::new("h", "/", RFC_NONCE)
+        };
+        assert_eq!(
+            req.write(&mut BytesMut::new()).map(|_| ()),
+            Err(HandshakeError::InvalidExtraHeader)
+        );
     }
 
     #[test]

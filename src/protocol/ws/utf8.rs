@@ -59,11 +59,10 @@ fn ascii_prefix_len(bytes: &[u8]) -> usize {
 /// start on ASCII.
 #[inline]
 pub fn is_valid(bytes: &[u8]) -> bool {
-    match bytes.get(ascii_prefix_len(bytes)..) {
-        Some([]) => true,
-        Some(rest) => std::str::from_utf8(rest).is_ok(),
-        // Unreachable: ascii_prefix_len(bytes) <= bytes.len(). Say "invalid" to stay safe.
-        None => false,
+    // ascii_prefix_len(bytes) <= bytes.len() (it counts whole chunks of `bytes`).
+    match &bytes[ascii_prefix_len(bytes)..] {
+        [] => true,
+        rest => std::str::from_utf8(rest).is_ok(),
     }
 }
 
