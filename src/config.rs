@@ -26,8 +26,15 @@ pub struct Config {
     pub shards: usize,
     /// Adds the raw `/echo` and `/broadcast` WebSocket paths (conformance and comparison runs).
     pub bench_endpoints: bool,
-    /// When set, the HTTP API (`/api/*`) requires `Authorization: Bearer KEY` or `X-API-Key`.
+    /// Turns the HTTP API (`/api/*`) on, for requests carrying `Authorization: Bearer KEY` or
+    /// `X-API-Key: KEY`. Without a key the API is off (403) unless `api_insecure` is set.
     pub api_key: Option<String>,
+    /// Turns the HTTP API on without a key: anyone who can reach the port may publish and
+    /// broadcast (member listings still need a key). For local use; a warning is logged.
+    pub api_insecure: bool,
+    /// Origins (`scheme://host[:port]`, exactly as browsers send them) whose pages may call
+    /// the API from a browser (CORS). Other origins get no CORS headers.
+    pub api_cors_origins: Vec<String>,
     /// Connection and message limits.
     pub limits: Limits,
     /// Heartbeats and timeouts.
@@ -139,6 +146,8 @@ impl Default for Config {
             shards: 0,
             bench_endpoints: false,
             api_key: None,
+            api_insecure: false,
+            api_cors_origins: Vec::new(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             compression: Compression::default(),
@@ -328,6 +337,17 @@ impl Config {
                 return bad("tcp_port", "must differ from port");
             }
         }
+        for origin in &self.api_cors_origins {
+            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && origin.bytes().all(|b| b.is_ascii_graphic())
+                && !origin.ends_with('/');
+            if !ok {
+                return bad(
+                    "api_cors_origins",
+                    format!("`{origin}` is not an origin like https://app.example.com[:port]"),
+                );
+            }
+        }
         let l = &self.limits;
         if l.max_frame_size < 126 {
             return bad("limits.max_frame_size", "must be at least 126 bytes");
@@ -431,6 +451,8 @@ mod tests {
             shards: 3,
             bench_endpoints: true,
             api_key: None,
+            api_insecure: true,
+            api_cors_origins: vec!["https://app.example".to_owned()],
             limits: Limits {
                 max_connections: 1,
                 max_rooms: 2,

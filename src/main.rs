@@ -72,8 +72,9 @@ struct ServeArgs {
     #[arg(long, env = "SHARDCAST_BENCH_ENDPOINTS", value_name = "BOOL", num_args = 0..=1,
         require_equals = true, default_missing_value = "true")]
     bench_endpoints: Option<bool>,
-    /// Require this key for the HTTP API (/api/*): `Authorization: Bearer KEY` or `X-API-Key`
-    /// [default: none, the API is open].
+    /// Turn the HTTP API (/api/*) on for requests carrying this key: `Authorization: Bearer
+    /// KEY` or `X-API-Key: KEY`; without one the API is off unless --api-insecure
+    /// [default: none].
     #[arg(
         long,
         env = "SHARDCAST_API_KEY",
@@ -81,6 +82,16 @@ struct ServeArgs {
         value_name = "KEY"
     )]
     api_key: Option<String>,
+    /// Turn the HTTP API on without a key: anyone who can reach the port may publish and
+    /// broadcast (member listings still need a key); for local use [default: false].
+    #[arg(long, env = "SHARDCAST_API_INSECURE", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true")]
+    api_insecure: Option<bool>,
+    /// Allow browser pages from this origin (e.g. https://app.example.com) to call the API
+    /// (CORS); repeat the flag or separate with commas [default: none].
+    #[arg(long = "api-cors-origin", env = "SHARDCAST_API_CORS_ORIGINS", value_name = "ORIGIN",
+        value_delimiter = ',')]
+    api_cors_origins: Option<Vec<String>>,
 
     /// Most simultaneous clients (WebSocket + TCP); 0 = unlimited [default: 0].
     #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS", value_name = "N")]
@@ -218,6 +229,8 @@ impl ServeArgs {
         if let Some(v) = &self.api_key {
             c.api_key = Some(v.clone());
         }
+        set(&mut c.api_insecure, &self.api_insecure);
+        set(&mut c.api_cors_origins, &self.api_cors_origins);
         let l = &mut c.limits;
         set(&mut l.max_connections, &self.max_connections);
         set(&mut l.max_rooms, &self.max_rooms);
@@ -554,6 +567,9 @@ mod tests {
             "--shards=2",
             "--bench-endpoints",
             "--api-key=k",
+            "--api-insecure",
+            "--api-cors-origin=https://a.example",
+            "--api-cors-origin=http://b.example:8080",
             "--max-connections=7",
             "--max-rooms=8",
             "--max-rooms-per-client=9",
@@ -587,6 +603,8 @@ mod tests {
             shards = 2
             bench_endpoints = true
             api_key = "k"
+            api_insecure = true
+            api_cors_origins = ["https://a.example", "http://b.example:8080"]
             [limits]
             max_connections = 7
             max_rooms = 8

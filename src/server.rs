@@ -93,6 +93,13 @@ pub fn start(app: App) -> Result<Running, StartError> {
     };
     let clients = Arc::new(AtomicUsize::new(0));
     let budgets = memory_budgets(&config);
+    if config.api_key.is_none() && config.api_insecure {
+        tracing::warn!(
+            port = config.port,
+            "the HTTP API is on without a key (api_insecure): anyone who can reach this port \
+             can publish, broadcast and message clients; set an API key before exposing it"
+        );
+    }
     let runtime = builder.start(move |shard: Shard<ShardMsg>| {
         let app = app.clone();
         let config = config.clone();

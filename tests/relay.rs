@@ -349,7 +349,8 @@ async fn leave_stops_delivery() {
 /// When clients go, their rooms go, on every shard's view; counts return to zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_cleans_up_rooms_and_counts() {
-    let server = ServerProc::start(&["--shards", "2"]);
+    let server = ServerProc::start(&["--shards", "2", "--api-key", "k"]);
+    let key = [("X-API-Key", "k")];
     {
         let mut clients = ws_clients_on_every_shard(&server, 2).await;
         for (i, (c, _)) in clients.iter_mut().enumerate() {
@@ -358,14 +359,14 @@ async fn disconnect_cleans_up_rooms_and_counts() {
         }
         let mut t = Tcp::connect(server.tcp.unwrap()).await;
         t.join("shared").await;
-        let (status, body) = http(server.ws, "GET", "/api/rooms", &[], "").await;
+        let (status, body) = http(server.ws, "GET", "/api/rooms", &key, "").await;
         assert_eq!(status, 200);
         let v: Value = serde_json::from_str(&body).unwrap();
         let rooms = v["rooms"].as_array().unwrap();
         let shared = rooms.iter().find(|r| r["name"] == "shared").unwrap();
         assert_eq!(shared["members"], clients.len() + 1);
         assert_eq!(rooms.len(), clients.len() + 1);
-        let (_, body) = http(server.ws, "GET", "/api/rooms/shared", &[], "").await;
+        let (_, body) = http(server.ws, "GET", "/api/rooms/shared", &key, "").await;
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["members"].as_array().unwrap().len(), clients.len() + 1);
         assert!(v["members"].as_array().unwrap().contains(&json!(t.id)));
@@ -376,7 +377,7 @@ async fn disconnect_cleans_up_rooms_and_counts() {
             let (_, body) = http(server.ws, "GET", "/health", &[], "").await;
             let v: Value = serde_json::from_str(&body).unwrap();
             if v["activeConnections"] == 0 && v["totalRooms"] == 0 {
-                let (_, rooms) = http(server.ws, "GET", "/api/rooms", &[], "").await;
+                let (_, rooms) = http(server.ws, "GET", "/api/rooms", &key, "").await;
                 assert_eq!(rooms, r#"{"rooms":[]}"#);
                 return;
             }

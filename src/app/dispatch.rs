@@ -13,14 +13,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_lite::FutureExt;
 
+use super::error::ClientError;
 use super::{relay, App, Context, LocalFuture, Payload};
 use crate::hub::client::Client;
 use crate::hub::outgoing::Outgoing;
 use crate::hub::Hub;
-use crate::protocol::stelar::{names, OutFrame, TextEnvelope};
-use crate::protocol::ws::codec::server_frame;
-use crate::protocol::ws::frame::OpCode;
-use crate::stats::{Counters, Transport};
+use crate::protocol::stelar::{names, Members};
+use crate::stats::Counters;
 
 /// An ACK request: which handler, and what to echo.
 #[derive(Debug, Clone)]
@@ -29,6 +28,14 @@ pub(crate) struct AckRequest {
     pub name: String,
     /// `_correlationId`, echoed in the reply.
     pub correlation_id: Option<String>,
+}
+
+/// A JSON event's `data`: its text, verbatim (a view of the read buffer), and, when it is an
+/// object, the members the relay routes on, found by the scan that validated it.
+#[derive(Debug, Clone)]
+pub(crate) struct Data {
+    pub(crate) text: Bytes,
+    pub(crate) members: Option<Members>,
 }
 
 /// Everything dispatch needs from the shard.
@@ -43,27 +50,11 @@ impl Env<'_> {
         Context::new(self.hub.clone(), self.client.clone(), self.app.clone())
     }
 
-    /// Sends a `server:error` to the client.
-    pub(crate) fn error(&self, code: &str, message: &str, event: Option<&str>) {
-        self.hub.counters.error(code_label(code));
-        let msg = Outgoing::server_error(code, message, event);
+    /// Answers `err` with a `server:error` event (about `event`, if given) and counts it.
+    pub(crate) fn error(&self, err: ClientError, event: Option<&str>) {
+        self.hub.counters.error(err.label());
+        let msg = Outgoing::server_error(err.code(), err.message(), event, None);
         self.hub.send_to(self.client, &msg);
-    }
-}
-
-/// Static counter labels for the `server:error` codes (no strings built per error).
-fn code_label(code: &str) -> &'static str {
-    match code {
-        "unknown_event" => "app_unknown_event",
-        "invalid_message" => "app_invalid_message",
-        "invalid_data" => "app_invalid_data",
-        "invalid_event_name" => "app_invalid_event_name",
-        "invalid_room" => "app_invalid_room",
-        "not_member" => "app_not_member",
-        "forbidden" => "app_forbidden",
-        "unknown_client" => "app_unknown_client",
-        "ack_failed" => "app_ack_failed",
-        _ => "app_other",
     }
 }
 
@@ -79,45 +70,26 @@ pub(crate) fn spawn_handler(hub: &Rc<Hub>, fut: LocalFuture<()>) {
     .detach();
 }
 
-/// Sends the reply to an ACK request in the client's wire form: WebSocket
-/// `{"event":E,"data":R,"_isAck":true,"_correlationId":C}`, TCP ACK_RES with the ACK name.
+/// Sends the reply to an ACK request (`result` is its JSON text).
 pub(crate) fn send_ack_reply(
     hub: &Hub,
     client: &Client,
     event: &str,
     ack: &AckRequest,
-    result: &[u8],
+    result: Bytes,
 ) {
-    let frame = match client.transport() {
-        Transport::Ws => {
-            let env = TextEnvelope::ack_reply(event, Some(result), ack.correlation_id.as_deref())
-                .encode();
-            server_frame(OpCode::Text, &env)
-        }
-        Transport::Tcp => match (OutFrame::AckRes {
-            ack_name: &ack.name,
-            result,
-            correlation_id: ack.correlation_id.as_deref(),
-        })
-        .encode()
-        {
-            Ok(f) => f,
-            Err(_) => {
-                hub.counters.drop_message("ack_reply_unencodable");
-                return;
-            }
-        },
-    };
-    hub.send_frame(client, frame);
+    let msg = Outgoing::ack_reply(event, &ack.name, ack.correlation_id.as_deref(), result);
+    hub.send_to(client, &msg);
 }
 
 /// A JSON event (WebSocket text envelope, TCP JSON frame, or the event inside a TCP ACK_REQ).
 /// `data` is the JSON text of `data`, already validated, as a view of the read buffer.
-pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<Bytes>, ack: Option<AckRequest>) {
+pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<Data>, ack: Option<AckRequest>) {
     Counters::add(&env.hub.counters.messages_received, 1);
+    let payload = |data: Option<Data>| Payload::json(event, data.map(|d| d.text));
     if let Some(ack) = ack {
         if let Some(handler) = env.app.acks.get(&ack.name) {
-            let fut = handler(env.ctx(), Payload::json(event, data));
+            let fut = handler(env.ctx(), payload(data));
             let hub = env.hub.clone();
             let client = env.client.clone();
             let event = event.to_owned();
@@ -125,10 +97,11 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<Bytes>, ack: Option
                 env.hub,
                 Box::pin(async move {
                     match fut.await {
-                        Ok(result) => send_ack_reply(&hub, &client, &event, &ack, &result.0),
+                        Ok(result) => send_ack_reply(&hub, &client, &event, &ack, result.0),
                         Err(e) => {
                             hub.counters.error("app_ack_failed");
-                            let msg = Outgoing::server_error(&e.code, &e.message, Some(&event));
+                            let msg =
+                                Outgoing::server_error(&e.code, &e.message, Some(&event), None);
                             hub.send_to(&client, &msg);
                         }
                     }
@@ -148,9 +121,9 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<Bytes>, ack: Option
         "join-room" | "leave-room" => {
             let max = env.app.config.limits.max_room_name;
             let room = data
-                .as_deref()
+                .as_ref()
                 .ok_or(crate::protocol::stelar::Error::RoomNameEmpty)
-                .and_then(|d| names::room_from_json(d, max));
+                .and_then(|d| names::room_from_json(&d.text, max));
             match room {
                 Ok(room) if event == "join-room" => join(env, &room),
                 Ok(room) => leave(env, &room),
@@ -162,17 +135,17 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<Bytes>, ack: Option
         _ => {}
     }
     if let Some(handler) = env.app.handlers.get(event) {
-        spawn_handler(env.hub, handler(env.ctx(), Payload::json(event, data)));
+        spawn_handler(env.hub, handler(env.ctx(), payload(data)));
         return;
     }
     if env.app.relay && relay::event(env, event, data.as_ref()) {
         return;
     }
     if let Some(any) = &env.app.any {
-        spawn_handler(env.hub, any(env.ctx(), Payload::json(event, data)));
+        spawn_handler(env.hub, any(env.ctx(), payload(data)));
         return;
     }
-    env.error("unknown_event", "no handler for this event", Some(event));
+    env.error(ClientError::UnknownEvent, Some(event));
 }
 
 /// A binary message (WebSocket binary envelope or TCP BINARY frame).
@@ -185,11 +158,7 @@ pub(crate) fn binary(env: &Env<'_>, event: &str, payload: Bytes) {
     if env.app.relay && relay::binary(env, event, payload) {
         return;
     }
-    env.error(
-        "unknown_event",
-        "no handler for this binary event",
-        Some(event),
-    );
+    env.error(ClientError::UnknownBinaryEvent, Some(event));
 }
 
 /// A join request (TCP JOIN frame, or `join-room`).

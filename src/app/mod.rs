@@ -16,6 +16,7 @@
 
 mod context;
 pub(crate) mod dispatch;
+pub(crate) mod error;
 mod payload;
 pub(crate) mod relay;
 

@@ -1,5 +1,7 @@
 //! The standalone relay: what `shardcast serve` does with no Rust code (DESIGN.md "The
-//! standalone relay", README "Relay events").
+//! standalone relay", README "Relay events"), and the one place where a publish / broadcast /
+//! send request is checked, whoever sends it ([`Request::parse`]: a client's relay event here,
+//! a backend's HTTP API call in `conn/http.rs`).
 //!
 //! | event | data | effect |
 //! |---|---|---|
@@ -12,173 +14,169 @@
 //! caller's id), `stats` (the `/health` object). Binary messages whose event is
 //! `ROOM:NAME` (split at the last `:`) go, unchanged, to every other member of ROOM.
 //!
-//! `D` is forwarded byte for byte: the fields are located by the span-keeping scanner and
-//! the outgoing envelope is built around the original bytes. Bad requests get a
-//! `server:error` event naming the problem.
+//! `D` is forwarded byte for byte: the request's members were located by the scan that
+//! validated the message ([`Members`]), and the outgoing envelope is built around the
+//! original bytes. Bad requests get a `server:error` event naming the problem.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::dispatch::{send_ack_reply, spawn_handler, AckRequest, Env};
+use super::dispatch::{send_ack_reply, spawn_handler, AckRequest, Data, Env};
+use super::error::{ClientError, RequestError};
 use crate::hub::id::ClientId;
 use crate::hub::outgoing::Outgoing;
-use crate::protocol::stelar::json::{self, Document, Kind, Value};
-use crate::protocol::stelar::names;
+use crate::hub::Hub;
+use crate::protocol::stelar::{names, Members};
 
-/// The members of a publish / broadcast / direct request object (from a client's relay event
-/// or the HTTP API's body), as spans of the request text.
-#[derive(Default)]
-pub(crate) struct Fields {
-    pub room: Option<Value>,
-    pub event: Option<Value>,
-    pub data: Option<Value>,
-    pub to: Option<Value>,
+/// Which request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// To a room's members.
+    Publish,
+    /// To every client.
+    Broadcast,
+    /// To one client.
+    Send,
 }
 
-/// Why a request object was refused.
-pub(crate) enum FieldsError {
-    /// Not valid JSON.
-    Json,
-    /// Valid JSON, not an object.
-    NotObject,
+/// Where a request's message goes.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// A room's members.
+    Room(String),
+    /// Every client.
+    All,
+    /// One client.
+    Client(ClientId),
 }
 
-impl Fields {
-    /// Scans a request object, validating all of it.
-    pub(crate) fn parse(data: &[u8]) -> Result<Fields, FieldsError> {
-        let mut f = Fields::default();
-        let doc = json::walk(data, |key, v| {
-            match key {
-                b"room" => f.room = Some(v),
-                b"event" => f.event = Some(v),
-                b"data" => f.data = Some(v),
-                b"to" => f.to = Some(v),
-                _ => {}
+/// A checked publish / broadcast / send request: its target and its message.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) target: Target,
+    pub(crate) msg: Arc<Outgoing>,
+}
+
+impl Request {
+    /// Checks a request object — `text` is its JSON, `members` its routing members — and
+    /// builds the message: `event` must be a name stelar clients accept, `room` (publish) a
+    /// non-empty string of at most `max_room` bytes, `to` (send) a client id; `data` goes
+    /// out verbatim.
+    pub(crate) fn parse(
+        kind: Kind,
+        text: &Bytes,
+        members: Option<&Members>,
+        max_room: usize,
+    ) -> Result<Request, RequestError> {
+        let m = members.ok_or(RequestError::NotObject)?;
+        let event = m.event(text).ok_or(RequestError::EventNotString)?;
+        names::validate_outbound_event(&event).map_err(|_| RequestError::InvalidEventName)?;
+        let target = match kind {
+            Kind::Publish => match m.room(text) {
+                Some(r) if !r.is_empty() && r.len() <= max_room => Target::Room(r.into_owned()),
+                _ => return Err(RequestError::InvalidRoom),
+            },
+            Kind::Broadcast => Target::All,
+            Kind::Send => {
+                let to = m.to(text).and_then(|t| ClientId::parse(t.as_bytes()));
+                Target::Client(to.ok_or(RequestError::InvalidTo)?)
             }
-            Ok(())
+        };
+        let data = m.data_range().map(|r| text.slice(r));
+        Ok(Request {
+            target,
+            msg: Outgoing::event(&event, data),
         })
-        .map_err(|_| FieldsError::Json)?;
-        if doc == Document::Object {
-            Ok(f)
-        } else {
-            Err(FieldsError::NotObject)
+    }
+
+    /// Carries the request out from this shard, `from` excluded (and told if a direct
+    /// recipient is gone).
+    pub(crate) fn execute(self, hub: &Hub, from: Option<ClientId>) {
+        match self.target {
+            Target::Room(room) => {
+                hub.publish(&room, self.msg, from);
+            }
+            Target::All => {
+                hub.broadcast(self.msg, from);
+            }
+            Target::Client(to) => {
+                hub.direct(to, self.msg, from);
+            }
         }
     }
-}
-
-/// A member's value if it is a JSON string, unescaped.
-pub(crate) fn string<'a>(input: &'a [u8], v: Option<Value>) -> Option<std::borrow::Cow<'a, str>> {
-    let v = v?;
-    if v.kind != Kind::String {
-        return None;
-    }
-    json::decode_str(input, v).ok()
 }
 
 /// A relay event. Returns false if `event` is not one of the relay's.
-pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<&Bytes>) -> bool {
+pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<&Data>) -> bool {
     let relay = &env.app.config.relay;
-    match event {
+    let kind = match event {
         "echo" => {
-            let msg = Outgoing::event("echo", data.cloned());
+            let msg = Outgoing::event("echo", data.map(|d| d.text.clone()));
             env.hub.send_to(env.client, &msg);
+            return true;
         }
-        "publish" | "broadcast" | "direct" => {
-            let allowed = match event {
-                "publish" => relay.publish,
-                "broadcast" => relay.broadcast,
-                _ => relay.direct,
-            };
-            if !allowed {
-                env.error(
-                    "forbidden",
-                    "this relay event is disabled on this server",
-                    Some(event),
-                );
-                return true;
-            }
-            let Some(raw) = data else {
-                env.error("invalid_data", "data must be an object", Some(event));
-                return true;
-            };
-            let Ok(f) = Fields::parse(raw) else {
-                env.error("invalid_data", "data must be an object", Some(event));
-                return true;
-            };
-            let Some(inner) = string(raw, f.event) else {
-                env.error("invalid_data", "data.event must be a string", Some(event));
-                return true;
-            };
-            if names::validate_outbound_event(&inner).is_err() {
-                env.error(
-                    "invalid_event_name",
-                    "data.event must be 1-256 of A-Z a-z 0-9 - . / : and not reserved",
-                    Some(event),
-                );
-                return true;
-            }
-            // The forwarded data: the exact bytes of data.data, as a view of the message.
-            let inner_data = f.data.map(|v| raw.slice(v.start..v.end));
-            let msg = Outgoing::event(&inner, inner_data);
-            match event {
-                "publish" => {
-                    let max = env.app.config.limits.max_room_name;
-                    let room = match string(raw, f.room) {
-                        Some(r) if !r.is_empty() && r.len() <= max => r,
-                        _ => {
-                            env.error("invalid_room", "data.room must be a non-empty string of at most max_room_name bytes", Some(event));
-                            return true;
-                        }
-                    };
-                    if relay.publish_requires_membership
-                        && !env.client.rooms().iter().any(|r| **r == *room)
-                    {
-                        env.error(
-                            "not_member",
-                            "publishing requires membership of the room",
-                            Some(event),
-                        );
-                        return true;
-                    }
-                    env.hub.publish(&room, msg, Some(env.client.id));
-                }
-                "broadcast" => {
-                    env.hub.broadcast(msg, Some(env.client.id));
-                }
-                _ => {
-                    let to = string(raw, f.to).and_then(|t| ClientId::parse(t.as_bytes()));
-                    let Some(to) = to else {
-                        env.error("invalid_data", "data.to must be a client id", Some(event));
-                        return true;
-                    };
-                    env.hub.direct(to, msg, Some(env.client.id));
-                }
-            }
-        }
+        "publish" => Kind::Publish,
+        "broadcast" => Kind::Broadcast,
+        "direct" => Kind::Send,
         _ => return false,
+    };
+    let allowed = match kind {
+        Kind::Publish => relay.publish,
+        Kind::Broadcast => relay.broadcast,
+        Kind::Send => relay.direct,
+    };
+    if !allowed {
+        env.error(ClientError::RelayDisabled, Some(event));
+        return true;
+    }
+    let request = match data {
+        Some(d) => Request::parse(
+            kind,
+            &d.text,
+            d.members.as_ref(),
+            env.app.config.limits.max_room_name,
+        ),
+        None => Err(RequestError::NotObject),
+    };
+    match request {
+        Ok(req) => {
+            if let Target::Room(room) = &req.target {
+                if relay.publish_requires_membership && !is_member(env, room) {
+                    env.error(ClientError::NotMember, Some(event));
+                    return true;
+                }
+            }
+            req.execute(env.hub, Some(env.client.id));
+        }
+        Err(e) => env.error(e.into(), Some(event)),
     }
     true
 }
 
+fn is_member(env: &Env<'_>, room: &str) -> bool {
+    env.client.rooms().iter().any(|r| &**r == room)
+}
+
 /// A built-in ACK. Returns false if `ack.name` is not one of the relay's.
-pub(crate) fn ack(env: &Env<'_>, event: &str, data: Option<&Bytes>, ack: &AckRequest) -> bool {
-    let reply = |result: &[u8]| send_ack_reply(env.hub, env.client, event, ack, result);
+pub(crate) fn ack(env: &Env<'_>, event: &str, data: Option<&Data>, ack: &AckRequest) -> bool {
+    let reply = |result: Bytes| send_ack_reply(env.hub, env.client, event, ack, result);
     match ack.name.as_str() {
-        "echo" => reply(data.map_or(&b"null"[..], |d| &d[..])),
+        "echo" => reply(data.map_or(Bytes::from_static(b"null"), |d| d.text.clone())),
         "time" => {
             let ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis());
-            reply(ms.to_string().as_bytes());
+            reply(Bytes::from(ms.to_string()));
         }
         "whoami" => {
             let id = env.client.id.to_text();
-            let mut quoted = Vec::with_capacity(38);
+            let mut quoted = Vec::with_capacity(id.len() + 2);
             quoted.push(b'"');
             quoted.extend_from_slice(&id);
             quoted.push(b'"');
-            reply(&quoted);
+            reply(Bytes::from(quoted));
         }
         "stats" => {
             let hub = env.hub.clone();
@@ -191,7 +189,7 @@ pub(crate) fn ack(env: &Env<'_>, event: &str, data: Option<&Bytes>, ack: &AckReq
                     let snapshot = hub.stats().await;
                     let process = crate::stats::Process::read(hub.now_ms());
                     let body = crate::stats::health_json(&snapshot, &process);
-                    send_ack_reply(&hub, &client, &event, &ack, body.as_bytes());
+                    send_ack_reply(&hub, &client, &event, &ack, Bytes::from(body));
                 }),
             );
         }
@@ -212,17 +210,57 @@ pub(crate) fn binary(env: &Env<'_>, event: &str, payload: Bytes) -> bool {
     if room.is_empty() || room.len() > env.app.config.limits.max_room_name {
         return false;
     }
-    if env.app.config.relay.publish_requires_membership
-        && !env.client.rooms().iter().any(|r| &**r == room)
-    {
-        env.error(
-            "not_member",
-            "publishing requires membership of the room",
-            Some(event),
-        );
+    if env.app.config.relay.publish_requires_membership && !is_member(env, room) {
+        env.error(ClientError::NotMember, Some(event));
         return true;
     }
     env.hub
         .publish(room, Outgoing::binary(event, payload), Some(env.client.id));
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::stelar::envelope;
+
+    fn parse(kind: Kind, text: &'static str) -> Result<Request, RequestError> {
+        let text = Bytes::from_static(text.as_bytes());
+        let members = envelope::members(&text).map_err(|_| RequestError::NotJson)?;
+        Request::parse(kind, &text, members.as_ref(), 8)
+    }
+
+    #[test]
+    fn one_check_for_every_request() {
+        let r = parse(Kind::Publish, r#"{"data": {"x": [1, 2]}, "room":"r1","event":"e"}"#)
+            .unwrap();
+        assert!(matches!(&r.target, Target::Room(room) if room == "r1"));
+        assert_eq!(
+            &r.msg.ws_plain().unwrap()[2..],
+            br#"{"event":"e","data":{"x": [1, 2]}}"#,
+            "data verbatim"
+        );
+        assert!(matches!(
+            parse(Kind::Broadcast, r#"{"event":"e"}"#).unwrap().target,
+            Target::All
+        ));
+        let id = "00000000-0000-4000-8000-000000000000";
+        let text: &'static str = Box::leak(format!(r#"{{"to":"{id}","event":"e"}}"#).into());
+        assert!(matches!(parse(Kind::Send, text).unwrap().target, Target::Client(_)));
+        for (kind, text, want) in [
+            (Kind::Publish, "[1]", RequestError::NotObject),
+            (Kind::Publish, "{", RequestError::NotJson),
+            (Kind::Publish, r#"{"room":"r"}"#, RequestError::EventNotString),
+            (Kind::Publish, r#"{"room":"r","event":1}"#, RequestError::EventNotString),
+            (Kind::Publish, r#"{"room":"r","event":"a b"}"#, RequestError::InvalidEventName),
+            (Kind::Publish, r#"{"room":"r","event":"ping"}"#, RequestError::InvalidEventName),
+            (Kind::Publish, r#"{"event":"e"}"#, RequestError::InvalidRoom),
+            (Kind::Publish, r#"{"room":"","event":"e"}"#, RequestError::InvalidRoom),
+            (Kind::Publish, r#"{"room":"123456789","event":"e"}"#, RequestError::InvalidRoom),
+            (Kind::Send, r#"{"to":"nobody","event":"e"}"#, RequestError::InvalidTo),
+            (Kind::Send, r#"{"event":"e"}"#, RequestError::InvalidTo),
+        ] {
+            assert_eq!(parse(kind, text).unwrap_err(), want, "{text}");
+        }
+    }
 }

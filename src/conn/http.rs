@@ -2,285 +2,309 @@
 //!
 //! | method | path | body | answer |
 //! |---|---|---|---|
-//! | GET | `/health` (query ignored) | | stelar-compatible JSON (PROTOCOL.md §1.3) |
-//! | GET | `/metrics` | | Prometheus text |
+//! | GET, HEAD | `/health` (query ignored) | | stelar-compatible JSON (PROTOCOL.md §1.3) |
+//! | GET, HEAD | `/metrics` | | Prometheus text |
 //! | POST | `/api/publish` | `{"room":R,"event":E,"data":D}` | 202 `{"ok":true}` |
 //! | POST | `/api/broadcast` | `{"event":E,"data":D}` | 202 |
-//! | POST | `/api/send` | `{"to":ID,"event":E,"data":D}` | 202, or 404 if ID is gone |
-//! | GET | `/api/rooms` | | `{"rooms":[{"name":R,"members":N}]}` |
-//! | GET | `/api/rooms/{room}` | | `{"room":R,"members":[ID…]}` |
-//! | GET | `/api/stats` | | the `/health` object |
-//! | OPTIONS | any | | 204 with CORS headers |
+//! | POST | `/api/send` | `{"to":ID,"event":E,"data":D}` | 202, or 404 if ID is gone (asked of the shard that owns ID) |
+//! | GET, HEAD | `/api/rooms` | | `{"rooms":[{"name":R,"members":N}]}` |
+//! | GET, HEAD | `/api/rooms/{room}` | | `{"room":R,"members":[ID…]}` (only with an API key: ids are the capability for direct messages) |
+//! | GET, HEAD | `/api/stats` | | the `/health` object |
+//! | OPTIONS | any | | CORS preflight (204), for configured origins only |
 //!
-//! `D` is forwarded verbatim, as from a client. When `api_key` is configured, `/api/*` needs
-//! `Authorization: Bearer KEY` or `X-API-Key: KEY` (401 otherwise). Anything else is a 404
-//! with a JSON error. Bad bodies get a 400 naming the field.
+//! Secure by default: the API answers only when an API key is configured (`Authorization:
+//! Bearer KEY` or `X-API-Key: KEY`, else 401), or when the operator opened it without one with
+//! `api_insecure` (no member listings then); otherwise every `/api/*` request is a 403 that
+//! says how to turn it on. CORS headers go only to origins listed in `api_cors_origins`.
+//! Requests are checked by the same function as the relay's (`app::relay::Request::parse`);
+//! `D` is forwarded verbatim, as from a client. A response to `HEAD` has the `GET` response's
+//! head and no body.
 
 use std::fmt::Write as _;
 
 use bytes::{Bytes, BytesMut};
 
 use super::Shared;
-use crate::app::relay::{string, Fields, FieldsError};
-use crate::hub::id::ClientId;
-use crate::hub::outgoing::Outgoing;
+use crate::app::error::RequestError;
+use crate::app::relay::{Kind, Request, Target};
 use crate::hub::{Query, Reply};
 use crate::protocol::http::{
-    self, percent_decode, Method, Request, ResponseWriter, StatusCode, CONTENT_TYPE_JSON,
-    CONTENT_TYPE_PROMETHEUS,
+    percent_decode, Method, Request as HttpRequest, ResponseWriter, StatusCode,
+    CONTENT_TYPE_JSON, CONTENT_TYPE_PROMETHEUS,
 };
-use crate::protocol::stelar::json;
-use crate::protocol::stelar::names;
+use crate::protocol::stelar::{envelope, json};
 use crate::stats::{health_json, prometheus_text, Process};
 
-fn json_response(status: StatusCode, body: &[u8], keep_alive: bool, req: &Request<Bytes>) -> Bytes {
-    let mut out = BytesMut::with_capacity(body.len() + 160);
-    let mut w = ResponseWriter::new(&mut out, status);
-    w.keep_alive(keep_alive);
-    if let Some(origin) = req.header("origin") {
-        w.header("Access-Control-Allow-Origin", origin);
-    }
-    if w.body(CONTENT_TYPE_JSON, body).is_err() {
-        // Only an Origin header that cannot be echoed gets here: answer without it.
-        out.clear();
-        http::write_json(&mut out, status, body, keep_alive);
-    }
-    out.freeze()
+/// A plain HTTP request being answered.
+struct Exchange<'a> {
+    shared: &'a Shared,
+    req: &'a HttpRequest<Bytes>,
+    keep_alive: bool,
+    /// The request's `Origin`, when it is one the operator allowed (CORS).
+    allowed_origin: Option<&'a [u8]>,
 }
 
-fn error(status: StatusCode, message: &str, keep_alive: bool, req: &Request<Bytes>) -> Bytes {
-    let mut body = BytesMut::new();
-    body.extend_from_slice(b"{\"error\":");
-    json::write_quoted(&mut body, message);
-    body.extend_from_slice(b"}");
-    json_response(status, &body, keep_alive, req)
+impl Exchange<'_> {
+    /// A response with `body` (no body bytes for `HEAD`), CORS headers for an allowed origin.
+    fn respond(&self, status: StatusCode, content_type: &str, body: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(body.len() + 192);
+        let mut w = ResponseWriter::for_request(&mut out, self.req, status);
+        w.keep_alive(self.keep_alive);
+        if let Some(origin) = self.allowed_origin {
+            w.header("Access-Control-Allow-Origin", origin)
+                .header("Vary", b"Origin");
+        }
+        if w.body(content_type, body).is_err() {
+            // Only a header value that cannot be sent gets here (the allowed origins are
+            // checked at start-up): answer without the optional headers.
+            out.clear();
+            let mut w = ResponseWriter::for_request(&mut out, self.req, status);
+            w.keep_alive(self.keep_alive);
+            let _ = w.body(content_type, body);
+        }
+        out.freeze()
+    }
+
+    fn json(&self, status: StatusCode, body: &[u8]) -> Bytes {
+        self.respond(status, CONTENT_TYPE_JSON, body)
+    }
+
+    /// `{"error": message}` with `status`.
+    fn error(&self, status: StatusCode, message: &str) -> Bytes {
+        let mut body = BytesMut::with_capacity(message.len() + 16);
+        body.extend_from_slice(b"{\"error\":");
+        json::write_quoted(&mut body, message);
+        body.extend_from_slice(b"}");
+        self.json(status, &body)
+    }
+
+    fn request_error(&self, e: RequestError) -> Bytes {
+        self.shared.hub.counters.error(e.label());
+        self.error(e.status(), e.message())
+    }
+}
+
+/// Who may use the API, as this request presents itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// The right key.
+    Key,
+    /// No key configured, and the operator opened the API without one.
+    Insecure,
 }
 
 /// Answers one plain HTTP request.
 pub(crate) async fn respond(
     shared: &Shared,
-    req: &Request<Bytes>,
+    req: &HttpRequest<Bytes>,
     body: Bytes,
     keep_alive: bool,
 ) -> Bytes {
-    let hub = &shared.hub;
-    let path = req.path();
+    let config = shared.hub.config();
+    let origin = req.header("origin");
+    let allowed_origin = origin.filter(|o| {
+        config
+            .api_cors_origins
+            .iter()
+            .any(|allowed| allowed.as_bytes() == *o)
+    });
+    let x = Exchange {
+        shared,
+        req,
+        keep_alive,
+        allowed_origin,
+    };
     let method = req.method();
     if method == Method::Options {
-        let mut out = BytesMut::new();
-        let mut w = ResponseWriter::new(&mut out, StatusCode::NO_CONTENT);
-        w.keep_alive(keep_alive);
-        if let Some(origin) = req.header("origin") {
-            w.header("Access-Control-Allow-Origin", origin);
+        return preflight(&x, origin.is_some());
+    }
+    let readable = method == Method::Get || method == Method::Head;
+    match req.path() {
+        "/health" if readable => {
+            let s = shared.hub.clone().stats().await;
+            let body = health_json(&s, &Process::read(shared.hub.now_ms()));
+            return x.json(StatusCode::OK, body.as_bytes());
         }
-        w.header("Access-Control-Allow-Methods", b"GET, POST, OPTIONS")
+        "/metrics" if readable => {
+            let s = shared.hub.clone().stats().await;
+            let text = prometheus_text(&s, &Process::read(shared.hub.now_ms()));
+            return x.respond(StatusCode::OK, CONTENT_TYPE_PROMETHEUS, text.as_bytes());
+        }
+        _ => {}
+    }
+    let Some(api_path) = req.path().strip_prefix("/api/") else {
+        return x.error(StatusCode::NOT_FOUND, "not found");
+    };
+    let access = match access(&x) {
+        Ok(a) => a,
+        Err(response) => return response,
+    };
+    match (method, api_path) {
+        (Method::Post, "publish") => api_send(&x, Kind::Publish, &body).await,
+        (Method::Post, "broadcast") => api_send(&x, Kind::Broadcast, &body).await,
+        (Method::Post, "send") => api_send(&x, Kind::Send, &body).await,
+        (Method::Get | Method::Head, "rooms") => rooms(&x).await,
+        (Method::Get | Method::Head, p) if p.starts_with("rooms/") => {
+            if access != Access::Key {
+                shared.hub.counters.refuse("api_members_without_key");
+                return x.error(
+                    StatusCode::FORBIDDEN,
+                    "member listings need an API key (--api-key)",
+                );
+            }
+            members(&x, &p["rooms/".len()..]).await
+        }
+        (Method::Get | Method::Head, "stats") => {
+            let s = shared.hub.clone().stats().await;
+            let body = health_json(&s, &Process::read(shared.hub.now_ms()));
+            x.json(StatusCode::OK, body.as_bytes())
+        }
+        (_, "publish" | "broadcast" | "send" | "rooms" | "stats") => {
+            x.error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => x.error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// A CORS preflight: allowed for configured origins, refused for others.
+fn preflight(x: &Exchange<'_>, has_origin: bool) -> Bytes {
+    if has_origin && x.allowed_origin.is_none() {
+        x.shared.hub.counters.refuse("cors_origin");
+        return x.error(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let mut out = BytesMut::new();
+    let mut w = ResponseWriter::for_request(&mut out, x.req, StatusCode::NO_CONTENT);
+    w.keep_alive(x.keep_alive);
+    if let Some(origin) = x.allowed_origin {
+        w.header("Access-Control-Allow-Origin", origin)
+            .header("Vary", b"Origin")
+            .header("Access-Control-Allow-Methods", b"GET, HEAD, POST, OPTIONS")
             .header(
                 "Access-Control-Allow-Headers",
                 b"Content-Type, Authorization, X-API-Key",
             )
             .header("Access-Control-Max-Age", b"86400");
-        let _ = w.empty();
-        return out.freeze();
     }
-    let is_get = method == Method::Get || method == Method::Head;
-    match path {
-        "/health" if is_get => {
-            let s = gather_stats(shared).await;
-            let body = health_json(&s, &Process::read(hub.now_ms()));
-            return json_response(StatusCode::OK, body.as_bytes(), keep_alive, req);
+    let _ = w.empty();
+    out.freeze()
+}
+
+/// Whether this request may use the API, or the response refusing it.
+fn access(x: &Exchange<'_>) -> Result<Access, Bytes> {
+    let config = x.shared.hub.config();
+    let Some(key) = &config.api_key else {
+        if config.api_insecure {
+            return Ok(Access::Insecure);
         }
-        "/metrics" if is_get => {
-            let s = gather_stats(shared).await;
-            let text = prometheus_text(&s, &Process::read(hub.now_ms()));
-            let mut out = BytesMut::new();
-            let mut w = ResponseWriter::new(&mut out, StatusCode::OK);
-            w.keep_alive(keep_alive);
-            let _ = w.body(CONTENT_TYPE_PROMETHEUS, text.as_bytes());
-            return out.freeze();
-        }
-        _ => {}
-    }
-    let Some(api_path) = path.strip_prefix("/api/") else {
-        return error(StatusCode::NOT_FOUND, "not found", keep_alive, req);
+        x.shared.hub.counters.refuse("api_disabled");
+        return Err(x.error(
+            StatusCode::FORBIDDEN,
+            "the HTTP API is off: start the server with --api-key KEY (or --api-insecure, \
+             which lets anyone who can reach this port publish)",
+        ));
     };
-    if let Some(key) = &hub.config().api_key {
-        let bearer = req
-            .header("authorization")
-            .and_then(|v| v.strip_prefix(b"Bearer "))
-            .map(|v| v.trim_ascii());
-        let header = req.header("x-api-key").map(|v| v.trim_ascii());
-        let given = bearer.or(header);
-        if !given.is_some_and(|g| constant_time_eq(g, key.as_bytes())) {
-            hub.counters.refuse("api_unauthorized");
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong API key",
-                keep_alive,
-                req,
-            );
-        }
-    }
-    let status_ok = StatusCode::ACCEPTED;
-    match (method, api_path) {
-        (Method::Post, "publish" | "broadcast" | "send") => {
-            let fields = match Fields::parse(&body) {
-                Ok(f) => f,
-                Err(FieldsError::Json) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "body must be valid JSON",
-                        keep_alive,
-                        req,
-                    )
-                }
-                Err(FieldsError::NotObject) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "body must be a JSON object",
-                        keep_alive,
-                        req,
-                    )
-                }
-            };
-            let event = match string(&body, fields.event) {
-                Some(e) if names::validate_outbound_event(&e).is_ok() => e,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "event must be 1-256 of A-Z a-z 0-9 - . / : and not reserved",
-                        keep_alive,
-                        req,
-                    )
-                }
-            };
-            let data = fields.data.map(|v| body.slice(v.start..v.end));
-            let msg = Outgoing::event(&event, data);
-            match api_path {
-                "publish" => {
-                    let max = hub.config().limits.max_room_name;
-                    let Some(room) =
-                        string(&body, fields.room).filter(|r| !r.is_empty() && r.len() <= max)
-                    else {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            "room must be a non-empty string",
-                            keep_alive,
-                            req,
-                        );
-                    };
-                    hub.publish(&room, msg, None);
-                }
-                "broadcast" => {
-                    hub.broadcast(msg, None);
-                }
-                _ => {
-                    let Some(to) =
-                        string(&body, fields.to).and_then(|t| ClientId::parse(t.as_bytes()))
-                    else {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            "to must be a client id",
-                            keep_alive,
-                            req,
-                        );
-                    };
-                    if to.location().shard == hub.shard() && hub.client(to).is_none() {
-                        return error(
-                            StatusCode::NOT_FOUND,
-                            "no client with this id is connected",
-                            keep_alive,
-                            req,
-                        );
-                    }
-                    hub.direct(to, msg, None);
-                }
-            }
-            json_response(status_ok, b"{\"ok\":true}", keep_alive, req)
-        }
-        (Method::Get | Method::Head, "rooms") => {
-            let replies = hub_gather(shared, Query::Rooms).await;
-            let mut rooms: std::collections::BTreeMap<String, usize> = Default::default();
-            for r in replies {
-                if let Reply::Rooms(list) = r {
-                    for (name, n) in list {
-                        *rooms.entry(name).or_insert(0) += n;
-                    }
-                }
-            }
-            let mut body = BytesMut::from(&b"{\"rooms\":["[..]);
-            for (i, (name, n)) in rooms.iter().enumerate() {
-                if i > 0 {
-                    body.extend_from_slice(b",");
-                }
-                body.extend_from_slice(b"{\"name\":");
-                json::write_quoted(&mut body, name);
-                let mut num = String::new();
-                let _ = write!(num, ",\"members\":{n}}}");
-                body.extend_from_slice(num.as_bytes());
-            }
-            body.extend_from_slice(b"]}");
-            json_response(StatusCode::OK, &body, keep_alive, req)
-        }
-        (Method::Get | Method::Head, p) if p.starts_with("rooms/") => {
-            let raw = &p["rooms/".len()..];
-            let Ok(room) = percent_decode(raw.as_bytes(), false) else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad room name encoding",
-                    keep_alive,
-                    req,
-                );
-            };
-            let Ok(room) = std::str::from_utf8(&room) else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "room name is not UTF-8",
-                    keep_alive,
-                    req,
-                );
-            };
-            let replies = hub_gather(shared, Query::Members(room.into())).await;
-            let mut body = BytesMut::from(&b"{\"room\":"[..]);
-            json::write_quoted(&mut body, room);
-            body.extend_from_slice(b",\"members\":[");
-            let mut first = true;
-            for r in replies {
-                if let Reply::Members(ids) = r {
-                    for id in ids {
-                        if !first {
-                            body.extend_from_slice(b",");
-                        }
-                        first = false;
-                        body.extend_from_slice(b"\"");
-                        body.extend_from_slice(&id.to_text());
-                        body.extend_from_slice(b"\"");
-                    }
-                }
-            }
-            body.extend_from_slice(b"]}");
-            json_response(StatusCode::OK, &body, keep_alive, req)
-        }
-        (Method::Get | Method::Head, "stats") => {
-            let s = gather_stats(shared).await;
-            let body = health_json(&s, &Process::read(hub.now_ms()));
-            json_response(StatusCode::OK, body.as_bytes(), keep_alive, req)
-        }
-        (_, "publish" | "broadcast" | "send" | "rooms" | "stats") => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed",
-            keep_alive,
-            req,
-        ),
-        _ => error(StatusCode::NOT_FOUND, "not found", keep_alive, req),
+    let bearer = x
+        .req
+        .header("authorization")
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .map(|v| v.trim_ascii());
+    let header = x.req.header("x-api-key").map(|v| v.trim_ascii());
+    if bearer
+        .or(header)
+        .is_some_and(|given| constant_time_eq(given, key.as_bytes()))
+    {
+        Ok(Access::Key)
+    } else {
+        x.shared.hub.counters.refuse("api_unauthorized");
+        Err(x.error(StatusCode::UNAUTHORIZED, "missing or wrong API key"))
     }
 }
 
-async fn gather_stats(shared: &Shared) -> crate::stats::Snapshot {
-    shared.hub.clone().stats().await
+/// `POST /api/publish | broadcast | send`.
+async fn api_send(x: &Exchange<'_>, kind: Kind, body: &Bytes) -> Bytes {
+    let hub = &x.shared.hub;
+    let parsed = envelope::members(body)
+        .map_err(|_| RequestError::NotJson)
+        .and_then(|members| {
+            Request::parse(
+                kind,
+                body,
+                members.as_ref(),
+                hub.config().limits.max_room_name,
+            )
+        });
+    let request = match parsed {
+        Ok(r) => r,
+        Err(e) => return x.request_error(e),
+    };
+    if let Target::Client(to) = request.target {
+        // Only the shard that owns `to` knows whether it is connected: ask it.
+        let owner = to.location().shard;
+        let replies = hub
+            .ask(std::iter::once(owner), Query::Deliver { to, msg: request.msg })
+            .await;
+        if !matches!(replies.first(), Some(Reply::Delivered(true))) {
+            return x.request_error(RequestError::UnknownClient);
+        }
+    } else {
+        request.execute(hub, None);
+    }
+    x.json(StatusCode::ACCEPTED, b"{\"ok\":true}")
 }
 
-async fn hub_gather(shared: &Shared, q: Query) -> Vec<Reply> {
-    shared.hub.clone().gather(q).await
+/// `GET /api/rooms`: every room with its member count, summed over shards.
+async fn rooms(x: &Exchange<'_>) -> Bytes {
+    let replies = x.shared.hub.clone().gather(Query::Rooms).await;
+    let mut rooms: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in replies {
+        if let Reply::Rooms(list) = r {
+            for (name, n) in list {
+                *rooms.entry(name).or_insert(0) += n;
+            }
+        }
+    }
+    let mut body = BytesMut::from(&b"{\"rooms\":["[..]);
+    let mut num = String::new();
+    for (i, (name, n)) in rooms.iter().enumerate() {
+        if i > 0 {
+            body.extend_from_slice(b",");
+        }
+        body.extend_from_slice(b"{\"name\":");
+        json::write_quoted(&mut body, name);
+        num.clear();
+        let _ = write!(num, ",\"members\":{n}}}");
+        body.extend_from_slice(num.as_bytes());
+    }
+    body.extend_from_slice(b"]}");
+    x.json(StatusCode::OK, &body)
+}
+
+/// `GET /api/rooms/{room}`: the room's member ids.
+async fn members(x: &Exchange<'_>, raw: &str) -> Bytes {
+    let Ok(room) = percent_decode(raw.as_bytes(), false) else {
+        return x.error(StatusCode::BAD_REQUEST, "bad room name encoding");
+    };
+    let Ok(room) = std::str::from_utf8(&room) else {
+        return x.error(StatusCode::BAD_REQUEST, "room name is not UTF-8");
+    };
+    let replies = x.shared.hub.clone().gather(Query::Members(room.into())).await;
+    let mut body = BytesMut::from(&b"{\"room\":"[..]);
+    json::write_quoted(&mut body, room);
+    body.extend_from_slice(b",\"members\":[");
+    let ids = replies.iter().flat_map(|r| match r {
+        Reply::Members(ids) => ids.as_slice(),
+        _ => &[],
+    });
+    for (i, id) in ids.enumerate() {
+        if i > 0 {
+            body.extend_from_slice(b",");
+        }
+        body.extend_from_slice(b"\"");
+        body.extend_from_slice(&id.to_text());
+        body.extend_from_slice(b"\"");
+    }
+    body.extend_from_slice(b"]}");
+    x.json(StatusCode::OK, &body)
 }
 
 /// Compares secrets in time independent of where they differ.

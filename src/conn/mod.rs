@@ -33,13 +33,14 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use shardcast_shards::TimerId;
 
 use crate::app::App;
 use crate::hub::client::{Client, CloseCause, Phase};
+use crate::hub::outgoing::{Body, Outgoing};
 use crate::hub::Hub;
 use crate::protocol::http::Limits as HttpLimits;
 use crate::protocol::ws::handshake::{DeflateConfig, ServerConfig};
@@ -347,10 +348,9 @@ pub(crate) enum Flow {
 pub(crate) trait Session {
     /// Decodes every complete message in `buf` and dispatches it.
     fn handle_input(&mut self, buf: &mut BytesMut, shared: &Shared, client: &Rc<Client>) -> Flow;
-    /// Queues what the server sends when it closes for `cause`.
+    /// Queues what the server sends when it closes for `cause` (`Outgoing::closing`) and
+    /// moves the session's close state on.
     fn begin_close(&mut self, cause: CloseCause, client: &Client, hub: &Hub);
-    /// A heartbeat ping frame.
-    fn ping(&self) -> Bytes;
     /// Whether the connection is finished once the queue is flushed.
     fn done(&self) -> bool;
     /// Bytes of a partly received message the session holds (reassembly buffers).
@@ -384,6 +384,7 @@ pub(crate) async fn drive<S: Session>(
     let mut closing = false;
     let mut reading = true;
     let mut deadline: Option<std::time::Instant> = None;
+    let ping = Outgoing::new(Body::Ping);
     shared.arm_timer(client, interval);
     poll_fn(|cx| {
         let mut budget = READ_BUDGET;
@@ -417,7 +418,7 @@ pub(crate) async fn drive<S: Session>(
                     client.request_close(CloseCause::HeartbeatTimeout);
                     continue;
                 } else {
-                    hub.queue_control(client, session.ping());
+                    hub.send_control(client, &ping);
                     shared.arm_timer(client, interval);
                 }
             }

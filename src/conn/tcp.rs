@@ -12,10 +12,13 @@ use bytes::{Bytes, BytesMut};
 use glommio::net::TcpStream;
 
 use super::{drive, Accepted, End, Flow, Io, Session, Shared};
-use crate::app::dispatch::{self, AckRequest, Env};
+use crate::app::dispatch::{self, AckRequest, Data, Env};
+use crate::app::error::ClientError;
 use crate::hub::client::{Client, CloseCause};
+use crate::hub::outgoing::{Body, Outgoing};
 use crate::hub::Hub;
-use crate::protocol::stelar::{envelope, json, names, FrameDecoder, FrameType, OutFrame};
+use crate::protocol::stelar::{envelope, names, Answer, FrameDecoder, FrameType};
+use crate::protocol::ws::close::CloseCode;
 use crate::stats::Transport;
 
 /// Serves one socket accepted on the TCP port.
@@ -24,15 +27,9 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
     let hub = shared.hub.clone();
     let client = conn.client.clone();
     let io = &mut conn.io;
-    let id = client.id.to_text();
-    // §4.3: the CONNECT frame is the first thing on the wire. The id is 36 ASCII bytes.
-    if let Ok(frame) = (OutFrame::Connect {
-        id: std::str::from_utf8(&id).unwrap_or_default(),
-    })
-    .encode()
-    {
-        hub.queue_control(&client, frame);
-    }
+    // §4.3: the CONNECT frame is the first thing on the wire.
+    let connect = Outgoing::new(Body::Connect(client.id.to_string().into()));
+    hub.send_control(&client, &connect);
     let config = hub.config().clone();
     let max = config.limits.max_connections;
     let mut opened = false;
@@ -61,9 +58,8 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
 }
 
 async fn refuse(io: &mut Io, client: &Client, shared: &Shared, reason: &str) {
-    if let Ok(frame) = (OutFrame::Error { text: reason }).encode() {
-        shared.hub.queue_control(client, frame);
-    }
+    let refusal = Outgoing::close(CloseCode::POLICY, reason.to_owned());
+    shared.hub.send_control(client, &refusal);
     let _ = io.flush(client, &shared.hub).await;
 }
 
@@ -89,8 +85,9 @@ impl Session for TcpSession {
                 Ok(None) => return Flow::Continue,
                 Err(e) => {
                     hub.counters.error(e.label());
-                    if let Some(frame) = e.error_frame() {
-                        hub.queue_control(client, frame);
+                    if e.answer() == Answer::ErrorFrameAndClose {
+                        // The ERROR frame's text is stelar's (the error's Display).
+                        hub.send_control(client, &Outgoing::close(CloseCode::PROTOCOL, e.to_string()));
                     }
                     buf.clear();
                     self.done = true;
@@ -99,37 +96,33 @@ impl Session for TcpSession {
             };
             match frame.frame_type {
                 // One pending PONG at most, however many PINGs arrive unanswered.
-                FrameType::Ping => {
-                    hub.queue_pong(client, Bytes::from_static(&[0, 0, 0, 7, 0x04, 0, 0]));
-                }
+                FrameType::Ping => hub.send_pong(client, &Outgoing::new(Body::Pong(Bytes::new()))),
                 FrameType::Pong | FrameType::Connect => {}
                 FrameType::Json | FrameType::Binary | FrameType::AckReq => {
                     let name = match frame.event_name() {
                         Ok(n) => n,
                         Err(e) => {
-                            hub.counters.error(e.label());
-                            env.error(
-                                "invalid_message",
-                                "event names are 1-256 bytes of UTF-8",
-                                None,
-                            );
+                            env.error(ClientError::InvalidFrameEvent(e), None);
                             continue;
                         }
                     };
                     match frame.frame_type {
                         FrameType::Json => {
-                            // Never forward what is not JSON.
-                            if json::validate(&frame.payload).is_err() {
-                                hub.counters.error("tcp_invalid_json");
-                                env.error(
-                                    "invalid_message",
-                                    "a JSON frame's payload must be valid JSON",
-                                    Some(name),
-                                );
-                                continue;
+                            // Never forward what is not JSON; the one scan that validates
+                            // the payload also finds the members the relay routes on.
+                            match envelope::members(&frame.payload) {
+                                Ok(members) => {
+                                    let data = Data {
+                                        text: frame.payload.clone(),
+                                        members,
+                                    };
+                                    dispatch::event(&env, name, Some(data), None);
+                                }
+                                Err(e) => {
+                                    env.error(ClientError::InvalidJsonPayload(e), Some(name));
+                                    continue;
+                                }
                             }
-                            let data = (!frame.payload.is_empty()).then(|| frame.payload.clone());
-                            dispatch::event(&env, name, data, None);
                         }
                         FrameType::Binary => dispatch::binary(&env, name, frame.payload.clone()),
                         _ => self.ack_request(&env, name, &frame.payload),
@@ -152,37 +145,8 @@ impl Session for TcpSession {
     }
 
     fn begin_close(&mut self, cause: CloseCause, client: &Client, hub: &Hub) {
-        let frame = match cause {
-            CloseCause::Shutdown => Ok(Bytes::from_static(&[0, 0, 0, 7, 0x08, 0, 0])),
-            CloseCause::SlowConsumer | CloseCause::OutputBudget => OutFrame::Error {
-                text: "Slow consumer",
-            }
-            .encode(),
-            CloseCause::InputBudget => OutFrame::Error {
-                text: "Server busy",
-            }
-            .encode(),
-            CloseCause::HeartbeatTimeout => OutFrame::Error {
-                text: "Heartbeat timeout",
-            }
-            .encode(),
-            CloseCause::HandshakeTimeout => OutFrame::Error {
-                text: "Handshake timeout",
-            }
-            .encode(),
-            CloseCause::Kicked { reason, .. } => OutFrame::Error { text: reason }.encode(),
-        };
-        if matches!(cause, CloseCause::SlowConsumer | CloseCause::OutputBudget) {
-            hub.discard_queue(client);
-        }
-        if let Ok(f) = frame {
-            hub.queue_control(client, f);
-        }
+        hub.send_control(client, &Outgoing::closing(cause));
         self.done = true;
-    }
-
-    fn ping(&self) -> Bytes {
-        Bytes::from_static(&[0, 0, 0, 7, 0x03, 0, 0])
     }
 
     fn done(&self) -> bool {
@@ -201,9 +165,12 @@ impl TcpSession {
     /// ACK_REQ (§4.4): the event field names the handler; the payload is
     /// `{"event":E,"data":D,"_correlationId":C}`.
     fn ack_request(&self, env: &Env<'_>, ack_name: &str, payload: &Bytes) {
-        match envelope::parse(payload) {
-            Ok(e) => {
-                let data = e.data_range(payload).map(|r| payload.slice(r));
+        match envelope::parse_with_members(payload) {
+            Ok((e, members)) => {
+                let data = e.data_range(payload).map(|r| Data {
+                    text: payload.slice(r),
+                    members,
+                });
                 let ack = AckRequest {
                     name: ack_name.to_owned(),
                     correlation_id: e.correlation_id.as_ref().map(|c| c.to_string()),
@@ -214,21 +181,19 @@ impl TcpSession {
                 // No inner event: the ACK name stands for it.
                 Ok(p) => {
                     // `p.data` is a subslice of `payload` (the parser returns verbatim spans).
-                    let data = (!p.data.is_empty()).then(|| payload.slice_ref(p.data));
+                    // This fallback (no inner envelope) is rare: its members take a second
+                    // scan of data rather than a second kind of ACK payload parser.
+                    let data = (!p.data.is_empty()).then(|| Data {
+                        text: payload.slice_ref(p.data),
+                        members: envelope::members(p.data).ok().flatten(),
+                    });
                     let ack = AckRequest {
                         name: ack_name.to_owned(),
                         correlation_id: p.correlation_id.as_ref().map(|c| c.to_string()),
                     };
                     dispatch::event(env, ack_name, data, Some(ack));
                 }
-                Err(e) => {
-                    env.hub.counters.error(e.label());
-                    env.error(
-                        "invalid_message",
-                        "an ACK request's payload must be valid JSON",
-                        Some(ack_name),
-                    );
-                }
+                Err(e) => env.error(ClientError::InvalidAckPayload(e), Some(ack_name)),
             },
         }
     }

@@ -18,18 +18,18 @@ use bytes::{Buf, Bytes, BytesMut};
 use glommio::net::TcpStream;
 
 use super::{drive, fill, http, Accepted, End, Flow, Interrupted, Io, Session, Shared};
-use crate::app::dispatch::{self, AckRequest, Env};
+use crate::app::dispatch::{self, AckRequest, Data, Env};
+use crate::app::error::ClientError;
 use crate::hub::client::{Client, CloseCause, RequestInfo};
 use crate::hub::outgoing::{Body, Outgoing, WsForm};
 use crate::hub::Hub;
 use crate::protocol::http::{parse_request, BodyDecoder, BodyKind, Request, CONTINUE_RESPONSE};
 use crate::protocol::stelar::{binary, envelope};
-use crate::protocol::ws::close::{CloseCode, CloseFrame};
+use crate::protocol::ws::close::CloseCode;
 use crate::protocol::ws::codec::{
-    server_close, server_frame, server_ping, ClosePhase, Decoder, DecoderConfig, InflateParams,
+    ClosePhase, Decoder, DecoderConfig, InflateParams,
     Message, Role,
 };
-use crate::protocol::ws::frame::OpCode;
 use crate::protocol::ws::handshake;
 use crate::stats::Transport;
 
@@ -251,7 +251,7 @@ async fn refuse(
     reason: Cow<'static, str>,
 ) {
     let code = CloseCode::new(code).unwrap_or(CloseCode::POLICY);
-    hub.queue_control(client, server_close(Some(&CloseFrame { code, reason })));
+    hub.send_control(client, &Outgoing::close(code, reason));
     let _ = io.flush(client, hub).await;
 }
 
@@ -266,19 +266,20 @@ struct WsSession {
 impl WsSession {
     /// A stelar text message: envelope → dispatch.
     fn text(&self, msg: Bytes, env: &Env<'_>) {
-        match envelope::parse(&msg) {
-            Ok(e) => {
-                let data = e.data_range(&msg).map(|r| msg.slice(r));
+        // One scan validates the message and finds `data`'s members for the relay.
+        match envelope::parse_with_members(&msg) {
+            Ok((e, members)) => {
+                let data = e.data_range(&msg).map(|r| Data {
+                    text: msg.slice(r),
+                    members,
+                });
                 let ack = e.ack_name.as_ref().map(|name| AckRequest {
                     name: name.to_string(),
                     correlation_id: e.correlation_id.as_ref().map(|c| c.to_string()),
                 });
                 dispatch::event(env, &e.event, data, ack);
             }
-            Err(err) => {
-                env.hub.counters.error(err.label());
-                env.error("invalid_message", invalid_text(&err), None);
-            }
+            Err(err) => env.error(ClientError::InvalidEnvelope(err), None),
         }
     }
 
@@ -290,34 +291,13 @@ impl WsSession {
                     let payload = msg.slice(b.payload_range());
                     dispatch::binary(env, event, payload);
                 }
-                None => {
-                    env.hub.counters.error("binary_without_event");
-                    env.error("invalid_message", "binary header has no event", None);
-                }
+                None => env.error(ClientError::BinaryWithoutEvent, None),
             },
-            Err(err) => {
-                env.hub.counters.error(err.label());
-                env.error(
-                    "invalid_message",
-                    "binary message needs u32 header length + JSON header",
-                    None,
-                );
-            }
+            Err(err) => env.error(ClientError::InvalidBinaryEnvelope(err), None),
         }
     }
 }
 
-fn invalid_text(err: &crate::protocol::stelar::Error) -> &'static str {
-    use crate::protocol::stelar::Error as E;
-    match err {
-        E::NotAnObject => "a text message must be a JSON object",
-        E::MissingEvent | E::EventNotString | E::EmptyEvent => {
-            "a text message needs a non-empty string event"
-        }
-        E::EventTooLong => "event names are at most 256 bytes",
-        _ => "a text message must be valid JSON",
-    }
-}
 
 impl Session for WsSession {
     fn handle_input(&mut self, buf: &mut BytesMut, shared: &Shared, client: &Rc<Client>) -> Flow {
@@ -333,7 +313,7 @@ impl Session for WsSession {
                     Message::Text(b) => match self.mode {
                         Mode::Stelar => self.text(b, &env),
                         Mode::Echo => {
-                            hub.send_frame(client, server_frame(OpCode::Text, &b));
+                            hub.send_frame(client, Outgoing::raw_ws_frame(true, &b));
                         }
                         Mode::Broadcast => hub.raw_broadcast(
                             Outgoing::new(Body::RawWs {
@@ -346,7 +326,7 @@ impl Session for WsSession {
                     Message::Binary(b) => match self.mode {
                         Mode::Stelar => self.binary(b, &env),
                         Mode::Echo => {
-                            hub.send_frame(client, server_frame(OpCode::Binary, &b));
+                            hub.send_frame(client, Outgoing::raw_ws_frame(false, &b));
                         }
                         Mode::Broadcast => hub.raw_broadcast(
                             Outgoing::new(Body::RawWs {
@@ -358,13 +338,17 @@ impl Session for WsSession {
                     },
                     // RFC 6455 §5.5.2: a pong with the ping's payload, as soon as practical;
                     // §5.5.3: only the most recent ping need be answered (one pending pong).
-                    Message::Ping(p) => hub.queue_pong(client, server_frame(OpCode::Pong, &p)),
+                    Message::Ping(p) => hub.send_pong(client, &Outgoing::new(Body::Pong(p))),
                     Message::Pong(_) => {}
                     Message::Close(_) => {
                         if let ClosePhase::CloseReceived { reply } = self.decoder.phase() {
                             // §5.5.1: echo the status code.
-                            let frame = reply.map(|code| CloseFrame::new(code, ""));
-                            hub.queue_control(client, server_close(frame.as_ref()));
+                            let close = Outgoing::new(Body::Close {
+                                code: reply,
+                                reason: Cow::Borrowed(""),
+                                disconnect: false,
+                            });
+                            hub.send_control(client, &close);
                             self.decoder.handle_close_sent();
                         }
                         return Flow::Stop;
@@ -374,12 +358,8 @@ impl Session for WsSession {
                 Err(e) => {
                     hub.counters.error(e.label());
                     // §7.1.7: fail the connection — send a close with the code, then close.
-                    let frame = CloseFrame {
-                        code: e.close_code(),
-                        reason: Cow::Owned(e.to_string()),
-                    };
                     // Answers to the messages before the faulty frame still go out first.
-                    hub.queue_control(client, server_close(Some(&frame)));
+                    hub.send_control(client, &Outgoing::close(e.close_code(), e.to_string()));
                     self.decoder.handle_close_sent();
                     self.failed = true;
                     return Flow::Stop;
@@ -389,33 +369,14 @@ impl Session for WsSession {
     }
 
     fn begin_close(&mut self, cause: CloseCause, client: &Client, hub: &Hub) {
-        let (code, reason) = match cause {
-            CloseCause::SlowConsumer | CloseCause::OutputBudget => {
-                (CloseCode::POLICY, "slow consumer")
-            }
-            CloseCause::InputBudget => (CloseCode::TRY_AGAIN_LATER, "server busy"),
-            CloseCause::HeartbeatTimeout => (CloseCode::AWAY, "heartbeat timeout"),
-            CloseCause::HandshakeTimeout => (CloseCode::POLICY, "handshake timeout"),
-            CloseCause::Shutdown => (CloseCode::AWAY, "Shutting down"),
-            CloseCause::Kicked { code, reason } => {
-                (CloseCode::new(code).unwrap_or(CloseCode::POLICY), reason)
-            }
-        };
         if cause == CloseCause::InputBudget {
             // Its input was discarded and is no longer read: no close reply will be seen.
             self.failed = true;
         }
         if self.decoder.phase() == ClosePhase::Open {
-            if matches!(cause, CloseCause::SlowConsumer | CloseCause::OutputBudget) {
-                hub.discard_queue(client);
-            }
-            hub.queue_control(client, server_close(Some(&CloseFrame::new(code, reason))));
+            hub.send_control(client, &Outgoing::closing(cause));
             self.decoder.handle_close_sent();
         }
-    }
-
-    fn ping(&self) -> Bytes {
-        server_ping(&[])
     }
 
     fn done(&self) -> bool {

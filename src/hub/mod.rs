@@ -31,10 +31,8 @@ use shardcast_shards::timer::Timers;
 use shardcast_shards::{MeshError, ShardMesh};
 
 use crate::config::Config;
-use crate::protocol::stelar::{OutFrame, TextEnvelope};
-use crate::protocol::ws::codec::{server_frame, Compressor};
+use crate::protocol::ws::codec::Compressor;
 use crate::protocol::ws::deflate::Deflater;
-use crate::protocol::ws::frame::OpCode;
 use crate::stats::{Counters, MemoryGauges, Snapshot, Transport};
 
 use client::{Client, CloseCause, Phase};
@@ -141,6 +139,14 @@ pub(crate) enum Query {
     Rooms,
     /// Local members of a room.
     Members(Arc<str>),
+    /// Deliver to a local client, answering whether it is connected (the HTTP API's send,
+    /// which answers 404 for a gone client).
+    Deliver {
+        /// Recipient.
+        to: ClientId,
+        /// The message.
+        msg: Arc<Outgoing>,
+    },
 }
 
 /// One shard's answer to a [`Query`].
@@ -152,6 +158,8 @@ pub(crate) enum Reply {
     Rooms(Vec<(String, usize)>),
     /// Member ids.
     Members(Vec<ClientId>),
+    /// Whether the recipient of a [`Query::Deliver`] was connected (and got the message).
+    Delivered(bool),
 }
 
 /// Why a join was refused.
@@ -397,12 +405,6 @@ impl Hub {
         client.wake();
     }
 
-    /// Sets the client's pending pong (replacing an unsent one, RFC 6455 §5.5.3).
-    pub(crate) fn queue_pong(&self, client: &Client, pong: Bytes) {
-        self.with_queue(client, |q| q.set_pong(pong));
-        client.wake();
-    }
-
     /// Drops what is queued for `client` that has not started to go out.
     pub(crate) fn discard_queue(&self, client: &Client) {
         self.with_queue(client, OutQueue::clear);
@@ -567,20 +569,44 @@ impl Hub {
 
     /// Sends `msg` to one local client, in the form its transport takes.
     pub(crate) fn send_to(&self, client: &Client, msg: &Outgoing) -> bool {
+        match self.form_for(client, msg) {
+            Some(frame) => self.send_frame(client, frame),
+            None => false,
+        }
+    }
+
+    /// Queues a control message (heartbeat, close, CONNECT) whatever the client's phase.
+    pub(crate) fn send_control(&self, client: &Client, msg: &Outgoing) {
+        if let Some(frame) = self.form_for(client, msg) {
+            self.queue_control(client, frame);
+        }
+    }
+
+    /// Sets the client's pending pong (replacing an unsent one, RFC 6455 §5.5.3).
+    pub(crate) fn send_pong(&self, client: &Client, pong: &Outgoing) {
+        if let Some(frame) = self.form_for(client, pong) {
+            self.with_queue(client, |q| q.set_pong(frame));
+            client.wake();
+        }
+    }
+
+    /// `msg` in the wire form `client` takes, or `None` (counted) if its transport cannot
+    /// carry it.
+    fn form_for(&self, client: &Client, msg: &Outgoing) -> Option<Bytes> {
         let frame = match client.transport() {
             Transport::Ws => {
                 let mut c = self.compressors.borrow_mut();
-                msg.ws(client.ws_form(), &mut c).clone()
+                msg.ws(client.ws_form(), &mut c).cloned()
             }
-            Transport::Tcp => match msg.tcp() {
-                Some(f) => f.clone(),
-                None => {
-                    self.counters.drop_message("not_sendable_on_tcp");
-                    return false;
-                }
-            },
+            Transport::Tcp => msg.tcp().cloned(),
         };
-        self.send_frame(client, frame)
+        if frame.is_none() {
+            self.counters.drop_message(match client.transport() {
+                Transport::Ws => "not_sendable_on_ws",
+                Transport::Tcp => "not_sendable_on_tcp",
+            });
+        }
+        frame
     }
 
     /// Delivers to local clients by slot. `remote` says the message came from another
@@ -614,7 +640,7 @@ impl Hub {
                     msg.tcp().cloned()
                 } else {
                     let mut c = self.compressors.borrow_mut();
-                    Some(msg.ws(client.ws_form(), &mut c).clone())
+                    msg.ws(client.ws_form(), &mut c).cloned()
                 };
                 if remote {
                     f.map(|f| Outgoing::local(&f))
@@ -701,6 +727,7 @@ impl Hub {
     }
 
     fn deliver_raw(&self, msg: &Outgoing, exclude: Option<ClientId>, remote: bool) {
+        let Some(plain) = msg.ws_plain() else { return };
         let slots: Vec<u32> = self.raw_broadcast.borrow().clone();
         let mut frame: Option<Bytes> = None;
         for slot in slots {
@@ -711,11 +738,10 @@ impl Hub {
                 continue;
             }
             let f = frame.get_or_insert_with(|| {
-                let f = msg.ws_plain().clone();
                 if remote {
-                    Outgoing::local(&f)
+                    Outgoing::local(plain)
                 } else {
-                    f
+                    plain.clone()
                 }
             });
             self.send_frame(&client, f.clone());
@@ -750,7 +776,7 @@ impl Hub {
         if from.location().shard == self.shard {
             if let Some(c) = self.client(from) {
                 let text = to.to_string();
-                let err = Outgoing::server_error_with(
+                let err = Outgoing::server_error(
                     "unknown_client",
                     "no client with this id is connected",
                     Some("direct"),
@@ -811,19 +837,7 @@ impl Hub {
     /// `joined-room` / `left-room` with the room name, in the client's wire form
     /// (PROTOCOL.md §6: a JSON string on WebSocket and in a TCP JSON frame).
     fn confirm(&self, client: &Client, event: &str, room: &str) {
-        let frame = match client.transport() {
-            Transport::Ws => {
-                let mut quoted = bytes::BytesMut::with_capacity(room.len() + 2);
-                crate::protocol::stelar::json::write_quoted(&mut quoted, room);
-                let env = TextEnvelope::event(event, Some(&quoted)).encode();
-                server_frame(OpCode::Text, &env)
-            }
-            Transport::Tcp => match (OutFrame::JsonString { event, value: room }).encode() {
-                Ok(f) => f,
-                Err(_) => return,
-            },
-        };
-        self.send_frame(client, frame);
+        self.send_to(client, &Outgoing::event_string(event, room));
     }
 
     /// Rooms this shard knows of (process-wide view).
@@ -1022,25 +1036,48 @@ impl Hub {
                     .map(|c| c.id)
                     .collect(),
             ),
+            Query::Deliver { to, msg } => Reply::Delivered(match self.client(*to) {
+                Some(c) if c.is_open() => self.send_to(&c, msg),
+                _ => {
+                    self.counters.drop_message("direct_unknown_client");
+                    false
+                }
+            }),
         }
     }
 
     /// Asks every shard (this one included) and resolves with all answers.
     pub(crate) fn gather(self: &Rc<Self>, query: Query) -> GatherFuture {
+        self.ask(0..self.shards, query)
+    }
+
+    /// Asks `shards` (this one answers at once) and resolves with their answers.
+    pub(crate) fn ask(
+        self: &Rc<Self>,
+        shards: impl Iterator<Item = u16> + Clone,
+        query: Query,
+    ) -> GatherFuture {
         let id = self.next_gather.get();
         self.next_gather.set(id + 1);
-        let local = self.answer(&query);
-        let others = self.shards as usize - 1;
+        let mut replies = Vec::new();
+        let mut missing = 0;
+        for shard in shards.clone() {
+            if shard == self.shard {
+                replies.push(self.answer(&query));
+            } else if shard < self.shards {
+                missing += 1;
+            }
+        }
         self.gathers.borrow_mut().insert(
             id,
             Gather {
-                missing: others,
-                replies: vec![local],
+                missing,
+                replies,
                 waker: None,
             },
         );
-        for shard in 0..self.shards {
-            if shard != self.shard {
+        for shard in shards {
+            if shard != self.shard && shard < self.shards {
                 self.send_mesh(
                     shard,
                     ShardMsg::Query {

@@ -1,23 +1,31 @@
-//! A message on its way to clients, encoded once per wire form and shared by every recipient.
+//! Everything the server says to a client, encoded once per wire form and shared by every
+//! recipient. This is the one place where the stelar / WebSocket frames the server sends are
+//! built: events and binary messages, ACK replies, room confirmations, heartbeats, pongs,
+//! close frames and the TCP CONNECT. A new transport or dialect adds its form here.
 //!
-//! An [`Outgoing`] holds the message's parts (event name and the JSON text of `data`, or
-//! a binary payload) and builds each wire form the first time a recipient needs it: the
-//! WebSocket text frame, its permessage-deflate variants, and the stelar TCP frame. Server
-//! frames are unmasked and (with `server_no_context_takeover`) compressed independently of
-//! any connection, so one `Bytes` serves every WebSocket subscriber on every shard, and one
-//! TCP frame every TCP subscriber (DESIGN.md "encoded once").
+//! An [`Outgoing`] holds the message's parts ([`Body`]) and builds each wire form the first
+//! time a recipient needs it: the WebSocket frame, its permessage-deflate variants, and the
+//! stelar TCP frame. Server frames are unmasked and (with `server_no_context_takeover`)
+//! compressed independently of any connection, so one `Bytes` serves every WebSocket
+//! subscriber on every shard, and one TCP frame every TCP subscriber (DESIGN.md "encoded
+//! once"). A form a transport cannot carry is `None` (a CONNECT on WebSocket, an event name
+//! stelar's TCP clients would reject, a raw bench frame on TCP).
 //!
 //! The forms are `OnceLock`s because an `Outgoing` crosses shards inside an `Arc`: the
 //! first shard to need a form builds it, the others reuse it. A shard that fans a frame out
 //! to many local sockets first copies it into its own allocation ([`Outgoing::local`]) so the
 //! reference counts it bumps per recipient live in its own cache, not in another core's.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
+use super::client::CloseCause;
+use crate::protocol::stelar::json::{quoted_len, write_quoted};
 use crate::protocol::stelar::{binary, names, OutFrame, TextEnvelope};
-use crate::protocol::ws::codec::{server_frame_from_parts, Compressor};
+use crate::protocol::ws::close::{CloseCode, CloseFrame};
+use crate::protocol::ws::codec::{server_close, server_frame, server_frame_from_parts, Compressor};
 use crate::protocol::ws::frame::{FrameHeader, OpCode};
 
 /// What is being sent.
@@ -38,14 +46,44 @@ pub(crate) enum Body {
         /// Raw bytes.
         payload: Bytes,
     },
-    /// A raw WebSocket frame payload for the bench endpoints (`/broadcast`): sent as is,
-    /// text or binary, never to TCP clients.
+    /// The reply to an ACK request: `{"event":E,"data":R,"_isAck":true,"_correlationId":C}` on
+    /// WebSocket, ACK_RES named after the request's ACK name on TCP (PROTOCOL.md §2.2, §4.4).
+    AckReply {
+        /// The request's event.
+        event: Box<str>,
+        /// The request's ACK name (the TCP frame's event field).
+        ack_name: Box<str>,
+        /// Echoed correlation id.
+        correlation_id: Option<Box<str>>,
+        /// JSON text of the result.
+        result: Bytes,
+    },
+    /// A raw WebSocket frame payload for the bench endpoints (`/echo`, `/broadcast`): sent
+    /// as is, text or binary, never to TCP clients.
     RawWs {
         /// Text (true) or binary.
         text: bool,
         /// The message.
         payload: Bytes,
     },
+    /// The server's heartbeat: a WebSocket ping, a TCP PING.
+    Ping,
+    /// The answer to a ping: a WebSocket pong carrying the ping's payload, a TCP PONG.
+    Pong(Bytes),
+    /// The server closes: a WebSocket close frame (`code` `None` = empty close, the echo of a
+    /// close without a status), on TCP an ERROR frame with `reason`, or DISCONNECT when
+    /// `disconnect` (a graceful shutdown, PROTOCOL.md §4.3).
+    Close {
+        /// WebSocket close code.
+        code: Option<CloseCode>,
+        /// Reason (WebSocket reason, cut to 123 bytes; TCP ERROR text).
+        reason: Cow<'static, str>,
+        /// TCP: DISCONNECT instead of ERROR.
+        disconnect: bool,
+    },
+    /// TCP CONNECT with the client's id, the server's first frame (§4.3). WebSocket clients
+    /// get no id frame.
+    Connect(Box<str>),
 }
 
 /// Which permessage-deflate form a WebSocket client takes.
@@ -63,11 +101,9 @@ pub(crate) enum WsForm {
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     body: Body,
-    ws: OnceLock<Bytes>,
-    ws_deflate: OnceLock<Bytes>,
-    ws_deflate_narrow: OnceLock<Bytes>,
-    /// `None` once built means: not sendable on TCP (an event name stelar's TCP clients
-    /// would reject, PROTOCOL.md §2.4, or a raw bench frame).
+    ws: OnceLock<Option<Bytes>>,
+    ws_deflate: OnceLock<Option<Bytes>>,
+    ws_deflate_narrow: OnceLock<Option<Bytes>>,
     tcp: OnceLock<Option<Bytes>>,
 }
 
@@ -75,9 +111,9 @@ pub(crate) struct Outgoing {
 /// serves every connection of the shard).
 pub(crate) struct Compressors {
     /// Full window.
-    pub full: Compressor,
+    pub(crate) full: Compressor,
     /// RLE-only, for peers with a narrowed window.
-    pub narrow: Compressor,
+    pub(crate) narrow: Compressor,
 }
 
 impl Outgoing {
@@ -100,6 +136,13 @@ impl Outgoing {
         })
     }
 
+    /// An event whose data is `value` as a JSON string (`joined-room` / `left-room`, §6).
+    pub(crate) fn event_string(event: &str, value: &str) -> Arc<Outgoing> {
+        let mut quoted = BytesMut::with_capacity(quoted_len(value));
+        write_quoted(&mut quoted, value);
+        Self::event(event, Some(quoted.freeze()))
+    }
+
     /// A binary message.
     pub(crate) fn binary(event: &str, payload: Bytes) -> Arc<Outgoing> {
         Self::new(Body::Binary {
@@ -108,22 +151,63 @@ impl Outgoing {
         })
     }
 
-    /// The non-fatal error event (PROTOCOL.md §10 Q12): `server:error` with
-    /// `{"code":C,"message":M,"event":E}` (`event` omitted when not about one).
-    pub(crate) fn server_error(code: &str, message: &str, event: Option<&str>) -> Arc<Outgoing> {
-        Self::server_error_with(code, message, event, None)
+    /// The reply to an ACK request.
+    pub(crate) fn ack_reply(
+        event: &str,
+        ack_name: &str,
+        correlation_id: Option<&str>,
+        result: Bytes,
+    ) -> Arc<Outgoing> {
+        Self::new(Body::AckReply {
+            event: event.into(),
+            ack_name: ack_name.into(),
+            correlation_id: correlation_id.map(Into::into),
+            result,
+        })
     }
 
-    /// [`Outgoing::server_error`] with one more string member, e.g. `"to": ID` for a direct
-    /// message whose recipient is gone.
-    pub(crate) fn server_error_with(
+    /// A close with `code` and `reason` (TCP: ERROR with the reason).
+    pub(crate) fn close(code: CloseCode, reason: impl Into<Cow<'static, str>>) -> Arc<Outgoing> {
+        Self::new(Body::Close {
+            code: Some(code),
+            reason: reason.into(),
+            disconnect: false,
+        })
+    }
+
+    /// What the server sends when it closes a connection for `cause`: a WebSocket close
+    /// frame with the cause's code and reason, a TCP ERROR with the reason (DISCONNECT for a
+    /// shutdown).
+    pub(crate) fn closing(cause: CloseCause) -> Arc<Outgoing> {
+        let (code, reason) = match cause {
+            CloseCause::SlowConsumer | CloseCause::OutputBudget => {
+                (CloseCode::POLICY, "Slow consumer")
+            }
+            CloseCause::InputBudget => (CloseCode::TRY_AGAIN_LATER, "Server busy"),
+            CloseCause::HeartbeatTimeout => (CloseCode::AWAY, "Heartbeat timeout"),
+            CloseCause::HandshakeTimeout => (CloseCode::POLICY, "Handshake timeout"),
+            CloseCause::Shutdown => (CloseCode::AWAY, "Shutting down"),
+            CloseCause::Kicked { code, reason } => {
+                (CloseCode::new(code).unwrap_or(CloseCode::POLICY), reason)
+            }
+        };
+        Self::new(Body::Close {
+            code: Some(code),
+            reason: Cow::Borrowed(reason),
+            disconnect: cause == CloseCause::Shutdown,
+        })
+    }
+
+    /// The non-fatal error event (PROTOCOL.md §10 Q12): `server:error` with
+    /// `{"code":C,"message":M,"event":E}` (`event` omitted when not about one), plus one more
+    /// string member in `extra`, e.g. `"to": ID` for a direct message whose recipient is gone.
+    pub(crate) fn server_error(
         code: &str,
         message: &str,
         event: Option<&str>,
         extra: Option<(&str, &str)>,
     ) -> Arc<Outgoing> {
-        use crate::protocol::stelar::json::{quoted_len, write_quoted};
-        let mut data = bytes::BytesMut::with_capacity(
+        let mut data = BytesMut::with_capacity(
             48 + quoted_len(code)
                 + quoted_len(message)
                 + event.map_or(0, quoted_len)
@@ -147,32 +231,57 @@ impl Outgoing {
         Self::event("server:error", Some(data.freeze()))
     }
 
+    /// Whether the body is a protocol control message (heartbeat, pong, close, CONNECT),
+    /// which goes to a client whatever its phase and is never compressed.
+    pub(crate) fn is_control(&self) -> bool {
+        matches!(
+            self.body,
+            Body::Ping | Body::Pong(_) | Body::Close { .. } | Body::Connect(_)
+        )
+    }
+
     /// Bytes of content this message carries (event name and data, or payload).
     pub(crate) fn payload_len(&self) -> usize {
         match &self.body {
             Body::Event { event, data } => event.len() + data.as_ref().map_or(0, Bytes::len),
             Body::Binary { event, payload } => event.len() + payload.len(),
-            Body::RawWs { payload, .. } => payload.len(),
+            Body::AckReply {
+                event,
+                ack_name,
+                result,
+                ..
+            } => event.len() + ack_name.len() + result.len(),
+            Body::RawWs { payload, .. } | Body::Pong(payload) => payload.len(),
+            Body::Close { reason, .. } => reason.len(),
+            Body::Connect(id) => id.len(),
+            Body::Ping => 0,
         }
     }
 
-    /// The uncompressed WebSocket frame.
-    pub(crate) fn ws_plain(&self) -> &Bytes {
-        self.ws.get_or_init(|| match &self.body {
+    /// The uncompressed WebSocket frame, or `None` if WebSocket clients do not get this.
+    pub(crate) fn ws_plain(&self) -> Option<&Bytes> {
+        self.ws.get_or_init(|| self.build_ws()).as_ref()
+    }
+
+    fn build_ws(&self) -> Option<Bytes> {
+        Some(match &self.body {
             Body::Event { event, data } => {
-                let env = TextEnvelope::event(event, data.as_deref());
-                // One allocation: header, then the envelope written in place.
-                let len = env.encoded_len();
-                let header = FrameHeader::new(OpCode::Text, len as u64);
-                let mut out = bytes::BytesMut::with_capacity(header.encoded_len() + len);
-                header.write(&mut out);
-                env.encode_into(&mut out);
-                out.freeze()
+                text_frame(&TextEnvelope::event(event, data.as_deref()))
             }
+            Body::AckReply {
+                event,
+                correlation_id,
+                result,
+                ..
+            } => text_frame(&TextEnvelope::ack_reply(
+                event,
+                Some(result),
+                correlation_id.as_deref(),
+            )),
             Body::Binary { event, payload } => {
                 let len = binary::server_len(event, payload.len());
                 let header = FrameHeader::new(OpCode::Binary, len as u64);
-                let mut out = bytes::BytesMut::with_capacity(header.encoded_len() + len);
+                let mut out = BytesMut::with_capacity(header.encoded_len() + len);
                 header.write(&mut out);
                 binary::encode_server_into(&mut out, event, payload);
                 out.freeze()
@@ -181,24 +290,53 @@ impl Outgoing {
                 let op = if *text { OpCode::Text } else { OpCode::Binary };
                 server_frame_from_parts(op, &[payload])
             }
+            Body::Ping => server_frame(OpCode::Ping, &[]),
+            Body::Pong(payload) => server_frame(OpCode::Pong, payload),
+            Body::Close { code, reason, .. } => server_close(
+                code.map(|code| CloseFrame {
+                    code,
+                    reason: reason.clone(),
+                })
+                .as_ref(),
+            ),
+            Body::Connect(_) => return None,
         })
     }
 
     /// The WebSocket frame in `form`, compressing with the shard's compressors on first use.
-    pub(crate) fn ws(&self, form: WsForm, c: &mut Compressors) -> &Bytes {
+    /// Control frames are never compressed (RFC 7692 §6.1).
+    pub(crate) fn ws(&self, form: WsForm, c: &mut Compressors) -> Option<&Bytes> {
+        if self.is_control() {
+            return self.ws_plain();
+        }
         match form {
             WsForm::Plain => self.ws_plain(),
-            WsForm::Deflate => self.ws_deflate.get_or_init(|| self.compress(&mut c.full)),
+            WsForm::Deflate => self
+                .ws_deflate
+                .get_or_init(|| self.compress(&mut c.full))
+                .as_ref(),
             WsForm::DeflateNarrow => self
                 .ws_deflate_narrow
-                .get_or_init(|| self.compress(&mut c.narrow)),
+                .get_or_init(|| self.compress(&mut c.narrow))
+                .as_ref(),
         }
     }
 
-    fn compress(&self, c: &mut Compressor) -> Bytes {
-        match &self.body {
+    fn compress(&self, c: &mut Compressor) -> Option<Bytes> {
+        Some(match &self.body {
             Body::Event { event, data } => {
                 let payload = TextEnvelope::event(event, data.as_deref()).encode();
+                c.server_frame(OpCode::Text, &payload)
+            }
+            Body::AckReply {
+                event,
+                correlation_id,
+                result,
+                ..
+            } => {
+                let payload =
+                    TextEnvelope::ack_reply(event, Some(result), correlation_id.as_deref())
+                        .encode();
                 c.server_frame(OpCode::Text, &payload)
             }
             Body::Binary { event, payload } => {
@@ -209,35 +347,74 @@ impl Outgoing {
                 let op = if *text { OpCode::Text } else { OpCode::Binary };
                 c.server_frame(op, payload)
             }
-        }
+            // `ws` sends control messages uncompressed and never calls this for them.
+            Body::Ping | Body::Pong(_) | Body::Close { .. } | Body::Connect(_) => {
+                return self.ws_plain().cloned()
+            }
+        })
     }
 
     /// The stelar TCP frame, or `None` when this message cannot go to TCP clients.
     pub(crate) fn tcp(&self) -> Option<&Bytes> {
-        self.tcp
-            .get_or_init(|| match &self.body {
-                Body::Event { event, data } => {
-                    names::validate_outbound_event(event).ok()?;
-                    OutFrame::Json {
-                        event,
-                        data: data.as_deref().unwrap_or(b"null"),
-                    }
-                    .encode()
-                    .ok()
+        self.tcp.get_or_init(|| self.build_tcp()).as_ref()
+    }
+
+    fn build_tcp(&self) -> Option<Bytes> {
+        let frame = match &self.body {
+            Body::Event { event, data } => {
+                names::validate_outbound_event(event).ok()?;
+                OutFrame::Json {
+                    event,
+                    data: data.as_deref().unwrap_or(b"null"),
                 }
-                Body::Binary { event, payload } => {
-                    names::validate_outbound_event(event).ok()?;
-                    OutFrame::Binary { event, payload }.encode().ok()
-                }
-                Body::RawWs { .. } => None,
-            })
-            .as_ref()
+            }
+            Body::Binary { event, payload } => {
+                names::validate_outbound_event(event).ok()?;
+                OutFrame::Binary { event, payload }
+            }
+            Body::AckReply {
+                ack_name,
+                correlation_id,
+                result,
+                ..
+            } => OutFrame::AckRes {
+                ack_name,
+                result,
+                correlation_id: correlation_id.as_deref(),
+            },
+            Body::RawWs { .. } => return None,
+            Body::Ping => OutFrame::Ping,
+            Body::Pong(_) => OutFrame::Pong,
+            Body::Close {
+                disconnect: true, ..
+            } => OutFrame::Disconnect,
+            Body::Close { reason, .. } => OutFrame::Error { text: reason },
+            Body::Connect(id) => OutFrame::Connect { id },
+        };
+        frame.encode().ok()
+    }
+
+    /// The [`Body::RawWs`] frame for a single recipient (the `/echo` bench endpoint), built
+    /// directly: an echo is never shared, so it skips the `Arc` and the form cache.
+    pub(crate) fn raw_ws_frame(text: bool, payload: &[u8]) -> Bytes {
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        server_frame(op, payload)
     }
 
     /// A copy of `frame` in this shard's own allocation (see the module docs).
     pub(crate) fn local(frame: &Bytes) -> Bytes {
         Bytes::copy_from_slice(frame)
     }
+}
+
+/// A text frame around an envelope, in one allocation: header, then the envelope in place.
+fn text_frame(env: &TextEnvelope<'_>) -> Bytes {
+    let len = env.encoded_len();
+    let header = FrameHeader::new(OpCode::Text, len as u64);
+    let mut out = BytesMut::with_capacity(header.encoded_len() + len);
+    header.write(&mut out);
+    env.encode_into(&mut out);
+    out.freeze()
 }
 
 #[cfg(test)]
@@ -255,7 +432,7 @@ mod tests {
     #[test]
     fn event_forms() {
         let o = Outgoing::event("chat", Some(Bytes::from_static(b"{\"msg\":\"hi\"}")));
-        let ws = o.ws_plain();
+        let ws = o.ws_plain().unwrap();
         assert_eq!(&ws[..2], &[0x81, 36]);
         assert_eq!(&ws[2..], b"{\"event\":\"chat\",\"data\":{\"msg\":\"hi\"}}");
         // PROTOCOL.md §9: the TCP JSON frame for emit('chat', {msg:'hi'}).
@@ -266,22 +443,22 @@ mod tests {
         );
         let mut c = compressors();
         // Too small to shrink: sent uncompressed even to a deflate client (RSV1 is per message).
-        assert_eq!(o.ws(WsForm::Deflate, &mut c)[0], 0x81);
+        assert_eq!(o.ws(WsForm::Deflate, &mut c).unwrap()[0], 0x81);
         let big = Outgoing::event(
             "chat",
             Some(Bytes::from(format!("\"{}\"", "ab".repeat(500)))),
         );
-        let z = big.ws(WsForm::Deflate, &mut c);
+        let z = big.ws(WsForm::Deflate, &mut c).unwrap();
         assert_eq!(z[0], 0xc1, "FIN + RSV1 + text");
         assert!(z.len() < 200);
-        let narrow = big.ws(WsForm::DeflateNarrow, &mut c);
+        let narrow = big.ws(WsForm::DeflateNarrow, &mut c).unwrap();
         assert_eq!(narrow[0], 0xc1);
     }
 
     #[test]
     fn binary_forms_match_protocol_examples() {
         let o = Outgoing::binary("bin", Bytes::from_static(&[1, 2, 3]));
-        let ws = o.ws_plain();
+        let ws = o.ws_plain().unwrap();
         let mut expected = vec![0x82, 0x25, 0, 0, 0, 0x1e];
         expected.extend_from_slice(b"{\"event\":\"bin\",\"_binary\":true}");
         expected.extend_from_slice(&[1, 2, 3]);
@@ -291,17 +468,69 @@ mod tests {
     }
 
     #[test]
+    fn confirmations_and_ack_replies() {
+        // §6: joined-room with the room as a JSON string, on both transports.
+        let o = Outgoing::event_string("joined-room", "lo\"bby");
+        assert_eq!(
+            &o.ws_plain().unwrap()[2..],
+            br#"{"event":"joined-room","data":"lo\"bby"}"#
+        );
+        assert_eq!(&o.tcp().unwrap()[18..], br#""lo\"bby""#);
+        // §2.2 / §4.4: the reply to request('add', [1,2], 'sum') with correlation id c1.
+        let o = Outgoing::ack_reply("add", "sum", Some("c1"), Bytes::from_static(b"3"));
+        assert_eq!(
+            &o.ws_plain().unwrap()[2..],
+            br#"{"event":"add","data":3,"_isAck":true,"_correlationId":"c1"}"#
+        );
+        let tcp = o.tcp().unwrap();
+        assert_eq!(tcp[4], 0x06, "ACK_RES");
+        assert_eq!(&tcp[5..10], b"\x00\x03sum");
+        assert_eq!(&tcp[10..], br#"{"data":3,"_correlationId":"c1"}"#);
+    }
+
+    #[test]
+    fn control_forms() {
+        let mut c = compressors();
+        let ping = Outgoing::new(Body::Ping);
+        assert_eq!(ping.ws(WsForm::Deflate, &mut c).unwrap().as_ref(), b"\x89\x00");
+        assert_eq!(ping.tcp().unwrap().as_ref(), b"\x00\x00\x00\x07\x03\x00\x00");
+        let pong = Outgoing::new(Body::Pong(Bytes::from_static(b"hi")));
+        assert_eq!(pong.ws_plain().unwrap().as_ref(), b"\x8a\x02hi");
+        assert_eq!(pong.tcp().unwrap().as_ref(), b"\x00\x00\x00\x07\x04\x00\x00");
+        let close = Outgoing::close(CloseCode::POLICY, "slow consumer");
+        let ws = close.ws(WsForm::Deflate, &mut c).unwrap();
+        assert_eq!(&ws[..4], b"\x88\x0f\x03\xf0", "uncompressed, 1008");
+        assert_eq!(&ws[4..], b"slow consumer");
+        assert_eq!(&close.tcp().unwrap()[4..12], b"\x0b\x00\x05error");
+        let bye = Outgoing::new(Body::Close {
+            code: Some(CloseCode::AWAY),
+            reason: "Shutting down".into(),
+            disconnect: true,
+        });
+        assert_eq!(bye.tcp().unwrap().as_ref(), b"\x00\x00\x00\x07\x08\x00\x00");
+        let empty = Outgoing::new(Body::Close {
+            code: None,
+            reason: "".into(),
+            disconnect: false,
+        });
+        assert_eq!(empty.ws_plain().unwrap().as_ref(), b"\x88\x00");
+        let connect = Outgoing::new(Body::Connect("id".into()));
+        assert!(connect.ws_plain().is_none());
+        assert_eq!(&connect.tcp().unwrap()[4..], b"\x07\x00\x07connectid");
+    }
+
+    #[test]
     fn invalid_tcp_names_are_not_sent_to_tcp() {
         let o = Outgoing::event("has space", None);
         assert!(o.tcp().is_none());
-        assert_eq!(&o.ws_plain()[2..], b"{\"event\":\"has space\"}");
+        assert_eq!(&o.ws_plain().unwrap()[2..], b"{\"event\":\"has space\"}");
     }
 
     #[test]
     fn forms_are_built_once() {
         let o = Outgoing::event("e", Some(Bytes::from_static(b"1")));
-        let a = o.ws_plain().as_ptr();
-        let b = o.ws_plain().as_ptr();
+        let a = o.ws_plain().unwrap().as_ptr();
+        let b = o.ws_plain().unwrap().as_ptr();
         assert_eq!(a, b);
     }
 }

@@ -29,6 +29,8 @@ pub struct ServerProc {
     pub tcp: Option<SocketAddr>,
     pub shards: usize,
     output: mpsc::Receiver<String>,
+    /// What the server printed before its listening line (start-up warnings).
+    early: Vec<String>,
 }
 
 impl ServerProc {
@@ -62,6 +64,7 @@ impl ServerProc {
             }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut early = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = rx
@@ -86,8 +89,10 @@ impl ServerProc {
                     tcp,
                     shards,
                     output: rx,
+                    early,
                 };
             }
+            early.push(line);
         }
     }
 
@@ -149,10 +154,13 @@ impl ServerProc {
         self.child.id()
     }
 
-    /// Waits (with the harness deadline) for a line of the server's output containing
-    /// `needle` and returns it. Stderr lines come prefixed with `stderr: `. Lines read while
-    /// waiting are consumed.
+    /// A line of the server's output containing `needle`: one printed before its listening
+    /// line, or the next one (waited for with the harness deadline). Stderr lines come
+    /// prefixed with `stderr: `. Lines read while waiting are consumed.
     pub fn expect_output(&self, needle: &str) -> String {
+        if let Some(line) = self.early.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
         let deadline = std::time::Instant::now() + DEADLINE;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -498,6 +506,36 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
+    let r = http_response(addr, method, path, headers, body).await;
+    (r.status, r.body)
+}
+
+/// An HTTP response as received.
+pub struct HttpResponse {
+    pub status: u16,
+    /// The head (status line and header fields), as text.
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// A header field's value (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// A plain HTTP/1.1 request on its own connection (`Connection: close`); the whole response.
+pub async fn http_response(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
     let mut s = within("http connect", TcpStream::connect(addr))
         .await
         .unwrap();
@@ -510,11 +548,11 @@ pub async fn http(
     let got = read_until_eof(&mut s, Vec::new()).await;
     let text = String::from_utf8_lossy(&got).to_string();
     let status = text[9..12].parse().expect("status");
-    let body = text
+    let (head, body) = text
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
         .unwrap_or_default();
-    (status, body)
+    HttpResponse { status, head, body }
 }
 
 /// Bytes helper.

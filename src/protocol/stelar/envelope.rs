@@ -75,22 +75,55 @@ fn span_in(part: &[u8], whole: &[u8]) -> Option<Range<usize>> {
 /// [`Error::EventTooLong`]. All are answered by dropping the message.
 #[inline]
 pub fn parse(input: &[u8]) -> Result<Envelope<'_>, Error> {
+    parse_inner::<false>(input).map(|(e, _)| e)
+}
+
+/// [`parse`], also returning the [`Members`] of `data` when it is an object (spans relative
+/// to `data`'s text), found by the same scan: the server routes relay requests on them
+/// without walking `data` again.
+#[inline]
+pub fn parse_with_members(input: &[u8]) -> Result<(Envelope<'_>, Option<Members>), Error> {
+    parse_inner::<true>(input)
+}
+
+#[inline(always)]
+fn parse_inner<const MEMBERS: bool>(
+    input: &[u8],
+) -> Result<(Envelope<'_>, Option<Members>), Error> {
     let mut event: Option<Value> = None;
     let mut data: Option<Value> = None;
     let mut ack_name: Option<Value> = None;
     let mut correlation_id: Option<Value> = None;
     let mut is_ack: Option<Value> = None;
-    let doc = json::walk(input, |key, v| {
+    // `data`'s members arrive (from `on_inner`) before `data` itself (from `on_member`);
+    // a later duplicate `data` replaces both, as the last key wins.
+    let inner = std::cell::Cell::new(Members::default());
+    let mut data_members: Option<Members> = None;
+    let on_member = |key: &[u8], v: Value| {
         match key {
             b"event" => event = Some(v),
-            b"data" => data = Some(v),
+            b"data" => {
+                data = Some(v);
+                data_members = (MEMBERS && v.kind == Kind::Object)
+                    .then(|| inner.take().rebased(v.start));
+            }
             b"_ackName" => ack_name = Some(v),
             b"_correlationId" => correlation_id = Some(v),
             b"_isAck" => is_ack = Some(v),
             _ => {}
         }
         Ok(())
-    })?;
+    };
+    let doc = if MEMBERS {
+        json::walk_nested(input, b"data", on_member, |key, v| {
+            let mut m = inner.get();
+            m.capture(key, v);
+            inner.set(m);
+            Ok(())
+        })?
+    } else {
+        json::walk(input, on_member)?
+    };
     if doc != Document::Object {
         return Err(Error::NotAnObject);
     }
@@ -100,13 +133,96 @@ pub fn parse(input: &[u8]) -> Result<Envelope<'_>, Error> {
         Some(v) => json::decode_str(input, v)?,
     };
     names::check_inbound_event(&event)?;
-    Ok(Envelope {
+    let envelope = Envelope {
         event,
         data: data.map(|v| v.span(input)),
         ack_name: truthy_string(input, ack_name)?,
         correlation_id: truthy_string(input, correlation_id)?,
         is_ack: is_ack.is_some_and(|v| json::is_truthy(input, v)),
-    })
+    };
+    Ok((envelope, data_members))
+}
+
+/// The members of a request object the server routes on — `room`, `event`, `data`, `to` —
+/// as spans of the text they were scanned from: the relay's `publish` / `broadcast` /
+/// `direct` data, and the HTTP API's request bodies. Duplicate keys: the last wins.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Members {
+    room: Option<Value>,
+    event: Option<Value>,
+    data: Option<Value>,
+    to: Option<Value>,
+}
+
+impl Members {
+    fn capture(&mut self, key: &[u8], v: Value) {
+        match key {
+            b"room" => self.room = Some(v),
+            b"event" => self.event = Some(v),
+            b"data" => self.data = Some(v),
+            b"to" => self.to = Some(v),
+            _ => {}
+        }
+    }
+
+    /// The same members with spans relative to a text starting at `offset` of the scanned
+    /// one.
+    fn rebased(self, offset: usize) -> Members {
+        let shift = |v: Option<Value>| {
+            v.map(|v| Value {
+                start: v.start - offset,
+                end: v.end - offset,
+                ..v
+            })
+        };
+        Members {
+            room: shift(self.room),
+            event: shift(self.event),
+            data: shift(self.data),
+            to: shift(self.to),
+        }
+    }
+
+    /// `room`, if it is a JSON string, decoded. `text` is the object these members were
+    /// found in.
+    pub fn room<'a>(&self, text: &'a [u8]) -> Option<Cow<'a, str>> {
+        string_member(text, self.room)
+    }
+
+    /// `event`, if it is a JSON string, decoded.
+    pub fn event<'a>(&self, text: &'a [u8]) -> Option<Cow<'a, str>> {
+        string_member(text, self.event)
+    }
+
+    /// `to`, if it is a JSON string, decoded.
+    pub fn to<'a>(&self, text: &'a [u8]) -> Option<Cow<'a, str>> {
+        string_member(text, self.to)
+    }
+
+    /// Where `data`'s text lies in `text`, if there is a `data` member (any JSON value).
+    pub fn data_range(&self) -> Option<Range<usize>> {
+        self.data.map(|v| v.start..v.end)
+    }
+}
+
+/// A member that is a JSON string, decoded (one that cannot be decoded, holding a lone
+/// surrogate escape, counts as absent).
+fn string_member(text: &[u8], v: Option<Value>) -> Option<Cow<'_, str>> {
+    let v = v.filter(|v| v.kind == Kind::String)?;
+    json::decode_str(text, v).ok()
+}
+
+/// Validates `text` as one JSON text and, if it is an object, returns its [`Members`] (a TCP
+/// JSON frame's payload, an HTTP API body): one scan for both.
+pub fn members(text: &[u8]) -> Result<Option<Members>, Error> {
+    let mut m = Members::default();
+    match json::walk(text, |key, v| {
+        m.capture(key, v);
+        Ok(())
+    })? {
+        Document::Object => Ok(Some(m)),
+        Document::Other(_) => Ok(None),
+    }
 }
 
 /// A non-empty JSON string value, decoded; other values count as absent.

@@ -15,7 +15,7 @@ use super::frame::OutFrame;
 ///
 /// The `Display` text of the frame-stream faults is exactly the ERROR frame text stelar
 /// sends (PROTOCOL.md §4.3); the others are for logs.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     // --- TCP frame stream (peer faults, §4.3): ERROR frame, then close -------------------
     /// `totalLen` < 7 or > the configured max frame size, read from the header before the

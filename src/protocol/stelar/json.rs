@@ -87,51 +87,105 @@ pub(crate) fn walk<F>(input: &[u8], mut on_member: F) -> Result<Document, Error>
 where
     F: FnMut(&[u8], Value) -> Result<(), Error>,
 {
-    let mut pos = skip_ws(input, 0);
-    let doc = if input.get(pos) == Some(&b'{') {
-        pos = skip_ws(input, pos + 1);
-        if input.get(pos) == Some(&b'}') {
-            pos += 1;
-        } else {
-            loop {
-                if input.get(pos) != Some(&b'"') {
-                    return Err(unexpected(input, pos));
-                }
-                let key = string(input, pos)?;
-                pos = expect(input, skip_ws(input, key.end), b':')?;
-                let v = value(input, pos, 1)?;
-                pos = v.end;
-                if key.escaped {
-                    // Top-level keys are matched against names, so they are decoded (and a
-                    // lone surrogate refused) exactly as serde_json does for field names.
-                    let decoded = decode_str(input, key)?;
-                    on_member(decoded.as_bytes(), v)?;
-                } else {
-                    // A string's span holds both quotes: key.start + 2 <= key.end.
-                    on_member(&input[key.start + 1..key.end - 1], v)?;
-                }
-                pos = skip_ws(input, pos);
-                match input.get(pos) {
-                    Some(b',') => pos = skip_ws(input, pos + 1),
-                    Some(b'}') => {
-                        pos += 1;
-                        break;
-                    }
-                    Some(_) => return Err(Error::JsonSyntax),
-                    None => return Err(Error::JsonEof),
-                }
+    walk_members(input, |key, pos| {
+        let v = value(input, pos, 1)?;
+        on_member(key, v)?;
+        Ok(v.end)
+    })
+}
+
+/// [`walk`], and in the same pass, when the top-level member named `descend` is an object,
+/// its members too: `on_inner` sees them (key, value span in `input`) before `on_member` sees
+/// the object itself. Used to find the fields of an envelope's `data` without scanning it
+/// twice.
+#[inline]
+pub(crate) fn walk_nested<F, G>(
+    input: &[u8],
+    descend: &[u8],
+    mut on_member: F,
+    mut on_inner: G,
+) -> Result<Document, Error>
+where
+    F: FnMut(&[u8], Value) -> Result<(), Error>,
+    G: FnMut(&[u8], Value) -> Result<(), Error>,
+{
+    walk_members(input, |key, pos| {
+        let v = if key == descend && input.get(pos) == Some(&b'{') {
+            // Inside this object values sit two containers deep, as `value` would count.
+            let end = object_members(input, pos, |k, p| {
+                let v = value(input, p, 2)?;
+                on_inner(k, v)?;
+                Ok(v.end)
+            })?;
+            Value {
+                kind: Kind::Object,
+                start: pos,
+                end,
+                escaped: false,
             }
-        }
-        Document::Object
+        } else {
+            value(input, pos, 1)?
+        };
+        on_member(key, v)?;
+        Ok(v.end)
+    })
+}
+
+/// The document of `input`: an object whose members go to `member` (key, position of the
+/// value; it scans the value and returns where it ends), or any other value.
+#[inline(always)]
+fn walk_members<F>(input: &[u8], member: F) -> Result<Document, Error>
+where
+    F: FnMut(&[u8], usize) -> Result<usize, Error>,
+{
+    let pos = skip_ws(input, 0);
+    let (doc, end) = if input.get(pos) == Some(&b'{') {
+        (Document::Object, object_members(input, pos, member)?)
     } else {
         let v = value(input, pos, 0)?;
-        pos = v.end;
-        Document::Other(v)
+        (Document::Other(v), v.end)
     };
-    if skip_ws(input, pos) != input.len() {
+    if skip_ws(input, end) != input.len() {
         return Err(Error::JsonSyntax);
     }
     Ok(doc)
+}
+
+/// The object whose `{` is at `pos`: each member's key (decoded) and the position of its value
+/// go to `member`, which scans the value and returns where it ends. Returns the position after
+/// the closing `}`.
+#[inline(always)]
+fn object_members<F>(input: &[u8], pos: usize, mut member: F) -> Result<usize, Error>
+where
+    F: FnMut(&[u8], usize) -> Result<usize, Error>,
+{
+    let mut pos = skip_ws(input, pos + 1);
+    if input.get(pos) == Some(&b'}') {
+        return Ok(pos + 1);
+    }
+    loop {
+        if input.get(pos) != Some(&b'"') {
+            return Err(unexpected(input, pos));
+        }
+        let key = string(input, pos)?;
+        pos = expect(input, skip_ws(input, key.end), b':')?;
+        pos = if key.escaped {
+            // Keys are matched against names, so they are decoded (and a lone surrogate
+            // refused) exactly as serde_json does for field names.
+            let decoded = decode_str(input, key)?;
+            member(decoded.as_bytes(), pos)?
+        } else {
+            // A string's span holds both quotes: key.start + 2 <= key.end.
+            member(&input[key.start + 1..key.end - 1], pos)?
+        };
+        pos = skip_ws(input, pos);
+        match input.get(pos) {
+            Some(b',') => pos = skip_ws(input, pos + 1),
+            Some(b'}') => return Ok(pos + 1),
+            Some(_) => return Err(Error::JsonSyntax),
+            None => return Err(Error::JsonEof),
+        }
+    }
 }
 
 /// Validates `input` as one JSON text (RFC 8259, depth <= [`MAX_DEPTH`]) and returns the

@@ -30,6 +30,6 @@ pub mod json;
 pub mod names;
 
 pub use binary::BinaryMessage;
-pub use envelope::{AckPayload, DataParser, Envelope, TextEnvelope};
+pub use envelope::{AckPayload, DataParser, Envelope, Members, TextEnvelope};
 pub use error::{Answer, Error};
 pub use frame::{Frame, FrameDecoder, FrameType, OutFrame};
