@@ -51,7 +51,10 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Most simultaneous clients in the process (WebSocket + TCP). 0 = unlimited.
+    /// Most simultaneous clients in the process (WebSocket + TCP); more are refused (close
+    /// 1008 / ERROR "Server full"). 0 = the open-file limit less a reserve of descriptors
+    /// (64 plus 1/64 of the limit) that keeps `/health`, the API and the server's own files
+    /// working when clients fill the rest (logged at start-up).
     pub max_connections: usize,
     /// Most rooms in the process. New rooms beyond it are refused.
     pub max_rooms: usize,
@@ -299,6 +302,18 @@ impl Config {
         Duration::from_millis(self.timeouts.shutdown_timeout_ms)
     }
 
+    /// `limits.max_connections`, with 0 ("auto") resolved against an open-file limit of
+    /// `open_files`: that limit less a reserve of 64 + `open_files` / 64 descriptors.
+    pub fn connection_cap(&self, open_files: u64) -> usize {
+        if self.limits.max_connections > 0 {
+            return self.limits.max_connections;
+        }
+        let reserve = 64 + open_files / 64;
+        usize::try_from(open_files.saturating_sub(reserve))
+            .unwrap_or(usize::MAX)
+            .max(1)
+    }
+
     /// The output and input budgets in bytes, with 0 ("auto") resolved against `available`
     /// bytes of memory (a quarter and an eighth of it).
     pub fn memory_budgets(&self, available: u64) -> (usize, usize) {
@@ -406,6 +421,16 @@ mod tests {
     fn defaults_validate() {
         Config::default().validate().unwrap();
         assert_eq!(Config::default().effective_tcp_port(), Some(3001));
+    }
+
+    #[test]
+    fn the_connection_cap_keeps_descriptors_in_reserve() {
+        let mut c = Config::default();
+        assert_eq!(c.connection_cap(20_000), 20_000 - 64 - 312);
+        assert_eq!(c.connection_cap(1024), 1024 - 80);
+        assert_eq!(c.connection_cap(10), 1);
+        c.limits.max_connections = 7;
+        assert_eq!(c.connection_cap(20_000), 7);
     }
 
     #[test]

@@ -89,11 +89,16 @@ struct ServeArgs {
     api_insecure: Option<bool>,
     /// Allow browser pages from this origin (e.g. https://app.example.com) to call the API
     /// (CORS); repeat the flag or separate with commas [default: none].
-    #[arg(long = "api-cors-origin", env = "SHARDCAST_API_CORS_ORIGINS", value_name = "ORIGIN",
-        value_delimiter = ',')]
+    #[arg(
+        long = "api-cors-origin",
+        env = "SHARDCAST_API_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
     api_cors_origins: Option<Vec<String>>,
 
-    /// Most simultaneous clients (WebSocket + TCP); 0 = unlimited [default: 0].
+    /// Most simultaneous clients (WebSocket + TCP); 0 = the open-file limit less a reserve
+    /// kept for HTTP requests and the server's own descriptors [default: 0].
     #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
     /// Most rooms in the process; a join that would create another is refused
@@ -406,33 +411,6 @@ fn without_env() -> clap::Command {
     cmd
 }
 
-/// Raises the soft open-file limit to the hard one: each connection is a descriptor, and the
-/// usual soft default (1024) would cap the server far below what it can serve.
-fn raise_open_file_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a plain struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let wanted = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
-                tracing::debug!(
-                    from = lim.rlim_cur,
-                    to = lim.rlim_max,
-                    "raised the open-file limit"
-                );
-                return;
-            }
-        }
-    }
-    tracing::debug!(limit = lim.rlim_cur, "open-file limit unchanged");
-}
-
 fn main() -> ExitCode {
     let cli = parse_cli();
     let (args, check_only) = match cli.command {
@@ -460,7 +438,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    raise_open_file_limit();
     let running = match Server::builder().config(config).relay(true).start() {
         Ok(r) => r,
         Err(e) => {

@@ -72,8 +72,23 @@ impl Running {
 }
 
 /// Starts `app` (binds, spawns shards) and returns once every shard is serving.
-pub fn start(app: App) -> Result<Running, StartError> {
+pub fn start(mut app: App) -> Result<Running, StartError> {
     app.config.validate()?;
+    let open_files = match shardcast_shards::raise_open_file_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    let cap = app.config.connection_cap(open_files);
+    tracing::info!(
+        max_connections = cap,
+        open_file_limit = open_files,
+        "clients beyond max_connections are refused; the rest of the open-file limit is kept \
+         for HTTP requests and the server's own descriptors"
+    );
+    app.config.limits.max_connections = cap;
     let config = Arc::new(app.config.clone());
     let app = Arc::new(app);
     let mut builder = Runtime::builder()

@@ -25,8 +25,14 @@ async fn the_api_is_off_unless_configured() {
         ("GET", "/api/rooms/news", ""),
         ("GET", "/api/stats", ""),
     ] {
-        let r = http_response(server.ws, method, path, &[("Origin", "https://evil.example")], body)
-            .await;
+        let r = http_response(
+            server.ws,
+            method,
+            path,
+            &[("Origin", "https://evil.example")],
+            body,
+        )
+        .await;
         assert_eq!(r.status, 403, "{method} {path}: {}", r.body);
         assert!(r.body.contains("--api-key"), "says how: {}", r.body);
         assert_eq!(r.header("Access-Control-Allow-Origin"), None);
@@ -103,7 +109,10 @@ async fn cors_headers_go_only_to_configured_origins() {
         PUBLISH,
     )
     .await;
-    assert_eq!(r.status, 202, "the key is what authorises; CORS only gates browsers");
+    assert_eq!(
+        r.status, 202,
+        "the key is what authorises; CORS only gates browsers"
+    );
     assert_eq!(r.header("Access-Control-Allow-Origin"), None);
     let r = preflight(server.ws, "https://app.example").await;
     assert_eq!(r.status, 204);
@@ -196,7 +205,10 @@ async fn read_responses(s: &mut TcpStream, bodies: &[bool]) -> Vec<(String, Vec<
                     break;
                 };
                 let head = String::from_utf8_lossy(&rest[..end]).to_string();
-                assert!(head.starts_with("HTTP/1.1 "), "a response starts here: {head}");
+                assert!(
+                    head.starts_with("HTTP/1.1 "),
+                    "a response starts here: {head}"
+                );
                 let len: usize = head
                     .lines()
                     .find_map(|l| l.strip_prefix("Content-Length: "))
@@ -211,7 +223,11 @@ async fn read_responses(s: &mut TcpStream, bodies: &[bool]) -> Vec<(String, Vec<
                 rest = &rest[end + 4 + body_len..];
             }
             if out.len() == bodies.len() {
-                assert!(rest.is_empty(), "{} bytes more than the heads said", rest.len());
+                assert!(
+                    rest.is_empty(),
+                    "{} bytes more than the heads said",
+                    rest.len()
+                );
                 return;
             }
             let n = s.read(&mut chunk).await.unwrap();

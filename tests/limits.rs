@@ -349,3 +349,36 @@ async fn the_input_budget_closes_the_connection_holding_the_most() {
     );
     assert!(server.metric("shardcast_input_held_bytes").await < 1024 * KIB as u64);
 }
+
+/// With no --max-connections, clients may take the open-file limit less a reserve: past it
+/// they are refused ("Server full") and `/health` still answers. (Before, 288 clients against
+/// a limit of 256 descriptors ran the server out of them: connections hung unanswered.)
+#[tokio::test]
+async fn a_full_server_keeps_descriptors_for_health() {
+    const OPEN_FILES: u64 = 256;
+    let cap = (OPEN_FILES - 64 - OPEN_FILES / 64) as usize;
+    let server = ServerProc::start_with_open_files(OPEN_FILES, &["--shards", "1", "--log=info"]);
+    let line = server.expect_output("max_connections=");
+    assert!(line.contains(&format!("max_connections={cap}")), "{line}");
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..cap + 100 {
+        let mut ws = Ws::connect(&server.ws_url("/")).await;
+        ws.send(json!({"event": "whoami", "data": null, "_ackName": "whoami"}))
+            .await;
+        match within("answer", futures_util::StreamExt::next(&mut ws.inner)).await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_))) => held.push(ws),
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
+                assert_eq!(u16::from(f.code), 1008);
+                assert_eq!(&*f.reason, "Server full");
+                refused += 1;
+            }
+            other => panic!("expected an answer or a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!((held.len(), refused), (cap, 100));
+    let (status, body) = http(server.ws, "GET", "/health", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["activeConnections"], cap);
+}

@@ -111,4 +111,5 @@ pub use mesh::{Inbox, InboxCounters, InboxStats, MeshError, MeshSender, ShardMes
 pub use runtime::{Builder, JoinError, Runtime, ShardExit, StartError};
 pub use shard::{Shard, ShutdownFuture};
 pub use shutdown::{Phase, Shutdown};
+pub use sys::raise_open_file_limit;
 pub use timer::{Expirations, TimerId, TimerWheel, Timers};

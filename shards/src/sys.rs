@@ -57,30 +57,45 @@ pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// `RLIMIT_MEMLOCK` as `(soft, hard)` in bytes (`u64::MAX` for unlimited).
-pub(crate) fn memlock_limit() -> io::Result<(u64, u64)> {
+/// A resource limit as `(soft, hard)` (`u64::MAX` for unlimited).
+fn rlimit(resource: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: we pass a valid pointer to an `rlimit` we own.
-    check(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) })?;
+    check(unsafe { libc::getrlimit(resource, &mut lim) })?;
     Ok((lim.rlim_cur, lim.rlim_max))
 }
 
-/// Raises the soft `RLIMIT_MEMLOCK` to the hard limit (no privilege needed). Returns the new
+/// Raises a soft resource limit to the hard one (no privilege needed). Returns the new
 /// `(soft, hard)`.
-pub(crate) fn raise_memlock_soft_limit() -> io::Result<(u64, u64)> {
-    let (soft, hard) = memlock_limit()?;
+fn raise_soft_limit(resource: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
+    let (soft, hard) = rlimit(resource)?;
     if soft < hard {
         let lim = libc::rlimit {
             rlim_cur: hard,
             rlim_max: hard,
         };
         // SAFETY: we pass a valid pointer to an `rlimit` we own.
-        check(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) })?;
+        check(unsafe { libc::setrlimit(resource, &lim) })?;
     }
-    memlock_limit()
+    rlimit(resource)
+}
+
+/// Raises the soft `RLIMIT_MEMLOCK` to the hard limit. Returns the new `(soft, hard)`.
+pub(crate) fn raise_memlock_soft_limit() -> io::Result<(u64, u64)> {
+    raise_soft_limit(libc::RLIMIT_MEMLOCK)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: every connection is a descriptor, and
+/// the usual soft default (1024) would cap a server far below what it can serve. Returns the
+/// soft limit in force afterwards (the old one if raising failed).
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    match raise_soft_limit(libc::RLIMIT_NOFILE) {
+        Ok((soft, _)) => Ok(soft),
+        Err(_) => rlimit(libc::RLIMIT_NOFILE).map(|(soft, _)| soft),
+    }
 }
 
 /// Whether this process holds `CAP_IPC_LOCK` in its effective set (then locked memory is not

@@ -232,8 +232,11 @@ mod tests {
 
     #[test]
     fn one_check_for_every_request() {
-        let r = parse(Kind::Publish, r#"{"data": {"x": [1, 2]}, "room":"r1","event":"e"}"#)
-            .unwrap();
+        let r = parse(
+            Kind::Publish,
+            r#"{"data": {"x": [1, 2]}, "room":"r1","event":"e"}"#,
+        )
+        .unwrap();
         assert!(matches!(&r.target, Target::Room(room) if room == "r1"));
         assert_eq!(
             &r.msg.ws_plain().unwrap()[2..],
@@ -246,18 +249,49 @@ mod tests {
         ));
         let id = "00000000-0000-4000-8000-000000000000";
         let text: &'static str = Box::leak(format!(r#"{{"to":"{id}","event":"e"}}"#).into());
-        assert!(matches!(parse(Kind::Send, text).unwrap().target, Target::Client(_)));
+        assert!(matches!(
+            parse(Kind::Send, text).unwrap().target,
+            Target::Client(_)
+        ));
         for (kind, text, want) in [
             (Kind::Publish, "[1]", RequestError::NotObject),
             (Kind::Publish, "{", RequestError::NotJson),
-            (Kind::Publish, r#"{"room":"r"}"#, RequestError::EventNotString),
-            (Kind::Publish, r#"{"room":"r","event":1}"#, RequestError::EventNotString),
-            (Kind::Publish, r#"{"room":"r","event":"a b"}"#, RequestError::InvalidEventName),
-            (Kind::Publish, r#"{"room":"r","event":"ping"}"#, RequestError::InvalidEventName),
+            (
+                Kind::Publish,
+                r#"{"room":"r"}"#,
+                RequestError::EventNotString,
+            ),
+            (
+                Kind::Publish,
+                r#"{"room":"r","event":1}"#,
+                RequestError::EventNotString,
+            ),
+            (
+                Kind::Publish,
+                r#"{"room":"r","event":"a b"}"#,
+                RequestError::InvalidEventName,
+            ),
+            (
+                Kind::Publish,
+                r#"{"room":"r","event":"ping"}"#,
+                RequestError::InvalidEventName,
+            ),
             (Kind::Publish, r#"{"event":"e"}"#, RequestError::InvalidRoom),
-            (Kind::Publish, r#"{"room":"","event":"e"}"#, RequestError::InvalidRoom),
-            (Kind::Publish, r#"{"room":"123456789","event":"e"}"#, RequestError::InvalidRoom),
-            (Kind::Send, r#"{"to":"nobody","event":"e"}"#, RequestError::InvalidTo),
+            (
+                Kind::Publish,
+                r#"{"room":"","event":"e"}"#,
+                RequestError::InvalidRoom,
+            ),
+            (
+                Kind::Publish,
+                r#"{"room":"123456789","event":"e"}"#,
+                RequestError::InvalidRoom,
+            ),
+            (
+                Kind::Send,
+                r#"{"to":"nobody","event":"e"}"#,
+                RequestError::InvalidTo,
+            ),
             (Kind::Send, r#"{"event":"e"}"#, RequestError::InvalidTo),
         ] {
             assert_eq!(parse(kind, text).unwrap_err(), want, "{text}");

@@ -29,8 +29,8 @@ use crate::app::error::RequestError;
 use crate::app::relay::{Kind, Request, Target};
 use crate::hub::{Query, Reply};
 use crate::protocol::http::{
-    percent_decode, Method, Request as HttpRequest, ResponseWriter, StatusCode,
-    CONTENT_TYPE_JSON, CONTENT_TYPE_PROMETHEUS,
+    percent_decode, Method, Request as HttpRequest, ResponseWriter, StatusCode, CONTENT_TYPE_JSON,
+    CONTENT_TYPE_PROMETHEUS,
 };
 use crate::protocol::stelar::{envelope, json};
 use crate::stats::{health_json, prometheus_text, Process};
@@ -241,7 +241,13 @@ async fn api_send(x: &Exchange<'_>, kind: Kind, body: &Bytes) -> Bytes {
         // Only the shard that owns `to` knows whether it is connected: ask it.
         let owner = to.location().shard;
         let replies = hub
-            .ask(std::iter::once(owner), Query::Deliver { to, msg: request.msg })
+            .ask(
+                std::iter::once(owner),
+                Query::Deliver {
+                    to,
+                    msg: request.msg,
+                },
+            )
             .await;
         if !matches!(replies.first(), Some(Reply::Delivered(true))) {
             return x.request_error(RequestError::UnknownClient);
@@ -287,7 +293,12 @@ async fn members(x: &Exchange<'_>, raw: &str) -> Bytes {
     let Ok(room) = std::str::from_utf8(&room) else {
         return x.error(StatusCode::BAD_REQUEST, "room name is not UTF-8");
     };
-    let replies = x.shared.hub.clone().gather(Query::Members(room.into())).await;
+    let replies = x
+        .shared
+        .hub
+        .clone()
+        .gather(Query::Members(room.into()))
+        .await;
     let mut body = BytesMut::from(&b"{\"room\":"[..]);
     json::write_quoted(&mut body, room);
     body.extend_from_slice(b",\"members\":[");

@@ -31,9 +31,8 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
     let connect = Outgoing::new(Body::Connect(client.id.to_string().into()));
     hub.send_control(&client, &connect);
     let config = hub.config().clone();
-    let max = config.limits.max_connections;
     let mut opened = false;
-    if max > 0 && hub.process_clients() >= max {
+    if hub.at_capacity() {
         hub.counters.refuse("server_full");
         refuse(io, &client, &shared, "Server full").await;
     } else if let Err(reject) = dispatch::connect(&hub, &shared.app, &client).await {
@@ -87,7 +86,10 @@ impl Session for TcpSession {
                     hub.counters.error(e.label());
                     if e.answer() == Answer::ErrorFrameAndClose {
                         // The ERROR frame's text is stelar's (the error's Display).
-                        hub.send_control(client, &Outgoing::close(CloseCode::PROTOCOL, e.to_string()));
+                        hub.send_control(
+                            client,
+                            &Outgoing::close(CloseCode::PROTOCOL, e.to_string()),
+                        );
                     }
                     buf.clear();
                     self.done = true;

@@ -27,8 +27,7 @@ use crate::protocol::http::{parse_request, BodyDecoder, BodyKind, Request, CONTI
 use crate::protocol::stelar::{binary, envelope};
 use crate::protocol::ws::close::CloseCode;
 use crate::protocol::ws::codec::{
-    ClosePhase, Decoder, DecoderConfig, InflateParams,
-    Message, Role,
+    ClosePhase, Decoder, DecoderConfig, InflateParams, Message, Role,
 };
 use crate::protocol::ws::handshake;
 use crate::stats::Transport;
@@ -175,8 +174,7 @@ async fn websocket(
     hub.queue_control(client, out.freeze());
 
     // PROTOCOL.md §1.1 step 7 / §7.3: limits are checked after the 101, refused with 1008.
-    let max = config.limits.max_connections;
-    if max > 0 && hub.process_clients() >= max {
+    if hub.at_capacity() {
         hub.counters.refuse("server_full");
         refuse(io, client, hub, 1008, Cow::Borrowed("Server full")).await;
         return false;
@@ -297,7 +295,6 @@ impl WsSession {
         }
     }
 }
-
 
 impl Session for WsSession {
     fn handle_input(&mut self, buf: &mut BytesMut, shared: &Shared, client: &Rc<Client>) -> Flow {

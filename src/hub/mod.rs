@@ -285,10 +285,12 @@ impl Hub {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Open clients in the whole process.
-    pub(crate) fn process_clients(&self) -> usize {
+    /// Whether the process holds `limits.max_connections` clients (resolved at start-up, so
+    /// never 0): a new one is refused.
+    pub(crate) fn at_capacity(&self) -> bool {
         self.process_clients
             .load(std::sync::atomic::Ordering::Relaxed)
+            >= self.config.limits.max_connections
     }
 
     // -----------------------------------------------------------------------------------

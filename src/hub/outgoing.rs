@@ -265,9 +265,7 @@ impl Outgoing {
 
     fn build_ws(&self) -> Option<Bytes> {
         Some(match &self.body {
-            Body::Event { event, data } => {
-                text_frame(&TextEnvelope::event(event, data.as_deref()))
-            }
+            Body::Event { event, data } => text_frame(&TextEnvelope::event(event, data.as_deref())),
             Body::AckReply {
                 event,
                 correlation_id,
@@ -492,11 +490,20 @@ mod tests {
     fn control_forms() {
         let mut c = compressors();
         let ping = Outgoing::new(Body::Ping);
-        assert_eq!(ping.ws(WsForm::Deflate, &mut c).unwrap().as_ref(), b"\x89\x00");
-        assert_eq!(ping.tcp().unwrap().as_ref(), b"\x00\x00\x00\x07\x03\x00\x00");
+        assert_eq!(
+            ping.ws(WsForm::Deflate, &mut c).unwrap().as_ref(),
+            b"\x89\x00"
+        );
+        assert_eq!(
+            ping.tcp().unwrap().as_ref(),
+            b"\x00\x00\x00\x07\x03\x00\x00"
+        );
         let pong = Outgoing::new(Body::Pong(Bytes::from_static(b"hi")));
         assert_eq!(pong.ws_plain().unwrap().as_ref(), b"\x8a\x02hi");
-        assert_eq!(pong.tcp().unwrap().as_ref(), b"\x00\x00\x00\x07\x04\x00\x00");
+        assert_eq!(
+            pong.tcp().unwrap().as_ref(),
+            b"\x00\x00\x00\x07\x04\x00\x00"
+        );
         let close = Outgoing::close(CloseCode::POLICY, "slow consumer");
         let ws = close.ws(WsForm::Deflate, &mut c).unwrap();
         assert_eq!(&ws[..4], b"\x88\x0f\x03\xf0", "uncompressed, 1008");

@@ -35,10 +35,36 @@ pub struct ServerProc {
 
 impl ServerProc {
     /// Starts `shardcast` on 127.0.0.1 with free ports and `args`.
+    pub fn start(args: &[&str]) -> ServerProc {
+        Self::start_with(args, |_| {})
+    }
+
+    /// [`ServerProc::start`] with an open-file limit of `limit` descriptors (soft and hard).
+    pub fn start_with_open_files(limit: u64, args: &[&str]) -> ServerProc {
+        use std::os::unix::process::CommandExt;
+        Self::start_with(args, |cmd| {
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child between fork and
+            // exec and touches nothing else.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    /// [`ServerProc::start`], with `configure` applied to the command first.
     // The child is waited for by `Drop` once `ServerProc` exists; before that a failed start
     // panics the test, and the process exits with the test binary.
     #[allow(clippy::zombie_processes)]
-    pub fn start(args: &[&str]) -> ServerProc {
+    pub fn start_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> ServerProc {
         let bin = env!("CARGO_BIN_EXE_shardcast");
         let mut cmd = Command::new(bin);
         // With --port 0 the TCP port defaults to the WebSocket port + 1, as with any port.
@@ -47,6 +73,7 @@ impl ServerProc {
             .env("SHARDCAST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        configure(&mut cmd);
         let mut child = cmd.spawn().expect("start shardcast");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();

@@ -104,8 +104,8 @@ fn parse_inner<const MEMBERS: bool>(
             b"event" => event = Some(v),
             b"data" => {
                 data = Some(v);
-                data_members = (MEMBERS && v.kind == Kind::Object)
-                    .then(|| inner.take().rebased(v.start));
+                data_members =
+                    (MEMBERS && v.kind == Kind::Object).then(|| inner.take().rebased(v.start));
             }
             b"_ackName" => ack_name = Some(v),
             b"_correlationId" => correlation_id = Some(v),
