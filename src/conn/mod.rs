@@ -325,7 +325,11 @@ pub(crate) async fn fill(
         }
         match io.poll_fill(cx, shared) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Err(Interrupted::Gone)),
-            Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
+            Poll::Ready(Ok(n)) => {
+                // A request being received counts against the input budget like a message.
+                shared.hub.set_input_held(client, io.rbuf.len());
+                Poll::Ready(Ok(n))
+            }
             Poll::Pending => {
                 client.register(cx.waker());
                 Poll::Pending
@@ -439,7 +443,7 @@ pub(crate) async fn drive<S: Session>(
                 cx.waker().wake_by_ref();
                 break;
             }
-            if hub.should_pause_reading(client, cx.waker()) {
+            if hub.should_pause_reading(client) {
                 // Woken when the socket drains (flush above) or the mesh overflow does.
                 break;
             }

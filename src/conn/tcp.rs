@@ -97,7 +97,7 @@ impl Session for TcpSession {
                 }
             };
             match frame.frame_type {
-                // One pending PONG at most, however many PINGs arrive unanswered.
+                // A few pending PONGs at most, however many PINGs arrive unanswered.
                 FrameType::Ping => hub.send_pong(client, &Outgoing::new(Body::Pong(Bytes::new()))),
                 FrameType::Pong | FrameType::Connect => {}
                 FrameType::Json | FrameType::Binary | FrameType::AckReq => {

@@ -126,6 +126,7 @@ async fn http_phase(io: &mut Io, shared: &Shared, client: &Rc<Client>) -> Option
             return None;
         }
         io.release_if_empty();
+        hub.set_input_held(client, io.rbuf.len());
         shared.arm_timer(client, hub.config().handshake_timeout());
     }
 }
@@ -334,7 +335,7 @@ impl Session for WsSession {
                         ),
                     },
                     // RFC 6455 §5.5.2: a pong with the ping's payload, as soon as practical;
-                    // §5.5.3: only the most recent ping need be answered (one pending pong).
+                    // §5.5.3: past a few waiting pongs only the most recent ping is answered.
                     Message::Ping(p) => hub.send_pong(client, &Outgoing::new(Body::Pong(p))),
                     Message::Pong(_) => {}
                     Message::Close(_) => {

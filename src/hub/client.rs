@@ -101,6 +101,8 @@ pub(crate) struct Client {
     /// Bytes of partly received input this connection holds (read buffer and reassembly),
     /// as last reported to the hub's input budget.
     input_held: Cell<usize>,
+    /// Its task stopped reading until the shard's mesh overflow drains (listed once).
+    waits_for_mesh: Cell<bool>,
     /// The connection task's waker, set each time it parks.
     waker: RefCell<Option<Waker>>,
     /// A close the server wants; the task acts on it.
@@ -137,6 +139,7 @@ impl Client {
             out: RefCell::new(OutQueue::default()),
             behind_since: Cell::new(0),
             input_held: Cell::new(0),
+            waits_for_mesh: Cell::new(false),
             waker: RefCell::new(None),
             close: Cell::new(None),
             timer_fired: Cell::new(false),
@@ -203,6 +206,11 @@ impl Client {
     /// Partly received bytes last reported.
     pub(super) fn input_held(&self) -> &Cell<usize> {
         &self.input_held
+    }
+
+    /// Whether the client is listed among those waiting for the mesh overflow to drain.
+    pub(super) fn waits_for_mesh(&self) -> &Cell<bool> {
+        &self.waits_for_mesh
     }
 
     /// Wakes the connection task.

@@ -211,8 +211,9 @@ pub(crate) struct Hub {
     raw_broadcast: RefCell<Vec<u32>>,
     mesh: ShardMesh<ShardMsg>,
     overflow: RefCell<Overflow>,
-    /// Connections that stopped reading while the mesh overflow was above half its bound.
-    mesh_waiters: RefCell<Vec<Waker>>,
+    /// Slots of connections that stopped reading while the mesh overflow was above half its
+    /// bound (each once: `Client::waits_for_mesh`).
+    mesh_waiters: RefCell<Vec<u32>>,
     limits: ShardLimits,
     /// Frames queued to this shard's clients (their [`OutQueue::cost`]).
     output: Budget,
@@ -498,14 +499,16 @@ impl Hub {
     }
 
     /// Whether a connection should stop reading: its own queue is above the read-pause mark
-    /// (its replies would pile up), or the shard's mesh overflow is congested. In the second
-    /// case `waker` is woken once the overflow has drained.
-    pub(crate) fn should_pause_reading(&self, client: &Client, waker: &Waker) -> bool {
+    /// (its replies would pile up; its task is woken when the socket drains), or the shard's
+    /// mesh overflow is congested (the client is woken once it has drained).
+    pub(crate) fn should_pause_reading(&self, client: &Client) -> bool {
         if client.queued_cost() > self.limits.read_pause() {
             return true;
         }
         if self.mesh_congested() {
-            self.mesh_waiters.borrow_mut().push(waker.clone());
+            if !client.waits_for_mesh().replace(true) {
+                self.mesh_waiters.borrow_mut().push(client.slot);
+            }
             return true;
         }
         false
@@ -584,10 +587,11 @@ impl Hub {
         }
     }
 
-    /// Sets the client's pending pong (replacing an unsent one, RFC 6455 §5.5.3).
+    /// Queues a pong; a few wait at most, the newest replaced beyond that (RFC 6455 §5.5.3,
+    /// `outq.rs`).
     pub(crate) fn send_pong(&self, client: &Client, pong: &Outgoing) {
         if let Some(frame) = self.form_for(client, pong) {
-            self.with_queue(client, |q| q.set_pong(frame));
+            self.with_queue(client, |q| q.push_pong(frame));
             client.wake();
         }
     }
@@ -946,8 +950,12 @@ impl Hub {
         let done = of.bytes == 0;
         drop(of);
         if !congested {
-            for w in self.mesh_waiters.borrow_mut().drain(..) {
-                w.wake();
+            let waiters = std::mem::take(&mut *self.mesh_waiters.borrow_mut());
+            for slot in waiters {
+                if let Some(c) = self.by_slot(slot) {
+                    c.waits_for_mesh().set(false);
+                    c.wake();
+                }
             }
         }
         done
@@ -1194,9 +1202,6 @@ mod tests {
                     );
                     let client = hub.register(([127, 0, 0, 1], 1).into(), Transport::Ws);
                     hub.open(&client);
-                    let waker = futures_lite::future::block_on(std::future::poll_fn(|cx| {
-                        Poll::Ready(cx.waker().clone())
-                    }));
                     let msg = Outgoing::event("e", Some(Bytes::from(vec![b'1'; 1000])));
                     let per_msg = ShardMsg::All {
                         msg: msg.clone(),
@@ -1205,7 +1210,7 @@ mod tests {
                     .cost();
                     let mut paused_at = None;
                     for i in 0..64 + 2 * (1 << 20) / per_msg {
-                        if paused_at.is_none() && hub.should_pause_reading(&client, &waker) {
+                        if paused_at.is_none() && hub.should_pause_reading(&client) {
                             paused_at = Some(i);
                         }
                         hub.send_mesh(

@@ -6,11 +6,13 @@
 //! these VMs, so the number of sends decides fan-out speed). Frames are `Bytes`, so a
 //! fan-out frame shared by thousands of sockets is never copied.
 //!
-//! **Pongs.** At most one pong waits at a time: RFC 6455 §5.5.3 lets an endpoint that has
-//! not yet answered earlier pings answer only the most recent one, and stelar's PONG carries
-//! nothing. A peer that pings without reading therefore costs one frame, not one per ping.
-//! The pong goes out before the other waiting frames (after a frame already partly written,
-//! which must be finished first or the peer's framing breaks).
+//! **Pongs.** At most [`MAX_PONGS`] pongs wait at a time: each ping is answered (Autobahn
+//! 2.10 checks that ten pings in a row get ten pongs), but past that bound a new pong
+//! replaces the most recent waiting one, as RFC 6455 §5.5.3 allows ("MAY elect to send a Pong
+//! frame for only the most recently processed Ping frame"). A peer that pings without reading
+//! therefore costs a few small frames, not one per ping. Pongs go out before the other
+//! waiting frames (after a frame already partly written, which must be finished first or the
+//! peer's framing breaks).
 //!
 //! **Cost.** [`OutQueue::cost`] is what the queue holds in memory: payload bytes plus
 //! [`FRAME_COST`] per frame for its slot and allocation. The hub keeps every queue's cost in
@@ -36,14 +38,18 @@ pub(crate) const FRAME_COST: usize = 64;
 /// A deque that grew past this many slots is given back once it empties (after a burst).
 const SHRINK_SLOTS: usize = 1024;
 
+/// Most pongs waiting at once; a pong beyond them replaces the newest.
+pub(crate) const MAX_PONGS: usize = 16;
+
 /// Frames waiting for the socket.
 #[derive(Debug, Default)]
 pub(crate) struct OutQueue {
     frames: VecDeque<Bytes>,
     /// Sum of `frames[i].len()`.
     bytes: usize,
-    /// The pending pong, sent before `frames` unless the front frame is partly written.
-    pong: Option<Bytes>,
+    /// Pending pongs (at most [`MAX_PONGS`]), sent before `frames` unless the front frame is
+    /// partly written.
+    pongs: VecDeque<Bytes>,
     /// The front frame has been partly written: it must be finished before anything else
     /// goes out, or the peer's framing breaks.
     front_started: bool,
@@ -59,28 +65,32 @@ impl OutQueue {
         self.frames.push_back(frame);
     }
 
-    /// Sets the pong to send, replacing one not yet sent (§5.5.3).
-    pub(crate) fn set_pong(&mut self, pong: Bytes) {
-        if !pong.is_empty() {
-            self.pong = Some(pong);
+    /// Queues a pong; with [`MAX_PONGS`] already waiting it replaces the newest (§5.5.3).
+    pub(crate) fn push_pong(&mut self, pong: Bytes) {
+        if pong.is_empty() {
+            return;
         }
+        if self.pongs.len() >= MAX_PONGS {
+            self.pongs.pop_back();
+        }
+        self.pongs.push_back(pong);
     }
 
     /// Memory held: payload bytes plus [`FRAME_COST`] per frame.
     pub(crate) fn cost(&self) -> usize {
-        let pong = self.pong.as_ref().map_or(0, |p| p.len() + FRAME_COST);
-        self.bytes + self.frames.len() * FRAME_COST + pong
+        let pongs: usize = self.pongs.iter().map(|p| p.len() + FRAME_COST).sum();
+        self.bytes + self.frames.len() * FRAME_COST + pongs
     }
 
-    /// Frames waiting (the pong included).
+    /// Frames waiting (pongs included).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.frames.len() + usize::from(self.pong.is_some())
+        self.frames.len() + self.pongs.len()
     }
 
     /// Whether nothing waits.
     pub(crate) fn is_empty(&self) -> bool {
-        self.frames.is_empty() && self.pong.is_none()
+        self.frames.is_empty() && self.pongs.is_empty()
     }
 
     /// Drops everything queued that has not started to go out (a slow consumer being cut
@@ -93,7 +103,7 @@ impl OutQueue {
             None
         };
         self.frames.clear();
-        self.pong = None;
+        self.pongs.clear();
         self.bytes = 0;
         self.shrink();
         if let Some(front) = keep {
@@ -114,7 +124,7 @@ impl OutQueue {
         if self.front_started {
             return self.frames.front();
         }
-        self.pong.as_ref().or(self.frames.front())
+        self.pongs.front().or(self.frames.front())
     }
 
     /// The frames in the order they go out.
@@ -124,7 +134,7 @@ impl OutQueue {
         } else {
             (None, self.frames.range(..))
         };
-        first.into_iter().chain(self.pong.as_ref()).chain(rest)
+        first.into_iter().chain(self.pongs.iter()).chain(rest)
     }
 
     /// Marks `n` bytes as written, in [`OutQueue::in_order`] order: dropping frames written
@@ -133,21 +143,22 @@ impl OutQueue {
         if self.front_started {
             n = self.consume_front(n);
         }
-        if n > 0 {
-            if let Some(pong) = self.pong.as_mut() {
-                if n >= pong.len() {
-                    n -= pong.len();
-                    self.pong = None;
-                } else {
-                    // A partly written pong becomes the started front frame.
-                    pong.advance(n);
-                    if let Some(rest) = self.pong.take() {
-                        self.bytes += rest.len();
-                        self.frames.push_front(rest);
-                        self.front_started = true;
-                    }
-                    return;
+        while n > 0 {
+            let Some(pong) = self.pongs.front_mut() else {
+                break;
+            };
+            if n >= pong.len() {
+                n -= pong.len();
+                self.pongs.pop_front();
+            } else {
+                // A partly written pong becomes the started front frame.
+                pong.advance(n);
+                if let Some(rest) = self.pongs.pop_front() {
+                    self.bytes += rest.len();
+                    self.frames.push_front(rest);
+                    self.front_started = true;
                 }
+                return;
             }
         }
         while n > 0 && !self.frames.is_empty() {
@@ -200,7 +211,7 @@ impl OutQueue {
         msg.msg_iovlen = count as _;
         loop {
             // SAFETY: every iovec points into a `Bytes` owned by `self.frames` or
-            // `self.pong`, which are not touched until the call returns; MSG_NOSIGNAL turns EPIPE into an error
+            // `self.pongs`, which are not touched until the call returns; MSG_NOSIGNAL turns EPIPE into an error
             // instead of a SIGPIPE.
             let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
             if n >= 0 {
@@ -250,14 +261,26 @@ mod tests {
     }
 
     #[test]
-    fn one_pong_waits_however_many_pings_came() {
+    fn a_few_pongs_wait_however_many_pings_came() {
         let mut q = OutQueue::default();
-        for i in 0..10_000u32 {
-            q.set_pong(Bytes::from(i.to_be_bytes().to_vec()));
+        for i in 0..10u8 {
+            q.push_pong(Bytes::from(vec![i]));
         }
-        assert_eq!(q.len(), 1);
-        assert_eq!(q.cost(), 4 + FRAME_COST);
-        assert_eq!(drain(&mut q), 9_999u32.to_be_bytes());
+        assert_eq!(
+            drain(&mut q),
+            (0..10).collect::<Vec<u8>>(),
+            "each ping answered"
+        );
+        for i in 0..10_000u32 {
+            q.push_pong(Bytes::from(i.to_be_bytes().to_vec()));
+        }
+        assert_eq!(q.len(), MAX_PONGS);
+        assert_eq!(q.cost(), MAX_PONGS * (4 + FRAME_COST));
+        let mut want: Vec<u8> = (0..MAX_PONGS as u32 - 1)
+            .flat_map(u32::to_be_bytes)
+            .collect();
+        want.extend_from_slice(&9_999u32.to_be_bytes());
+        assert_eq!(drain(&mut q), want, "the first ones, then the most recent");
     }
 
     #[test]
@@ -265,13 +288,13 @@ mod tests {
         let mut q = OutQueue::default();
         q.push(Bytes::from_static(b"abc"));
         q.push(Bytes::from_static(b"de"));
-        q.set_pong(Bytes::from_static(b"P"));
+        q.push_pong(Bytes::from_static(b"P"));
         assert_eq!(drain(&mut q), b"Pabcde");
 
         q.push(Bytes::from_static(b"abc"));
         q.push(Bytes::from_static(b"de"));
         q.consume(1);
-        q.set_pong(Bytes::from_static(b"PQ"));
+        q.push_pong(Bytes::from_static(b"PQ"));
         assert_eq!(drain(&mut q), b"bcPQde");
     }
 
@@ -279,10 +302,10 @@ mod tests {
     fn a_half_written_pong_is_finished_before_anything_else() {
         let mut q = OutQueue::default();
         q.push(Bytes::from_static(b"abc"));
-        q.set_pong(Bytes::from_static(b"PQR"));
+        q.push_pong(Bytes::from_static(b"PQR"));
         q.consume(1);
         // A newer pong may not cut into the one on the wire.
-        q.set_pong(Bytes::from_static(b"XY"));
+        q.push_pong(Bytes::from_static(b"XY"));
         assert_eq!(drain(&mut q), b"QRXYabc");
         assert_eq!(q.cost(), 0);
     }
@@ -292,7 +315,7 @@ mod tests {
         let mut q = OutQueue::default();
         q.push(Bytes::from_static(b"abcdef"));
         q.push(Bytes::from_static(b"ghi"));
-        q.set_pong(Bytes::from_static(b"P"));
+        q.push_pong(Bytes::from_static(b"P"));
         q.clear();
         assert!(q.is_empty(), "nothing started: everything dropped");
         q.push(Bytes::from_static(b"abcdef"));
@@ -328,7 +351,7 @@ mod tests {
             expected.extend_from_slice(f.as_bytes());
             q.push(Bytes::from(f));
         }
-        q.set_pong(Bytes::from_static(b"PONG"));
+        q.push_pong(Bytes::from_static(b"PONG"));
         let mut written = 0;
         while !q.is_empty() {
             written += q.write_to(a.as_raw_fd()).unwrap();

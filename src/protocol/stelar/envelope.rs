@@ -11,9 +11,9 @@
 //! It runs on the structural scanner in `json.rs`, chosen by measurement
 //! (`bench/benches/envelope.rs` has the method and the table: a 100-byte chat envelope in
 //! ~120 ns against ~190 ns for serde_json and ~450 ns for simd-json) over the two other
-//! candidates kept in [`candidates`]: serde_json with a borrowed `&RawValue` for `data`
-//! (also the differential-test oracle), and simd-json (which cannot give `data`'s span and
-//! is measured only for its validation + parse cost). simd-json remains the parser for
+//! candidates, kept in `candidates` for tests and benches only: serde_json with a borrowed
+//! `&RawValue` for `data` (also the differential-test oracle), and simd-json (which cannot
+//! give `data`'s span and is measured only for its validation + parse cost). simd-json remains the parser for
 //! handlers that read `data`: [`DataParser`].
 //!
 //! Shape decisions (PROTOCOL.md §2.3, §10): the message must be an object (`null` and other
@@ -416,7 +416,9 @@ impl DataParser {
 }
 
 /// The envelope parsers that lost the measurement, kept for `bench/benches/envelope.rs` and
-/// as oracles in differential tests. Not for the hot path.
+/// as oracles in differential tests; compiled only for those (tests, and the
+/// `bench-internals` feature the bench crate turns on). Not for the hot path.
+#[cfg(any(test, feature = "bench-internals"))]
 pub mod candidates {
     use std::borrow::Cow;
     use std::fmt;
