@@ -388,7 +388,6 @@ pub(crate) async fn drive<S: Session>(
     let mut closing = false;
     let mut reading = true;
     let mut deadline: Option<std::time::Instant> = None;
-    let ping = Outgoing::new(Body::Ping);
     shared.arm_timer(client, interval);
     poll_fn(|cx| {
         let mut budget = READ_BUDGET;
@@ -422,7 +421,7 @@ pub(crate) async fn drive<S: Session>(
                     client.request_close(CloseCause::HeartbeatTimeout);
                     continue;
                 } else {
-                    hub.send_control(client, &ping);
+                    hub.send_control(client, &Outgoing::new(Body::Ping));
                     shared.arm_timer(client, interval);
                 }
             }

@@ -103,6 +103,9 @@ pub(crate) struct Client {
     input_held: Cell<usize>,
     /// Its task stopped reading until the shard's mesh overflow drains (listed once).
     waits_for_mesh: Cell<bool>,
+    /// The last write found the socket full, and the queue has not been empty since: the
+    /// peer is not keeping up right now (the output budget cuts such clients first).
+    write_blocked: Cell<bool>,
     /// The connection task's waker, set each time it parks.
     waker: RefCell<Option<Waker>>,
     /// A close the server wants; the task acts on it.
@@ -140,6 +143,7 @@ impl Client {
             behind_since: Cell::new(0),
             input_held: Cell::new(0),
             waits_for_mesh: Cell::new(false),
+            write_blocked: Cell::new(false),
             waker: RefCell::new(None),
             close: Cell::new(None),
             timer_fired: Cell::new(false),
@@ -206,6 +210,11 @@ impl Client {
     /// Partly received bytes last reported.
     pub(super) fn input_held(&self) -> &Cell<usize> {
         &self.input_held
+    }
+
+    /// Whether the last write found the socket full (see the field).
+    pub(super) fn write_blocked(&self) -> &Cell<bool> {
+        &self.write_blocked
     }
 
     /// Whether the client is listed among those waiting for the mesh overflow to drain.

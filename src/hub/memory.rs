@@ -4,7 +4,7 @@
 //! | what | bound | at the bound |
 //! |---|---|---|
 //! | one client's write queue | `limits.max_queued_bytes` of *backlog* — what is still queued after the socket took all it would — for at most `timeouts.slow_consumer_ms` | the client is disconnected as a slow consumer (WebSocket close 1008 "slow consumer", TCP ERROR), counted `slow_consumer` |
-//! | all write queues of the shard | its share of `memory.output_budget` | the clients with the largest queues are disconnected the same way, counted `output_budget`, until the shard is under 90 % of its share |
+//! | all write queues of the shard | its share of `memory.output_budget` | clients are disconnected the same way, counted `output_budget`, until the shard is under 90 % of its share: first those whose socket is full, largest queue first, then the largest queues |
 //! | a connection's own replies | a quarter of `limits.max_queued_bytes` | the connection is not read until its queue drains (TCP backpressure to the peer) |
 //! | pongs | 16 waiting per connection (`outq::MAX_PONGS`) | a newer pong replaces the newest waiting one (RFC 6455 §5.5.3) |
 //! | partly received messages of the shard (bytes received; the buffers holding them grow by doubling, so up to twice that) | its share of `memory.input_budget` | the connections holding the most are closed (1013 / TCP ERROR), counted `input_budget`, until under 90 % |

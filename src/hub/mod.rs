@@ -436,9 +436,13 @@ impl Hub {
                 Counters::add(&self.counters.writes, 1);
                 if client.queue_is_empty() {
                     client.behind_since().set(0);
+                    client.write_blocked().set(false);
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.note_backlog(client),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                client.write_blocked().set(true);
+                self.note_backlog(client);
+            }
             Err(_) => {}
         }
         r
@@ -473,8 +477,11 @@ impl Hub {
         }
     }
 
-    /// The output budget would overflow by `extra`: disconnects the open clients with the
-    /// largest queues until the shard is under 90 % of its share (or none is left to cut).
+    /// The output budget would overflow by `extra`: disconnects open clients until the shard
+    /// is under 90 % of its share (or none is left to cut): first those whose socket is full
+    /// (not keeping up), largest queue first, then the largest queues. A reader that keeps up
+    /// may hold a large queue for a moment (a burst queued within one loop turn) but its
+    /// socket takes what it is given, so it goes last.
     #[cold]
     fn relieve_output(&self, extra: usize) {
         while self.output.used() + extra > self.output.relief_target() {
@@ -483,9 +490,8 @@ impl Hub {
                 .borrow()
                 .iter()
                 .flatten()
-                .filter(|c| c.is_open())
-                .max_by_key(|c| c.queued_cost())
-                .filter(|c| c.queued_cost() > 0)
+                .filter(|c| c.is_open() && !c.queue_is_empty())
+                .max_by_key(|c| (c.write_blocked().get(), c.queued_cost()))
                 .cloned();
             let Some(victim) = victim else { break };
             tracing::warn!(
