@@ -252,7 +252,11 @@ async fn a_fast_reader_survives_a_burst_that_cuts_off_a_stalled_one() {
         }
     })
     .await;
-    // The stalled reader reads again: what it had been sent, in order, then close 1008.
+    // The stalled reader resumes late — 2.5 s after the cut, longer than the 2 s a closing
+    // connection used to be kept, after which its close frame, stuck behind the full socket,
+    // was never written and the reader saw only EOF. It reads what it had been sent, in
+    // order, then close 1008. (This wait models the late reader; nothing waits on it.)
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let frames = server_frames(&read_until_eof(&mut stalled, joined).await);
     let (last, data) = frames.split_last().expect("frames");
     assert_eq!(last.0, 8, "ends with a close frame");
