@@ -18,9 +18,9 @@ use shardcast::{server, Server};
 
 // The allocator is chosen here, in the binary, and never in the library: `#[global_allocator]`
 // in `shardcast` (the lib) would force it on every embedder, whose own binary decides. Cargo
-// features pick it at build time (PERF.md, "Memory after a burst: the allocator", has the
-// measurements): `mimalloc`, else `jemalloc`, else the system allocator (glibc malloc, which
-// keeps a burst's freed memory in its per-thread arenas instead of returning it).
+// features pick it at build time: `mimalloc`, else `jemalloc` (the default), else the system
+// allocator (glibc malloc, which kept a burst's freed memory in its per-thread arenas instead of
+// returning it). PERF.md, "Memory after a burst: the allocator", has the measurements.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
