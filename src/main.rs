@@ -16,6 +16,30 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use shardcast::config::Config;
 use shardcast::{server, Server};
 
+// The allocator is chosen here, in the binary, and never in the library: `#[global_allocator]`
+// in `shardcast` (the lib) would force it on every embedder, whose own binary decides. Cargo
+// features pick it at build time: `mimalloc`, else `jemalloc` (the default), else the system
+// allocator (glibc malloc, which kept a burst's freed memory in its per-thread arenas instead of
+// returning it). PERF.md, "Memory after a burst: the allocator", has the measurements.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options (its `malloc_conf`, read once at start-up; the `_RJEM_MALLOC_CONF`
+/// environment variable overrides them). Background threads purge freed pages on a timer, so
+/// memory goes back to the system after a burst even when the shards fall idle and call into
+/// the allocator no more. Freed ("dirty") pages are returned over about a second, not
+/// jemalloc's default ten, and with `MADV_DONTNEED` at once (`muzzy_decay_ms:0`): pages only
+/// marked `MADV_FREE` would still count in RSS until the kernel needed them.
+// A thin pointer to a NUL-terminated string: the `const char *` jemalloc reads.
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_CONF: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
+
 /// What `check-config` prints instead of the API key.
 const REDACTED: &str = "<redacted>";
 

@@ -337,6 +337,88 @@ async fn the_input_budget_closes_the_connection_holding_the_most() {
     assert!(server.metric("shardcast_input_held_bytes").await < 1024 * KIB as u64);
 }
 
+/// The server's resident set (VmRSS), read from /proc without asking the server anything: an
+/// HTTP request would make it allocate, and some allocators (mimalloc) return freed memory
+/// only when the thread that owns it calls into them again, which is not what an idle server
+/// does.
+fn vm_rss(server: &ServerProc) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+        .expect("the server's /proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
+        .expect("VmRSS in kB");
+    kb * 1024
+}
+
+/// Waits (with the harness deadline) until the server's RSS is at most `bound`; returns it.
+async fn wait_rss_at_most(server: &ServerProc, bound: u64, what: &str) -> u64 {
+    let mut last = 0;
+    let waited = tokio::time::timeout(DEADLINE, async {
+        loop {
+            last = vm_rss(server);
+            if last <= bound {
+                return last;
+            }
+            // A poll interval, not a wait for something to happen: the deadline bounds it.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|_| panic!("{what}: RSS still {last} bytes after {DEADLINE:?}"))
+}
+
+/// The allocator gives memory back: after a burst that grew RSS by more than 100 MB, once every
+/// client has gone, RSS comes back to within 32 MiB of what it was before, within the harness
+/// deadline, while the server sits idle (nothing asks it anything meanwhile). glibc malloc kept
+/// such a burst in its arenas for good (PERF.md, "Memory after a burst: the allocator"); the
+/// binary's default allocator, jemalloc, purges freed pages from background threads within
+/// about a second.
+#[tokio::test]
+async fn memory_freed_after_a_burst_goes_back_to_the_system() {
+    // Nothing is cut during the burst: the stalled member's queue holds all of it.
+    let server = ServerProc::start_with_toml(
+        "[timeouts]\nslow_consumer_ms = 600000\n[memory]\noutput_budget = 1073741824\n",
+        &["--shards", "1"],
+    );
+    let (stalled, _) = stalled_member(&server, "burst").await;
+    let (mut publisher, _) = raw_ws(server.ws, "/").await;
+    let before = vm_rss(&server);
+    // 10 000 messages of 16 KiB (160 MiB), as fast as the server reads them.
+    let publish = json!({"event": "publish",
+        "data": {"room": "burst", "event": "m", "data": "p".repeat(16 * KIB)}});
+    let frame = client_frame(1, publish.to_string().as_bytes(), true);
+    let batch: Vec<u8> = (0..100).flat_map(|_| frame.clone()).collect();
+    flood(&mut publisher, &batch, 100).await;
+    wait_metric(&server, "shardcast_output_queued_bytes", 150 * MIB).await;
+    let peak = vm_rss(&server);
+    assert!(
+        peak > before + 100 * MIB,
+        "the burst grew RSS by only {} bytes",
+        peak.saturating_sub(before)
+    );
+    // Every client goes; the server frees what it had queued for them.
+    drop(stalled);
+    drop(publisher);
+    within("every client gone", async {
+        while server
+            .metric("shardcast_connections_active{transport=\"ws\"}")
+            .await
+            > 0
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    wait_rss_at_most(
+        &server,
+        before + 32 * MIB,
+        &format!("memory back to within 32 MiB of {before} bytes after a burst to {peak}"),
+    )
+    .await;
+}
+
 /// With no --max-connections, clients may take the open-file limit less a reserve: past it
 /// they are refused ("Server full") and `/health` still answers. (Before, 288 clients against
 /// a limit of 256 descriptors ran the server out of them: connections hung unanswered.)
