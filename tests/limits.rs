@@ -307,6 +307,20 @@ async fn the_output_budget_cuts_the_stalled_readers_first() {
     assert!(grown < 48 * MIB, "RSS grew {grown} bytes");
     fast.emit("echo", json!("ok")).await;
     assert_eq!(fast.recv().await, json!({"event": "echo", "data": "ok"}));
+    // The stalled readers go: nothing stays counted for them, half-written frames included.
+    drop(stalled);
+    within("the stalled readers are gone", async {
+        loop {
+            let (_, body) = http(server.ws, "GET", "/health", &[], "").await;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if v["activeConnections"] == 2 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(server.metric("shardcast_output_queued_bytes").await, 0);
 }
 
 #[tokio::test]

@@ -351,7 +351,9 @@ impl Hub {
         self.raw_broadcast
             .borrow_mut()
             .retain(|s| *s != client.slot);
-        self.discard_queue(client);
+        // The socket is gone: everything queued goes, a partly written frame included, and
+        // leaves the output budget with it.
+        self.with_queue(client, |q| *q = OutQueue::default());
         self.set_input_held(client, 0);
         self.clients.borrow_mut()[client.slot as usize] = None;
         self.free.borrow_mut().push(client.slot);
