@@ -27,6 +27,26 @@ async fn flood(s: &mut TcpStream, batch: &[u8], times: usize) {
         .expect("the flood was written within 60 s");
 }
 
+/// Floods `s` with `batch` (pings that are never answered by reading), then checks that the
+/// server, which read (nearly) all of it, holds a few pongs for the peer and that its RSS grew
+/// by less than 16 MiB over `before`.
+async fn ping_flood(
+    server: &ServerProc,
+    s: &mut TcpStream,
+    batch: &[u8],
+    times: usize,
+    before: u64,
+) {
+    flood(s, batch, times).await;
+    let queued = server.metric("shardcast_output_queued_bytes").await;
+    assert!(queued < 4096, "queued {queued} bytes for one pinging peer");
+    let grown = rss(server).await.saturating_sub(before);
+    assert!(
+        grown < 16 * MIB,
+        "RSS grew {grown} bytes during the ping flood"
+    );
+}
+
 async fn rss(server: &ServerProc) -> u64 {
     server.metric("process_resident_memory_bytes").await
 }
@@ -113,15 +133,7 @@ async fn a_websocket_ping_flood_costs_a_few_pending_pongs() {
     let batch: Vec<u8> = (0..1000)
         .flat_map(|_| client_frame(9, &[b'p'; 125], true))
         .collect();
-    flood(&mut s, &batch, FLOOD).await;
-    // The server read (nearly) all of it: what it holds for this peer is a few pongs.
-    let queued = server.metric("shardcast_output_queued_bytes").await;
-    assert!(queued < 4096, "queued {queued} bytes for one pinging peer");
-    let grown = rss(&server).await.saturating_sub(before);
-    assert!(
-        grown < 16 * MIB,
-        "RSS grew {grown} bytes during the ping flood"
-    );
+    ping_flood(&server, &mut s, &batch, FLOOD, before).await;
     witness.emit("echo", json!("still here")).await;
     assert_eq!(
         witness.recv().await,
@@ -143,14 +155,7 @@ async fn a_tcp_ping_flood_costs_a_few_pending_pongs() {
     let batch: Vec<u8> = (0..10_000)
         .flat_map(|_| [0u8, 0, 0, 7, 0x03, 0, 0])
         .collect();
-    flood(&mut s, &batch, FLOOD).await;
-    let queued = server.metric("shardcast_output_queued_bytes").await;
-    assert!(queued < 4096, "queued {queued} bytes for one pinging peer");
-    let grown = rss(&server).await.saturating_sub(before);
-    assert!(
-        grown < 16 * MIB,
-        "RSS grew {grown} bytes during the ping flood"
-    );
+    ping_flood(&server, &mut s, &batch, FLOOD, before).await;
     witness.emit("echo", &json!(1)).await;
     assert_eq!(witness.recv_json().await, ("echo".to_owned(), json!(1)));
 }
