@@ -19,6 +19,7 @@ pub(crate) mod hub;
 #[doc(hidden)]
 pub mod internals;
 pub mod protocol;
+pub(crate) mod reload;
 pub mod server;
 pub(crate) mod stats;
 

@@ -120,6 +120,9 @@ pub(crate) struct Client {
     meta: RefCell<Vec<(String, String)>>,
     /// The WebSocket upgrade request, when there was one.
     request: RefCell<Option<Rc<RequestInfo>>>,
+    /// The authenticated user, once known (set through `Hub::set_user`).
+    #[allow(dead_code)]
+    user: RefCell<Option<Rc<str>>>,
 }
 
 impl Client {
@@ -151,7 +154,18 @@ impl Client {
             rooms: RefCell::new(Vec::new()),
             meta: RefCell::new(Vec::new()),
             request: RefCell::new(None),
+            user: RefCell::new(None),
         }
+    }
+
+    /// The authenticated user id, if any.
+    #[allow(dead_code)] // Read by the user index (issue 9) as it lands.
+    pub(crate) fn user(&self) -> Option<Rc<str>> {
+        self.user.borrow().clone()
+    }
+    /// Records the user (hub only: the hub keeps its user index in step).
+    pub(super) fn set_user_field(&self, user: Option<Rc<str>>) {
+        *self.user.borrow_mut() = user;
     }
 
     /// Transport.

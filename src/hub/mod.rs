@@ -276,6 +276,12 @@ impl Hub {
     pub(crate) fn config(&self) -> &Arc<Config> {
         &self.config
     }
+    /// Records that `client` is `user` (from authentication). The per-shard user index and
+    /// the per-user connection cap hang off this one call.
+    #[allow(dead_code)] // Called by authentication (issue 9) as it lands.
+    pub(crate) fn set_user(&self, client: &Client, user: Rc<str>) {
+        client.set_user_field(Some(user));
+    }
     /// The shard's timers (keyed by client id).
     pub(crate) fn timers(&self) -> &Timers<ClientId> {
         &self.timers
