@@ -32,6 +32,11 @@ pub struct Config {
     /// Turns the HTTP API on without a key: anyone who can reach the port may publish and
     /// broadcast (member listings still need a key). For local use; a warning is logged.
     pub api_insecure: bool,
+    /// More API keys, each accepted like `api_key` (several at once let a key be rotated:
+    /// add the new one, move the backends, remove the old one; a reload applies the list).
+    /// `api_key` and these are all valid together.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<String>,
     /// Origins (`scheme://host[:port]`, exactly as browsers send them) whose pages may call
     /// the API from a browser (CORS). Other origins get no CORS headers.
     pub api_cors_origins: Vec<String>,
@@ -76,6 +81,11 @@ pub struct Limits {
     pub max_http_head: usize,
     /// Largest HTTP request body (the publish API), in bytes.
     pub max_http_body: usize,
+    /// Most connections one user (the id authentication gives a connection) may hold in the
+    /// whole process; the next is refused (close 4003 / ERROR "too many connections for this
+    /// user"). 0 = unlimited. Read when a connection is given its user, so a reload applies
+    /// to the next one.
+    pub max_connections_per_user: usize,
 }
 
 /// Heartbeats and timeouts, in milliseconds in the file.
@@ -150,6 +160,7 @@ impl Default for Config {
             bench_endpoints: false,
             api_key: None,
             api_insecure: false,
+            api_keys: Vec::new(),
             api_cors_origins: Vec::new(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -182,6 +193,7 @@ impl Default for Limits {
             max_queued_bytes: 4 * 1024 * 1024,
             max_http_head: 8 * 1024,
             max_http_body: 1024 * 1024,
+            max_connections_per_user: 0,
         }
     }
 }
@@ -285,6 +297,15 @@ impl Config {
         }
     }
 
+    /// Every API key the server accepts (`api_key` and `api_keys`); none = the API is off
+    /// unless `api_insecure`.
+    pub fn all_api_keys(&self) -> impl Iterator<Item = &str> {
+        self.api_key
+            .iter()
+            .chain(&self.api_keys)
+            .map(String::as_str)
+    }
+
     /// Heartbeat interval.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.timeouts.heartbeat_interval_ms)
@@ -360,6 +381,19 @@ impl Config {
                 return bad(
                     "api_cors_origins",
                     format!("`{origin}` is not an origin like https://app.example.com[:port]"),
+                );
+            }
+        }
+        for key in self.all_api_keys() {
+            // Sent in a header: visible ASCII only.
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return bad(
+                    if self.api_key.as_deref() == Some(key) {
+                        "api_key"
+                    } else {
+                        "api_keys"
+                    },
+                    "an API key must be non-empty visible ASCII (no spaces)",
                 );
             }
         }
@@ -477,6 +511,7 @@ mod tests {
             bench_endpoints: true,
             api_key: None,
             api_insecure: true,
+            api_keys: Vec::new(),
             api_cors_origins: vec!["https://app.example".to_owned()],
             limits: Limits {
                 max_connections: 1,
@@ -488,6 +523,7 @@ mod tests {
                 max_queued_bytes: 70_000,
                 max_http_head: 8000,
                 max_http_body: 9000,
+                max_connections_per_user: 11,
             },
             timeouts: Timeouts {
                 heartbeat_interval_ms: 10,

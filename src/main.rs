@@ -97,15 +97,17 @@ struct ServeArgs {
         require_equals = true, default_missing_value = "true")]
     bench_endpoints: Option<bool>,
     /// Turn the HTTP API (/api/*) on for requests carrying this key: `Authorization: Bearer
-    /// KEY` or `X-API-Key: KEY`; without one the API is off unless --api-insecure
-    /// [default: none].
+    /// KEY` or `X-API-Key: KEY`; repeat the flag or separate keys with commas to accept
+    /// several (rotation); replaces the file's `api_key` and `api_keys`. Without a key the API
+    /// is off unless --api-insecure [default: none].
     #[arg(
         long,
         env = "SHARDCAST_API_KEY",
         hide_env_values = true,
-        value_name = "KEY"
+        value_name = "KEY",
+        value_delimiter = ','
     )]
-    api_key: Option<String>,
+    api_key: Option<Vec<String>>,
     /// Turn the HTTP API on without a key: anyone who can reach the port may publish and
     /// broadcast (member listings still need a key); for local use [default: false].
     #[arg(long, env = "SHARDCAST_API_INSECURE", value_name = "BOOL", num_args = 0..=1,
@@ -153,6 +155,11 @@ struct ServeArgs {
     /// Largest HTTP request body (the publish API), in bytes [default: 1048576].
     #[arg(long, env = "SHARDCAST_MAX_HTTP_BODY", value_name = "BYTES")]
     max_http_body: Option<usize>,
+    /// Most connections one user (the id authentication gives a connection) may hold in the
+    /// whole process; the next is refused with close 4003 / ERROR "too many connections for
+    /// this user"; 0 = unlimited [default: 0].
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS_PER_USER", value_name = "N")]
+    max_connections_per_user: Option<usize>,
 
     /// How often the server pings a client, in milliseconds [default: 30000].
     #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
@@ -255,8 +262,10 @@ impl ServeArgs {
         }
         set(&mut c.shards, &self.shards);
         set(&mut c.bench_endpoints, &self.bench_endpoints);
-        if let Some(v) = &self.api_key {
-            c.api_key = Some(v.clone());
+        if let Some(keys) = &self.api_key {
+            let mut keys = keys.iter().filter(|k| !k.is_empty()).cloned();
+            c.api_key = keys.next();
+            c.api_keys = keys.collect();
         }
         set(&mut c.api_insecure, &self.api_insecure);
         set(&mut c.api_cors_origins, &self.api_cors_origins);
@@ -270,6 +279,10 @@ impl ServeArgs {
         set(&mut l.max_queued_bytes, &self.max_queued_bytes);
         set(&mut l.max_http_head, &self.max_http_head);
         set(&mut l.max_http_body, &self.max_http_body);
+        set(
+            &mut l.max_connections_per_user,
+            &self.max_connections_per_user,
+        );
         let t = &mut c.timeouts;
         set(&mut t.heartbeat_interval_ms, &self.heartbeat_interval_ms);
         set(&mut t.heartbeat_timeout_ms, &self.heartbeat_timeout_ms);
@@ -305,6 +318,9 @@ fn printable_config(config: &Config) -> Result<String, String> {
     let mut shown = config.clone();
     if shown.api_key.is_some() {
         shown.api_key = Some(REDACTED.to_owned());
+    }
+    for key in &mut shown.api_keys {
+        *key = REDACTED.to_owned();
     }
     let toml = toml::to_string_pretty(&shown).map_err(|e| e.to_string())?;
     Ok(format!(
@@ -568,6 +584,7 @@ mod tests {
             "--shards=2",
             "--bench-endpoints",
             "--api-key=k",
+            "--api-key=k2,k3",
             "--api-insecure",
             "--api-cors-origin=https://a.example",
             "--api-cors-origin=http://b.example:8080",
@@ -580,6 +597,7 @@ mod tests {
             "--max-queued-bytes=70000",
             "--max-http-head=2048",
             "--max-http-body=3000",
+            "--max-connections-per-user=12",
             "--heartbeat-interval-ms=100",
             "--heartbeat-timeout-ms=200",
             "--handshake-timeout-ms=300",
@@ -604,6 +622,7 @@ mod tests {
             shards = 2
             bench_endpoints = true
             api_key = "k"
+            api_keys = ["k2", "k3"]
             api_insecure = true
             api_cors_origins = ["https://a.example", "http://b.example:8080"]
             [limits]
@@ -616,6 +635,7 @@ mod tests {
             max_queued_bytes = 70000
             max_http_head = 2048
             max_http_body = 3000
+            max_connections_per_user = 12
             [timeouts]
             heartbeat_interval_ms = 100
             heartbeat_timeout_ms = 200

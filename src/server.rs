@@ -108,7 +108,9 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
     };
     let clients = Arc::new(AtomicUsize::new(0));
     let budgets = memory_budgets(&config);
-    if config.api_key.is_none() && config.api_insecure {
+    // Connections per user, process-wide (`hub/users.rs`): shared by every shard's hub.
+    let user_counts = Arc::new(crate::hub::users::UserCounts::default());
+    if config.all_api_keys().next().is_none() && config.api_insecure {
         tracing::warn!(
             port = config.port,
             "the HTTP API is on without a key (api_insecure): anyone who can reach this port \
@@ -120,7 +122,8 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
         let config = config.clone();
         let clients = clients.clone();
         let limits = shard_limits(&config, budgets, shard.count());
-        async move { run_shard(shard, app, config, clients, limits).await }
+        let user_counts = user_counts.clone();
+        async move { run_shard(shard, app, config, clients, limits, user_counts).await }
     })?;
     let ws = runtime
         .bound_addr("ws")
@@ -169,17 +172,21 @@ async fn run_shard(
     config: Arc<Config>,
     clients: Arc<AtomicUsize>,
     limits: ShardLimits,
+    user_counts: Arc<crate::hub::users::UserCounts>,
 ) {
     let (timers, mut expirations) = shard.timers::<ClientId>();
-    let hub = Rc::new(Hub::new(
-        shard.id() as u16,
-        shard.count() as u16,
-        config,
-        shard.mesh().clone(),
-        timers,
-        clients,
-        limits,
-    ));
+    let hub = Rc::new(
+        Hub::new(
+            shard.id() as u16,
+            shard.count() as u16,
+            config,
+            shard.mesh().clone(),
+            timers,
+            clients,
+            limits,
+        )
+        .with_user_counts(user_counts),
+    );
     let shared = Rc::new(Shared::new(hub.clone(), app));
 
     // The mesh inbox.

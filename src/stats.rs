@@ -112,6 +112,7 @@ impl Counters {
             refused: self.refused.borrow().clone(),
             dropped: self.dropped.borrow().clone(),
             rooms: 0,
+            users: 0,
             shards: 1,
             memory: MemoryGauges::default(),
         }
@@ -178,6 +179,8 @@ pub(crate) struct Snapshot {
     pub dropped: BTreeMap<&'static str, u64>,
     /// Rooms in the process (a gauge: the reader sets it, merge keeps the largest view).
     pub rooms: u64,
+    /// Distinct users with a connection in the process (a gauge like `rooms`).
+    pub users: u64,
     /// Shards summed.
     pub shards: u64,
     /// Memory gauges, summed.
@@ -209,6 +212,7 @@ impl Snapshot {
         merge_map(&mut self.refused, &o.refused);
         merge_map(&mut self.dropped, &o.dropped);
         self.rooms = self.rooms.max(o.rooms);
+        self.users = self.users.max(o.users);
         self.shards += o.shards;
         self.memory.merge(&o.memory);
     }
@@ -412,6 +416,11 @@ pub(crate) fn prometheus_text(s: &Snapshot, p: &Process) -> String {
         out,
         "# HELP shardcast_rooms Rooms with at least one member.\n# TYPE shardcast_rooms gauge\nshardcast_rooms {}",
         s.rooms
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_users Distinct users (authenticated ids) with a connection.\n# TYPE shardcast_users gauge\nshardcast_users {}",
+        s.users
     );
     let _ = writeln!(
         out,

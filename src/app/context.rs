@@ -14,6 +14,7 @@ use super::{App, Json};
 use crate::hub::client::{Client, CloseCause, RequestInfo};
 use crate::hub::id::ClientId;
 use crate::hub::outgoing::Outgoing;
+use crate::hub::users::UserRefusal;
 use crate::hub::{Hub, JoinRefusal};
 use crate::protocol::stelar::names;
 use crate::stats::Transport;
@@ -79,6 +80,32 @@ impl Context {
     /// Sets a metadata value.
     pub fn set_meta(&self, key: &str, value: impl Into<String>) {
         self.client.set_meta(key, value.into());
+    }
+
+    /// The user this connection belongs to, once authentication (or [`Context::set_user`])
+    /// gave it one.
+    pub fn user(&self) -> Option<String> {
+        self.client.user().map(|u| u.to_string())
+    }
+
+    /// Attaches this connection to `user` (an embedder's own authentication, from a
+    /// middleware): it then receives what is sent to the user ([`Context::to_user`], the
+    /// relay's `direct` with `user`, `POST /api/send` with `user`) and counts against
+    /// `limits.max_connections_per_user`. Refused when the user is at that cap
+    /// ([`UserRefusal::TooManyConnections`]) or the id is not 1-256 bytes; a middleware then
+    /// refuses the client, e.g. with `Reject { code: refusal.close_code(), reason:
+    /// refusal.to_string() }` (4003 "too many connections for this user").
+    pub fn set_user(&self, user: &str) -> Result<(), UserRefusal> {
+        self.hub.set_user(&self.client, Rc::from(user))
+    }
+
+    /// Messages to every connection of `user`, on every shard, excluding this client.
+    pub fn to_user(&self, user: &str) -> UserTarget<'_> {
+        UserTarget {
+            hub: &self.hub,
+            user: user.to_owned(),
+            exclude: Some(self.client.id),
+        }
     }
 
     /// The WebSocket upgrade request (path, query, headers); `None` for TCP clients.
@@ -220,6 +247,40 @@ impl RoomTarget<'_> {
     }
 }
 
+/// Messages to every connection of one user.
+pub struct UserTarget<'a> {
+    hub: &'a Hub,
+    user: String,
+    exclude: Option<ClientId>,
+}
+
+impl UserTarget<'_> {
+    /// Also deliver to the sender (when it is one of the user's connections).
+    pub fn including_sender(mut self) -> Self {
+        self.exclude = None;
+        self
+    }
+
+    /// Sends `event` with JSON data to the user's connections. Returns local deliveries
+    /// (connections on other shards get it by message).
+    pub fn emit(&self, event: &str, data: &Json) -> Result<usize, SendError> {
+        check_name(event)?;
+        Ok(self.hub.to_user(
+            &self.user,
+            Outgoing::event(event, Some(data.0.clone())),
+            self.exclude,
+        ))
+    }
+
+    /// Sends a binary message to the user's connections.
+    pub fn emit_binary(&self, event: &str, payload: Bytes) -> Result<usize, SendError> {
+        check_name(event)?;
+        Ok(self
+            .hub
+            .to_user(&self.user, Outgoing::binary(event, payload), self.exclude))
+    }
+}
+
 /// Server-wide sends.
 pub struct Emit<'a> {
     hub: &'a Hub,
@@ -257,6 +318,15 @@ impl Emit<'_> {
         RoomTarget {
             hub: self.hub,
             room: room.to_owned(),
+            exclude: None,
+        }
+    }
+
+    /// To every connection of a user, wherever they are.
+    pub fn to_user(&self, user: &str) -> UserTarget<'_> {
+        UserTarget {
+            hub: self.hub,
+            user: user.to_owned(),
             exclude: None,
         }
     }

@@ -120,11 +120,15 @@ pub(crate) enum RequestError {
     InvalidEventName,
     /// `room` is missing, empty, too long or not a string.
     InvalidRoom,
-    /// `to` is not a client id.
+    /// `to` is not a client id (and there is no `user`).
     InvalidTo,
+    /// `user` is not a string of 1-256 bytes.
+    InvalidUser,
     /// No client with the id `to` is connected (HTTP API; relay senders are told by the
     /// shard that found out, with the id).
     UnknownClient,
+    /// No connection of the user `user` is connected (HTTP API).
+    UnknownUser,
 }
 
 impl RequestError {
@@ -134,10 +138,12 @@ impl RequestError {
             RequestError::NotJson
             | RequestError::NotObject
             | RequestError::EventNotString
-            | RequestError::InvalidTo => "invalid_data",
+            | RequestError::InvalidTo
+            | RequestError::InvalidUser => "invalid_data",
             RequestError::InvalidEventName => "invalid_event_name",
             RequestError::InvalidRoom => "invalid_room",
             RequestError::UnknownClient => "unknown_client",
+            RequestError::UnknownUser => "unknown_user",
         }
     }
 
@@ -153,8 +159,10 @@ impl RequestError {
             RequestError::InvalidRoom => {
                 "room must be a non-empty string of at most max_room_name bytes"
             }
-            RequestError::InvalidTo => "to must be a client id",
+            RequestError::InvalidTo => "to must be a client id (or user a user id)",
+            RequestError::InvalidUser => "user must be a string of 1-256 bytes",
             RequestError::UnknownClient => "no client with this id is connected",
+            RequestError::UnknownUser => "no connection of this user is connected",
         }
     }
 
@@ -168,13 +176,15 @@ impl RequestError {
             RequestError::InvalidRoom => "request_invalid_room",
             RequestError::InvalidTo => "request_invalid_to",
             RequestError::UnknownClient => "request_unknown_client",
+            RequestError::InvalidUser => "request_invalid_user",
+            RequestError::UnknownUser => "request_unknown_user",
         }
     }
 
     /// The HTTP API's answer.
     pub(crate) fn status(self) -> StatusCode {
         match self {
-            RequestError::UnknownClient => StatusCode::NOT_FOUND,
+            RequestError::UnknownClient | RequestError::UnknownUser => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_REQUEST,
         }
     }

@@ -26,11 +26,12 @@ use std::sync::Arc;
 
 use ahash::HashMap;
 
-pub use context::{Context, Emit, RoomTarget};
+pub use context::{Context, Emit, RoomTarget, UserTarget};
 pub use payload::{Json, Payload, PayloadError};
 
 pub use crate::hub::client::{CloseCause, RequestInfo};
 pub use crate::hub::id::ClientId;
+pub use crate::hub::users::UserRefusal;
 pub use crate::hub::JoinRefusal;
 pub use crate::stats::Transport;
 

@@ -8,6 +8,7 @@
 //! | `publish` | `{"room": R, "event": E, "data": D}` | every other member of R receives `{"event": E, "data": D}` |
 //! | `broadcast` | `{"event": E, "data": D}` | every other client receives it |
 //! | `direct` | `{"to": ID, "event": E, "data": D}` | client ID receives it, wherever it is |
+//! | `direct` | `{"user": U, "event": E, "data": D}` | every connection of user U (but the sender's) receives it, on every shard |
 //! | `echo` | D | the sender receives `{"event": "echo", "data": D}` |
 //!
 //! ACKs: `echo` (returns its data), `time` (server clock, ms since the epoch), `whoami` (the
@@ -27,6 +28,7 @@ use super::dispatch::{send_ack_reply, spawn_handler, AckRequest, Data, Env};
 use super::error::{ClientError, RequestError};
 use crate::hub::id::ClientId;
 use crate::hub::outgoing::Outgoing;
+use crate::hub::users::MAX_USER_ID;
 use crate::hub::Hub;
 use crate::protocol::stelar::{names, Members};
 
@@ -50,6 +52,8 @@ pub(crate) enum Target {
     All,
     /// One client.
     Client(ClientId),
+    /// Every connection of a user.
+    User(String),
 }
 
 /// A checked publish / broadcast / send request: its target and its message.
@@ -62,8 +66,8 @@ pub(crate) struct Request {
 impl Request {
     /// Checks a request object — `text` is its JSON, `members` its routing members — and
     /// builds the message: `event` must be a name stelar clients accept, `room` (publish) a
-    /// non-empty string of at most `max_room` bytes, `to` (send) a client id; `data` goes
-    /// out verbatim.
+    /// non-empty string of at most `max_room` bytes, `to` (send) a client id or else `user`
+    /// a user id of 1-256 bytes; `data` goes out verbatim.
     pub(crate) fn parse(
         kind: Kind,
         text: &Bytes,
@@ -79,6 +83,10 @@ impl Request {
                 _ => return Err(RequestError::InvalidRoom),
             },
             Kind::Broadcast => Target::All,
+            Kind::Send if m.to(text).is_none() && m.has_user() => match m.user(text) {
+                Some(u) if !u.is_empty() && u.len() <= MAX_USER_ID => Target::User(u.into_owned()),
+                _ => return Err(RequestError::InvalidUser),
+            },
             Kind::Send => {
                 let to = m.to(text).and_then(|t| ClientId::parse(t.as_bytes()));
                 Target::Client(to.ok_or(RequestError::InvalidTo)?)
@@ -103,6 +111,9 @@ impl Request {
             }
             Target::Client(to) => {
                 hub.direct(to, self.msg, from);
+            }
+            Target::User(user) => {
+                hub.to_user(&user, self.msg, from);
             }
         }
     }
@@ -253,6 +264,10 @@ mod tests {
             parse(Kind::Send, text).unwrap().target,
             Target::Client(_)
         ));
+        assert!(matches!(
+            parse(Kind::Send, r#"{"user":"u-1","event":"e"}"#).unwrap().target,
+            Target::User(u) if u == "u-1"
+        ));
         for (kind, text, want) in [
             (Kind::Publish, "[1]", RequestError::NotObject),
             (Kind::Publish, "{", RequestError::NotJson),
@@ -293,6 +308,16 @@ mod tests {
                 RequestError::InvalidTo,
             ),
             (Kind::Send, r#"{"event":"e"}"#, RequestError::InvalidTo),
+            (
+                Kind::Send,
+                r#"{"user":"","event":"e"}"#,
+                RequestError::InvalidUser,
+            ),
+            (
+                Kind::Send,
+                r#"{"user":7,"event":"e"}"#,
+                RequestError::InvalidUser,
+            ),
         ] {
             assert_eq!(parse(kind, text).unwrap_err(), want, "{text}");
         }

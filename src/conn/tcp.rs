@@ -147,7 +147,7 @@ impl Session for TcpSession {
     }
 
     fn begin_close(&mut self, cause: CloseCause, client: &Client, hub: &Hub) {
-        hub.send_control(client, &Outgoing::closing(cause));
+        hub.send_control(client, &Outgoing::closing_for(client, cause));
         self.done = true;
     }
 

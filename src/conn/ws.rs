@@ -372,7 +372,7 @@ impl Session for WsSession {
             self.failed = true;
         }
         if self.decoder.phase() == ClosePhase::Open {
-            hub.send_control(client, &Outgoing::closing(cause));
+            hub.send_control(client, &Outgoing::closing_for(client, cause));
             self.decoder.handle_close_sent();
         }
     }

@@ -51,6 +51,12 @@ pub enum CloseCause {
         /// Reason (static so closing builds no strings).
         reason: &'static str,
     },
+    /// A backend asked for it over the HTTP API (`POST /api/disconnect`), with a close code;
+    /// the reason it gave is the client's `close_reason`.
+    Disconnected {
+        /// WebSocket close code.
+        code: u16,
+    },
 }
 
 impl CloseCause {
@@ -64,6 +70,7 @@ impl CloseCause {
             CloseCause::HandshakeTimeout => "handshake_timeout",
             CloseCause::Shutdown => "shutdown",
             CloseCause::Kicked { .. } => "kicked",
+            CloseCause::Disconnected { .. } => "api_disconnect",
         }
     }
 }
@@ -121,8 +128,9 @@ pub(crate) struct Client {
     /// The WebSocket upgrade request, when there was one.
     request: RefCell<Option<Rc<RequestInfo>>>,
     /// The authenticated user, once known (set through `Hub::set_user`).
-    #[allow(dead_code)]
     user: RefCell<Option<Rc<str>>>,
+    /// The reason a backend gave with `POST /api/disconnect` ([`CloseCause::Disconnected`]).
+    close_reason: RefCell<Option<Box<str>>>,
 }
 
 impl Client {
@@ -155,17 +163,26 @@ impl Client {
             meta: RefCell::new(Vec::new()),
             request: RefCell::new(None),
             user: RefCell::new(None),
+            close_reason: RefCell::new(None),
         }
     }
 
     /// The authenticated user id, if any.
-    #[allow(dead_code)] // Read by the user index (issue 9) as it lands.
     pub(crate) fn user(&self) -> Option<Rc<str>> {
         self.user.borrow().clone()
     }
     /// Records the user (hub only: the hub keeps its user index in step).
     pub(super) fn set_user_field(&self, user: Option<Rc<str>>) {
         *self.user.borrow_mut() = user;
+    }
+
+    /// Sets the reason sent with a [`CloseCause::Disconnected`] close.
+    pub(crate) fn set_close_reason(&self, reason: &str) {
+        *self.close_reason.borrow_mut() = Some(reason.into());
+    }
+    /// The reason set by [`Client::set_close_reason`], if any.
+    pub(crate) fn close_reason(&self) -> Option<Box<str>> {
+        self.close_reason.borrow().clone()
     }
 
     /// Transport.

@@ -16,6 +16,7 @@ pub(crate) mod memory;
 pub(crate) mod outgoing;
 pub(crate) mod outq;
 pub(crate) mod rooms;
+pub(crate) mod users;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -41,6 +42,7 @@ use memory::{Budget, ShardLimits};
 use outgoing::{Compressors, Outgoing, WsForm};
 use outq::{OutQueue, FRAME_COST};
 use rooms::{Interest, Join, Leave, Rooms};
+use users::{UserCounts, UserIndex, UserRefusal, MAX_USER_ID};
 
 /// Everything one shard says to another.
 #[derive(Debug)]
@@ -78,6 +80,15 @@ pub(crate) enum ShardMsg {
         msg: Arc<Outgoing>,
         /// The sending client, told with a `server:error` if `to` is gone.
         from: Option<ClientId>,
+    },
+    /// Deliver to the local connections of a user.
+    User {
+        /// The user id.
+        user: Arc<str>,
+        /// The message.
+        msg: Arc<Outgoing>,
+        /// A client not to deliver to (the sender).
+        exclude: Option<ClientId>,
     },
     /// A direct message from `from` found no client `to`.
     DirectFailed {
@@ -119,6 +130,7 @@ impl ShardMsg {
             ShardMsg::Room { msg, .. }
             | ShardMsg::All { msg, .. }
             | ShardMsg::Direct { msg, .. }
+            | ShardMsg::User { msg, .. }
             | ShardMsg::RawBroadcast { msg, .. } => msg.payload_len(),
             ShardMsg::Interest(_)
             | ShardMsg::InterestAck { .. }
@@ -147,6 +159,33 @@ pub(crate) enum Query {
         /// The message.
         msg: Arc<Outgoing>,
     },
+    /// Deliver to the local connections of a user, answering how many got it (the HTTP
+    /// API's send to a user, which answers 404 when none did).
+    DeliverUser {
+        /// The user id.
+        user: Arc<str>,
+        /// The message.
+        msg: Arc<Outgoing>,
+    },
+    /// Close a local client, or every local connection of a user (the HTTP API's
+    /// disconnect), answering how many were closed.
+    Disconnect {
+        /// Whom.
+        target: DisconnectTarget,
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason (TCP: the ERROR frame's text).
+        reason: Arc<str>,
+    },
+}
+
+/// Whom [`Query::Disconnect`] closes.
+#[derive(Debug, Clone)]
+pub(crate) enum DisconnectTarget {
+    /// One client.
+    Client(ClientId),
+    /// Every connection of a user.
+    User(Arc<str>),
 }
 
 /// One shard's answer to a [`Query`].
@@ -156,10 +195,14 @@ pub(crate) enum Reply {
     Stats(Box<Snapshot>),
     /// `(room, local members)`.
     Rooms(Vec<(String, usize)>),
-    /// Member ids.
-    Members(Vec<ClientId>),
+    /// Member ids, each with its user id if it has one.
+    Members(Vec<(ClientId, Option<Box<str>>)>),
     /// Whether the recipient of a [`Query::Deliver`] was connected (and got the message).
     Delivered(bool),
+    /// How many local connections a [`Query::DeliverUser`] reached.
+    DeliveredTo(usize),
+    /// How many local connections a [`Query::Disconnect`] closed.
+    Disconnected(usize),
 }
 
 /// Why a join was refused.
@@ -227,6 +270,11 @@ pub(crate) struct Hub {
     /// Open clients in the whole process (shared by every shard's hub; one relaxed add per
     /// connect and disconnect), for `limits.max_connections`.
     process_clients: Arc<std::sync::atomic::AtomicUsize>,
+    /// This shard's connections by user (`users.rs`).
+    users: RefCell<UserIndex>,
+    /// Connections per user in the whole process (shared by every shard's hub), for
+    /// `limits.max_connections_per_user`.
+    user_counts: Arc<UserCounts>,
 }
 
 impl Hub {
@@ -265,23 +313,64 @@ impl Hub {
             gathers: RefCell::new(ahash::HashMap::default()),
             next_gather: Cell::new(1),
             process_clients,
+            users: RefCell::new(UserIndex::default()),
+            user_counts: Arc::default(),
         }
+    }
+
+    /// Shares `counts` (one per process, given to every shard's hub) for the per-user cap.
+    pub(crate) fn with_user_counts(mut self, counts: Arc<UserCounts>) -> Hub {
+        self.user_counts = counts;
+        self
     }
 
     /// This shard's index.
     pub(crate) fn shard(&self) -> u16 {
         self.shard
     }
+    /// How many shards the process runs.
+    pub(crate) fn shards(&self) -> u16 {
+        self.shards
+    }
     /// The configuration.
     pub(crate) fn config(&self) -> &Arc<Config> {
         &self.config
     }
-    /// Records that `client` is `user` (from authentication). The per-shard user index and
-    /// the per-user connection cap hang off this one call.
-    #[allow(dead_code)] // Called by authentication (issue 9) as it lands.
-    pub(crate) fn set_user(&self, client: &Client, user: Rc<str>) {
+    /// Records that `client` is `user` (from authentication or an embedder's middleware):
+    /// the single entry that keeps the shard's user index and the process-wide count per
+    /// user in step. Refused when the user already holds `limits.max_connections_per_user`
+    /// connections in the process (read now, so a reload applies to the next connection), or
+    /// when the id is empty or too long; the caller closes the connection (4003 / ERROR).
+    /// Giving a client the user it has is a no-op; another user replaces it.
+    pub(crate) fn set_user(&self, client: &Client, user: Rc<str>) -> Result<(), UserRefusal> {
+        if user.is_empty() || user.len() > MAX_USER_ID {
+            self.counters.refuse(UserRefusal::InvalidUserId.label());
+            return Err(UserRefusal::InvalidUserId);
+        }
+        let old = client.user();
+        if old.as_deref() == Some(&*user) {
+            return Ok(());
+        }
+        let cap = self.config.limits.max_connections_per_user;
+        if let Err(e) = self.user_counts.acquire(&user, cap) {
+            self.counters.refuse(e.label());
+            return Err(e);
+        }
+        if let Some(old) = old {
+            self.release_user(client, &old);
+        }
+        self.users.borrow_mut().insert(&user, client.slot);
         client.set_user_field(Some(user));
+        Ok(())
     }
+
+    /// Takes `user` off `client` in the index and the process-wide count.
+    fn release_user(&self, client: &Client, user: &str) {
+        self.users.borrow_mut().remove(user, client.slot);
+        self.user_counts.release(user);
+        client.set_user_field(None);
+    }
+
     /// The shard's timers (keyed by client id).
     pub(crate) fn timers(&self) -> &Timers<ClientId> {
         &self.timers
@@ -338,6 +427,9 @@ impl Hub {
             .is_some_and(|c| c.id == client.id);
         if !opened {
             return;
+        }
+        if let Some(user) = client.user() {
+            self.release_user(client, &user);
         }
         if was_open {
             self.process_clients
@@ -809,6 +901,46 @@ impl Hub {
         }
     }
 
+    /// Sends to every connection of `user` in the process: its local connections now, every
+    /// other shard by one message carrying the same encoded message (like a room publish;
+    /// which shards hold the user is known only to them). Returns local deliveries.
+    pub(crate) fn to_user(
+        &self,
+        user: &str,
+        msg: Arc<Outgoing>,
+        exclude: Option<ClientId>,
+    ) -> usize {
+        let delivered = self.deliver_user(user, &msg, exclude, false);
+        if self.shards > 1 {
+            let user: Arc<str> = Arc::from(user);
+            for shard in 0..self.shards {
+                if shard != self.shard {
+                    self.send_mesh(
+                        shard,
+                        ShardMsg::User {
+                            user: user.clone(),
+                            msg: msg.clone(),
+                            exclude,
+                        },
+                    );
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Delivers to the local connections of `user`.
+    fn deliver_user(
+        &self,
+        user: &str,
+        msg: &Outgoing,
+        exclude: Option<ClientId>,
+        remote: bool,
+    ) -> usize {
+        let slots = self.users.borrow().slots(user).to_vec();
+        self.deliver(slots.into_iter(), msg, exclude, remote)
+    }
+
     // -----------------------------------------------------------------------------------
     // Rooms
     // -----------------------------------------------------------------------------------
@@ -1005,6 +1137,9 @@ impl Hub {
                 }
                 _ => self.direct_failed(from, to),
             },
+            ShardMsg::User { user, msg, exclude } => {
+                self.deliver_user(&user, &msg, exclude, true);
+            }
             ShardMsg::DirectFailed { from, to } => self.direct_failed(Some(from), to),
             ShardMsg::RawBroadcast { msg, exclude } => self.deliver_raw(&msg, exclude, true),
             ShardMsg::Query { from, id, query } => {
@@ -1040,6 +1175,7 @@ impl Hub {
             Query::Stats => {
                 let mut s = self.counters.snapshot();
                 s.rooms = self.room_count() as u64;
+                s.users = self.user_counts.users() as u64;
                 s.memory = self.memory_gauges();
                 Reply::Stats(Box::new(s))
             }
@@ -1057,9 +1193,34 @@ impl Hub {
                     .iter()
                     .filter_map(|s| self.by_slot(*s))
                     .filter(|c| c.is_open())
-                    .map(|c| c.id)
+                    .map(|c| (c.id, c.user().map(|u| Box::from(&*u))))
                     .collect(),
             ),
+            Query::DeliverUser { user, msg } => {
+                Reply::DeliveredTo(self.deliver_user(user, msg, None, true))
+            }
+            Query::Disconnect {
+                target,
+                code,
+                reason,
+            } => {
+                let victims: Vec<Rc<Client>> = match target {
+                    DisconnectTarget::Client(id) => self.client(*id).into_iter().collect(),
+                    DisconnectTarget::User(user) => {
+                        let slots = self.users.borrow().slots(user).to_vec();
+                        slots.into_iter().filter_map(|s| self.by_slot(s)).collect()
+                    }
+                };
+                let mut n = 0;
+                for c in victims {
+                    if c.is_open() {
+                        c.set_close_reason(&reason);
+                        self.cut_off(&c, CloseCause::Disconnected { code: *code });
+                        n += 1;
+                    }
+                }
+                Reply::Disconnected(n)
+            }
             Query::Deliver { to, msg } => Reply::Delivered(match self.client(*to) {
                 Some(c) if c.is_open() => self.send_to(&c, msg),
                 _ => {

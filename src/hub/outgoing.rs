@@ -179,6 +179,19 @@ impl Outgoing {
     /// frame with the cause's code and reason, a TCP ERROR with the reason (DISCONNECT for a
     /// shutdown).
     pub(crate) fn closing(cause: CloseCause) -> Arc<Outgoing> {
+        Self::closing_with(cause, None)
+    }
+
+    /// [`Outgoing::closing`] for `client`: with the reason a backend gave, when it closed the
+    /// client over the API.
+    pub(crate) fn closing_for(client: &super::client::Client, cause: CloseCause) -> Arc<Outgoing> {
+        match cause {
+            CloseCause::Disconnected { .. } => Self::closing_with(cause, client.close_reason()),
+            _ => Self::closing(cause),
+        }
+    }
+
+    fn closing_with(cause: CloseCause, given: Option<Box<str>>) -> Arc<Outgoing> {
         let (code, reason) = match cause {
             CloseCause::SlowConsumer | CloseCause::OutputBudget => {
                 (CloseCode::POLICY, "Slow consumer")
@@ -190,10 +203,18 @@ impl Outgoing {
             CloseCause::Kicked { code, reason } => {
                 (CloseCode::new(code).unwrap_or(CloseCode::POLICY), reason)
             }
+            CloseCause::Disconnected { code } => (
+                CloseCode::new(code).unwrap_or(CloseCode::POLICY),
+                "Disconnected",
+            ),
+        };
+        let reason = match given {
+            Some(r) => Cow::Owned(r.into_string()),
+            None => Cow::Borrowed(reason),
         };
         Self::new(Body::Close {
             code: Some(code),
-            reason: Cow::Borrowed(reason),
+            reason,
             disconnect: cause == CloseCause::Shutdown,
         })
     }

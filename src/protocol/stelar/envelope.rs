@@ -143,7 +143,8 @@ fn parse_inner<const MEMBERS: bool>(
     Ok((envelope, data_members))
 }
 
-/// The members of a request object the server routes on — `room`, `event`, `data`, `to` —
+/// The members of a request object the server routes on — `room`, `event`, `data`, `to`,
+/// `user` —
 /// as spans of the text they were scanned from: the relay's `publish` / `broadcast` /
 /// `direct` data, and the HTTP API's request bodies. Duplicate keys: the last wins.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +153,7 @@ pub struct Members {
     event: Option<Value>,
     data: Option<Value>,
     to: Option<Value>,
+    user: Option<Value>,
 }
 
 impl Members {
@@ -161,6 +163,7 @@ impl Members {
             b"event" => self.event = Some(v),
             b"data" => self.data = Some(v),
             b"to" => self.to = Some(v),
+            b"user" => self.user = Some(v),
             _ => {}
         }
     }
@@ -180,6 +183,7 @@ impl Members {
             event: shift(self.event),
             data: shift(self.data),
             to: shift(self.to),
+            user: shift(self.user),
         }
     }
 
@@ -197,6 +201,16 @@ impl Members {
     /// `to`, if it is a JSON string, decoded.
     pub fn to<'a>(&self, text: &'a [u8]) -> Option<Cow<'a, str>> {
         string_member(text, self.to)
+    }
+
+    /// `user`, if it is a JSON string, decoded.
+    pub fn user<'a>(&self, text: &'a [u8]) -> Option<Cow<'a, str>> {
+        string_member(text, self.user)
+    }
+
+    /// Whether there is a `user` member (of any type).
+    pub fn has_user(&self) -> bool {
+        self.user.is_some()
     }
 
     /// Where `data`'s text lies in `text`, if there is a `data` member (any JSON value).
