@@ -76,7 +76,7 @@ fn start() -> shardcast::server::Running {
 
 /// How a WebSocket connection attempt ended: the welcome (id, user), or a close.
 enum Attempt {
-    Welcome(Ws, String, Value),
+    Welcome(Box<Ws>, String, Value),
     Closed(u16, String),
 }
 
@@ -87,7 +87,7 @@ async fn attempt(addr: SocketAddr, query: &str) -> Attempt {
             let v: Value = serde_json::from_str(&t).unwrap();
             assert_eq!(v["event"], "welcome", "{v}");
             let id = v["data"]["id"].as_str().unwrap().to_owned();
-            Attempt::Welcome(ws, id, v["data"]["user"].clone())
+            Attempt::Welcome(Box::new(ws), id, v["data"]["user"].clone())
         }
         Some(Ok(Message::Close(Some(f)))) => {
             Attempt::Closed(u16::from(f.code), f.reason.to_string())
@@ -104,7 +104,7 @@ async fn user_on_shard(addr: SocketAddr, user: &str, shard: u16) -> (Ws, String)
             Attempt::Welcome(ws, id, u) => {
                 assert_eq!(shard_of(&id), shard);
                 assert_eq!(u, json!(user), "ctx.user() after ctx.set_user");
-                return (ws, id);
+                return (*ws, id);
             }
             Attempt::Closed(4009, _) => continue,
             Attempt::Closed(code, reason) => panic!("refused: {code} {reason}"),
@@ -173,9 +173,10 @@ async fn a_user_spans_shards_is_capped_and_is_reached_and_disconnected_everywher
     assert_eq!(metric(addr, "shardcast_users").await, 1);
 
     // Another user is not affected; a TCP client logs in after connecting.
-    let Attempt::Welcome(mut bob, _, _) = attempt(addr, "user=bob").await else {
+    let Attempt::Welcome(bob, _, _) = attempt(addr, "user=bob").await else {
         panic!("bob refused");
     };
+    let mut bob = *bob;
     let mut tcp = Tcp::connect(running.tcp_addr().unwrap()).await;
     assert_eq!(tcp.recv_json().await.0, "welcome");
     tcp.emit("login", &json!("carol")).await;

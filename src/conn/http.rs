@@ -120,6 +120,18 @@ fn error_body(code: &str, message: &str) -> BytesMut {
     body
 }
 
+/// The answer to an API request whose body could not be read (too large, bad chunking), in
+/// the API's error shape; the connection closes after it.
+pub(crate) fn api_error_response(e: crate::protocol::http::HttpError) -> Bytes {
+    let status = e.status();
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "body_too_large"
+    } else {
+        "bad_request"
+    };
+    crate::protocol::http::json_response(status, &error_body(code, &e.to_string()), false)
+}
+
 /// Who may use the API, as this request presents itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Access {
@@ -513,4 +525,37 @@ async fn disconnect(x: &Exchange<'_>, body: &Bytes) -> Bytes {
     }
     let body = format!("{{\"ok\":true,\"disconnected\":{closed}}}");
     x.json(StatusCode::OK, body.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::http::HttpError;
+
+    #[test]
+    fn api_errors_have_one_shape() {
+        assert_eq!(
+            &error_body("not_found", "no \"such\" thing")[..],
+            br#"{"error":{"code":"not_found","message":"no \"such\" thing"}}"#
+        );
+        let r = api_error_response(HttpError::BodyTooLarge);
+        let text = String::from_utf8_lossy(&r);
+        assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+        assert!(text.contains("application/json"), "{text}");
+        assert!(
+            text.contains(r#"{"error":{"code":"body_too_large","message":"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_key_is_accepted_and_no_other() {
+        let keys = ["first-key", "second-key-longer"];
+        assert!(key_matches(b"first-key", keys.iter().copied()));
+        assert!(key_matches(b"second-key-longer", keys.iter().copied()));
+        assert!(!key_matches(b"first-ke", keys.iter().copied()));
+        assert!(!key_matches(b"first-keyX", keys.iter().copied()));
+        assert!(!key_matches(b"", keys.iter().copied()));
+        assert!(!key_matches(b"first-key", std::iter::empty()));
+    }
 }

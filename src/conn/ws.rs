@@ -95,10 +95,12 @@ async fn http_phase(io: &mut Io, shared: &Shared, client: &Rc<Client>) -> Option
                         return None;
                     }
                 }
+                // API callers get their errors in the API's JSON shape.
+                let api = req.path().starts_with("/api/");
                 let mut decoder = match BodyDecoder::new(kind, &shared.http_limits) {
                     Ok(d) => d,
                     Err(e) => {
-                        respond_error(io, shared, client, e).await;
+                        respond_error(io, shared, client, e, api).await;
                         return None;
                     }
                 };
@@ -111,7 +113,7 @@ async fn http_phase(io: &mut Io, shared: &Shared, client: &Rc<Client>) -> Option
                             }
                         }
                         Err(e) => {
-                            respond_error(io, shared, client, e).await;
+                            respond_error(io, shared, client, e, api).await;
                             return None;
                         }
                     }
@@ -136,11 +138,17 @@ async fn respond_error(
     shared: &Shared,
     client: &Client,
     e: crate::protocol::http::HttpError,
+    api: bool,
 ) {
     shared.hub.counters.error(e.label());
-    let mut out = BytesMut::new();
-    e.write_response(&mut out);
-    shared.hub.queue_control(client, out.freeze());
+    let response = if api {
+        http::api_error_response(e)
+    } else {
+        let mut out = BytesMut::new();
+        e.write_response(&mut out);
+        out.freeze()
+    };
+    shared.hub.queue_control(client, response);
     let _ = io.flush(client, &shared.hub).await;
 }
 

@@ -1214,7 +1214,7 @@ impl Hub {
                 let mut n = 0;
                 for c in victims {
                     if c.is_open() {
-                        c.set_close_reason(&reason);
+                        c.set_close_reason(reason);
                         self.cut_off(&c, CloseCause::Disconnected { code: *code });
                         n += 1;
                     }
