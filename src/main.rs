@@ -705,6 +705,16 @@ mod tests {
     }
 
     #[test]
+    fn check_config_redacts_every_api_key() {
+        let c = parse(&["--api-key=s3cret-one,s3cret-two"])
+            .to_config()
+            .unwrap();
+        assert_eq!(c.api_keys, ["s3cret-two"]);
+        let text = printable_config(&c).unwrap();
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
     fn check_config_redacts_the_api_key() {
         let c = parse(&["--api-key=s3cret"]).to_config().unwrap();
         let text = printable_config(&c).unwrap();

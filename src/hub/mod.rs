@@ -347,6 +347,11 @@ impl Hub {
             self.counters.refuse(UserRefusal::InvalidUserId.label());
             return Err(UserRefusal::InvalidUserId);
         }
+        // A handler may still hold a context of a connection that is gone: its slot may
+        // belong to another client by now, so it must not enter the index.
+        if client.phase() == Phase::Closing || self.client(client.id).is_none() {
+            return Err(UserRefusal::NotConnected);
+        }
         let old = client.user();
         if old.as_deref() == Some(&*user) {
             return Ok(());

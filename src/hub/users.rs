@@ -21,6 +21,9 @@ pub enum UserRefusal {
     /// The user id is empty or longer than 256 bytes.
     #[error("invalid user id (1-256 bytes)")]
     InvalidUserId,
+    /// The connection is closing or gone.
+    #[error("client is not connected")]
+    NotConnected,
 }
 
 impl UserRefusal {
@@ -29,6 +32,7 @@ impl UserRefusal {
         match self {
             UserRefusal::TooManyConnections => "user_connection_limit",
             UserRefusal::InvalidUserId => "user_invalid_id",
+            UserRefusal::NotConnected => "user_not_connected",
         }
     }
     /// The WebSocket close code a refused connection gets (TCP: an ERROR frame with
