@@ -81,6 +81,11 @@ impl Context {
         self.client.set_meta(key, value.into());
     }
 
+    /// The authenticated user id (authentication's `sub`), `None` for anonymous clients.
+    pub fn user(&self) -> Option<String> {
+        self.client.user().map(|u| u.to_string())
+    }
+
     /// The WebSocket upgrade request (path, query, headers); `None` for TCP clients.
     pub fn request(&self) -> Option<Rc<RequestInfo>> {
         self.client.request()

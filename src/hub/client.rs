@@ -44,6 +44,8 @@ pub enum CloseCause {
     HandshakeTimeout,
     /// The server is shutting down.
     Shutdown,
+    /// The client did not authenticate within `auth.timeout_ms` (4001).
+    AuthTimeout,
     /// An application asked for it, with a close code and reason.
     Kicked {
         /// WebSocket close code.
@@ -63,6 +65,7 @@ impl CloseCause {
             CloseCause::HeartbeatTimeout => "heartbeat_timeout",
             CloseCause::HandshakeTimeout => "handshake_timeout",
             CloseCause::Shutdown => "shutdown",
+            CloseCause::AuthTimeout => "auth_timeout",
             CloseCause::Kicked { .. } => "kicked",
         }
     }
@@ -123,6 +126,8 @@ pub(crate) struct Client {
     /// The authenticated user, once known (set through `Hub::set_user`).
     #[allow(dead_code)]
     user: RefCell<Option<Rc<str>>>,
+    /// What its credentials allow (authentication, `auth/`); `None` = anonymous or auth off.
+    grants: RefCell<Option<Rc<crate::auth::Grants>>>,
 }
 
 impl Client {
@@ -155,6 +160,7 @@ impl Client {
             meta: RefCell::new(Vec::new()),
             request: RefCell::new(None),
             user: RefCell::new(None),
+            grants: RefCell::new(None),
         }
     }
 
@@ -166,6 +172,15 @@ impl Client {
     /// Records the user (hub only: the hub keeps its user index in step).
     pub(super) fn set_user_field(&self, user: Option<Rc<str>>) {
         *self.user.borrow_mut() = user;
+    }
+
+    /// What the client's credentials allow (`auth::may` reads it).
+    pub(crate) fn grants(&self) -> Option<Rc<crate::auth::Grants>> {
+        self.grants.borrow().clone()
+    }
+    /// Records what the client's credentials allow (after authentication).
+    pub(crate) fn set_grants(&self, grants: Rc<crate::auth::Grants>) {
+        *self.grants.borrow_mut() = Some(grants);
     }
 
     /// Transport.
