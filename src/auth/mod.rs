@@ -229,16 +229,14 @@ pub(crate) fn token_from_request<B: AsRef<[u8]>>(
 
 /// The token in an `auth` message's `data` (`{"token":T}`).
 pub(crate) fn token_from_data(data: Option<&[u8]>) -> Result<String, Fault> {
-    #[derive(serde::Deserialize)]
-    struct AuthData {
-        token: String,
-    }
     let data = data.ok_or(Fault::Missing)?;
-    match serde_json::from_slice::<AuthData>(data) {
-        Ok(d) if d.token.is_empty() => Err(Fault::Missing),
-        Ok(d) if d.token.len() > MAX_TOKEN_LEN => Err(Fault::Malformed),
-        Ok(d) => Ok(d.token),
-        Err(_) => Err(Fault::Malformed),
+    let value: serde_json::Value = serde_json::from_slice(data).map_err(|_| Fault::Malformed)?;
+    match value.get("token") {
+        _ if !value.is_object() => Err(Fault::Malformed),
+        None | Some(serde_json::Value::Null) => Err(Fault::Missing),
+        Some(serde_json::Value::String(t)) if t.is_empty() => Err(Fault::Missing),
+        Some(serde_json::Value::String(t)) if t.len() <= MAX_TOKEN_LEN => Ok(t.clone()),
+        Some(_) => Err(Fault::Malformed),
     }
 }
 
