@@ -578,3 +578,60 @@ async fn an_applications_async_authenticator() {
     running.shutdown();
     running.join().unwrap();
 }
+
+/// A browser-style client that cannot set headers (Python `websockets`, the venv of
+/// `./test.sh` or `$SHARDCAST_TEST_PYTHON`): token in the first message, and 4001 when it
+/// sends none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_websockets_first_message_and_timeout() {
+    let python = std::env::var("SHARDCAST_TEST_PYTHON").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python").to_owned()
+    });
+    assert!(
+        Path::new(&python).exists(),
+        "Python with `websockets` not found: run ./test.sh once, or set SHARDCAST_TEST_PYTHON"
+    );
+    let server = start("required", &["--auth-timeout-ms=300"]);
+    const SCRIPT: &str = r#"
+import asyncio, json, sys, websockets
+async def main(url, token):
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"event": "auth", "data": {"token": token}}))
+        print(await ws.recv(), flush=True)
+    async with websockets.connect(url) as ws:
+        try:
+            print(await ws.recv(), flush=True)
+        except websockets.ConnectionClosed as e:
+            print(json.dumps({"code": e.rcvd.code, "reason": e.rcvd.reason}), flush=True)
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"#;
+    let args = [
+        "-c".to_owned(),
+        SCRIPT.to_owned(),
+        server.ws_url("/"),
+        token("py"),
+    ];
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&python).args(args).output()
+    });
+    let out = within("python client", run)
+        .await
+        .unwrap()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["event"], "auth-ok");
+    assert_eq!(lines[0]["data"]["user"], "py");
+    assert_eq!(
+        lines[1],
+        json!({"code": 4001, "reason": "Authentication timeout"})
+    );
+}
