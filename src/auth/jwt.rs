@@ -397,8 +397,10 @@ mod tests {
 
     #[test]
     fn reload_swaps_keys_or_keeps_the_old_ones() {
-        let mut c = Config::default();
-        c.auth = auth();
+        let c = Config {
+            auth: auth(),
+            ..Config::default()
+        };
         let keys = JwtKeys::load(&c).unwrap();
         let old = hs(json!({"sub":"a","exp":now()+60}), SECRET);
         assert!(keys.verify(&old, &c.auth).is_ok());
