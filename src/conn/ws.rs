@@ -431,13 +431,18 @@ impl WsSession {
     /// A text message while authentication waits: `auth` carries the token, a `pong`
     /// heartbeat is let through, anything else is refused (nothing is processed before auth).
     fn first_text(&mut self, msg: &Bytes) {
-        let first = match envelope::parse_with_members(msg) {
-            Ok((e, _)) => match &*e.event {
-                "pong" => return,
-                "auth" => FirstMessage::auth(e.data_range(msg).map(|r| &msg[r])),
-                _ => FirstMessage::Refused(crate::auth::Fault::Missing),
-            },
-            Err(_) => FirstMessage::Refused(crate::auth::Fault::Malformed),
+        // An `auth` message is a token and a little JSON; a larger one is not parsed.
+        let first = if msg.len() > crate::auth::MAX_TOKEN_LEN + 1024 {
+            FirstMessage::Refused(crate::auth::Fault::Malformed)
+        } else {
+            match envelope::parse_with_members(msg) {
+                Ok((e, _)) => match &*e.event {
+                    "pong" => return,
+                    "auth" => FirstMessage::auth(e.data_range(msg).map(|r| &msg[r])),
+                    _ => FirstMessage::Refused(crate::auth::Fault::Missing),
+                },
+                Err(_) => FirstMessage::Refused(crate::auth::Fault::Malformed),
+            }
         };
         self.awaiting_first = false;
         self.first = Some(first);
