@@ -50,6 +50,8 @@ pub struct Config {
     pub relay: Relay,
     /// Process-wide memory budgets.
     pub memory: Memory,
+    /// Client authentication and authorization (`[auth]`).
+    pub auth: Auth,
 }
 
 /// Connection and message limits.
@@ -150,6 +152,79 @@ pub struct Relay {
     pub direct: bool,
 }
 
+/// Whether clients must authenticate (`auth.mode`).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No authentication (stelar's behaviour): every client is anonymous.
+    #[default]
+    Off,
+    /// A token is checked when one is presented with the upgrade request (`Authorization:
+    /// Bearer`, `?token=`); clients without one are anonymous.
+    Optional,
+    /// Every client authenticates (header, query or a first `auth` message within
+    /// `auth.timeout_ms`) before anything else it sends is processed.
+    Required,
+}
+
+/// What a client may do with rooms when its token does not say (`auth.default_rooms`).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultRooms {
+    /// Without a rooms (publish) claim, any room may be joined (published to).
+    #[default]
+    Allow,
+    /// Without a rooms (publish) claim, no room may be joined (published to).
+    Deny,
+}
+
+/// Client authentication (JWT) and authorization by claims. See the README, "Running in
+/// production": token sources, answers, claims.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// `off`, `optional` or `required`.
+    pub mode: AuthMode,
+    /// How long a client has to authenticate (first `auth` message included), in ms; past it
+    /// the connection is closed (WebSocket 4001, TCP ERROR).
+    pub timeout_ms: u64,
+    /// HMAC secret for HS256/HS384/HS512 tokens (at least 32 bytes).
+    pub jwt_secret: Option<String>,
+    /// Public key file for RS*/PS*/ES*/EdDSA tokens: a PEM public key, or a JWKS JSON file
+    /// (`{"keys":[...]}`, the key picked by the token's `kid`). Re-read on reload.
+    pub jwt_public_key: Option<std::path::PathBuf>,
+    /// Leeway for `exp` and `nbf`, in seconds.
+    pub jwt_leeway_secs: u64,
+    /// Required `aud` claim (one of the token's audiences), if set.
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim, if set.
+    pub jwt_issuer: Option<String>,
+    /// Claim listing the rooms a client may join (strings; `*` matches any run of characters).
+    pub jwt_rooms_claim: String,
+    /// Claim listing the rooms a client may publish to (same patterns).
+    pub jwt_publish_claim: String,
+    /// Whether a client whose token has no rooms (publish) claim may join (publish to) any
+    /// room (`allow`) or none (`deny`). Anonymous clients (`optional` mode) follow it too.
+    pub default_rooms: DefaultRooms,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            mode: AuthMode::Off,
+            timeout_ms: 10_000,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_leeway_secs: 30,
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_rooms_claim: "rooms".to_owned(),
+            jwt_publish_claim: "publish".to_owned(),
+            default_rooms: DefaultRooms::Allow,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -167,6 +242,7 @@ impl Default for Config {
             compression: Compression::default(),
             relay: Relay::default(),
             memory: Memory::default(),
+            auth: Auth::default(),
         }
     }
 }
@@ -443,6 +519,25 @@ impl Config {
         if t.handshake_timeout_ms == 0 {
             return bad("timeouts.handshake_timeout_ms", "must be positive");
         }
+        let a = &self.auth;
+        if a.timeout_ms == 0 {
+            return bad("auth.timeout_ms", "must be positive");
+        }
+        if let Some(secret) = &a.jwt_secret {
+            // RFC 7518 §3.2: an HS256 key of at least the hash's size (256 bits).
+            if secret.len() < 32 {
+                return bad(
+                    "auth.jwt_secret",
+                    "must be at least 32 bytes (RFC 7518 §3.2)",
+                );
+            }
+        }
+        if a.jwt_leeway_secs > 3600 {
+            return bad("auth.jwt_leeway_secs", "at most 3600 seconds");
+        }
+        if a.jwt_rooms_claim.is_empty() || a.jwt_publish_claim.is_empty() {
+            return bad("auth.jwt_rooms_claim", "claim names must not be empty");
+        }
         Ok(())
     }
 }
@@ -546,6 +641,18 @@ mod tests {
                 output_budget: 1 << 21,
                 input_budget: 1 << 22,
                 mesh_overflow: 1 << 23,
+            },
+            auth: Auth {
+                mode: AuthMode::Required,
+                timeout_ms: 55,
+                jwt_secret: None,
+                jwt_public_key: Some("/etc/keys.jwks".into()),
+                jwt_leeway_secs: 5,
+                jwt_audience: Some("aud".to_owned()),
+                jwt_issuer: Some("iss".to_owned()),
+                jwt_rooms_claim: "r".to_owned(),
+                jwt_publish_claim: "p".to_owned(),
+                default_rooms: DefaultRooms::Deny,
             },
         };
         let text = toml::to_string_pretty(&c).unwrap();

@@ -12,6 +12,7 @@
 #![warn(unreachable_pub)]
 
 pub mod app;
+pub(crate) mod auth;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod hub;

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use shardcast::config::Config;
+use shardcast::config::{AuthMode, Config, DefaultRooms};
 use shardcast::{server, Server};
 
 // The allocator is chosen here, in the binary, and never in the library: `#[global_allocator]`
@@ -227,6 +227,51 @@ struct ServeArgs {
         require_equals = true, default_missing_value = "true")]
     relay_direct: Option<bool>,
 
+    /// Client authentication: `off` (anyone, anonymous), `optional` (a token presented must
+    /// be valid; clients without one are anonymous) or `required` (a valid token within
+    /// --auth-timeout-ms, before anything else is processed) [default: off].
+    #[arg(long, env = "SHARDCAST_AUTH", value_name = "MODE",
+        value_parser = clap::builder::EnumValueParser::<AuthModeArg>::new())]
+    auth: Option<AuthModeArg>,
+    /// How long a client has to authenticate, in milliseconds; then it is closed with 4001
+    /// (TCP: ERROR frame) [default: 10000].
+    #[arg(long, env = "SHARDCAST_AUTH_TIMEOUT_MS", value_name = "MS")]
+    auth_timeout_ms: Option<u64>,
+    /// What a client whose token has no rooms (publish) claim may join (publish to): `allow`
+    /// any room, or `deny` all; anonymous clients follow it too [default: allow].
+    #[arg(long, env = "SHARDCAST_AUTH_DEFAULT_ROOMS", value_name = "POLICY",
+        value_parser = clap::builder::EnumValueParser::<DefaultRoomsArg>::new())]
+    auth_default_rooms: Option<DefaultRoomsArg>,
+    /// HMAC secret (at least 32 bytes) for HS256/HS384/HS512 tokens [default: none].
+    #[arg(
+        long,
+        env = "SHARDCAST_JWT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    jwt_secret: Option<String>,
+    /// Public key for RS*/PS*/ES*/EdDSA tokens: a PEM file (-----BEGIN PUBLIC KEY-----) or a
+    /// JWKS JSON file (key chosen by the token's `kid`); re-read on SIGHUP [default: none].
+    #[arg(long, env = "SHARDCAST_JWT_PUBLIC_KEY", value_name = "FILE")]
+    jwt_public_key: Option<PathBuf>,
+    /// Clock leeway for a token's `exp` and `nbf`, in seconds [default: 30].
+    #[arg(long, env = "SHARDCAST_JWT_LEEWAY_SECS", value_name = "SECS")]
+    jwt_leeway_secs: Option<u64>,
+    /// Require this `aud` claim in tokens [default: none].
+    #[arg(long, env = "SHARDCAST_JWT_AUDIENCE", value_name = "AUD")]
+    jwt_audience: Option<String>,
+    /// Require this `iss` claim in tokens [default: none].
+    #[arg(long, env = "SHARDCAST_JWT_ISSUER", value_name = "ISS")]
+    jwt_issuer: Option<String>,
+    /// Token claim listing the rooms a client may join (strings, `*` matches any run of
+    /// characters) [default: rooms].
+    #[arg(long, env = "SHARDCAST_JWT_ROOMS_CLAIM", value_name = "NAME")]
+    jwt_rooms_claim: Option<String>,
+    /// Token claim listing the rooms a client may publish to (same patterns)
+    /// [default: publish].
+    #[arg(long, env = "SHARDCAST_JWT_PUBLISH_CLAIM", value_name = "NAME")]
+    jwt_publish_claim: Option<String>,
+
     /// Log format [default: text].
     #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_name = "FORMAT",
         value_parser = ["text", "json"])]
@@ -235,6 +280,21 @@ struct ServeArgs {
     /// [default: info].
     #[arg(long, env = "SHARDCAST_LOG", value_name = "FILTER", value_parser = log_filter)]
     log: Option<String>,
+}
+
+/// `--auth` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum AuthModeArg {
+    Off,
+    Optional,
+    Required,
+}
+
+/// `--auth-default-rooms` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DefaultRoomsArg {
+    Allow,
+    Deny,
 }
 
 /// Accepts what `EnvFilter` accepts, so a typo is reported instead of logging at `info`.
@@ -307,6 +367,36 @@ impl ServeArgs {
         );
         set(&mut r.broadcast, &self.relay_broadcast);
         set(&mut r.direct, &self.relay_direct);
+        let a = &mut c.auth;
+        if let Some(m) = self.auth {
+            a.mode = match m {
+                AuthModeArg::Off => AuthMode::Off,
+                AuthModeArg::Optional => AuthMode::Optional,
+                AuthModeArg::Required => AuthMode::Required,
+            };
+        }
+        set(&mut a.timeout_ms, &self.auth_timeout_ms);
+        if let Some(d) = self.auth_default_rooms {
+            a.default_rooms = match d {
+                DefaultRoomsArg::Allow => DefaultRooms::Allow,
+                DefaultRoomsArg::Deny => DefaultRooms::Deny,
+            };
+        }
+        if let Some(v) = &self.jwt_secret {
+            a.jwt_secret = Some(v.clone());
+        }
+        if let Some(v) = &self.jwt_public_key {
+            a.jwt_public_key = Some(v.clone());
+        }
+        set(&mut a.jwt_leeway_secs, &self.jwt_leeway_secs);
+        if let Some(v) = &self.jwt_audience {
+            a.jwt_audience = Some(v.clone());
+        }
+        if let Some(v) = &self.jwt_issuer {
+            a.jwt_issuer = Some(v.clone());
+        }
+        set(&mut a.jwt_rooms_claim, &self.jwt_rooms_claim);
+        set(&mut a.jwt_publish_claim, &self.jwt_publish_claim);
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }
@@ -321,6 +411,9 @@ fn printable_config(config: &Config) -> Result<String, String> {
     }
     for key in &mut shown.api_keys {
         *key = REDACTED.to_owned();
+    }
+    if shown.auth.jwt_secret.is_some() {
+        shown.auth.jwt_secret = Some(REDACTED.to_owned());
     }
     let toml = toml::to_string_pretty(&shown).map_err(|e| e.to_string())?;
     Ok(format!(
@@ -612,6 +705,16 @@ mod tests {
             "--relay-publish-requires-membership",
             "--relay-broadcast=false",
             "--relay-direct=false",
+            "--auth=required",
+            "--auth-timeout-ms=600",
+            "--auth-default-rooms=deny",
+            "--jwt-secret=0123456789abcdef0123456789abcdef",
+            "--jwt-public-key=/keys.pem",
+            "--jwt-leeway-secs=7",
+            "--jwt-audience=aud",
+            "--jwt-issuer=iss",
+            "--jwt-rooms-claim=r",
+            "--jwt-publish-claim=p",
         ]);
         let c = args.to_config().unwrap();
         let want = Config::from_toml(
@@ -654,6 +757,17 @@ mod tests {
             publish_requires_membership = true
             broadcast = false
             direct = false
+            [auth]
+            mode = "required"
+            timeout_ms = 600
+            default_rooms = "deny"
+            jwt_secret = "0123456789abcdef0123456789abcdef"
+            jwt_public_key = "/keys.pem"
+            jwt_leeway_secs = 7
+            jwt_audience = "aud"
+            jwt_issuer = "iss"
+            jwt_rooms_claim = "r"
+            jwt_publish_claim = "p"
             "#,
         )
         .unwrap();
@@ -728,6 +842,16 @@ mod tests {
             },
             c
         );
+    }
+
+    #[test]
+    fn check_config_redacts_the_jwt_secret() {
+        let c = parse(&["--jwt-secret=0123456789abcdef0123456789abcdef"])
+            .to_config()
+            .unwrap();
+        let text = printable_config(&c).unwrap();
+        assert!(!text.contains("0123456789abcdef"), "{text}");
+        assert!(text.contains("[auth]"), "{text}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::hub::client::CloseCause;
 use crate::hub::id::ClientId;
 use crate::hub::memory::ShardLimits;
 use crate::hub::{Hub, ShardMsg};
+use crate::reload::Reloader;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,9 @@ pub enum StartError {
 /// A started server.
 pub struct Running {
     runtime: Runtime<ShardMsg>,
+    /// What SIGHUP rebuilds from a new configuration (`reload.rs`): the JWT keys, ...
+    #[allow(dead_code)] // Driven by the SIGHUP reload (issue 9, item 5) as it lands.
+    pub(crate) reloader: Reloader,
     ws: SocketAddr,
     tcp: Option<SocketAddr>,
     shards: usize,
@@ -89,6 +93,16 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
          for HTTP requests and the server's own descriptors"
     );
     app.config.limits.max_connections = cap;
+    // Parts rebuilt on reload register here, in the order they are prepared and committed.
+    let reloader = Reloader::default();
+    if app.authenticator.is_none() {
+        // The standalone server's authenticator: JWT, keys reloaded on SIGHUP.
+        let keys = crate::auth::jwt::JwtKeys::load(&app.config)
+            .map_err(|(setting, problem)| ConfigError::Invalid { setting, problem })?;
+        let keys = Arc::new(keys);
+        reloader.register(keys.clone());
+        app.authenticator = Some(crate::auth::jwt::authenticator(keys));
+    }
     let config = Arc::new(app.config.clone());
     let app = Arc::new(app);
     let mut builder = Runtime::builder()
@@ -132,6 +146,7 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
     let shards = runtime.shards();
     Ok(Running {
         runtime,
+        reloader,
         ws,
         tcp,
         shards,

@@ -47,6 +47,11 @@ pub(crate) struct Counters {
     refused: RefCell<BTreeMap<&'static str, u64>>,
     /// Labelled counters: messages dropped, by reason.
     dropped: RefCell<BTreeMap<&'static str, u64>>,
+    /// Authentication attempts, by result (`auth/`).
+    auth: RefCell<BTreeMap<&'static str, u64>>,
+    /// Authentication time, microseconds summed, and how many were timed.
+    auth_micros: Cell<u64>,
+    auth_timed: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>, n: u64) {
@@ -93,6 +98,16 @@ impl Counters {
         bump_label(&self.dropped, reason);
     }
 
+    /// Counts an authentication by result (`ok`, `anonymous`, or a fault's label).
+    pub(crate) fn auth_result(&self, result: &'static str) {
+        bump_label(&self.auth, result);
+    }
+    /// Records how long one authentication took (token known → answer), in microseconds.
+    pub(crate) fn observe_auth_micros(&self, micros: u64) {
+        bump(&self.auth_micros, micros);
+        bump(&self.auth_timed, 1);
+    }
+
     /// A copy that can travel to another shard.
     pub(crate) fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -111,6 +126,9 @@ impl Counters {
             disconnects: self.disconnects.borrow().clone(),
             refused: self.refused.borrow().clone(),
             dropped: self.dropped.borrow().clone(),
+            auth: self.auth.borrow().clone(),
+            auth_micros: self.auth_micros.get(),
+            auth_timed: self.auth_timed.get(),
             rooms: 0,
             users: 0,
             shards: 1,
@@ -177,6 +195,12 @@ pub(crate) struct Snapshot {
     pub refused: BTreeMap<&'static str, u64>,
     /// Dropped messages by reason.
     pub dropped: BTreeMap<&'static str, u64>,
+    /// Authentications by result.
+    pub auth: BTreeMap<&'static str, u64>,
+    /// Authentication time, microseconds summed.
+    pub auth_micros: u64,
+    /// Authentications timed.
+    pub auth_timed: u64,
     /// Rooms in the process (a gauge: the reader sets it, merge keeps the largest view).
     pub rooms: u64,
     /// Distinct users with a connection in the process (a gauge like `rooms`).
@@ -211,6 +235,9 @@ impl Snapshot {
         merge_map(&mut self.disconnects, &o.disconnects);
         merge_map(&mut self.refused, &o.refused);
         merge_map(&mut self.dropped, &o.dropped);
+        merge_map(&mut self.auth, &o.auth);
+        self.auth_micros += o.auth_micros;
+        self.auth_timed += o.auth_timed;
         self.rooms = self.rooms.max(o.rooms);
         self.users = self.users.max(o.users);
         self.shards += o.shards;
@@ -406,6 +433,18 @@ pub(crate) fn prometheus_text(s: &Snapshot, p: &Process) -> String {
         "reason",
         &s.dropped,
     );
+    prom_labelled(
+        &mut out,
+        "shardcast_auth_total",
+        "Client authentications, by result (ok, anonymous, or why it failed).",
+        "result",
+        &s.auth,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_auth_duration_microseconds_total Time spent authenticating, from a token being known to the answer.\n# TYPE shardcast_auth_duration_microseconds_total counter\nshardcast_auth_duration_microseconds_total {}\n# HELP shardcast_auth_checks_total Authentications timed (the divisor of the duration total).\n# TYPE shardcast_auth_checks_total counter\nshardcast_auth_checks_total {}",
+        s.auth_micros, s.auth_timed
+    );
     let _ = writeln!(
         out,
         "# HELP shardcast_connections_active Open client connections.\n# TYPE shardcast_connections_active gauge\nshardcast_connections_active{{transport=\"ws\"}} {}\nshardcast_connections_active{{transport=\"tcp\"}} {}",
@@ -541,6 +580,27 @@ mod tests {
             let name = line.split(['{', ' ']).next().unwrap();
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
         }
+    }
+
+    #[test]
+    fn auth_results_and_time_are_rendered() {
+        let a = Counters::default();
+        a.auth_result("ok");
+        a.auth_result("expired");
+        a.observe_auth_micros(40);
+        let b = Counters::default();
+        b.auth_result("ok");
+        b.observe_auth_micros(2);
+        let mut s = a.snapshot();
+        s.merge(&b.snapshot());
+        let text = prometheus_text(&s, &Process::default());
+        assert!(
+            text.contains("shardcast_auth_total{result=\"ok\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("shardcast_auth_total{result=\"expired\"} 1"));
+        assert!(text.contains("shardcast_auth_duration_microseconds_total 42"));
+        assert!(text.contains("shardcast_auth_checks_total 2"));
     }
 
     #[test]

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_lite::FutureExt;
 
-use super::error::ClientError;
+use super::error::{ClientError, Forbidden};
 use super::{relay, App, Context, LocalFuture, Payload};
+use crate::auth::{self, Action};
 use crate::hub::client::Client;
 use crate::hub::outgoing::Outgoing;
 use crate::hub::Hub;
@@ -163,6 +164,11 @@ pub(crate) fn binary(env: &Env<'_>, event: &str, payload: Bytes) {
 
 /// A join request (TCP JOIN frame, or `join-room`).
 pub(crate) fn join(env: &Env<'_>, room: &str) {
+    if !auth::may(env.hub.config(), env.client, Action::Join(room)) {
+        // Unlike a vetoed join (silent, Q15), the client is told: its token decides.
+        env.error(ClientError::Forbidden(Forbidden::Join), Some("join-room"));
+        return;
+    }
     if let Some(hook) = &env.app.on_join {
         if !hook(&env.ctx(), room) {
             // §6 / Q15: refusals are silent on the wire, as stelar's; counted.

@@ -38,6 +38,22 @@ pub(crate) enum ClientError {
     NotMember,
     /// A publish / broadcast / direct request that cannot be carried out.
     Request(RequestError),
+    /// The client's credentials do not allow this (`auth::may`).
+    Forbidden(Forbidden),
+}
+
+/// What a client's credentials did not allow (`auth.default_rooms`, the token's rooms /
+/// publish / broadcast / direct claims).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forbidden {
+    /// Joining the room.
+    Join,
+    /// Publishing to the room.
+    Publish,
+    /// Broadcasting.
+    Broadcast,
+    /// Sending direct messages.
+    Direct,
 }
 
 impl ClientError {
@@ -54,6 +70,7 @@ impl ClientError {
             ClientError::RelayDisabled => "forbidden",
             ClientError::NotMember => "not_member",
             ClientError::Request(e) => e.code(),
+            ClientError::Forbidden(_) => "forbidden",
         }
     }
 
@@ -81,6 +98,12 @@ impl ClientError {
             ClientError::RelayDisabled => "this relay event is disabled on this server",
             ClientError::NotMember => "publishing requires membership of the room",
             ClientError::Request(e) => e.message(),
+            ClientError::Forbidden(f) => match f {
+                Forbidden::Join => "your credentials do not allow joining this room",
+                Forbidden::Publish => "your credentials do not allow publishing to this room",
+                Forbidden::Broadcast => "your credentials do not allow broadcasting",
+                Forbidden::Direct => "your credentials do not allow direct messages",
+            },
         }
     }
 
@@ -97,6 +120,12 @@ impl ClientError {
             ClientError::RelayDisabled => "app_forbidden",
             ClientError::NotMember => "app_not_member",
             ClientError::Request(e) => e.label(),
+            ClientError::Forbidden(f) => match f {
+                Forbidden::Join => "auth_forbidden_join",
+                Forbidden::Publish => "auth_forbidden_publish",
+                Forbidden::Broadcast => "auth_forbidden_broadcast",
+                Forbidden::Direct => "auth_forbidden_direct",
+            },
         }
     }
 }
@@ -208,6 +237,10 @@ mod tests {
             ClientError::RelayDisabled,
             ClientError::NotMember,
             ClientError::Request(RequestError::InvalidRoom),
+            ClientError::Forbidden(Forbidden::Join),
+            ClientError::Forbidden(Forbidden::Publish),
+            ClientError::Forbidden(Forbidden::Broadcast),
+            ClientError::Forbidden(Forbidden::Direct),
         ];
         for e in all {
             assert!(!e.code().is_empty() && !e.message().is_empty() && !e.label().is_empty());

@@ -29,6 +29,7 @@ use ahash::HashMap;
 pub use context::{Context, Emit, RoomTarget, UserTarget};
 pub use payload::{Json, Payload, PayloadError};
 
+pub use crate::auth::{AuthReject, Authenticator, Identity};
 pub use crate::hub::client::{CloseCause, RequestInfo};
 pub use crate::hub::id::ClientId;
 pub use crate::hub::users::UserRefusal;
@@ -114,6 +115,8 @@ pub struct App {
     pub(crate) on_join: Option<JoinHook>,
     pub(crate) relay: bool,
     pub(crate) handle_signals: bool,
+    /// Who clients are (`auth.mode` optional / required); the JWT check when none is given.
+    pub(crate) authenticator: Option<Authenticator>,
 }
 
 impl App {
@@ -142,6 +145,7 @@ impl Server {
                 on_join: None,
                 relay: false,
                 handle_signals: true,
+                authenticator: None,
             },
         }
     }
@@ -253,6 +257,28 @@ impl Builder {
         F: Fn(&Context, &str) -> bool + Send + Sync + 'static,
     {
         self.app.on_join = Some(Arc::new(f));
+        self
+    }
+
+    /// Sets how clients authenticate, replacing the built-in JWT check, and turns
+    /// authentication on (`auth.mode = required`; set `optional` after this call, with
+    /// `.configure`, to let clients without a token in as anonymous).
+    ///
+    /// `f` gets the client (its upgrade request: `ctx.header`, `ctx.query`; its peer and
+    /// transport) and the token it presented — from `Authorization: Bearer`, `?token=`, or
+    /// a first `{"event":"auth","data":{"token":T}}` message (TCP: a JSON frame `auth`) —
+    /// or `None` in `optional` mode when it presented none. `Ok(identity)` lets it in
+    /// (`auth-ok` with its id and user is sent when there is a user); `Err` closes it with
+    /// 4003 and the reason (TCP: ERROR frame). Nothing else the client sends is processed
+    /// before the answer, and the whole exchange must finish within `auth.timeout_ms`
+    /// (else 4001). Runs before the middleware, which sees the identity's metadata.
+    pub fn authenticate<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Context, Option<String>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Identity, AuthReject>> + 'static,
+    {
+        self.app.authenticator = Some(Arc::new(move |c, t| Box::pin(f(c, t))));
+        self.app.config.auth.mode = crate::config::AuthMode::Required;
         self
     }
 

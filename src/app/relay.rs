@@ -25,7 +25,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::dispatch::{send_ack_reply, spawn_handler, AckRequest, Data, Env};
-use super::error::{ClientError, RequestError};
+use super::error::{ClientError, Forbidden, RequestError};
+use crate::auth::{self, Action};
 use crate::hub::id::ClientId;
 use crate::hub::outgoing::Outgoing;
 use crate::hub::users::MAX_USER_ID;
@@ -142,6 +143,19 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<&Data>) -> bool {
         env.error(ClientError::RelayDisabled, Some(event));
         return true;
     }
+    // The client's credentials (auth/): `broadcast` / `direct` claims.
+    let config = env.hub.config();
+    let denied = match kind {
+        Kind::Broadcast if !auth::may(config, env.client, Action::Broadcast) => {
+            Some(Forbidden::Broadcast)
+        }
+        Kind::Send if !auth::may(config, env.client, Action::Direct) => Some(Forbidden::Direct),
+        _ => None,
+    };
+    if let Some(f) = denied {
+        env.error(ClientError::Forbidden(f), Some(event));
+        return true;
+    }
     let request = match data {
         Some(d) => Request::parse(
             kind,
@@ -154,6 +168,10 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<&Data>) -> bool {
     match request {
         Ok(req) => {
             if let Target::Room(room) = &req.target {
+                if !auth::may(config, env.client, Action::Publish(room)) {
+                    env.error(ClientError::Forbidden(Forbidden::Publish), Some(event));
+                    return true;
+                }
                 if relay.publish_requires_membership && !is_member(env, room) {
                     env.error(ClientError::NotMember, Some(event));
                     return true;
@@ -220,6 +238,10 @@ pub(crate) fn binary(env: &Env<'_>, event: &str, payload: Bytes) -> bool {
     let room = &event[..colon];
     if room.is_empty() || room.len() > env.app.config.limits.max_room_name {
         return false;
+    }
+    if !auth::may(env.hub.config(), env.client, Action::Publish(room)) {
+        env.error(ClientError::Forbidden(Forbidden::Publish), Some(event));
+        return true;
     }
     if env.app.config.relay.publish_requires_membership && !is_member(env, room) {
         env.error(ClientError::NotMember, Some(event));

@@ -19,6 +19,7 @@
 //! cannot hand messages to another shard, is not read until that clears; what it holds of
 //! partly received messages is reported to the hub's input budget after every read.
 
+pub(crate) mod auth;
 pub(crate) mod http;
 pub(crate) mod tcp;
 pub(crate) mod ws;
@@ -361,6 +362,11 @@ pub(crate) trait Session {
     fn buffered(&self) -> usize;
     /// Drops what the session holds of partly received messages (the input budget ran out).
     fn discard_input(&mut self);
+    /// Authentication waits for the client's first message (`conn/auth.rs`): the session
+    /// stops decoding after it and reports it through [`Session::take_first_message`].
+    fn await_first_message(&mut self);
+    /// The first message, once it arrived while awaiting one.
+    fn take_first_message(&mut self) -> Option<auth::FirstMessage>;
 }
 
 /// How an open connection ended.

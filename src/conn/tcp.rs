@@ -11,6 +11,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use glommio::net::TcpStream;
 
+use super::auth::{FirstMessage, Outcome};
 use super::{drive, Accepted, End, Flow, Io, Session, Shared};
 use crate::app::dispatch::{self, AckRequest, Data, Env};
 use crate::app::error::ClientError;
@@ -35,21 +36,43 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
     if hub.at_capacity() {
         hub.counters.refuse("server_full");
         refuse(io, &client, &shared, "Server full").await;
-    } else if let Err(reject) = dispatch::connect(&hub, &shared.app, &client).await {
-        hub.counters.refuse("middleware");
-        refuse(io, &client, &shared, &reject.reason).await;
     } else {
-        hub.open(&client);
-        opened = true;
-        dispatch::connected(&hub, &shared.app, &client);
         let mut session = TcpSession {
             decoder: FrameDecoder::new(config.limits.max_frame_size),
             done: false,
+            awaiting_first: false,
+            first: None,
         };
-        match drive(io, &mut session, &shared, &client).await {
-            End::Closed | End::Abandoned => {}
-            End::Failed(e) => {
-                tracing::debug!(client = %client.id, error = %e, "tcp connection failed");
+        // Authentication (`conn/auth.rs`): TCP clients present their token in a first JSON
+        // frame `auth` (required mode); in optional mode they are anonymous.
+        let outcome = if config.auth.mode != crate::config::AuthMode::Off {
+            super::auth::authenticate(io, &mut session, &shared, &client, None).await
+        } else {
+            Outcome::Open(None)
+        };
+        if let Outcome::Open(user) = outcome {
+            if let Err(reject) = dispatch::connect(&hub, &shared.app, &client).await {
+                hub.counters.refuse("middleware");
+                refuse(io, &client, &shared, &reject.reason).await;
+            } else {
+                hub.open(&client);
+                opened = true;
+                if let Some(user) = &user {
+                    hub.send_to(&client, &Outgoing::auth_ok(&client.id.to_string(), user));
+                }
+                dispatch::connected(&hub, &shared.app, &client);
+                if !io.rbuf.is_empty() {
+                    // Frames the client sent behind its `auth` frame.
+                    let mut buf = std::mem::take(&mut io.rbuf);
+                    session.handle_input(&mut buf, &shared, &client);
+                    io.rbuf = buf;
+                }
+                match drive(io, &mut session, &shared, &client).await {
+                    End::Closed | End::Abandoned => {}
+                    End::Failed(e) => {
+                        tracing::debug!(client = %client.id, error = %e, "tcp connection failed");
+                    }
+                }
             }
         }
     }
@@ -67,6 +90,10 @@ struct TcpSession {
     decoder: FrameDecoder,
     /// An ERROR frame (or DISCONNECT) is queued; close once it is flushed.
     done: bool,
+    /// Authentication waits for the first frame (`conn/auth.rs`): it is not dispatched.
+    awaiting_first: bool,
+    /// That first frame's meaning, once it came; nothing more is decoded until it is taken.
+    first: Option<FirstMessage>,
 }
 
 impl Session for TcpSession {
@@ -79,6 +106,10 @@ impl Session for TcpSession {
         };
         let max_room = shared.app.config.limits.max_room_name;
         loop {
+            if self.first.is_some() {
+                // Authentication has the first frame; the rest waits in `buf`.
+                return Flow::Continue;
+            }
             let frame = match self.decoder.decode(buf) {
                 Ok(Some(f)) => f,
                 Ok(None) => return Flow::Continue,
@@ -100,6 +131,17 @@ impl Session for TcpSession {
                 // A few pending PONGs at most, however many PINGs arrive unanswered.
                 FrameType::Ping => hub.send_pong(client, &Outgoing::new(Body::Pong(Bytes::new()))),
                 FrameType::Pong | FrameType::Connect => {}
+                _ if self.awaiting_first => {
+                    // Only a JSON frame `auth` may come first; nothing else is processed.
+                    self.awaiting_first = false;
+                    self.first = Some(
+                        if frame.frame_type == FrameType::Json && frame.event_name() == Ok("auth") {
+                            FirstMessage::auth(Some(&frame.payload))
+                        } else {
+                            FirstMessage::Refused(crate::auth::Fault::Missing)
+                        },
+                    );
+                }
                 FrameType::Json | FrameType::Binary | FrameType::AckReq => {
                     let name = match frame.event_name() {
                         Ok(n) => n,
@@ -161,6 +203,14 @@ impl Session for TcpSession {
     }
 
     fn discard_input(&mut self) {}
+
+    fn await_first_message(&mut self) {
+        self.awaiting_first = true;
+    }
+
+    fn take_first_message(&mut self) -> Option<FirstMessage> {
+        self.first.take()
+    }
 }
 
 impl TcpSession {

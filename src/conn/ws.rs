@@ -17,6 +17,7 @@ use std::rc::Rc;
 use bytes::{Buf, Bytes, BytesMut};
 use glommio::net::TcpStream;
 
+use super::auth::{FirstMessage, Outcome};
 use super::{drive, fill, http, Accepted, End, Flow, Interrupted, Io, Session, Shared};
 use crate::app::dispatch::{self, AckRequest, Data, Env};
 use crate::app::error::ClientError;
@@ -204,21 +205,6 @@ async fn websocket(
             WsForm::Deflate
         });
     }
-    if mode != Mode::Stelar {
-        client.set_stelar(false);
-    } else if let Err(reject) = dispatch::connect(hub, &shared.app, client).await {
-        hub.counters.refuse("middleware");
-        refuse(io, client, hub, reject.code, Cow::Owned(reject.reason)).await;
-        return false;
-    }
-    shared.cancel_timer(client);
-    hub.open(client);
-    if mode == Mode::Broadcast {
-        hub.join_raw_broadcast(client);
-    }
-    if mode == Mode::Stelar {
-        dispatch::connected(hub, &shared.app, client);
-    }
     let limits = &config.limits;
     let mut session = WsSession {
         decoder: Decoder::new(DecoderConfig {
@@ -231,9 +217,39 @@ async fn websocket(
         }),
         mode,
         failed: false,
+        awaiting_first: false,
+        first: None,
     };
+    // Authentication (`conn/auth.rs`) comes first: the middleware sees who the client is.
+    let mut user = None;
+    if mode == Mode::Stelar && config.auth.mode != crate::config::AuthMode::Off {
+        let presented = crate::auth::token_from_request(&req);
+        match super::auth::authenticate(io, &mut session, shared, client, presented).await {
+            Outcome::Open(u) => user = u,
+            Outcome::Refused | Outcome::Gone => return false,
+        }
+    }
+    if mode != Mode::Stelar {
+        client.set_stelar(false);
+    } else if let Err(reject) = dispatch::connect(hub, &shared.app, client).await {
+        hub.counters.refuse("middleware");
+        refuse(io, client, hub, reject.code, Cow::Owned(reject.reason)).await;
+        return false;
+    }
+    shared.cancel_timer(client);
+    hub.open(client);
+    if let Some(user) = &user {
+        // Before any connect hook speaks: the first thing an authenticated client hears.
+        hub.send_to(client, &Outgoing::auth_ok(&client.id.to_string(), user));
+    }
+    if mode == Mode::Broadcast {
+        hub.join_raw_broadcast(client);
+    }
+    if mode == Mode::Stelar {
+        dispatch::connected(hub, &shared.app, client);
+    }
     if !io.rbuf.is_empty() {
-        // Frames that arrived with the upgrade request.
+        // Frames that arrived with the upgrade request (or behind the `auth` message).
         let mut buf = std::mem::take(&mut io.rbuf);
         if session.handle_input(&mut buf, shared, client) == Flow::Stop {
             session.failed = true;
@@ -268,6 +284,10 @@ struct WsSession {
     mode: Mode,
     /// A protocol fault failed the connection; the close frame is queued.
     failed: bool,
+    /// Authentication waits for the first message (`conn/auth.rs`): it is not dispatched.
+    awaiting_first: bool,
+    /// That first message, once it came; nothing more is decoded until it is taken.
+    first: Option<FirstMessage>,
 }
 
 impl WsSession {
@@ -314,8 +334,17 @@ impl Session for WsSession {
             client,
         };
         loop {
+            if self.first.is_some() {
+                // Authentication has the first message; the rest waits in `buf`.
+                return Flow::Continue;
+            }
             match self.decoder.decode(buf) {
                 Ok(Some(msg)) => match msg {
+                    Message::Text(b) if self.awaiting_first => self.first_text(&b),
+                    Message::Binary(_) if self.awaiting_first => {
+                        self.awaiting_first = false;
+                        self.first = Some(FirstMessage::Refused(crate::auth::Fault::Missing));
+                    }
                     Message::Text(b) => match self.mode {
                         Mode::Stelar => self.text(b, &env),
                         Mode::Echo => {
@@ -395,5 +424,35 @@ impl Session for WsSession {
 
     fn discard_input(&mut self) {
         self.decoder.discard_partial();
+    }
+
+    fn await_first_message(&mut self) {
+        self.awaiting_first = true;
+    }
+
+    fn take_first_message(&mut self) -> Option<FirstMessage> {
+        self.first.take()
+    }
+}
+
+impl WsSession {
+    /// A text message while authentication waits: `auth` carries the token, a `pong`
+    /// heartbeat is let through, anything else is refused (nothing is processed before auth).
+    fn first_text(&mut self, msg: &Bytes) {
+        // An `auth` message is a token and a little JSON; a larger one is not parsed.
+        let first = if msg.len() > crate::auth::MAX_TOKEN_LEN + 1024 {
+            FirstMessage::Refused(crate::auth::Fault::Malformed)
+        } else {
+            match envelope::parse_with_members(msg) {
+                Ok((e, _)) => match &*e.event {
+                    "pong" => return,
+                    "auth" => FirstMessage::auth(e.data_range(msg).map(|r| &msg[r])),
+                    _ => FirstMessage::Refused(crate::auth::Fault::Missing),
+                },
+                Err(_) => FirstMessage::Refused(crate::auth::Fault::Malformed),
+            }
+        };
+        self.awaiting_first = false;
+        self.first = Some(first);
     }
 }

@@ -44,6 +44,8 @@ pub enum CloseCause {
     HandshakeTimeout,
     /// The server is shutting down.
     Shutdown,
+    /// The client did not authenticate within `auth.timeout_ms` (4001).
+    AuthTimeout,
     /// An application asked for it, with a close code and reason.
     Kicked {
         /// WebSocket close code.
@@ -69,6 +71,7 @@ impl CloseCause {
             CloseCause::HeartbeatTimeout => "heartbeat_timeout",
             CloseCause::HandshakeTimeout => "handshake_timeout",
             CloseCause::Shutdown => "shutdown",
+            CloseCause::AuthTimeout => "auth_timeout",
             CloseCause::Kicked { .. } => "kicked",
             CloseCause::Disconnected { .. } => "api_disconnect",
         }
@@ -131,6 +134,8 @@ pub(crate) struct Client {
     user: RefCell<Option<Rc<str>>>,
     /// The reason a backend gave with `POST /api/disconnect` ([`CloseCause::Disconnected`]).
     close_reason: RefCell<Option<Box<str>>>,
+    /// What its credentials allow (authentication, `auth/`); `None` = anonymous or auth off.
+    grants: RefCell<Option<Rc<crate::auth::Grants>>>,
 }
 
 impl Client {
@@ -164,6 +169,7 @@ impl Client {
             request: RefCell::new(None),
             user: RefCell::new(None),
             close_reason: RefCell::new(None),
+            grants: RefCell::new(None),
         }
     }
 
@@ -183,6 +189,14 @@ impl Client {
     /// The reason set by [`Client::set_close_reason`], if any.
     pub(crate) fn close_reason(&self) -> Option<Box<str>> {
         self.close_reason.borrow().clone()
+    }
+    /// What the client's credentials allow (`auth::may` reads it).
+    pub(crate) fn grants(&self) -> Option<Rc<crate::auth::Grants>> {
+        self.grants.borrow().clone()
+    }
+    /// Records what the client's credentials allow (after authentication).
+    pub(crate) fn set_grants(&self, grants: Rc<crate::auth::Grants>) {
+        *self.grants.borrow_mut() = Some(grants);
     }
 
     /// Transport.

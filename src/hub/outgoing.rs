@@ -200,6 +200,7 @@ impl Outgoing {
             CloseCause::HeartbeatTimeout => (CloseCode::AWAY, "Heartbeat timeout"),
             CloseCause::HandshakeTimeout => (CloseCode::POLICY, "Handshake timeout"),
             CloseCause::Shutdown => (CloseCode::AWAY, "Shutting down"),
+            CloseCause::AuthTimeout => (CloseCode::AUTH_TIMEOUT, "Authentication timeout"),
             CloseCause::Kicked { code, reason } => {
                 (CloseCode::new(code).unwrap_or(CloseCode::POLICY), reason)
             }
@@ -217,6 +218,22 @@ impl Outgoing {
             reason,
             disconnect: cause == CloseCause::Shutdown,
         })
+    }
+
+    /// The answer to a successful authentication: `auth-ok` with `{"id":ID,"user":USER}`.
+    pub(crate) fn auth_ok(id: &str, user: &str) -> Arc<Outgoing> {
+        let mut data = BytesMut::with_capacity(20 + quoted_len(id) + quoted_len(user));
+        data.extend_from_slice(b"{\"id\":");
+        write_quoted(&mut data, id);
+        data.extend_from_slice(b",\"user\":");
+        write_quoted(&mut data, user);
+        data.extend_from_slice(b"}");
+        Self::event("auth-ok", Some(data.freeze()))
+    }
+
+    /// A refused authentication: close 4003 with `reason` (TCP: ERROR with the reason).
+    pub(crate) fn auth_refused(reason: impl Into<Cow<'static, str>>) -> Arc<Outgoing> {
+        Self::close(CloseCode::AUTH_FAILED, reason)
     }
 
     /// The non-fatal error event (PROTOCOL.md §10 Q12): `server:error` with
@@ -545,6 +562,21 @@ mod tests {
         let connect = Outgoing::new(Body::Connect("id".into()));
         assert!(connect.ws_plain().is_none());
         assert_eq!(&connect.tcp().unwrap()[4..], b"\x07\x00\x07connectid");
+    }
+
+    #[test]
+    fn auth_answers() {
+        let o = Outgoing::auth_ok("id-1", "al\"ice");
+        assert_eq!(
+            &o.ws_plain().unwrap()[2..],
+            br#"{"event":"auth-ok","data":{"id":"id-1","user":"al\"ice"}}"#
+        );
+        assert_eq!(&o.tcp().unwrap()[4..14], b"\x01\x00\x07auth-ok");
+        let r = Outgoing::auth_refused("Token expired");
+        assert_eq!(&r.ws_plain().unwrap()[2..4], &4003u16.to_be_bytes());
+        assert_eq!(&r.tcp().unwrap()[4..], b"\x0b\x00\x05errorToken expired");
+        let t = Outgoing::closing(CloseCause::AuthTimeout);
+        assert_eq!(&t.ws_plain().unwrap()[2..4], &4001u16.to_be_bytes());
     }
 
     #[test]

@@ -50,6 +50,10 @@ impl CloseCode {
     pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
     /// 1014: bad gateway (IANA registry).
     pub const BAD_GATEWAY: CloseCode = CloseCode(1014);
+    /// 4001 (private use, RFC 6455 §7.4.2): the client did not authenticate in time.
+    pub const AUTH_TIMEOUT: CloseCode = CloseCode(4001);
+    /// 4003 (private use): authentication failed or was required.
+    pub const AUTH_FAILED: CloseCode = CloseCode(4003);
 
     /// The code if it may appear on the wire, `None` otherwise (see the type's invariant).
     pub const fn new(code: u16) -> Option<CloseCode> {
