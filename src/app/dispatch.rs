@@ -119,7 +119,7 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<Data>, ack: Option<
         // §2.3 step 7: liveness only (any inbound bytes already refreshed it).
         "pong" => return,
         "join-room" | "leave-room" => {
-            let max = env.app.config.limits.max_room_name;
+            let max = env.hub.config().limits.max_room_name;
             let room = data
                 .as_ref()
                 .ok_or(crate::protocol::stelar::Error::RoomNameEmpty)

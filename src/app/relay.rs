@@ -110,7 +110,8 @@ impl Request {
 
 /// A relay event. Returns false if `event` is not one of the relay's.
 pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<&Data>) -> bool {
-    let relay = &env.app.config.relay;
+    let config = env.hub.config();
+    let relay = &config.relay;
     let kind = match event {
         "echo" => {
             let msg = Outgoing::event("echo", data.map(|d| d.text.clone()));
@@ -136,7 +137,7 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<&Data>) -> bool {
             kind,
             &d.text,
             d.members.as_ref(),
-            env.app.config.limits.max_room_name,
+            config.limits.max_room_name,
         ),
         None => Err(RequestError::NotObject),
     };
@@ -200,17 +201,18 @@ pub(crate) fn ack(env: &Env<'_>, event: &str, data: Option<&Data>, ack: &AckRequ
 
 /// A binary relay: event `ROOM:NAME` goes to the other members of ROOM, unchanged.
 pub(crate) fn binary(env: &Env<'_>, event: &str, payload: Bytes) -> bool {
-    if !env.app.config.relay.publish {
+    let config = env.hub.config();
+    if !config.relay.publish {
         return false;
     }
     let Some(colon) = event.rfind(':') else {
         return false;
     };
     let room = &event[..colon];
-    if room.is_empty() || room.len() > env.app.config.limits.max_room_name {
+    if room.is_empty() || room.len() > config.limits.max_room_name {
         return false;
     }
-    if env.app.config.relay.publish_requires_membership && !is_member(env, room) {
+    if config.relay.publish_requires_membership && !is_member(env, room) {
         env.error(ClientError::NotMember, Some(event));
         return true;
     }

@@ -30,7 +30,7 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
     // §4.3: the CONNECT frame is the first thing on the wire.
     let connect = Outgoing::new(Body::Connect(client.id.to_string().into()));
     hub.send_control(&client, &connect);
-    let config = hub.config().clone();
+    let config = hub.config();
     let mut opened = false;
     if hub.at_capacity() {
         hub.counters.refuse("server_full");
@@ -77,7 +77,7 @@ impl Session for TcpSession {
             app: &shared.app,
             client,
         };
-        let max_room = shared.app.config.limits.max_room_name;
+        let max_room = hub.config().limits.max_room_name;
         loop {
             let frame = match self.decoder.decode(buf) {
                 Ok(Some(f)) => f,

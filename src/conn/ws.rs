@@ -60,7 +60,7 @@ async fn http_phase(io: &mut Io, shared: &Shared, client: &Rc<Client>) -> Option
     let hub = &shared.hub;
     loop {
         let req = loop {
-            match parse_request(&io.rbuf, &shared.http_limits) {
+            match parse_request(&io.rbuf, &shared.http_limits()) {
                 Ok(Some(req)) => break req.into_owned(),
                 Ok(None) => match fill(io, shared, client).await {
                     Ok(_) => {}
@@ -95,7 +95,7 @@ async fn http_phase(io: &mut Io, shared: &Shared, client: &Rc<Client>) -> Option
                         return None;
                     }
                 }
-                let mut decoder = match BodyDecoder::new(kind, &shared.http_limits) {
+                let mut decoder = match BodyDecoder::new(kind, &shared.http_limits()) {
                     Ok(d) => d,
                     Err(e) => {
                         respond_error(io, shared, client, e).await;
@@ -153,14 +153,15 @@ async fn websocket(
     req: Request<Bytes>,
 ) -> bool {
     let hub = &shared.hub;
-    let config = hub.config().clone();
+    let config = hub.config();
     let mode = match req.path() {
         "/echo" if config.bench_endpoints => Mode::Echo,
         "/broadcast" if config.bench_endpoints => Mode::Broadcast,
         _ => Mode::Stelar,
     };
     let mut out = BytesMut::new();
-    let negotiated = match handshake::accept(&req, &shared.handshake, &[], &mut out) {
+    let offer = shared.handshake();
+    let negotiated = match handshake::accept(&req, &offer, &[], &mut out) {
         Ok(n) => n,
         Err(e) => {
             hub.counters.error(e.label());

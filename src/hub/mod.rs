@@ -31,6 +31,7 @@ use shardcast_shards::timer::Timers;
 use shardcast_shards::{MeshError, ShardMesh};
 
 use crate::config::Config;
+use crate::live::LiveConfig;
 use crate::protocol::ws::codec::Compressor;
 use crate::protocol::ws::deflate::Deflater;
 use crate::stats::{Counters, MemoryGauges, Snapshot, Transport};
@@ -202,7 +203,12 @@ struct Overflow {
 pub(crate) struct Hub {
     shard: u16,
     shards: u16,
-    config: Arc<Config>,
+    /// The process's live configuration (swapped by a reload) ...
+    live: Arc<LiveConfig>,
+    /// ... this shard's own copy of it (its own `Arc`: clones stay on this core) ...
+    config: RefCell<Arc<Config>>,
+    /// ... and the generation of `live` that copy was taken at.
+    config_generation: Cell<u64>,
     /// This shard's counters.
     pub counters: Counters,
     clients: RefCell<Vec<Option<Rc<Client>>>>,
@@ -234,18 +240,22 @@ impl Hub {
     pub(crate) fn new(
         shard: u16,
         shards: u16,
-        config: Arc<Config>,
+        live: Arc<LiveConfig>,
         mesh: ShardMesh<ShardMsg>,
         timers: Timers<ClientId>,
         process_clients: Arc<std::sync::atomic::AtomicUsize>,
         limits: ShardLimits,
     ) -> Hub {
+        let (generation, shared) = live.load();
+        let config = Arc::new(Config::clone(&shared));
         let threshold = config.compression.threshold;
         Hub {
             shard,
             shards,
             rooms: RefCell::new(Rooms::new(shard, shards, config.limits.max_rooms)),
-            config,
+            live,
+            config: RefCell::new(config),
+            config_generation: Cell::new(generation),
             counters: Counters::default(),
             clients: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
@@ -272,9 +282,32 @@ impl Hub {
     pub(crate) fn shard(&self) -> u16 {
         self.shard
     }
-    /// The configuration.
-    pub(crate) fn config(&self) -> &Arc<Config> {
-        &self.config
+    /// The configuration in effect now (a reload swaps it; see `live.rs`). Read settings at
+    /// use time through this; per-connection state may keep what it read at connection start.
+    #[inline]
+    pub(crate) fn config(&self) -> Arc<Config> {
+        if self.live.generation() != self.config_generation.get() {
+            self.refresh_config();
+        }
+        self.config.borrow().clone()
+    }
+
+    /// Takes this shard's copy of a reloaded configuration (the slow path, once per reload).
+    #[cold]
+    fn refresh_config(&self) {
+        let (generation, shared) = self.live.load();
+        // A deep copy: this shard's `Arc` counts are touched by this core alone.
+        let config = Arc::new(Config::clone(&shared));
+        self.rooms
+            .borrow_mut()
+            .set_max_rooms(config.limits.max_rooms);
+        *self.config.borrow_mut() = config;
+        self.config_generation.set(generation);
+    }
+
+    /// The process's live configuration (reload counts for /metrics).
+    pub(crate) fn live(&self) -> &Arc<LiveConfig> {
+        &self.live
     }
     /// Records that `client` is `user` (from authentication). The per-shard user index and
     /// the per-user connection cap hang off this one call.
@@ -297,7 +330,7 @@ impl Hub {
     pub(crate) fn at_capacity(&self) -> bool {
         self.process_clients
             .load(std::sync::atomic::Ordering::Relaxed)
-            >= self.config.limits.max_connections
+            >= self.config().limits.max_connections
     }
 
     // -----------------------------------------------------------------------------------
@@ -817,7 +850,7 @@ impl Hub {
     /// once every other shard has acknowledged the room (see `rooms.rs`).
     pub(crate) fn join(&self, client: &Rc<Client>, room: &str) -> Result<(), JoinRefusal> {
         let member = client.rooms().iter().any(|r| &**r == room);
-        if !member && client.rooms().len() >= self.config.limits.max_rooms_per_client {
+        if !member && client.rooms().len() >= self.config().limits.max_rooms_per_client {
             return Err(JoinRefusal::ClientRoomLimit);
         }
         let mut announce = Vec::new();
@@ -1208,7 +1241,7 @@ mod tests {
                     let hub = Hub::new(
                         0,
                         2,
-                        Arc::new(Config::default()),
+                        Arc::new(LiveConfig::new(Config::default(), 1024)),
                         shard.mesh().clone(),
                         timers,
                         Arc::new(AtomicUsize::new(0)),
