@@ -4,7 +4,7 @@
 //!
 //! The hot path takes no lock: each shard keeps its own copy of the configuration (its own
 //! `Arc`, so reference counts never bounce between cores) and compares one process-wide
-//! generation number (a relaxed atomic load of a line that is written once per reload) with
+//! generation number (one atomic load of a line that is written once per reload) with
 //! the generation it copied. Only when they differ does the shard take the slow path: lock,
 //! copy the new configuration, remember the generation. A reload therefore reaches every shard
 //! the next time it looks, without any message or wake-up.
@@ -258,7 +258,7 @@ impl LiveConfig {
         }
     }
 
-    /// The current generation; one relaxed load (the hot path's only cost).
+    /// The current generation; one atomic load (the hot path's only cost).
     #[inline]
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)

@@ -28,6 +28,8 @@ pub(crate) struct AckRequest {
     pub name: String,
     /// `_correlationId`, echoed in the reply.
     pub correlation_id: Option<String>,
+    /// When the request was received (for the ACK latency histogram).
+    pub received: std::time::Instant,
 }
 
 /// A JSON event's `data`: its text, verbatim (a view of the read buffer), and, when it is an
@@ -80,6 +82,9 @@ pub(crate) fn send_ack_reply(
 ) {
     let msg = Outgoing::ack_reply(event, &ack.name, ack.correlation_id.as_deref(), result);
     hub.send_to(client, &msg);
+    let micros = ack.received.elapsed().as_micros();
+    hub.counters
+        .observe_ack_micros(u64::try_from(micros).unwrap_or(u64::MAX));
 }
 
 /// A JSON event (WebSocket text envelope, TCP JSON frame, or the event inside a TCP ACK_REQ).

@@ -204,6 +204,19 @@ impl Accepted {
         shared.hub.unregister(&self.client);
         if opened {
             crate::app::dispatch::disconnected(&shared.hub, &shared.app, &self.client);
+            // A cause is set when the server closed it; otherwise the peer closed it or the
+            // socket failed (logged apart, with the error).
+            let reason = self
+                .client
+                .close_requested()
+                .map_or("peer_closed_or_failed", |c| c.label());
+            tracing::debug!(
+                client = %self.client.id,
+                peer = %self.client.peer,
+                transport = ?self.client.transport(),
+                reason,
+                "connection closed"
+            );
         }
         self.io.close();
     }

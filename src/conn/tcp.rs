@@ -176,6 +176,7 @@ impl TcpSession {
                 let ack = AckRequest {
                     name: ack_name.to_owned(),
                     correlation_id: e.correlation_id.as_ref().map(|c| c.to_string()),
+                    received: std::time::Instant::now(),
                 };
                 dispatch::event(env, &e.event, data, Some(ack));
             }
@@ -192,6 +193,7 @@ impl TcpSession {
                     let ack = AckRequest {
                         name: ack_name.to_owned(),
                         correlation_id: p.correlation_id.as_ref().map(|c| c.to_string()),
+                        received: std::time::Instant::now(),
                     };
                     dispatch::event(env, ack_name, data, Some(ack));
                 }

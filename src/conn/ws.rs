@@ -45,12 +45,13 @@ enum Mode {
 
 /// Serves one socket accepted on the WebSocket/HTTP port.
 pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
+    let accepted = std::time::Instant::now();
     let mut conn = Accepted::new(stream, &shared, Transport::Ws);
     let client = conn.client.clone();
     shared.arm_timer(&client, shared.hub.config().handshake_timeout());
     let mut opened = false;
     if let Some(req) = http_phase(&mut conn.io, &shared, &client).await {
-        opened = websocket(&mut conn.io, &shared, &client, req).await;
+        opened = websocket(&mut conn.io, &shared, &client, req, accepted).await;
     }
     conn.finish(&shared, opened);
 }
@@ -151,6 +152,7 @@ async fn websocket(
     shared: &Rc<Shared>,
     client: &Rc<Client>,
     req: Request<Bytes>,
+    accepted: std::time::Instant,
 ) -> bool {
     let hub = &shared.hub;
     let config = hub.config();
@@ -174,6 +176,13 @@ async fn websocket(
     io.rbuf.advance(negotiated.consumed);
     let deflate = negotiated.deflate;
     hub.queue_control(client, out.freeze());
+    // The 101 goes out now, so that the handshake histogram measures it written (and the
+    // client learns of the upgrade before the checks and hooks that follow).
+    if io.flush(client, hub).await.is_err() {
+        return false;
+    }
+    let micros = u64::try_from(accepted.elapsed().as_micros()).unwrap_or(u64::MAX);
+    hub.counters.observe_handshake_micros(micros);
 
     // PROTOCOL.md §1.1 step 7 / §7.3: limits are checked after the 101, refused with 1008.
     if hub.at_capacity() {
@@ -276,6 +285,7 @@ impl WsSession {
                 let ack = e.ack_name.as_ref().map(|name| AckRequest {
                     name: name.to_string(),
                     correlation_id: e.correlation_id.as_ref().map(|c| c.to_string()),
+                    received: std::time::Instant::now(),
                 });
                 dispatch::event(env, &e.event, data, ack);
             }

@@ -305,10 +305,6 @@ impl Hub {
         self.config_generation.set(generation);
     }
 
-    /// The process's live configuration (reload counts for /metrics).
-    pub(crate) fn live(&self) -> &Arc<LiveConfig> {
-        &self.live
-    }
     /// Records that `client` is `user` (from authentication). The per-shard user index and
     /// the per-user connection cap hang off this one call.
     #[allow(dead_code)] // Called by authentication (issue 9) as it lands.
@@ -360,6 +356,13 @@ impl Hub {
             self.process_clients
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.counters.opened(client.transport());
+            tracing::debug!(
+                client = %client.id,
+                peer = %client.peer,
+                transport = ?client.transport(),
+                shard = self.shard,
+                "connection opened"
+            );
         }
     }
 
@@ -1074,6 +1077,8 @@ impl Hub {
                 let mut s = self.counters.snapshot();
                 s.rooms = self.room_count() as u64;
                 s.memory = self.memory_gauges();
+                s.queued_by_shard = vec![(self.shard, self.output.used() as u64)];
+                s.reloads = self.live.reloads();
                 Reply::Stats(Box::new(s))
             }
             Query::Rooms => Reply::Rooms(
