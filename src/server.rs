@@ -169,6 +169,16 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
     })
 }
 
+/// `text` with its lines trimmed and joined by ` | `.
+fn one_line(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "|")
+        .collect();
+    lines.join(" | ")
+}
+
 /// What a reload needs; shared by `Running::reload` and the SIGHUP hook.
 #[derive(Clone)]
 struct Reload {
@@ -210,7 +220,8 @@ impl Reload {
             }
             Err(e) => tracing::warn!(
                 part = e.part,
-                reason = %e.reason,
+                // One log line: a TOML error's excerpt spans several.
+                reason = %one_line(&e.reason),
                 "configuration reload refused; the old configuration stays in effect"
             ),
         }
