@@ -82,7 +82,13 @@ fn show(v: &Option<String>) -> &str {
 
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} -> {}", self.key, show(&self.old), show(&self.new))
+        write!(
+            f,
+            "{}: {} -> {}",
+            self.key,
+            show(&self.old),
+            show(&self.new)
+        )
     }
 }
 
@@ -139,9 +145,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
     keys.sort();
     keys.dedup();
     let find = |set: &[(String, String)], k: &str| {
-        set.iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
+        set.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
     };
     let mut out = Vec::new();
     for k in keys {
@@ -183,7 +187,10 @@ fn is_under(key: &str, root: &str) -> bool {
 /// split into those applied and those that need a restart.
 pub fn effective(old: &Config, new: &Config) -> Result<(Config, Changes), String> {
     let all = diff(old, new);
-    if all.iter().all(|c| !RESTART_ONLY.iter().any(|r| is_under(&c.key, r))) {
+    if all
+        .iter()
+        .all(|c| !RESTART_ONLY.iter().any(|r| is_under(&c.key, r)))
+    {
         return Ok((
             new.clone(),
             Changes {
@@ -215,7 +222,9 @@ pub fn effective(old: &Config, new: &Config) -> Result<(Config, Changes), String
             }
         }
     }
-    let kept: Config = new_v.try_into().map_err(|e: toml::de::Error| e.to_string())?;
+    let kept: Config = new_v
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string())?;
     let (needs_restart, applied) = all
         .into_iter()
         .partition(|c| RESTART_ONLY.iter().any(|r| is_under(&c.key, r)));

@@ -345,7 +345,8 @@ fn init_logging(args: &ServeArgs, filter: &str) -> SetFilter {
         S: 'static,
     {
         Box::new(move |filter: &str| {
-            let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+            let filter =
+                tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
             handle.reload(filter).map_err(|e| e.to_string())
         })
     }

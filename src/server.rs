@@ -17,14 +17,14 @@ use shardcast_shards::{Runtime, Shard};
 
 use crate::app::{App, ReloadHook};
 use crate::config::{Config, ConfigError};
-use crate::live::{self, Changes, LiveConfig, LivePart};
-use crate::reload::Reloader;
-pub use crate::reload::ReloadError;
 use crate::conn::{self, Shared};
 use crate::hub::client::CloseCause;
 use crate::hub::id::ClientId;
 use crate::hub::memory::ShardLimits;
 use crate::hub::{Hub, ShardMsg};
+use crate::live::{self, Changes, LiveConfig, LivePart};
+pub use crate::reload::ReloadError;
+use crate::reload::Reloader;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

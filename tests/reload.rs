@@ -119,9 +119,17 @@ async fn sighup_applies_new_limits_to_a_connected_client_and_logs_the_diff() {
     assert!(try_join(&mut a, "three").await);
     assert!(!try_join(&mut a, "four").await);
     // max_connections lowered: the connected client stays, a new one is refused.
-    assert!(refused_as_full(&server).await, "a new client over the new cap");
+    assert!(
+        refused_as_full(&server).await,
+        "a new client over the new cap"
+    );
     assert_eq!(a.whoami().await, id);
-    assert_eq!(server.metric("shardcast_reloads_total{result=\"ok\"}").await, 1);
+    assert_eq!(
+        server
+            .metric("shardcast_reloads_total{result=\"ok\"}")
+            .await,
+        1
+    );
     assert_eq!(
         server
             .metric("shardcast_reloads_total{result=\"refused\"}")
@@ -143,7 +151,10 @@ async fn an_invalid_config_is_refused_as_a_whole() {
     hangup(&server);
     let line = server.expect_output("configuration reload refused");
     assert!(line.contains("limits.max_frame_size"), "{line}");
-    assert!(!try_join(&mut a, "two").await, "the old limit still applies");
+    assert!(
+        !try_join(&mut a, "two").await,
+        "the old limit still applies"
+    );
 
     // A file that is not TOML for this schema, and one that is gone.
     file.write("[limits]\nmax_rooms_per_client = \"many\"\n");
@@ -165,7 +176,12 @@ async fn an_invalid_config_is_refused_as_a_whole() {
             .await,
         3
     );
-    assert_eq!(server.metric("shardcast_reloads_total{result=\"ok\"}").await, 0);
+    assert_eq!(
+        server
+            .metric("shardcast_reloads_total{result=\"ok\"}")
+            .await,
+        0
+    );
 
     // And a good file afterwards applies.
     file.write("log = \"info\"\n[limits]\nmax_rooms_per_client = 3\n");
@@ -270,7 +286,9 @@ async fn metrics_have_latency_histograms_queue_bytes_per_shard_and_reloads() {
     );
     for shard in 0..2 {
         assert!(
-            text.contains(&format!("shardcast_shard_output_queued_bytes{{shard=\"{shard}\"}}")),
+            text.contains(&format!(
+                "shardcast_shard_output_queued_bytes{{shard=\"{shard}\"}}"
+            )),
             "{text}"
         );
     }
