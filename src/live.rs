@@ -30,8 +30,6 @@ pub const RESTART_ONLY: &[&str] = &[
     "tcp_port",
     "shards",
     "memory",
-    "limits.max_queued_bytes",
-    "timeouts.slow_consumer_ms",
     "timeouts.shutdown_timeout_ms",
     "compression.threshold",
 ];

@@ -220,7 +220,9 @@ pub(crate) struct Hub {
     /// Slots of connections that stopped reading while the mesh overflow was above half its
     /// bound (each once: `Client::waits_for_mesh`).
     mesh_waiters: RefCell<Vec<u32>>,
-    limits: ShardLimits,
+    /// This shard's limits; a reload changes the per-client ones (`max_queued`,
+    /// `slow_consumer_ms`), the budgets stay as sized at start.
+    limits: Cell<ShardLimits>,
     /// Frames queued to this shard's clients (their [`OutQueue::cost`]).
     output: Budget,
     /// Partly received input held by this shard's connections.
@@ -263,7 +265,7 @@ impl Hub {
             mesh,
             overflow: RefCell::new(Overflow::default()),
             mesh_waiters: RefCell::new(Vec::new()),
-            limits,
+            limits: Cell::new(limits),
             output: Budget::new(limits.output),
             input: Budget::new(limits.input),
             compressors: RefCell::new(Compressors {
@@ -286,10 +288,17 @@ impl Hub {
     /// use time through this; per-connection state may keep what it read at connection start.
     #[inline]
     pub(crate) fn config(&self) -> Arc<Config> {
+        self.sync_config();
+        self.config.borrow().clone()
+    }
+
+    /// Takes a reloaded configuration if there is one (one atomic load when there is not).
+    /// Checks that read settings the hub keeps in its own fields call this first.
+    #[inline]
+    fn sync_config(&self) {
         if self.live.generation() != self.config_generation.get() {
             self.refresh_config();
         }
-        self.config.borrow().clone()
     }
 
     /// Takes this shard's copy of a reloaded configuration (the slow path, once per reload).
@@ -301,6 +310,11 @@ impl Hub {
         self.rooms
             .borrow_mut()
             .set_max_rooms(config.limits.max_rooms);
+        self.limits.set(ShardLimits {
+            max_queued: config.limits.max_queued_bytes,
+            slow_consumer_ms: config.timeouts.slow_consumer_ms,
+            ..self.limits.get()
+        });
         *self.config.borrow_mut() = config;
         self.config_generation.set(generation);
     }
@@ -506,15 +520,16 @@ impl Hub {
 
     /// The socket would not take everything: is the client behind, and for how long?
     fn note_backlog(&self, client: &Client) {
+        self.sync_config();
         let since = client.behind_since();
-        if client.queued_cost() <= self.limits.max_queued {
+        if client.queued_cost() <= self.limits.get().max_queued {
             since.set(0);
             return;
         }
         let now = self.now_ms().max(1);
         match since.get() {
-            0 if self.limits.slow_consumer_ms > 0 => since.set(now),
-            t if now.saturating_sub(t) >= self.limits.slow_consumer_ms => {
+            0 if self.limits.get().slow_consumer_ms > 0 => since.set(now),
+            t if now.saturating_sub(t) >= self.limits.get().slow_consumer_ms => {
                 self.cut_off(client, CloseCause::SlowConsumer);
             }
             _ => {}
@@ -552,7 +567,8 @@ impl Hub {
     /// (its replies would pile up; its task is woken when the socket drains), or the shard's
     /// mesh overflow is congested (the client is woken once it has drained).
     pub(crate) fn should_pause_reading(&self, client: &Client) -> bool {
-        if client.queued_cost() > self.limits.read_pause() {
+        self.sync_config();
+        if client.queued_cost() > self.limits.get().read_pause() {
             return true;
         }
         if self.mesh_congested() {
@@ -941,7 +957,7 @@ impl Hub {
             msg
         };
         let cost = msg.cost();
-        if of.bytes + cost > self.limits.mesh_overflow {
+        if of.bytes + cost > self.limits.get().mesh_overflow {
             drop(of);
             self.counters.drop_message("mesh_overflow");
             return;
@@ -955,7 +971,7 @@ impl Hub {
 
     /// Whether the overflow is above half its bound (connections stop reading).
     fn mesh_congested(&self) -> bool {
-        self.overflow.borrow().bytes > self.limits.mesh_overflow / 2
+        self.overflow.borrow().bytes > self.limits.get().mesh_overflow / 2
     }
 
     /// Retries held-back messages whenever there are some; runs for the shard's life.
@@ -996,7 +1012,7 @@ impl Hub {
                 }
             }
         }
-        let congested = of.bytes > self.limits.mesh_overflow / 2;
+        let congested = of.bytes > self.limits.get().mesh_overflow / 2;
         let done = of.bytes == 0;
         drop(of);
         if !congested {
