@@ -40,6 +40,8 @@ pub struct Config {
     /// Origins (`scheme://host[:port]`, exactly as browsers send them) whose pages may call
     /// the API from a browser (CORS). Other origins get no CORS headers.
     pub api_cors_origins: Vec<String>,
+    /// Log filter, tracing env-filter syntax (`info`, `shardcast=debug,warn`). Reloads live.
+    pub log: String,
     /// Connection and message limits.
     pub limits: Limits,
     /// Heartbeats and timeouts.
@@ -237,6 +239,7 @@ impl Default for Config {
             api_insecure: false,
             api_keys: Vec::new(),
             api_cors_origins: Vec::new(),
+            log: "info".to_owned(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             compression: Compression::default(),
@@ -473,6 +476,9 @@ impl Config {
                 );
             }
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return bad("log", format!("`{}` is not a log filter: {e}", self.log));
+        }
         let l = &self.limits;
         if l.max_frame_size < 126 {
             return bad("limits.max_frame_size", "must be at least 126 bytes");
@@ -608,6 +614,7 @@ mod tests {
             api_insecure: true,
             api_keys: Vec::new(),
             api_cors_origins: vec!["https://app.example".to_owned()],
+            log: "shardcast=debug".to_owned(),
             limits: Limits {
                 max_connections: 1,
                 max_rooms: 2,
@@ -666,5 +673,11 @@ mod tests {
         c.timeouts.heartbeat_timeout_ms = 10;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("timeouts.heartbeat_timeout_ms"), "{err}");
+        let c = Config {
+            log: "shardcast=loud".into(),
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("invalid setting `log`"), "{err}");
     }
 }

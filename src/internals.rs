@@ -116,7 +116,7 @@ pub fn on_one_shard(f: impl Fn(FanoutBench) + Send + Sync + 'static) {
                 let hub = Rc::new(Hub::new(
                     0,
                     1,
-                    Arc::new(Config::default()),
+                    Arc::new(crate::live::LiveConfig::new(Config::default(), 1024)),
                     shard.mesh().clone(),
                     timers,
                     Arc::new(AtomicUsize::new(0)),

@@ -19,6 +19,7 @@ pub(crate) mod hub;
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod internals;
+pub mod live;
 pub mod protocol;
 pub(crate) mod reload;
 pub mod server;

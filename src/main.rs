@@ -276,8 +276,8 @@ struct ServeArgs {
     #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_name = "FORMAT",
         value_parser = ["text", "json"])]
     log_format: Option<String>,
-    /// Log filter, tracing env-filter syntax such as `debug` or `shardcast=debug`
-    /// [default: info].
+    /// Log filter, tracing env-filter syntax such as `debug` or `shardcast=debug`; TOML `log`,
+    /// which a reload (SIGHUP) changes live [default: info].
     #[arg(long, env = "SHARDCAST_LOG", value_name = "FILTER", value_parser = log_filter)]
     log: Option<String>,
 }
@@ -397,6 +397,7 @@ impl ServeArgs {
         }
         set(&mut a.jwt_rooms_claim, &self.jwt_rooms_claim);
         set(&mut a.jwt_publish_claim, &self.jwt_publish_claim);
+        set(&mut c.log, &self.log);
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }
@@ -427,9 +428,13 @@ fn log_colours(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
     stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
-fn init_logging(args: &ServeArgs) {
-    // `log` passed `log_filter`, so this parses.
-    let filter = tracing_subscriber::EnvFilter::try_new(args.log.as_deref().unwrap_or("info"))
+/// Changes the log filter of the running subscriber.
+type SetFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Installs the subscriber with `filter` (checked by `Config::validate`); returns what changes
+/// the filter later (a reload).
+fn init_logging(args: &ServeArgs, filter: &str) -> SetFilter {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = log_colours(
         std::io::stderr().is_terminal(),
@@ -443,10 +448,27 @@ fn init_logging(args: &ServeArgs) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .log_internal_errors(false);
+    fn setter<L, S>(handle: tracing_subscriber::reload::Handle<L, S>) -> SetFilter
+    where
+        L: From<tracing_subscriber::EnvFilter> + Send + Sync + 'static,
+        S: 'static,
+    {
+        Box::new(move |filter: &str| {
+            let filter =
+                tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        })
+    }
     if args.log_format.as_deref() == Some("json") {
-        builder.json().init();
-    } else {
+        let builder = builder.json().with_filter_reloading();
+        let handle = builder.reload_handle();
         builder.init();
+        setter(handle)
+    } else {
+        let builder = builder.with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder.init();
+        setter(handle)
     }
 }
 
@@ -551,7 +573,6 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig(a)) => (a, true),
         None => (cli.serve, false),
     };
-    init_logging(&args);
     let config = match args.to_config() {
         Ok(c) => c,
         Err(e) => {
@@ -559,6 +580,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let set_filter = init_logging(&args, &config.log);
     if check_only {
         return match printable_config(&config) {
             Ok(text) => {
@@ -571,7 +593,25 @@ fn main() -> ExitCode {
             }
         };
     }
-    let running = match Server::builder().config(config).relay(true).start() {
+    let filter_now = std::sync::Mutex::new(config.log.clone());
+    let builder = Server::builder()
+        .config(config)
+        .relay(true)
+        // SIGHUP: the same flags and environment as at start, the --config file read again.
+        .reload_on_hangup(move || args.to_config())
+        .on_reload(move |c| {
+            let mut now = filter_now.lock().unwrap_or_else(|p| p.into_inner());
+            if c.log != *now {
+                match set_filter(&c.log) {
+                    Ok(()) => {
+                        tracing::info!(filter = %c.log, "log filter changed");
+                        c.log.clone_into(&mut now);
+                    }
+                    Err(e) => tracing::warn!(filter = %c.log, error = %e, "log filter unchanged"),
+                }
+            }
+        });
+    let running = match builder.start() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("shardcast: cannot start: {e}");

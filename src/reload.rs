@@ -6,8 +6,6 @@
 //! the prepared states *committed*, in registration order; otherwise the reload is refused as
 //! a whole with the first part's reason, and the old state stays everywhere.
 
-#![allow(dead_code)] // The parts (TLS, JWT, live config) register as they land.
-
 use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
@@ -28,7 +26,7 @@ pub(crate) trait Reloadable: Send + Sync {
 /// Why a reload was refused.
 #[derive(Debug, thiserror::Error)]
 #[error("{part}: {reason}")]
-pub(crate) struct ReloadError {
+pub struct ReloadError {
     /// The part that refused.
     pub part: &'static str,
     /// Why.

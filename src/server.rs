@@ -15,13 +15,15 @@ use std::sync::Arc;
 
 use shardcast_shards::{Runtime, Shard};
 
-use crate::app::App;
+use crate::app::{App, ReloadHook};
 use crate::config::{Config, ConfigError};
 use crate::conn::{self, Shared};
 use crate::hub::client::CloseCause;
 use crate::hub::id::ClientId;
 use crate::hub::memory::ShardLimits;
 use crate::hub::{Hub, ShardMsg};
+use crate::live::{self, Changes, LiveConfig, LivePart};
+pub use crate::reload::ReloadError;
 use crate::reload::Reloader;
 
 /// Why the server could not start.
@@ -41,15 +43,25 @@ pub enum StartError {
 /// A started server.
 pub struct Running {
     runtime: Runtime<ShardMsg>,
-    /// What SIGHUP rebuilds from a new configuration (`reload.rs`): the JWT keys, ...
-    #[allow(dead_code)] // Driven by the SIGHUP reload (issue 9, item 5) as it lands.
-    pub(crate) reloader: Reloader,
     ws: SocketAddr,
     tcp: Option<SocketAddr>,
     shards: usize,
+    reload: Reload,
 }
 
 impl Running {
+    /// Makes `new` the configuration in effect, without dropping a connection: `new` is
+    /// checked (`Config::validate`), every reloadable part prepares its new state (the live
+    /// configuration, TLS certificates, JWT keys, ...), and only if all of them could is it
+    /// committed everywhere; otherwise nothing changes and the error says which part refused
+    /// and why. Settings only a restart can change (`live::RESTART_ONLY`: addresses, ports,
+    /// shards, memory budgets, ...) keep their running values and are listed in
+    /// `Changes::needs_restart`. Limits apply to the next check (a lowered
+    /// `max_connections` refuses new clients and keeps the ones connected). The log shows the
+    /// diff, secrets redacted. SIGHUP does the same with `Builder::reload_on_hangup`'s source.
+    pub fn reload(&self, new: Config) -> Result<Changes, ReloadError> {
+        self.reload.reload(Ok(new))
+    }
     /// The WebSocket/HTTP address.
     pub fn ws_addr(&self) -> SocketAddr {
         self.ws
@@ -94,7 +106,10 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
     );
     app.config.limits.max_connections = cap;
     // Parts rebuilt on reload register here, in the order they are prepared and committed.
+    let live = Arc::new(LiveConfig::new(app.config.clone(), open_files));
     let reloader = Reloader::default();
+    // First, so that every other part commits with the shards already reading the new config.
+    reloader.register(Arc::new(LivePart(live.clone())));
     if app.authenticator.is_none() {
         // The standalone server's authenticator: JWT, keys reloaded on SIGHUP.
         let keys = crate::auth::jwt::JwtKeys::load(&app.config)
@@ -104,6 +119,12 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
         app.authenticator = Some(crate::auth::jwt::authenticator(keys));
     }
     let config = Arc::new(app.config.clone());
+    let reload = Reload {
+        live: live.clone(),
+        reloader,
+        hooks: app.on_reload.clone(),
+        serial: Arc::new(std::sync::Mutex::new(())),
+    };
     let app = Arc::new(app);
     let mut builder = Runtime::builder()
         .messages::<ShardMsg>()
@@ -120,6 +141,13 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
         Some(0) => builder,
         Some(port) => builder.listen("tcp", SocketAddr::new(config.host, port)),
     };
+    if let Some(source) = app.reload_source.clone() {
+        let reload = reload.clone();
+        // Runs on the signal thread: reading files there blocks no shard.
+        builder = builder.on_hangup(move || {
+            let _ = reload.reload(source());
+        });
+    }
     let clients = Arc::new(AtomicUsize::new(0));
     let budgets = memory_budgets(&config);
     // Connections per user, process-wide (`hub/users.rs`): shared by every shard's hub.
@@ -133,11 +161,11 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
     }
     let runtime = builder.start(move |shard: Shard<ShardMsg>| {
         let app = app.clone();
-        let config = config.clone();
+        let live = live.clone();
         let clients = clients.clone();
         let limits = shard_limits(&config, budgets, shard.count());
         let user_counts = user_counts.clone();
-        async move { run_shard(shard, app, config, clients, limits, user_counts).await }
+        async move { run_shard(shard, app, live, clients, limits, user_counts).await }
     })?;
     let ws = runtime
         .bound_addr("ws")
@@ -146,11 +174,87 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
     let shards = runtime.shards();
     Ok(Running {
         runtime,
-        reloader,
         ws,
         tcp,
         shards,
+        reload,
     })
+}
+
+/// `text` with its lines trimmed and joined by ` | `.
+fn one_line(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "|")
+        .collect();
+    lines.join(" | ")
+}
+
+/// What a reload needs; shared by `Running::reload` and the SIGHUP hook.
+#[derive(Clone)]
+struct Reload {
+    live: Arc<LiveConfig>,
+    reloader: Reloader,
+    hooks: Vec<ReloadHook>,
+    /// One reload at a time (SIGHUP and an embedder's call may race).
+    serial: Arc<std::sync::Mutex<()>>,
+}
+
+impl Reload {
+    /// Reloads `new` (or counts and logs why it could not be built), all or nothing.
+    fn reload(&self, new: Result<Config, String>) -> Result<Changes, ReloadError> {
+        let _one = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let result = new
+            .map_err(|reason| ReloadError {
+                part: "config",
+                reason,
+            })
+            .and_then(|new| self.apply(new));
+        self.live.count(result.is_ok());
+        match &result {
+            Ok(changes) => {
+                if changes.applied.is_empty() {
+                    tracing::info!("configuration reloaded: no setting that applies live changed");
+                } else {
+                    tracing::info!(
+                        changed = %live::join_changes(&changes.applied),
+                        "configuration reloaded"
+                    );
+                }
+                if !changes.needs_restart.is_empty() {
+                    tracing::warn!(
+                        settings = %live::join_changes(&changes.needs_restart),
+                        "configuration reload: these settings need a restart to change; \
+                         their old values stay in effect"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                part = e.part,
+                // One log line: a TOML error's excerpt spans several.
+                reason = %one_line(&e.reason),
+                "configuration reload refused; the old configuration stays in effect"
+            ),
+        }
+        result
+    }
+
+    fn apply(&self, new: Config) -> Result<Changes, ReloadError> {
+        let refuse = |reason: String| ReloadError {
+            part: "config",
+            reason,
+        };
+        new.validate().map_err(|e| refuse(e.to_string()))?;
+        let new = self.live.resolve(new);
+        let (_, old) = self.live.load();
+        let (effective, changes) = live::effective(&old, &new).map_err(refuse)?;
+        self.reloader.apply(&effective)?;
+        for hook in &self.hooks {
+            hook(&effective);
+        }
+        Ok(changes)
+    }
 }
 
 /// The process's output and input budgets in bytes (see `hub/memory.rs`), logged.
@@ -184,7 +288,7 @@ fn shard_limits(config: &Config, (output, input): (usize, usize), shards: usize)
 async fn run_shard(
     shard: Shard<ShardMsg>,
     app: Arc<App>,
-    config: Arc<Config>,
+    live: Arc<LiveConfig>,
     clients: Arc<AtomicUsize>,
     limits: ShardLimits,
     user_counts: Arc<crate::hub::users::UserCounts>,
@@ -194,7 +298,7 @@ async fn run_shard(
         Hub::new(
             shard.id() as u16,
             shard.count() as u16,
-            config,
+            live,
             shard.mesh().clone(),
             timers,
             clients,

@@ -52,6 +52,80 @@ pub(crate) struct Counters {
     /// Authentication time, microseconds summed, and how many were timed.
     auth_micros: Cell<u64>,
     auth_timed: Cell<u64>,
+    // Latency histograms (issue 9): plain per-shard arrays, summed when /metrics is read.
+    /// WebSocket handshakes: accepted socket → 101 written.
+    handshake: Histogram,
+    /// ACK requests: request received → reply queued.
+    ack: Histogram,
+    /// Authentication: credentials received → verdict.
+    auth_latency: Histogram,
+}
+
+/// Upper bounds of the latency histograms' buckets, in microseconds (the `le` labels, in
+/// seconds, are these / 1e6); one more bucket counts what is above the last.
+pub(crate) const LATENCY_BUCKETS_US: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 10_000_000,
+];
+
+/// One shard's latency histogram: a count per bucket and the sum, each a plain `Cell`.
+#[derive(Default, Debug)]
+pub(crate) struct Histogram {
+    counts: [Cell<u64>; LATENCY_BUCKETS_US.len() + 1],
+    sum_micros: Cell<u64>,
+}
+
+impl Histogram {
+    /// Records one observation of `micros` microseconds.
+    pub(crate) fn observe(&self, micros: u64) {
+        let i = LATENCY_BUCKETS_US.partition_point(|&b| b < micros);
+        bump(&self.counts[i], 1);
+        bump(&self.sum_micros, micros);
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: std::array::from_fn(|i| self.counts[i].get()),
+            sum_micros: self.sum_micros.get(),
+        }
+    }
+}
+
+/// A histogram's counts (per bucket, not cumulative) and sum, summed over shards.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct HistogramSnapshot {
+    /// Observations per bucket; the last is above every bound.
+    pub(crate) counts: [u64; LATENCY_BUCKETS_US.len() + 1],
+    /// Sum of the observations, in microseconds.
+    pub(crate) sum_micros: u64,
+}
+
+impl HistogramSnapshot {
+    fn merge(&mut self, o: &HistogramSnapshot) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts) {
+            *a += b;
+        }
+        self.sum_micros += o.sum_micros;
+    }
+
+    /// Observations in all buckets.
+    pub(crate) fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// Renders `h` as a Prometheus histogram in seconds.
+fn prom_histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (bound, n) in LATENCY_BUCKETS_US.iter().zip(h.counts) {
+        cumulative += n;
+        let le = *bound as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count());
+    let _ = writeln!(out, "{name}_sum {}", h.sum_micros as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {}", h.count());
 }
 
 fn bump(c: &Cell<u64>, n: u64) {
@@ -98,6 +172,14 @@ impl Counters {
         bump_label(&self.dropped, reason);
     }
 
+    /// A WebSocket handshake took `micros` (accepted socket → 101 written).
+    pub(crate) fn observe_handshake_micros(&self, micros: u64) {
+        self.handshake.observe(micros);
+    }
+    /// An ACK took `micros` (request received → reply queued).
+    pub(crate) fn observe_ack_micros(&self, micros: u64) {
+        self.ack.observe(micros);
+    }
     /// Counts an authentication by result (`ok`, `anonymous`, or a fault's label).
     pub(crate) fn auth_result(&self, result: &'static str) {
         bump_label(&self.auth, result);
@@ -106,6 +188,7 @@ impl Counters {
     pub(crate) fn observe_auth_micros(&self, micros: u64) {
         bump(&self.auth_micros, micros);
         bump(&self.auth_timed, 1);
+        self.auth_latency.observe(micros);
     }
 
     /// A copy that can travel to another shard.
@@ -133,6 +216,11 @@ impl Counters {
             users: 0,
             shards: 1,
             memory: MemoryGauges::default(),
+            handshake: self.handshake.snapshot(),
+            ack: self.ack.snapshot(),
+            auth_latency: self.auth_latency.snapshot(),
+            queued_by_shard: Vec::new(),
+            reloads: (0, 0),
         }
     }
 }
@@ -209,6 +297,16 @@ pub(crate) struct Snapshot {
     pub shards: u64,
     /// Memory gauges, summed.
     pub memory: MemoryGauges,
+    /// WebSocket handshake latency.
+    pub handshake: HistogramSnapshot,
+    /// ACK latency.
+    pub ack: HistogramSnapshot,
+    /// Authentication latency.
+    pub auth_latency: HistogramSnapshot,
+    /// Bytes queued to clients, per shard: (shard, bytes), sorted by shard.
+    pub queued_by_shard: Vec<(u16, u64)>,
+    /// Reloads (committed, refused): process-wide, set by the reader.
+    pub reloads: (u64, u64),
 }
 
 fn merge_map(into: &mut BTreeMap<&'static str, u64>, from: &BTreeMap<&'static str, u64>) {
@@ -242,6 +340,12 @@ impl Snapshot {
         self.users = self.users.max(o.users);
         self.shards += o.shards;
         self.memory.merge(&o.memory);
+        self.handshake.merge(&o.handshake);
+        self.ack.merge(&o.ack);
+        self.auth_latency.merge(&o.auth_latency);
+        self.queued_by_shard.extend_from_slice(&o.queued_by_shard);
+        self.queued_by_shard.sort_unstable();
+        self.reloads = self.reloads.max(o.reloads);
     }
 
     /// Open WebSocket connections.
@@ -501,6 +605,40 @@ pub(crate) fn prometheus_text(s: &Snapshot, p: &Process) -> String {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
+    prom_histogram(
+        &mut out,
+        "shardcast_ws_handshake_duration_seconds",
+        "WebSocket handshakes, accepted socket to 101 response written.",
+        &s.handshake,
+    );
+    prom_histogram(
+        &mut out,
+        "shardcast_ack_duration_seconds",
+        "ACK requests, request received to reply queued.",
+        &s.ack,
+    );
+    prom_histogram(
+        &mut out,
+        "shardcast_auth_duration_seconds",
+        "Client authentication, credentials received to verdict.",
+        &s.auth_latency,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_shard_output_queued_bytes Bytes queued to clients on each shard.\n# TYPE shardcast_shard_output_queued_bytes gauge"
+    );
+    for (shard, bytes) in &s.queued_by_shard {
+        let _ = writeln!(
+            out,
+            "shardcast_shard_output_queued_bytes{{shard=\"{shard}\"}} {bytes}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_reloads_total Configuration reloads, by result.\n# TYPE shardcast_reloads_total counter\nshardcast_reloads_total{{result=\"ok\"}} {}\nshardcast_reloads_total{{result=\"refused\"}} {}",
+        s.reloads.0,
+        s.reloads.1
+    );
     let _ = writeln!(
         out,
         "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
@@ -578,7 +716,43 @@ mod tests {
         // Every sample line belongs to a declared family.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
-            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .filter_map(|s| name.strip_suffix(s))
+                .find(|f| text.contains(&format!("# TYPE {f} histogram")))
+                .unwrap_or(name);
+            assert!(text.contains(&format!("# TYPE {family} ")), "{name}");
+        }
+    }
+
+    #[test]
+    fn histograms_bucket_sum_and_render_cumulatively() {
+        let a = Counters::default();
+        a.observe_ack_micros(40);
+        a.observe_ack_micros(300);
+        let b = Counters::default();
+        b.observe_ack_micros(20_000_000);
+        let mut s = a.snapshot();
+        s.merge(&b.snapshot());
+        assert_eq!(s.ack.count(), 3);
+        assert_eq!(s.ack.sum_micros, 20_000_340);
+        s.queued_by_shard = vec![(0, 10), (1, 0)];
+        s.reloads = (2, 1);
+        let text = prometheus_text(&s, &Process::default());
+        for want in [
+            "shardcast_ack_duration_seconds_bucket{le=\"0.00005\"} 1",
+            "shardcast_ack_duration_seconds_bucket{le=\"0.00025\"} 1",
+            "shardcast_ack_duration_seconds_bucket{le=\"0.0005\"} 2",
+            "shardcast_ack_duration_seconds_bucket{le=\"10\"} 2",
+            "shardcast_ack_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "shardcast_ack_duration_seconds_sum 20.00034",
+            "shardcast_ack_duration_seconds_count 3",
+            "shardcast_ws_handshake_duration_seconds_count 0",
+            "shardcast_shard_output_queued_bytes{shard=\"0\"} 10",
+            "shardcast_reloads_total{result=\"ok\"} 2",
+            "shardcast_reloads_total{result=\"refused\"} 1",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
         }
     }
 

@@ -136,7 +136,7 @@ fn a_closed_log_pipe_does_not_prevent_a_graceful_shutdown() {
 }
 
 /// SIGHUP (a closed terminal, or `systemctl reload`) must never kill the server: it is caught
-/// with the shutdown signals, runs the reload hooks (none yet in the relay, which says so) and
+/// with the shutdown signals, runs the reload hook (the configuration reload, tests/reload.rs) and
 /// the server carries on serving the connections it has. SIGTERM still shuts it down
 /// gracefully afterwards.
 #[tokio::test]

@@ -35,6 +35,9 @@ pub enum SendError {
 pub struct Context {
     pub(crate) hub: Rc<Hub>,
     pub(crate) client: Rc<Client>,
+    // Settings are read from the hub's live configuration; the app stays for what is not
+    // configuration (handlers, hooks).
+    #[allow(dead_code)]
     pub(crate) app: Arc<App>,
 }
 
@@ -131,9 +134,10 @@ impl Context {
             .map(|(_, v)| v.into_owned())
     }
 
-    /// The application's configuration.
-    pub fn config(&self) -> &crate::config::Config {
-        &self.app.config
+    /// The configuration in effect now: the one the server started with, or the latest that
+    /// a reload (SIGHUP, `Running::reload`) swapped in.
+    pub fn config(&self) -> std::sync::Arc<crate::config::Config> {
+        self.hub.config()
     }
 
     /// Sends `event` with JSON `data` to this client.

@@ -29,6 +29,8 @@ pub(crate) struct AckRequest {
     pub name: String,
     /// `_correlationId`, echoed in the reply.
     pub correlation_id: Option<String>,
+    /// When the request was received (for the ACK latency histogram).
+    pub received: std::time::Instant,
 }
 
 /// A JSON event's `data`: its text, verbatim (a view of the read buffer), and, when it is an
@@ -81,6 +83,9 @@ pub(crate) fn send_ack_reply(
 ) {
     let msg = Outgoing::ack_reply(event, &ack.name, ack.correlation_id.as_deref(), result);
     hub.send_to(client, &msg);
+    let micros = ack.received.elapsed().as_micros();
+    hub.counters
+        .observe_ack_micros(u64::try_from(micros).unwrap_or(u64::MAX));
 }
 
 /// A JSON event (WebSocket text envelope, TCP JSON frame, or the event inside a TCP ACK_REQ).
@@ -120,7 +125,7 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<Data>, ack: Option<
         // §2.3 step 7: liveness only (any inbound bytes already refreshed it).
         "pong" => return,
         "join-room" | "leave-room" => {
-            let max = env.app.config.limits.max_room_name;
+            let max = env.hub.config().limits.max_room_name;
             let room = data
                 .as_ref()
                 .ok_or(crate::protocol::stelar::Error::RoomNameEmpty)
@@ -164,7 +169,7 @@ pub(crate) fn binary(env: &Env<'_>, event: &str, payload: Bytes) {
 
 /// A join request (TCP JOIN frame, or `join-room`).
 pub(crate) fn join(env: &Env<'_>, room: &str) {
-    if !auth::may(env.hub.config(), env.client, Action::Join(room)) {
+    if !auth::may(&env.hub.config(), env.client, Action::Join(room)) {
         // Unlike a vetoed join (silent, Q15), the client is told: its token decides.
         env.error(ClientError::Forbidden(Forbidden::Join), Some("join-room"));
         return;

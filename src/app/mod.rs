@@ -117,7 +117,15 @@ pub struct App {
     pub(crate) handle_signals: bool,
     /// Who clients are (`auth.mode` optional / required); the JWT check when none is given.
     pub(crate) authenticator: Option<Authenticator>,
+    // Live reload (issue 9): where SIGHUP gets the new configuration, and who hears of it.
+    pub(crate) reload_source: Option<ReloadSource>,
+    pub(crate) on_reload: Vec<ReloadHook>,
 }
+
+/// Builds the configuration anew for a reload (`Builder::reload_on_hangup`).
+pub(crate) type ReloadSource = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+/// Hears of each committed reload (`Builder::on_reload`).
+pub(crate) type ReloadHook = Arc<dyn Fn(&Config) + Send + Sync>;
 
 impl App {
     /// The configuration.
@@ -146,6 +154,8 @@ impl Server {
                 relay: false,
                 handle_signals: true,
                 authenticator: None,
+                reload_source: None,
+                on_reload: Vec::new(),
             },
         }
     }
@@ -293,6 +303,25 @@ impl Builder {
     /// embedding in a process that handles signals itself; call `Running::shutdown` instead.
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.app.handle_signals = on;
+        self
+    }
+
+    /// On SIGHUP, reload the configuration that `source` builds (the binary re-reads its
+    /// flags, environment and `--config` file): see `Running::reload` for what a reload
+    /// does. Without it SIGHUP is logged and ignored. Needs `handle_signals(true)`.
+    pub fn reload_on_hangup(
+        mut self,
+        source: impl Fn() -> Result<Config, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.app.reload_source = Some(Arc::new(source));
+        self
+    }
+
+    /// Calls `hook` with the new configuration after every reload that took effect (from
+    /// SIGHUP or `Running::reload`), on the thread that reloaded: e.g. to change a log
+    /// filter. The configuration has passed `Config::validate`.
+    pub fn on_reload(mut self, hook: impl Fn(&Config) + Send + Sync + 'static) -> Self {
+        self.app.on_reload.push(Arc::new(hook));
         self
     }
 

@@ -122,7 +122,8 @@ impl Request {
 
 /// A relay event. Returns false if `event` is not one of the relay's.
 pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<&Data>) -> bool {
-    let relay = &env.app.config.relay;
+    let config = env.hub.config();
+    let relay = &config.relay;
     let kind = match event {
         "echo" => {
             let msg = Outgoing::event("echo", data.map(|d| d.text.clone()));
@@ -146,10 +147,10 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<&Data>) -> bool {
     // The client's credentials (auth/): `broadcast` / `direct` claims.
     let config = env.hub.config();
     let denied = match kind {
-        Kind::Broadcast if !auth::may(config, env.client, Action::Broadcast) => {
+        Kind::Broadcast if !auth::may(&config, env.client, Action::Broadcast) => {
             Some(Forbidden::Broadcast)
         }
-        Kind::Send if !auth::may(config, env.client, Action::Direct) => Some(Forbidden::Direct),
+        Kind::Send if !auth::may(&config, env.client, Action::Direct) => Some(Forbidden::Direct),
         _ => None,
     };
     if let Some(f) = denied {
@@ -161,14 +162,14 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<&Data>) -> bool {
             kind,
             &d.text,
             d.members.as_ref(),
-            env.app.config.limits.max_room_name,
+            config.limits.max_room_name,
         ),
         None => Err(RequestError::NotObject),
     };
     match request {
         Ok(req) => {
             if let Target::Room(room) = &req.target {
-                if !auth::may(config, env.client, Action::Publish(room)) {
+                if !auth::may(&config, env.client, Action::Publish(room)) {
                     env.error(ClientError::Forbidden(Forbidden::Publish), Some(event));
                     return true;
                 }
@@ -229,21 +230,22 @@ pub(crate) fn ack(env: &Env<'_>, event: &str, data: Option<&Data>, ack: &AckRequ
 
 /// A binary relay: event `ROOM:NAME` goes to the other members of ROOM, unchanged.
 pub(crate) fn binary(env: &Env<'_>, event: &str, payload: Bytes) -> bool {
-    if !env.app.config.relay.publish {
+    let config = env.hub.config();
+    if !config.relay.publish {
         return false;
     }
     let Some(colon) = event.rfind(':') else {
         return false;
     };
     let room = &event[..colon];
-    if room.is_empty() || room.len() > env.app.config.limits.max_room_name {
+    if room.is_empty() || room.len() > config.limits.max_room_name {
         return false;
     }
-    if !auth::may(env.hub.config(), env.client, Action::Publish(room)) {
+    if !auth::may(&config, env.client, Action::Publish(room)) {
         env.error(ClientError::Forbidden(Forbidden::Publish), Some(event));
         return true;
     }
-    if env.app.config.relay.publish_requires_membership && !is_member(env, room) {
+    if config.relay.publish_requires_membership && !is_member(env, room) {
         env.error(ClientError::NotMember, Some(event));
         return true;
     }

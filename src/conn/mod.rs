@@ -61,8 +61,6 @@ pub(crate) struct Shared {
     pub hub: Rc<Hub>,
     pub app: Arc<App>,
     scratch: RefCell<Box<[u8]>>,
-    pub handshake: ServerConfig,
-    pub http_limits: HttpLimits,
     /// Connection tasks alive on this shard (for the shutdown drain).
     live: Cell<usize>,
     drained: RefCell<Option<Waker>>,
@@ -72,28 +70,36 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(hub: Rc<Hub>, app: Arc<App>) -> Shared {
-        let c = &app.config;
-        let handshake = ServerConfig {
+        Shared {
+            hub,
+            app,
+            scratch: RefCell::new(vec![0u8; SCRATCH].into_boxed_slice()),
+            live: Cell::new(0),
+            drained: RefCell::new(None),
+            timers: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// What the WebSocket handshake offers, from the configuration in effect (a reload
+    /// changes it for the handshakes that follow).
+    pub(crate) fn handshake(&self) -> ServerConfig {
+        let c = self.hub.config();
+        ServerConfig {
             subprotocols: Vec::new(),
             deflate: DeflateConfig {
                 enabled: c.compression.enabled,
                 ..DeflateConfig::default()
             },
-        };
-        let http_limits = HttpLimits {
+        }
+    }
+
+    /// The HTTP request limits in effect.
+    pub(crate) fn http_limits(&self) -> HttpLimits {
+        let c = self.hub.config();
+        HttpLimits {
             max_head_size: c.limits.max_http_head,
             max_body_size: c.limits.max_http_body,
             ..HttpLimits::default()
-        };
-        Shared {
-            hub,
-            app,
-            scratch: RefCell::new(vec![0u8; SCRATCH].into_boxed_slice()),
-            handshake,
-            http_limits,
-            live: Cell::new(0),
-            drained: RefCell::new(None),
-            timers: RefCell::new(Vec::new()),
         }
     }
 
@@ -199,6 +205,19 @@ impl Accepted {
         shared.hub.unregister(&self.client);
         if opened {
             crate::app::dispatch::disconnected(&shared.hub, &shared.app, &self.client);
+            // A cause is set when the server closed it; otherwise the peer closed it or the
+            // socket failed (logged apart, with the error).
+            let reason = self
+                .client
+                .close_requested()
+                .map_or("peer_closed_or_failed", |c| c.label());
+            tracing::debug!(
+                client = %self.client.id,
+                peer = %self.client.peer,
+                transport = ?self.client.transport(),
+                reason,
+                "connection closed"
+            );
         }
         self.io.close();
     }
@@ -388,7 +407,7 @@ pub(crate) async fn drive<S: Session>(
     client: &Rc<Client>,
 ) -> End {
     let hub = &shared.hub;
-    let config = hub.config().clone();
+    let config = hub.config();
     let interval = config.heartbeat_interval();
     let timeout_ms = config.timeouts.heartbeat_timeout_ms;
     let mut closing = false;

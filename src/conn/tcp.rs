@@ -31,7 +31,7 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
     // §4.3: the CONNECT frame is the first thing on the wire.
     let connect = Outgoing::new(Body::Connect(client.id.to_string().into()));
     hub.send_control(&client, &connect);
-    let config = hub.config().clone();
+    let config = hub.config();
     let mut opened = false;
     if hub.at_capacity() {
         hub.counters.refuse("server_full");
@@ -104,7 +104,7 @@ impl Session for TcpSession {
             app: &shared.app,
             client,
         };
-        let max_room = shared.app.config.limits.max_room_name;
+        let max_room = hub.config().limits.max_room_name;
         loop {
             if self.first.is_some() {
                 // Authentication has the first frame; the rest waits in `buf`.
@@ -226,6 +226,7 @@ impl TcpSession {
                 let ack = AckRequest {
                     name: ack_name.to_owned(),
                     correlation_id: e.correlation_id.as_ref().map(|c| c.to_string()),
+                    received: std::time::Instant::now(),
                 };
                 dispatch::event(env, &e.event, data, Some(ack));
             }
@@ -242,6 +243,7 @@ impl TcpSession {
                     let ack = AckRequest {
                         name: ack_name.to_owned(),
                         correlation_id: p.correlation_id.as_ref().map(|c| c.to_string()),
+                        received: std::time::Instant::now(),
                     };
                     dispatch::event(env, ack_name, data, Some(ack));
                 }

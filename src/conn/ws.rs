@@ -46,12 +46,13 @@ enum Mode {
 
 /// Serves one socket accepted on the WebSocket/HTTP port.
 pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
+    let accepted = std::time::Instant::now();
     let mut conn = Accepted::new(stream, &shared, Transport::Ws);
     let client = conn.client.clone();
     shared.arm_timer(&client, shared.hub.config().handshake_timeout());
     let mut opened = false;
     if let Some(req) = http_phase(&mut conn.io, &shared, &client).await {
-        opened = websocket(&mut conn.io, &shared, &client, req).await;
+        opened = websocket(&mut conn.io, &shared, &client, req, accepted).await;
     }
     conn.finish(&shared, opened);
 }
@@ -61,7 +62,7 @@ async fn http_phase(io: &mut Io, shared: &Shared, client: &Rc<Client>) -> Option
     let hub = &shared.hub;
     loop {
         let req = loop {
-            match parse_request(&io.rbuf, &shared.http_limits) {
+            match parse_request(&io.rbuf, &shared.http_limits()) {
                 Ok(Some(req)) => break req.into_owned(),
                 Ok(None) => match fill(io, shared, client).await {
                     Ok(_) => {}
@@ -98,7 +99,7 @@ async fn http_phase(io: &mut Io, shared: &Shared, client: &Rc<Client>) -> Option
                 }
                 // API callers get their errors in the API's JSON shape.
                 let api = req.path().starts_with("/api/");
-                let mut decoder = match BodyDecoder::new(kind, &shared.http_limits) {
+                let mut decoder = match BodyDecoder::new(kind, &shared.http_limits()) {
                     Ok(d) => d,
                     Err(e) => {
                         respond_error(io, shared, client, e, api).await;
@@ -160,16 +161,18 @@ async fn websocket(
     shared: &Rc<Shared>,
     client: &Rc<Client>,
     req: Request<Bytes>,
+    accepted: std::time::Instant,
 ) -> bool {
     let hub = &shared.hub;
-    let config = hub.config().clone();
+    let config = hub.config();
     let mode = match req.path() {
         "/echo" if config.bench_endpoints => Mode::Echo,
         "/broadcast" if config.bench_endpoints => Mode::Broadcast,
         _ => Mode::Stelar,
     };
     let mut out = BytesMut::new();
-    let negotiated = match handshake::accept(&req, &shared.handshake, &[], &mut out) {
+    let offer = shared.handshake();
+    let negotiated = match handshake::accept(&req, &offer, &[], &mut out) {
         Ok(n) => n,
         Err(e) => {
             hub.counters.error(e.label());
@@ -182,6 +185,13 @@ async fn websocket(
     io.rbuf.advance(negotiated.consumed);
     let deflate = negotiated.deflate;
     hub.queue_control(client, out.freeze());
+    // The 101 goes out now, so that the handshake histogram measures it written (and the
+    // client learns of the upgrade before the checks and hooks that follow).
+    if io.flush(client, hub).await.is_err() {
+        return false;
+    }
+    let micros = u64::try_from(accepted.elapsed().as_micros()).unwrap_or(u64::MAX);
+    hub.counters.observe_handshake_micros(micros);
 
     // PROTOCOL.md §1.1 step 7 / §7.3: limits are checked after the 101, refused with 1008.
     if hub.at_capacity() {
@@ -303,6 +313,7 @@ impl WsSession {
                 let ack = e.ack_name.as_ref().map(|name| AckRequest {
                     name: name.to_string(),
                     correlation_id: e.correlation_id.as_ref().map(|c| c.to_string()),
+                    received: std::time::Instant::now(),
                 });
                 dispatch::event(env, &e.event, data, ack);
             }

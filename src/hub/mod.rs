@@ -32,6 +32,7 @@ use shardcast_shards::timer::Timers;
 use shardcast_shards::{MeshError, ShardMesh};
 
 use crate::config::Config;
+use crate::live::LiveConfig;
 use crate::protocol::ws::codec::Compressor;
 use crate::protocol::ws::deflate::Deflater;
 use crate::stats::{Counters, MemoryGauges, Snapshot, Transport};
@@ -245,7 +246,12 @@ struct Overflow {
 pub(crate) struct Hub {
     shard: u16,
     shards: u16,
-    config: Arc<Config>,
+    /// The process's live configuration (swapped by a reload) ...
+    live: Arc<LiveConfig>,
+    /// ... this shard's own copy of it (its own `Arc`: clones stay on this core) ...
+    config: RefCell<Arc<Config>>,
+    /// ... and the generation of `live` that copy was taken at.
+    config_generation: Cell<u64>,
     /// This shard's counters.
     pub counters: Counters,
     clients: RefCell<Vec<Option<Rc<Client>>>>,
@@ -257,7 +263,9 @@ pub(crate) struct Hub {
     /// Slots of connections that stopped reading while the mesh overflow was above half its
     /// bound (each once: `Client::waits_for_mesh`).
     mesh_waiters: RefCell<Vec<u32>>,
-    limits: ShardLimits,
+    /// This shard's limits; a reload changes the per-client ones (`max_queued`,
+    /// `slow_consumer_ms`), the budgets stay as sized at start.
+    limits: Cell<ShardLimits>,
     /// Frames queued to this shard's clients (their [`OutQueue::cost`]).
     output: Budget,
     /// Partly received input held by this shard's connections.
@@ -282,18 +290,22 @@ impl Hub {
     pub(crate) fn new(
         shard: u16,
         shards: u16,
-        config: Arc<Config>,
+        live: Arc<LiveConfig>,
         mesh: ShardMesh<ShardMsg>,
         timers: Timers<ClientId>,
         process_clients: Arc<std::sync::atomic::AtomicUsize>,
         limits: ShardLimits,
     ) -> Hub {
+        let (generation, shared) = live.load();
+        let config = Arc::new(Config::clone(&shared));
         let threshold = config.compression.threshold;
         Hub {
             shard,
             shards,
             rooms: RefCell::new(Rooms::new(shard, shards, config.limits.max_rooms)),
-            config,
+            live,
+            config: RefCell::new(config),
+            config_generation: Cell::new(generation),
             counters: Counters::default(),
             clients: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
@@ -301,7 +313,7 @@ impl Hub {
             mesh,
             overflow: RefCell::new(Overflow::default()),
             mesh_waiters: RefCell::new(Vec::new()),
-            limits,
+            limits: Cell::new(limits),
             output: Budget::new(limits.output),
             input: Budget::new(limits.input),
             compressors: RefCell::new(Compressors {
@@ -332,10 +344,41 @@ impl Hub {
     pub(crate) fn shards(&self) -> u16 {
         self.shards
     }
-    /// The configuration.
-    pub(crate) fn config(&self) -> &Arc<Config> {
-        &self.config
+    /// The configuration in effect now (a reload swaps it; see `live.rs`). Read settings at
+    /// use time through this; per-connection state may keep what it read at connection start.
+    #[inline]
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.sync_config();
+        self.config.borrow().clone()
     }
+
+    /// Takes a reloaded configuration if there is one (one atomic load when there is not).
+    /// Checks that read settings the hub keeps in its own fields call this first.
+    #[inline]
+    fn sync_config(&self) {
+        if self.live.generation() != self.config_generation.get() {
+            self.refresh_config();
+        }
+    }
+
+    /// Takes this shard's copy of a reloaded configuration (the slow path, once per reload).
+    #[cold]
+    fn refresh_config(&self) {
+        let (generation, shared) = self.live.load();
+        // A deep copy: this shard's `Arc` counts are touched by this core alone.
+        let config = Arc::new(Config::clone(&shared));
+        self.rooms
+            .borrow_mut()
+            .set_max_rooms(config.limits.max_rooms);
+        self.limits.set(ShardLimits {
+            max_queued: config.limits.max_queued_bytes,
+            slow_consumer_ms: config.timeouts.slow_consumer_ms,
+            ..self.limits.get()
+        });
+        *self.config.borrow_mut() = config;
+        self.config_generation.set(generation);
+    }
+
     /// Records that `client` is `user` (from authentication or an embedder's middleware):
     /// the single entry that keeps the shard's user index and the process-wide count per
     /// user in step. Refused when the user already holds `limits.max_connections_per_user`
@@ -356,7 +399,7 @@ impl Hub {
         if old.as_deref() == Some(&*user) {
             return Ok(());
         }
-        let cap = self.config.limits.max_connections_per_user;
+        let cap = self.config().limits.max_connections_per_user;
         if let Err(e) = self.user_counts.acquire(&user, cap) {
             self.counters.refuse(e.label());
             return Err(e);
@@ -391,7 +434,7 @@ impl Hub {
     pub(crate) fn at_capacity(&self) -> bool {
         self.process_clients
             .load(std::sync::atomic::Ordering::Relaxed)
-            >= self.config.limits.max_connections
+            >= self.config().limits.max_connections
     }
 
     // -----------------------------------------------------------------------------------
@@ -421,6 +464,13 @@ impl Hub {
             self.process_clients
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.counters.opened(client.transport());
+            tracing::debug!(
+                client = %client.id,
+                peer = %client.peer,
+                transport = ?client.transport(),
+                shard = self.shard,
+                "connection opened"
+            );
         }
     }
 
@@ -567,15 +617,16 @@ impl Hub {
 
     /// The socket would not take everything: is the client behind, and for how long?
     fn note_backlog(&self, client: &Client) {
+        self.sync_config();
         let since = client.behind_since();
-        if client.queued_cost() <= self.limits.max_queued {
+        if client.queued_cost() <= self.limits.get().max_queued {
             since.set(0);
             return;
         }
         let now = self.now_ms().max(1);
         match since.get() {
-            0 if self.limits.slow_consumer_ms > 0 => since.set(now),
-            t if now.saturating_sub(t) >= self.limits.slow_consumer_ms => {
+            0 if self.limits.get().slow_consumer_ms > 0 => since.set(now),
+            t if now.saturating_sub(t) >= self.limits.get().slow_consumer_ms => {
                 self.cut_off(client, CloseCause::SlowConsumer);
             }
             _ => {}
@@ -613,7 +664,8 @@ impl Hub {
     /// (its replies would pile up; its task is woken when the socket drains), or the shard's
     /// mesh overflow is congested (the client is woken once it has drained).
     pub(crate) fn should_pause_reading(&self, client: &Client) -> bool {
-        if client.queued_cost() > self.limits.read_pause() {
+        self.sync_config();
+        if client.queued_cost() > self.limits.get().read_pause() {
             return true;
         }
         if self.mesh_congested() {
@@ -954,7 +1006,7 @@ impl Hub {
     /// once every other shard has acknowledged the room (see `rooms.rs`).
     pub(crate) fn join(&self, client: &Rc<Client>, room: &str) -> Result<(), JoinRefusal> {
         let member = client.rooms().iter().any(|r| &**r == room);
-        if !member && client.rooms().len() >= self.config.limits.max_rooms_per_client {
+        if !member && client.rooms().len() >= self.config().limits.max_rooms_per_client {
             return Err(JoinRefusal::ClientRoomLimit);
         }
         let mut announce = Vec::new();
@@ -1042,7 +1094,7 @@ impl Hub {
             msg
         };
         let cost = msg.cost();
-        if of.bytes + cost > self.limits.mesh_overflow {
+        if of.bytes + cost > self.limits.get().mesh_overflow {
             drop(of);
             self.counters.drop_message("mesh_overflow");
             return;
@@ -1056,7 +1108,7 @@ impl Hub {
 
     /// Whether the overflow is above half its bound (connections stop reading).
     fn mesh_congested(&self) -> bool {
-        self.overflow.borrow().bytes > self.limits.mesh_overflow / 2
+        self.overflow.borrow().bytes > self.limits.get().mesh_overflow / 2
     }
 
     /// Retries held-back messages whenever there are some; runs for the shard's life.
@@ -1097,7 +1149,7 @@ impl Hub {
                 }
             }
         }
-        let congested = of.bytes > self.limits.mesh_overflow / 2;
+        let congested = of.bytes > self.limits.get().mesh_overflow / 2;
         let done = of.bytes == 0;
         drop(of);
         if !congested {
@@ -1182,6 +1234,8 @@ impl Hub {
                 s.rooms = self.room_count() as u64;
                 s.users = self.user_counts.users() as u64;
                 s.memory = self.memory_gauges();
+                s.queued_by_shard = vec![(self.shard, self.output.used() as u64)];
+                s.reloads = self.live.reloads();
                 Reply::Stats(Box::new(s))
             }
             Query::Rooms => Reply::Rooms(
@@ -1374,7 +1428,7 @@ mod tests {
                     let hub = Hub::new(
                         0,
                         2,
-                        Arc::new(Config::default()),
+                        Arc::new(LiveConfig::new(Config::default(), 1024)),
                         shard.mesh().clone(),
                         timers,
                         Arc::new(AtomicUsize::new(0)),

@@ -196,6 +196,11 @@ impl Rooms {
         }
     }
 
+    /// Changes the cap on rooms (a reload); rooms beyond it stay, new ones are refused.
+    pub(crate) fn set_max_rooms(&mut self, max_rooms: usize) {
+        self.max_rooms = max_rooms;
+    }
+
     /// Rooms known to exist anywhere in the process (eventually consistent).
     pub(crate) fn len(&self) -> usize {
         self.rooms.len()
