@@ -18,6 +18,7 @@ pub(crate) mod hub;
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod internals;
+pub(crate) mod protect;
 pub mod protocol;
 pub(crate) mod reload;
 pub mod server;

@@ -38,6 +38,8 @@ pub(crate) enum ClientError {
     NotMember,
     /// A publish / broadcast / direct request that cannot be carried out.
     Request(RequestError),
+    /// Over the client's rate limit (`rate_limit`): the message was dropped.
+    RateLimited,
 }
 
 impl ClientError {
@@ -54,6 +56,7 @@ impl ClientError {
             ClientError::RelayDisabled => "forbidden",
             ClientError::NotMember => "not_member",
             ClientError::Request(e) => e.code(),
+            ClientError::RateLimited => "rate_limited",
         }
     }
 
@@ -81,6 +84,7 @@ impl ClientError {
             ClientError::RelayDisabled => "this relay event is disabled on this server",
             ClientError::NotMember => "publishing requires membership of the room",
             ClientError::Request(e) => e.message(),
+            ClientError::RateLimited => "rate limit exceeded: message dropped",
         }
     }
 
@@ -97,6 +101,7 @@ impl ClientError {
             ClientError::RelayDisabled => "app_forbidden",
             ClientError::NotMember => "app_not_member",
             ClientError::Request(e) => e.label(),
+            ClientError::RateLimited => "rate_limited",
         }
     }
 }

@@ -51,6 +51,8 @@ pub enum CloseCause {
         /// Reason (static so closing builds no strings).
         reason: &'static str,
     },
+    /// `rate_limit.strikes` messages over its rate limit in a row.
+    RateLimited,
 }
 
 impl CloseCause {
@@ -64,6 +66,7 @@ impl CloseCause {
             CloseCause::HandshakeTimeout => "handshake_timeout",
             CloseCause::Shutdown => "shutdown",
             CloseCause::Kicked { .. } => "kicked",
+            CloseCause::RateLimited => "rate_limited",
         }
     }
 }
@@ -123,6 +126,8 @@ pub(crate) struct Client {
     /// The authenticated user, once known (set through `Hub::set_user`).
     #[allow(dead_code)]
     user: RefCell<Option<Rc<str>>>,
+    /// Protection: its message rate-limit buckets (`protect::admit_message`).
+    rate: RefCell<crate::protect::RateState>,
 }
 
 impl Client {
@@ -155,7 +160,13 @@ impl Client {
             meta: RefCell::new(Vec::new()),
             request: RefCell::new(None),
             user: RefCell::new(None),
+            rate: RefCell::default(),
         }
+    }
+
+    /// Its message rate-limit buckets (borrowed only inside `protect::admit_message`).
+    pub(crate) fn rate_state(&self) -> std::cell::RefMut<'_, crate::protect::RateState> {
+        self.rate.borrow_mut()
     }
 
     /// The authenticated user id, if any.

@@ -187,6 +187,7 @@ impl Outgoing {
             CloseCause::HeartbeatTimeout => (CloseCode::AWAY, "Heartbeat timeout"),
             CloseCause::HandshakeTimeout => (CloseCode::POLICY, "Handshake timeout"),
             CloseCause::Shutdown => (CloseCode::AWAY, "Shutting down"),
+            CloseCause::RateLimited => (CloseCode::POLICY, "Rate limit exceeded"),
             CloseCause::Kicked { code, reason } => {
                 (CloseCode::new(code).unwrap_or(CloseCode::POLICY), reason)
             }
