@@ -712,6 +712,52 @@ mod tests {
     }
 
     #[test]
+    fn protection_flags_reach_their_settings() {
+        let c = parse(&[
+            "--allowed-origin=https://a.example,https://*.b.example",
+            "--require-origin",
+            "--max-connections-per-ip=3",
+            "--trusted-proxy=10.0.0.0/8",
+            "--trusted-proxy=192.0.2.1/32",
+            "--handshake-rate-per-ip=20/m",
+            "--rate-limit=100/s",
+            "--rate-burst=50",
+            "--rate-limit-strikes=4",
+        ])
+        .to_config()
+        .unwrap();
+        let s = &c.security;
+        assert_eq!(
+            s.allowed_origins,
+            ["https://a.example", "https://*.b.example"]
+        );
+        assert!(s.require_origin);
+        assert_eq!(s.max_connections_per_ip, 3);
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert_eq!(s.handshake_rate_per_ip.unwrap().to_string(), "20/m");
+        let r = &c.rate_limit;
+        assert_eq!(r.rate.unwrap().to_string(), "100/s");
+        assert_eq!((r.burst, r.strikes), (50, 4));
+        // A bad value names the flag's problem.
+        let err = parse(&["--allowed-origin=app.example"])
+            .to_config()
+            .unwrap_err();
+        assert!(err.contains("allowed_origins"), "{err}");
+        for bad in [
+            "--rate-limit=fast",
+            "--rate-limit=0/s",
+            "--trusted-proxy=10.0.0.1",
+        ] {
+            assert!(
+                without_env()
+                    .try_get_matches_from(["shardcast", bad])
+                    .is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn flags_override_the_file_both_ways() {
         let path = std::env::temp_dir().join(format!("shardcast-cli-{}.toml", std::process::id()));
         std::fs::write(
