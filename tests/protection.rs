@@ -536,3 +536,95 @@ async fn library_hooks_observe_rejections_and_veto_handshakes() {
     running.shutdown();
     running.join().unwrap();
 }
+
+/// Python `websockets` (what a browser-like client library does): the `Origin` it sends is
+/// checked, a refused handshake surfaces as HTTP 403 / 429, and a rate-limit strike-out as
+/// close 1008.
+const PY_CLIENT: &str = r#"
+import asyncio, json, sys
+import websockets
+from websockets.exceptions import InvalidStatus, ConnectionClosed
+
+async def handshake(uri, origin):
+    try:
+        async with websockets.connect(uri, origin=origin) as ws:
+            await ws.send(json.dumps({"event": "echo", "data": origin}))
+            reply = json.loads(await ws.recv())
+            return "101 " + str(reply["data"])
+    except InvalidStatus as e:
+        return str(e.response.status_code)
+
+async def flood(uri, origin):
+    async with websockets.connect(uri, origin=origin) as ws:
+        for i in range(50):
+            await ws.send(json.dumps({"event": "echo", "data": i}))
+        codes = []
+        try:
+            while True:
+                m = json.loads(await ws.recv())
+                if m["event"] == "server:error":
+                    codes.append(m["data"]["code"])
+        except ConnectionClosed as e:
+            return "closed %s %s %s" % (e.rcvd.code, e.rcvd.reason, codes[:1])
+
+async def main(uri):
+    print(await handshake(uri, "https://app.example.com"), flush=True)
+    print(await handshake(uri, "https://evil.example.net"), flush=True)
+    print(await flood(uri, "https://app.example.com"), flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"#;
+
+fn python() -> String {
+    if let Ok(p) = std::env::var("SHARDCAST_TEST_PYTHON") {
+        return p;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
+    assert!(
+        std::path::Path::new(venv).exists(),
+        "Python with `websockets` not found: run ./test.sh once (it creates target/venv), \
+         or set SHARDCAST_TEST_PYTHON"
+    );
+    venv.to_owned()
+}
+
+#[tokio::test]
+async fn python_websockets_sees_403_and_the_rate_limit_close() {
+    let server = ServerProc::start(&[
+        "--allowed-origin",
+        "https://app.example.com",
+        "--rate-limit",
+        "10/s",
+        "--rate-burst",
+        "5",
+        "--rate-limit-strikes",
+        "3",
+    ]);
+    let url = server.ws_url("/");
+    // The script's own waits are bounded by the server (replies, the close); the deadline
+    // here catches a hung run.
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python())
+            .args(["-c", PY_CLIENT, &url])
+            .output()
+    });
+    let out = within("python client", run)
+        .await
+        .unwrap()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "101 https://app.example.com",
+            "403",
+            "closed 1008 Rate limit exceeded ['rate_limited']"
+        ]
+    );
+}
