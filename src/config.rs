@@ -5,6 +5,7 @@
 //! [`Config`]; this module owns the defaults, the file format and the checks, so an
 //! embedding application can build a `Config` the same way.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -42,6 +43,10 @@ pub struct Config {
     pub api_cors_origins: Vec<String>,
     /// Log filter, tracing env-filter syntax (`info`, `shardcast=debug,warn`). Reloads live.
     pub log: String,
+    /// Protection (issue 9): the same list as `security.allowed_origins`, accepted at the top
+    /// level too; the two are joined. Written back (by `check-config`) under `[security]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
     /// Connection and message limits.
     pub limits: Limits,
     /// Heartbeats and timeouts.
@@ -54,6 +59,160 @@ pub struct Config {
     pub memory: Memory,
     /// Client authentication and authorization (`[auth]`).
     pub auth: Auth,
+    /// Protection at the handshake: origins, per-IP limits, trusted proxies.
+    pub security: Security,
+    /// Per-client message rate limits.
+    pub rate_limit: RateLimit,
+}
+
+/// Protection at the handshake (README: "Running in production").
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// Origins whose pages may open a WebSocket: exact (`https://app.example.com[:port]`) or
+    /// with a wildcard first label (`https://*.example.com`, which matches any subdomain but
+    /// not `example.com` itself). A handshake with another `Origin` gets HTTP 403. Empty (the
+    /// default) = any origin.
+    pub allowed_origins: Vec<String>,
+    /// Refuse (HTTP 403) WebSocket handshakes without an `Origin` header (non-browser
+    /// clients send none).
+    pub require_origin: bool,
+    /// Most simultaneous clients (WebSocket + TCP) from one IP address, process-wide; more
+    /// are refused (HTTP 429 / TCP ERROR) before any client state is kept. 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    /// Proxies (CIDR, e.g. `10.0.0.0/8`; one address is `/32` or `/128`) whose
+    /// `X-Forwarded-For` / `X-Real-IP` headers name the client's address (WebSocket only).
+    /// From any other peer those headers are ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Handshakes (WebSocket upgrades and TCP connections together) one IP address may make,
+    /// as `"N/s"` or `"N/m"`, with bursts of up to N; excess gets HTTP 429 / TCP ERROR.
+    /// Process-wide. Unset = unlimited.
+    pub handshake_rate_per_ip: Option<Rate>,
+}
+
+/// Per-client message rate limits: token buckets kept by each connection.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimit {
+    /// Inbound messages (every JSON event, binary message, ACK request, TCP JOIN/LEAVE;
+    /// not pings) one client may send, `"N/s"` or `"N/m"`. Unset = unlimited.
+    pub rate: Option<Rate>,
+    /// The bucket's size: messages a client may send at once after being quiet. 0 = N of
+    /// `rate`.
+    pub burst: u32,
+    /// 0 (default): a message over the limit is dropped and answered with `server:error`
+    /// code `rate_limited` (at most one answer per message let through). K > 0: also, after
+    /// K excesses in a row the client is disconnected (close 1008 / TCP ERROR
+    /// "Rate limit exceeded").
+    pub strikes: u32,
+    /// Limits for single events, on top of `rate`: `publish = "50/s"` (bursts of up to N).
+    pub events: BTreeMap<String, Rate>,
+}
+
+impl RateLimit {
+    /// The bucket size for the all-messages limit.
+    pub fn effective_burst(&self) -> u32 {
+        match (self.burst, self.rate) {
+            (0, Some(r)) => r.count,
+            (b, _) => b,
+        }
+    }
+}
+
+/// A rate, written `"N/s"` (per second) or `"N/m"` (per minute); N ≥ 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Rate {
+    /// Events per period.
+    pub count: u32,
+    /// The period in milliseconds (1000 or 60000).
+    pub period_ms: u64,
+}
+
+impl Rate {
+    /// Tokens earned per millisecond.
+    pub fn per_ms(self) -> f64 {
+        f64::from(self.count) / self.period_ms as f64
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Rate, String> {
+        let bad = || format!("`{s}` is not a rate like 100/s or 30/m");
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        let period_ms = match unit.trim() {
+            "s" | "sec" | "second" => 1000,
+            "m" | "min" | "minute" => 60_000,
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!(
+                "`{s}`: the count must be at least 1 (leave the rate unset for no limit)"
+            ));
+        }
+        Ok(Rate { count, period_ms })
+    }
+}
+
+impl TryFrom<String> for Rate {
+    type Error = String;
+    fn try_from(s: String) -> Result<Rate, String> {
+        s.parse()
+    }
+}
+
+impl From<Rate> for String {
+    fn from(r: Rate) -> String {
+        r.to_string()
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = if self.period_ms == 60_000 { "m" } else { "s" };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+/// Whether `origin` (as a browser sends it) matches the allow-list `pattern`: equal, ASCII
+/// case-insensitively, or for `scheme://*.rest` a non-empty subdomain label sequence in front
+/// of `.rest`.
+pub fn origin_matches(pattern: &str, origin: &str) -> bool {
+    if pattern.eq_ignore_ascii_case(origin) {
+        return true;
+    }
+    let Some((scheme, host)) = pattern.split_once("://") else {
+        return false;
+    };
+    let Some(suffix) = host.strip_prefix('*') else {
+        return false;
+    };
+    let Some((o_scheme, o_host)) = origin.split_once("://") else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case(o_scheme) || o_host.len() <= suffix.len() {
+        return false;
+    }
+    let (label, tail) = o_host.split_at(o_host.len() - suffix.len());
+    tail.eq_ignore_ascii_case(suffix)
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !label.starts_with('.')
+        && !label.ends_with('.')
+}
+
+fn valid_origin_pattern(origin: &str) -> bool {
+    let Some((scheme, host)) = origin.split_once("://") else {
+        return false;
+    };
+    let host = host.strip_prefix("*.").unwrap_or(host);
+    (scheme == "http" || scheme == "https")
+        && !host.is_empty()
+        && !host.contains(['/', '*', '?', '#', '@'])
+        && host.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Connection and message limits.
@@ -246,6 +405,9 @@ impl Default for Config {
             relay: Relay::default(),
             memory: Memory::default(),
             auth: Auth::default(),
+            allowed_origins: Vec::new(),
+            security: Security::default(),
+            rate_limit: RateLimit::default(),
         }
     }
 }
@@ -430,6 +592,15 @@ impl Config {
         )
     }
 
+    /// The WebSocket origin allow-list: `allowed_origins` (top level) and
+    /// `security.allowed_origins` together. Empty = any origin.
+    pub fn allowed_origins(&self) -> impl Iterator<Item = &str> {
+        self.allowed_origins
+            .iter()
+            .chain(&self.security.allowed_origins)
+            .map(String::as_str)
+    }
+
     /// Checks ranges and relations between settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(setting: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
@@ -478,6 +649,28 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return bad("log", format!("`{}` is not a log filter: {e}", self.log));
+        }
+        for origin in self.allowed_origins() {
+            if !valid_origin_pattern(origin) {
+                return bad(
+                    "security.allowed_origins",
+                    format!(
+                        "`{origin}` is not an origin like https://app.example.com[:port] or \
+                         https://*.example.com"
+                    ),
+                );
+            }
+        }
+        if self.rate_limit.burst > 1_000_000 {
+            return bad("rate_limit.burst", "at most 1000000");
+        }
+        for name in self.rate_limit.events.keys() {
+            if name.is_empty() || name.len() > 256 {
+                return bad(
+                    "rate_limit.events",
+                    format!("`{name}` is not an event name"),
+                );
+            }
         }
         let l = &self.limits;
         if l.max_frame_size < 126 {
@@ -661,10 +854,98 @@ mod tests {
                 jwt_publish_claim: "p".to_owned(),
                 default_rooms: DefaultRooms::Deny,
             },
+            allowed_origins: Vec::new(),
+            security: Security {
+                allowed_origins: vec!["https://*.example.com".to_owned()],
+                require_origin: true,
+                max_connections_per_ip: 9,
+                trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+                handshake_rate_per_ip: Some(Rate {
+                    count: 5,
+                    period_ms: 60_000,
+                }),
+            },
+            rate_limit: RateLimit {
+                rate: Some(Rate {
+                    count: 100,
+                    period_ms: 1000,
+                }),
+                burst: 7,
+                strikes: 3,
+                events: [(
+                    "publish".to_owned(),
+                    Rate {
+                        count: 50,
+                        period_ms: 1000,
+                    },
+                )]
+                .into(),
+            },
         };
         let text = toml::to_string_pretty(&c).unwrap();
         assert_eq!(Config::from_toml(&text).unwrap(), c, "{text}");
         assert!(text.contains("[relay]\npublish = false\n"), "{text}");
+    }
+
+    #[test]
+    fn origins_are_accepted_at_the_top_level_and_under_security() {
+        let c = Config::from_toml(
+            "allowed_origins = [\"https://a.example\"]\n[security]\nallowed_origins = [\"https://*.b.example\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let all: Vec<&str> = c.allowed_origins().collect();
+        assert_eq!(all, ["https://a.example", "https://*.b.example"]);
+        let c = Config::from_toml("allowed_origins = [\"app.example\"]").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("allowed_origins"), "{err}");
+    }
+
+    #[test]
+    fn origin_patterns() {
+        let p = "https://*.example.com";
+        assert!(origin_matches(p, "https://a.example.com"));
+        assert!(origin_matches(p, "https://A.b.Example.com"));
+        assert!(!origin_matches(p, "https://example.com"));
+        assert!(!origin_matches(p, "https://.example.com"));
+        assert!(!origin_matches(p, "http://a.example.com"));
+        assert!(!origin_matches(p, "https://a.example.com.evil.net"));
+        assert!(!origin_matches(p, "https://evil.net/x.example.com"));
+        assert!(!origin_matches(p, "https://a.example.com:8443"));
+        assert!(origin_matches(
+            "https://*.example.com:8443",
+            "https://a.example.com:8443"
+        ));
+        assert!(origin_matches(
+            "https://app.example.com",
+            "https://APP.example.com"
+        ));
+        assert!(!origin_matches(
+            "https://app.example.com",
+            "https://app.example.co"
+        ));
+    }
+
+    #[test]
+    fn rates_parse_and_print() {
+        let r: Rate = "50/s".parse().unwrap();
+        assert_eq!((r.count, r.period_ms), (50, 1000));
+        let r: Rate = "30/m".parse().unwrap();
+        assert_eq!((r.count, r.period_ms), (30, 60_000));
+        assert_eq!(r.to_string(), "30/m");
+        for bad in ["0/s", "10", "10/h", "x/s", "-1/s", ""] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+        let c = Config::from_toml(
+            "[rate_limit]\nrate = \"10/s\"\n[rate_limit.events]\npublish = \"5/m\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.rate_limit.effective_burst(), 10);
+        assert_eq!(c.rate_limit.events["publish"].period_ms, 60_000);
+        let err = Config::from_toml("[rate_limit]\nrate = \"fast\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fast"), "{err}");
     }
 
     #[test]

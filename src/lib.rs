@@ -20,6 +20,7 @@ pub(crate) mod hub;
 #[doc(hidden)]
 pub mod internals;
 pub mod live;
+pub(crate) mod protect;
 pub mod protocol;
 pub(crate) mod reload;
 pub mod server;

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use shardcast::config::{AuthMode, Config, DefaultRooms};
+use shardcast::config::{AuthMode, Config, DefaultRooms, Rate};
 use shardcast::{server, Server};
 
 // The allocator is chosen here, in the binary, and never in the library: `#[global_allocator]`
@@ -271,6 +271,54 @@ struct ServeArgs {
     /// [default: publish].
     #[arg(long, env = "SHARDCAST_JWT_PUBLISH_CLAIM", value_name = "NAME")]
     jwt_publish_claim: Option<String>,
+    // --- Protection (issue 9, item 4) ---
+    /// Allow WebSocket handshakes only from pages of this origin: exact
+    /// (https://app.example.com[:port]) or a wildcard subdomain (https://*.example.com);
+    /// others get HTTP 403. Repeat the flag or separate with commas. None = any origin
+    /// [default: none].
+    #[arg(
+        long = "allowed-origin",
+        env = "SHARDCAST_ALLOWED_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    allowed_origins: Option<Vec<String>>,
+    /// Refuse (HTTP 403) WebSocket handshakes that carry no Origin header (non-browser
+    /// clients send none) [default: false].
+    #[arg(long, env = "SHARDCAST_REQUIRE_ORIGIN", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true")]
+    require_origin: Option<bool>,
+    /// Most simultaneous clients from one IP address, process-wide; more get HTTP 429 /
+    /// a TCP ERROR frame before any client state is kept; 0 = unlimited [default: 0].
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    max_connections_per_ip: Option<usize>,
+    /// A proxy (CIDR such as 10.0.0.0/8; one address is /32) whose X-Forwarded-For /
+    /// X-Real-IP name the WebSocket client's address for the per-IP limits; from other peers
+    /// those headers are ignored. Repeat or separate with commas [default: none].
+    #[arg(
+        long = "trusted-proxy",
+        env = "SHARDCAST_TRUSTED_PROXIES",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    /// Handshakes (WebSocket upgrades and TCP connections) per IP address, N/s or N/m, in
+    /// bursts of up to N, process-wide; excess gets HTTP 429 / TCP ERROR [default: none].
+    #[arg(long, env = "SHARDCAST_HANDSHAKE_RATE_PER_IP", value_name = "N/s")]
+    handshake_rate_per_ip: Option<Rate>,
+    /// Messages one client may send, N/s or N/m (token bucket; pings exempt); excess is
+    /// dropped and answered with server:error code rate_limited. Per-event limits:
+    /// [rate_limit.events] in the config file [default: none].
+    #[arg(long, env = "SHARDCAST_RATE_LIMIT", value_name = "N/s")]
+    rate_limit: Option<Rate>,
+    /// Messages a client may send at once after a quiet spell (the bucket's size); 0 = the
+    /// N of --rate-limit [default: 0].
+    #[arg(long, env = "SHARDCAST_RATE_BURST", value_name = "B")]
+    rate_burst: Option<u32>,
+    /// Disconnect a client (close 1008 / TCP ERROR "Rate limit exceeded") after this many
+    /// messages over its rate limit in a row; 0 = never, only drop and answer [default: 0].
+    #[arg(long, env = "SHARDCAST_RATE_LIMIT_STRIKES", value_name = "K")]
+    rate_limit_strikes: Option<u32>,
 
     /// Log format [default: text].
     #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_name = "FORMAT",
@@ -398,6 +446,28 @@ impl ServeArgs {
         set(&mut a.jwt_rooms_claim, &self.jwt_rooms_claim);
         set(&mut a.jwt_publish_claim, &self.jwt_publish_claim);
         set(&mut c.log, &self.log);
+        // Protection.
+        if let Some(origins) = &self.allowed_origins {
+            // The flag replaces the file's list, wherever the file put it.
+            c.allowed_origins.clear();
+            c.security.allowed_origins = origins.clone();
+        }
+        let sec = &mut c.security;
+        set(&mut sec.require_origin, &self.require_origin);
+        set(
+            &mut sec.max_connections_per_ip,
+            &self.max_connections_per_ip,
+        );
+        set(&mut sec.trusted_proxies, &self.trusted_proxies);
+        if let Some(r) = self.handshake_rate_per_ip {
+            sec.handshake_rate_per_ip = Some(r);
+        }
+        let rl = &mut c.rate_limit;
+        if let Some(r) = self.rate_limit {
+            rl.rate = Some(r);
+        }
+        set(&mut rl.burst, &self.rate_burst);
+        set(&mut rl.strikes, &self.rate_limit_strikes);
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }
@@ -812,6 +882,52 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c, want);
+    }
+
+    #[test]
+    fn protection_flags_reach_their_settings() {
+        let c = parse(&[
+            "--allowed-origin=https://a.example,https://*.b.example",
+            "--require-origin",
+            "--max-connections-per-ip=3",
+            "--trusted-proxy=10.0.0.0/8",
+            "--trusted-proxy=192.0.2.1/32",
+            "--handshake-rate-per-ip=20/m",
+            "--rate-limit=100/s",
+            "--rate-burst=50",
+            "--rate-limit-strikes=4",
+        ])
+        .to_config()
+        .unwrap();
+        let s = &c.security;
+        assert_eq!(
+            s.allowed_origins,
+            ["https://a.example", "https://*.b.example"]
+        );
+        assert!(s.require_origin);
+        assert_eq!(s.max_connections_per_ip, 3);
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert_eq!(s.handshake_rate_per_ip.unwrap().to_string(), "20/m");
+        let r = &c.rate_limit;
+        assert_eq!(r.rate.unwrap().to_string(), "100/s");
+        assert_eq!((r.burst, r.strikes), (50, 4));
+        // A bad value names the flag's problem.
+        let err = parse(&["--allowed-origin=app.example"])
+            .to_config()
+            .unwrap_err();
+        assert!(err.contains("allowed_origins"), "{err}");
+        for bad in [
+            "--rate-limit=fast",
+            "--rate-limit=0/s",
+            "--trusted-proxy=10.0.0.1",
+        ] {
+            assert!(
+                without_env()
+                    .try_get_matches_from(["shardcast", bad])
+                    .is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub(crate) fn send_ack_reply(
 /// `data` is the JSON text of `data`, already validated, as a view of the read buffer.
 pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<Data>, ack: Option<AckRequest>) {
     Counters::add(&env.hub.counters.messages_received, 1);
+    if !crate::protect::admit_message(env, event) {
+        return;
+    }
     let payload = |data: Option<Data>| Payload::json(event, data.map(|d| d.text));
     if let Some(ack) = ack {
         if let Some(handler) = env.app.acks.get(&ack.name) {
@@ -157,6 +160,9 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<Data>, ack: Option<
 /// A binary message (WebSocket binary envelope or TCP BINARY frame).
 pub(crate) fn binary(env: &Env<'_>, event: &str, payload: Bytes) {
     Counters::add(&env.hub.counters.messages_received, 1);
+    if !crate::protect::admit_message(env, event) {
+        return;
+    }
     if let Some(handler) = env.app.binary_handlers.get(event) {
         spawn_handler(env.hub, handler(env.ctx(), Payload::binary(event, payload)));
         return;

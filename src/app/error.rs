@@ -38,6 +38,8 @@ pub(crate) enum ClientError {
     NotMember,
     /// A publish / broadcast / direct request that cannot be carried out.
     Request(RequestError),
+    /// Over the client's rate limit (`rate_limit`): the message was dropped.
+    RateLimited,
     /// The client's credentials do not allow this (`auth::may`).
     Forbidden(Forbidden),
 }
@@ -71,6 +73,7 @@ impl ClientError {
             ClientError::NotMember => "not_member",
             ClientError::Request(e) => e.code(),
             ClientError::Forbidden(_) => "forbidden",
+            ClientError::RateLimited => "rate_limited",
         }
     }
 
@@ -104,6 +107,7 @@ impl ClientError {
                 Forbidden::Broadcast => "your credentials do not allow broadcasting",
                 Forbidden::Direct => "your credentials do not allow direct messages",
             },
+            ClientError::RateLimited => "rate limit exceeded: message dropped",
         }
     }
 
@@ -126,6 +130,7 @@ impl ClientError {
                 Forbidden::Broadcast => "auth_forbidden_broadcast",
                 Forbidden::Direct => "auth_forbidden_direct",
             },
+            ClientError::RateLimited => "rate_limited",
         }
     }
 }

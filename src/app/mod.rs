@@ -20,7 +20,9 @@ pub(crate) mod error;
 mod payload;
 pub(crate) mod relay;
 
+use std::borrow::Cow;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -51,6 +53,11 @@ pub type Middleware = Arc<dyn Fn(Context) -> LocalFuture<Result<(), Reject>> + S
 pub type Hook = Arc<dyn Fn(Context) -> LocalFuture<()> + Send + Sync>;
 /// A veto hook for joins: return false to refuse.
 pub type JoinHook = Arc<dyn Fn(&Context, &str) -> bool + Send + Sync>;
+
+/// Observes every protection's rejection (see [`Builder::on_reject`]).
+pub type RejectHook = Arc<dyn Fn(&Rejection<'_>) + Send + Sync>;
+/// A veto on handshakes (see [`Builder::check_handshake`]).
+pub type HandshakeCheck = Arc<dyn Fn(&Handshake<'_>) -> Result<(), Refusal> + Send + Sync>;
 
 /// What an ACK handler returns: the reply's `data`, or an error that is reported to the
 /// client as a `server:error` event (the request itself then times out on the client).
@@ -101,6 +108,119 @@ impl Reject {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Protection hooks (issue 9, item 4): observe every rejection, veto handshakes.
+// ---------------------------------------------------------------------------------------
+
+/// Which protection refused something. Each is counted as
+/// `shardcast_refused_total{reason=LABEL}` ([`RejectReason::label`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// A WebSocket handshake's `Origin` is not in `allowed_origins` (HTTP 403).
+    OriginNotAllowed,
+    /// A WebSocket handshake without `Origin` while `require_origin` is set (HTTP 403).
+    OriginMissing,
+    /// `max_connections_per_ip` clients from this address are open (HTTP 429 / TCP ERROR).
+    PerIpLimit,
+    /// The address passed `handshake_rate_per_ip` (HTTP 429 / TCP ERROR).
+    HandshakeRate,
+    /// A [`Builder::check_handshake`] veto.
+    HandshakeVetoed,
+    /// A message over the client's rate limit, dropped (answered `server:error`
+    /// `rate_limited`).
+    RateLimited,
+    /// `rate_limit.strikes` excesses in a row: the client is disconnected (close 1008).
+    RateLimitStrikes,
+}
+
+impl RejectReason {
+    /// The counter label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::OriginNotAllowed => "origin_not_allowed",
+            RejectReason::OriginMissing => "origin_missing",
+            RejectReason::PerIpLimit => "per_ip_limit",
+            RejectReason::HandshakeRate => "handshake_rate",
+            RejectReason::HandshakeVetoed => "handshake_vetoed",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::RateLimitStrikes => "rate_limit_strikes",
+        }
+    }
+}
+
+/// A rejection, as [`Builder::on_reject`] hooks see it.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Rejection<'a> {
+    /// Which protection.
+    pub reason: RejectReason,
+    /// The client's address: the forwarded one for a WebSocket handshake through a trusted
+    /// proxy, otherwise the socket peer.
+    pub ip: IpAddr,
+    /// The transport.
+    pub transport: Transport,
+    /// The client, for rejections after it connected (rate limits).
+    pub client: Option<ClientId>,
+    /// The event, for rate limits.
+    pub event: Option<&'a str>,
+    /// The `Origin` header, for WebSocket handshakes.
+    pub origin: Option<&'a str>,
+}
+
+/// A connection about to be accepted, as [`Builder::check_handshake`] vetoes see it: a
+/// WebSocket upgrade request before the `101`, or a TCP connection at accept.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Handshake<'a> {
+    /// The client's address (forwarded through a trusted proxy, or the peer).
+    pub ip: IpAddr,
+    /// The socket peer.
+    pub peer: SocketAddr,
+    /// The transport.
+    pub transport: Transport,
+    /// The `Origin` header (WebSocket).
+    pub origin: Option<&'a str>,
+    /// The request path (WebSocket).
+    pub path: Option<&'a str>,
+    pub(crate) request: Option<&'a crate::protocol::http::Request<bytes::Bytes>>,
+}
+
+impl Handshake<'_> {
+    /// The first value of a request header (WebSocket; case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.request?.header(name)
+    }
+}
+
+/// A handshake veto's answer: a WebSocket client gets this HTTP status and the reason as
+/// the body; a TCP client an ERROR frame with the reason, then the close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status (403, 429, ...).
+    pub status: u16,
+    /// Reason.
+    pub reason: Cow<'static, str>,
+}
+
+impl Refusal {
+    /// A refusal with `status` and `reason`.
+    pub fn new(status: u16, reason: impl Into<Cow<'static, str>>) -> Self {
+        Refusal {
+            status,
+            reason: reason.into(),
+        }
+    }
+    /// HTTP 403.
+    pub fn forbidden(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(403, reason)
+    }
+    /// HTTP 429.
+    pub fn too_many_requests(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(429, reason)
+    }
+}
+
 /// The application: handlers, hooks and configuration. Built by [`Builder`], shared by all
 /// shards.
 pub struct App {
@@ -120,6 +240,10 @@ pub struct App {
     // Live reload (issue 9): where SIGHUP gets the new configuration, and who hears of it.
     pub(crate) reload_source: Option<ReloadSource>,
     pub(crate) on_reload: Vec<ReloadHook>,
+    /// Protection: rejection observers, handshake vetoes, the per-IP tables.
+    pub(crate) on_reject: Vec<RejectHook>,
+    pub(crate) check_handshake: Vec<HandshakeCheck>,
+    pub(crate) guard: Arc<crate::protect::Guard>,
 }
 
 /// Builds the configuration anew for a reload (`Builder::reload_on_hangup`).
@@ -156,6 +280,9 @@ impl Server {
                 authenticator: None,
                 reload_source: None,
                 on_reload: Vec::new(),
+                on_reject: Vec::new(),
+                check_handshake: Vec::new(),
+                guard: Arc::default(),
             },
         }
     }
@@ -289,6 +416,28 @@ impl Builder {
     {
         self.app.authenticator = Some(Arc::new(move |c, t| Box::pin(f(c, t))));
         self.app.config.auth.mode = crate::config::AuthMode::Required;
+        self
+    }
+
+    /// Observes every rejection by a protection (origin, per-IP limit, handshake rate, rate
+    /// limit, veto): called on the shard that rejected, after the rejection is counted.
+    /// Keep it quick; under attack it runs for every rejected handshake or message.
+    pub fn on_reject<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Rejection<'_>) + Send + Sync + 'static,
+    {
+        self.app.on_reject.push(Arc::new(f));
+        self
+    }
+
+    /// A veto on new connections, run after the built-in checks (origin, per-IP limits)
+    /// and before any client state is kept: a WebSocket upgrade request before the `101`, or
+    /// a TCP connection at accept. The first `Err` refuses it with its [`Refusal`].
+    pub fn check_handshake<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Handshake<'_>) -> Result<(), Refusal> + Send + Sync + 'static,
+    {
+        self.app.check_handshake.push(Arc::new(f));
         self
     }
 

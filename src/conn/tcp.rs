@@ -18,12 +18,24 @@ use crate::app::error::ClientError;
 use crate::hub::client::{Client, CloseCause};
 use crate::hub::outgoing::{Body, Outgoing};
 use crate::hub::Hub;
-use crate::protocol::stelar::{envelope, names, Answer, FrameDecoder, FrameType};
+use crate::protocol::stelar::{envelope, names, Answer, FrameDecoder, FrameType, OutFrame};
 use crate::protocol::ws::close::CloseCode;
 use crate::stats::Transport;
 
 /// Serves one socket accepted on the TCP port.
 pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
+    // Protection, before any client state: handshake rate and connections per IP. The slot
+    // holds this client's place in the per-IP count until the task ends.
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let _ip_slot = match crate::protect::admit_tcp(&shared.hub, &shared.app, peer) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            refuse_unregistered(stream, &shared, &refusal.reason).await;
+            return;
+        }
+    };
     let mut conn = Accepted::new(stream, &shared, Transport::Tcp);
     let hub = shared.hub.clone();
     let client = conn.client.clone();
@@ -77,6 +89,19 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
         }
     }
     conn.finish(&shared, opened);
+}
+
+/// An ERROR frame with `reason`, then the close, for a connection refused before it became
+/// a client (no CONNECT, no id).
+async fn refuse_unregistered(mut stream: TcpStream, shared: &Rc<Shared>, reason: &str) {
+    use futures_lite::AsyncWriteExt;
+    let _live = super::Live::new(shared);
+    if let Ok(frame) = (OutFrame::Error { text: reason }).encode() {
+        // A few dozen bytes into an empty socket buffer: this does not wait on the peer.
+        let _ = stream.write_all(&frame).await;
+        crate::stats::Counters::add(&shared.hub.counters.bytes_sent, frame.len() as u64);
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
 }
 
 async fn refuse(io: &mut Io, client: &Client, shared: &Shared, reason: &str) {
@@ -173,6 +198,14 @@ impl Session for TcpSession {
                     }
                 }
                 FrameType::Join | FrameType::Leave => {
+                    let event = if frame.frame_type == FrameType::Join {
+                        "join-room"
+                    } else {
+                        "leave-room"
+                    };
+                    if !crate::protect::admit_message(&env, event) {
+                        continue;
+                    }
                     match names::room_from_raw(&frame.payload, max_room) {
                         Ok(room) if frame.frame_type == FrameType::Join => {
                             dispatch::join(&env, room)

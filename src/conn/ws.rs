@@ -171,6 +171,18 @@ async fn websocket(
         _ => Mode::Stelar,
     };
     let mut out = BytesMut::new();
+    // Protection, before the 101 and before any client state: handshake rate, origin,
+    // connections per IP, the application's vetoes. The slot holds this client's place in
+    // the per-IP count until the connection ends.
+    let _ip_slot = match crate::protect::admit_ws(hub, &shared.app, client.peer, &req) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            crate::protect::write_refusal(&refusal, &mut out);
+            hub.queue_control(client, out.freeze());
+            let _ = io.flush(client, hub).await;
+            return false;
+        }
+    };
     let offer = shared.handshake();
     let negotiated = match handshake::accept(&req, &offer, &[], &mut out) {
         Ok(n) => n,

@@ -59,6 +59,8 @@ pub enum CloseCause {
         /// WebSocket close code.
         code: u16,
     },
+    /// `rate_limit.strikes` messages over its rate limit in a row.
+    RateLimited,
 }
 
 impl CloseCause {
@@ -74,6 +76,7 @@ impl CloseCause {
             CloseCause::AuthTimeout => "auth_timeout",
             CloseCause::Kicked { .. } => "kicked",
             CloseCause::Disconnected { .. } => "api_disconnect",
+            CloseCause::RateLimited => "rate_limited",
         }
     }
 }
@@ -136,6 +139,8 @@ pub(crate) struct Client {
     close_reason: RefCell<Option<Box<str>>>,
     /// What its credentials allow (authentication, `auth/`); `None` = anonymous or auth off.
     grants: RefCell<Option<Rc<crate::auth::Grants>>>,
+    /// Protection: its message rate-limit buckets (`protect::admit_message`).
+    rate: RefCell<crate::protect::RateState>,
 }
 
 impl Client {
@@ -170,7 +175,13 @@ impl Client {
             user: RefCell::new(None),
             close_reason: RefCell::new(None),
             grants: RefCell::new(None),
+            rate: RefCell::default(),
         }
+    }
+
+    /// Its message rate-limit buckets (borrowed only inside `protect::admit_message`).
+    pub(crate) fn rate_state(&self) -> std::cell::RefMut<'_, crate::protect::RateState> {
+        self.rate.borrow_mut()
     }
 
     /// The authenticated user id, if any.

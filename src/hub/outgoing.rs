@@ -201,6 +201,7 @@ impl Outgoing {
             CloseCause::HandshakeTimeout => (CloseCode::POLICY, "Handshake timeout"),
             CloseCause::Shutdown => (CloseCode::AWAY, "Shutting down"),
             CloseCause::AuthTimeout => (CloseCode::AUTH_TIMEOUT, "Authentication timeout"),
+            CloseCause::RateLimited => (CloseCode::POLICY, "Rate limit exceeded"),
             CloseCause::Kicked { code, reason } => {
                 (CloseCode::new(code).unwrap_or(CloseCode::POLICY), reason)
             }
