@@ -45,6 +45,36 @@ pub struct Config {
     pub relay: Relay,
     /// Process-wide memory budgets.
     pub memory: Memory,
+    /// TLS (wss and stelar TCP over TLS).
+    pub tls: Tls,
+}
+
+/// TLS with rustls (TLS 1.2 and 1.3 only). With `cert` and `key` set, the WebSocket port
+/// serves wss and the TCP port stelar TCP over TLS, unless `ws_port` or `tcp_port` is set:
+/// then TLS is served on those extra ports and the main ports stay plain. The certificate and
+/// key are read again on reload (SIGHUP); the ports are not.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<std::path::PathBuf>,
+    /// An extra port serving wss while `port` stays plain WebSocket.
+    pub ws_port: Option<u16>,
+    /// An extra port serving stelar TCP over TLS while `tcp_port` stays plain.
+    pub tcp_port: Option<u16>,
+}
+
+impl Tls {
+    /// Whether TLS is configured at all.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+    /// Whether the main ports speak TLS (TLS configured and no extra TLS port).
+    pub fn on_main_ports(&self) -> bool {
+        self.enabled() && self.ws_port.is_none() && self.tcp_port.is_none()
+    }
 }
 
 /// Connection and message limits.
@@ -156,6 +186,7 @@ impl Default for Config {
             compression: Compression::default(),
             relay: Relay::default(),
             memory: Memory::default(),
+            tls: Tls::default(),
         }
     }
 }
@@ -408,6 +439,32 @@ impl Config {
         }
         if t.handshake_timeout_ms == 0 {
             return bad("timeouts.handshake_timeout_ms", "must be positive");
+        }
+        let tls = &self.tls;
+        match (&tls.cert, &tls.key) {
+            (Some(_), None) => return bad("tls.key", "--tls-cert is set without --tls-key"),
+            (None, Some(_)) => return bad("tls.cert", "--tls-key is set without --tls-cert"),
+            _ => {}
+        }
+        if !tls.enabled() {
+            if tls.ws_port.is_some() {
+                return bad("tls.ws_port", "--tls-ws-port needs --tls-cert and --tls-key");
+            }
+            if tls.tcp_port.is_some() {
+                return bad("tls.tcp_port", "--tls-tcp-port needs --tls-cert and --tls-key");
+            }
+        }
+        for (setting, p) in [("tls.ws_port", tls.ws_port), ("tls.tcp_port", tls.tcp_port)] {
+            if let Some(p) = p {
+                if p != 0 && (p == self.port || Some(p) == self.tcp_port) {
+                    return bad(setting, format!("port {p} is already a plain port"));
+                }
+            }
+        }
+        if let (Some(a), Some(b)) = (tls.ws_port, tls.tcp_port) {
+            if a != 0 && a == b {
+                return bad("tls.tcp_port", "must differ from tls.ws_port");
+            }
         }
         Ok(())
     }

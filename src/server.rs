@@ -17,7 +17,9 @@ use shardcast_shards::{Runtime, Shard};
 
 use crate::app::App;
 use crate::config::{Config, ConfigError};
+use crate::conn::tls::TlsAcceptor;
 use crate::conn::{self, Shared};
+use crate::reload::Reloader;
 use crate::hub::client::CloseCause;
 use crate::hub::id::ClientId;
 use crate::hub::memory::ShardLimits;
@@ -35,6 +37,9 @@ pub enum StartError {
     /// A shard panicked.
     #[error("shard(s) {0:?} panicked")]
     Panicked(Vec<usize>),
+    /// The TLS certificate or key could not be loaded (the reason names the file).
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A started server.
@@ -43,6 +48,11 @@ pub struct Running {
     ws: SocketAddr,
     tcp: Option<SocketAddr>,
     shards: usize,
+    /// Extra TLS ports (`tls.ws_port`, `tls.tcp_port`), when configured.
+    tls_ws: Option<SocketAddr>,
+    tls_tcp: Option<SocketAddr>,
+    /// What a reload (SIGHUP) rebuilds.
+    reloader: Reloader,
 }
 
 impl Running {
@@ -53,6 +63,26 @@ impl Running {
     /// The stelar TCP address, if enabled.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp
+    }
+    /// The extra wss port (`tls.ws_port`), if configured.
+    pub fn tls_ws_addr(&self) -> Option<SocketAddr> {
+        self.tls_ws
+    }
+    /// The extra stelar-TCP-over-TLS port (`tls.tcp_port`), if configured.
+    pub fn tls_tcp_addr(&self) -> Option<SocketAddr> {
+        self.tls_tcp
+    }
+    /// Applies what can change while running from `new` (TLS certificates, ...): every part
+    /// prepares, then all commit, or the reload is refused as a whole with the reason and
+    /// the old state stays. SIGHUP does this when a configuration source is set
+    /// (`Builder::reload_from`).
+    pub fn reload(&self, new: &Config) -> Result<(), String> {
+        reload(&self.reloader, new)
+    }
+    /// The parts a reload rebuilds (for the reload driver).
+    #[allow(dead_code)] // The reload part (issue 9, item 5) drives it.
+    pub(crate) fn reloader(&self) -> &Reloader {
+        &self.reloader
     }
     /// Number of shards.
     pub fn shards(&self) -> usize {
@@ -106,6 +136,34 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
         Some(0) => builder,
         Some(port) => builder.listen("tcp", SocketAddr::new(config.host, port)),
     };
+    // TLS (issue 9, item 1): the acceptor every shard shares, reloaded on SIGHUP.
+    let reloader = Reloader::default();
+    let tls = if config.tls.enabled() {
+        let acceptor = Arc::new(TlsAcceptor::load(&config.tls).map_err(StartError::Tls)?);
+        reloader.register(acceptor.clone());
+        if let Some(p) = config.tls.ws_port {
+            builder = builder.listen("tls-ws", SocketAddr::new(config.host, p));
+        }
+        if let Some(p) = config.tls.tcp_port {
+            builder = builder.listen("tls-tcp", SocketAddr::new(config.host, p));
+        }
+        Some(acceptor)
+    } else {
+        None
+    };
+    if let Some(source) = app.reload_source.clone() {
+        let reloader = reloader.clone();
+        builder = builder.on_hangup(move || match source() {
+            Ok(new) => {
+                if let Err(e) = reload(&reloader, &new) {
+                    tracing::warn!(reason = %e, "reload refused; the old configuration stays");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(reason = %e, "reload refused; the old configuration stays")
+            }
+        });
+    }
     let clients = Arc::new(AtomicUsize::new(0));
     let budgets = memory_budgets(&config);
     if config.api_key.is_none() && config.api_insecure {
@@ -120,7 +178,8 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
         let config = config.clone();
         let clients = clients.clone();
         let limits = shard_limits(&config, budgets, shard.count());
-        async move { run_shard(shard, app, config, clients, limits).await }
+        let tls = tls.clone();
+        async move { run_shard(shard, app, config, clients, limits, tls).await }
     })?;
     let ws = runtime
         .bound_addr("ws")
@@ -128,11 +187,27 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
     let tcp = runtime.bound_addr("tcp");
     let shards = runtime.shards();
     Ok(Running {
+        tls_ws: runtime.bound_addr("tls-ws"),
+        tls_tcp: runtime.bound_addr("tls-tcp"),
         runtime,
         ws,
         tcp,
         shards,
+        reloader,
     })
+}
+
+/// Whether the main ports speak TLS (read once at start: ports do not change on reload).
+fn config_tls_on_main(hub: &Hub) -> bool {
+    hub.config().tls.on_main_ports()
+}
+
+/// Validates `new` and applies it through `reloader`, logging the outcome.
+fn reload(reloader: &Reloader, new: &Config) -> Result<(), String> {
+    new.validate().map_err(|e| e.to_string())?;
+    reloader.apply(new).map_err(|e| e.to_string())?;
+    tracing::info!("reloaded");
+    Ok(())
 }
 
 /// The process's output and input budgets in bytes (see `hub/memory.rs`), logged.
@@ -169,6 +244,7 @@ async fn run_shard(
     config: Arc<Config>,
     clients: Arc<AtomicUsize>,
     limits: ShardLimits,
+    tls: Option<Arc<TlsAcceptor>>,
 ) {
     let (timers, mut expirations) = shard.timers::<ClientId>();
     let hub = Rc::new(Hub::new(
@@ -180,7 +256,9 @@ async fn run_shard(
         clients,
         limits,
     ));
-    let shared = Rc::new(Shared::new(hub.clone(), app));
+    // TLS on the main ports unless extra TLS ports are configured.
+    let main_tls = config_tls_on_main(&hub);
+    let shared = Rc::new(Shared::new(hub.clone(), app).with_tls(tls));
 
     // The mesh inbox.
     if let Some(mut inbox) = shard.take_inbox() {
@@ -224,13 +302,25 @@ async fn run_shard(
     if let Some(listener) = shard.take_listener("ws") {
         let shared = shared.clone();
         accepts.push(shard.spawn(listener.accept_loop(move |stream| {
-            glommio::spawn_local(conn::ws::serve(stream, shared.clone())).detach();
+            glommio::spawn_local(conn::ws::serve(stream, shared.clone(), main_tls)).detach();
         })));
     }
     if let Some(listener) = shard.take_listener("tcp") {
         let shared = shared.clone();
         accepts.push(shard.spawn(listener.accept_loop(move |stream| {
-            glommio::spawn_local(conn::tcp::serve(stream, shared.clone())).detach();
+            glommio::spawn_local(conn::tcp::serve(stream, shared.clone(), main_tls)).detach();
+        })));
+    }
+    if let Some(listener) = shard.take_listener("tls-ws") {
+        let shared = shared.clone();
+        accepts.push(shard.spawn(listener.accept_loop(move |stream| {
+            glommio::spawn_local(conn::ws::serve(stream, shared.clone(), true)).detach();
+        })));
+    }
+    if let Some(listener) = shard.take_listener("tls-tcp") {
+        let shared = shared.clone();
+        accepts.push(shard.spawn(listener.accept_loop(move |stream| {
+            glommio::spawn_local(conn::tcp::serve(stream, shared.clone(), true)).detach();
         })));
     }
 

@@ -47,6 +47,11 @@ pub(crate) struct Counters {
     refused: RefCell<BTreeMap<&'static str, u64>>,
     /// Labelled counters: messages dropped, by reason.
     dropped: RefCell<BTreeMap<&'static str, u64>>,
+    // --- TLS (issue 9, item 1) ---
+    /// TLS handshakes completed.
+    tls_handshakes: Cell<u64>,
+    /// Labelled counters: TLS handshakes failed, by reason.
+    tls_failures: RefCell<BTreeMap<&'static str, u64>>,
 }
 
 fn bump(c: &Cell<u64>, n: u64) {
@@ -92,6 +97,14 @@ impl Counters {
     pub(crate) fn drop_message(&self, reason: &'static str) {
         bump_label(&self.dropped, reason);
     }
+    /// Counts a completed TLS handshake.
+    pub(crate) fn tls_handshake(&self) {
+        bump(&self.tls_handshakes, 1);
+    }
+    /// Counts a failed TLS handshake by reason.
+    pub(crate) fn tls_failure(&self, reason: &'static str) {
+        bump_label(&self.tls_failures, reason);
+    }
 
     /// A copy that can travel to another shard.
     pub(crate) fn snapshot(&self) -> Snapshot {
@@ -111,6 +124,8 @@ impl Counters {
             disconnects: self.disconnects.borrow().clone(),
             refused: self.refused.borrow().clone(),
             dropped: self.dropped.borrow().clone(),
+            tls_handshakes: self.tls_handshakes.get(),
+            tls_failures: self.tls_failures.borrow().clone(),
             rooms: 0,
             shards: 1,
             memory: MemoryGauges::default(),
@@ -176,6 +191,10 @@ pub(crate) struct Snapshot {
     pub refused: BTreeMap<&'static str, u64>,
     /// Dropped messages by reason.
     pub dropped: BTreeMap<&'static str, u64>,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes failed, by reason.
+    pub tls_failures: BTreeMap<&'static str, u64>,
     /// Rooms in the process (a gauge: the reader sets it, merge keeps the largest view).
     pub rooms: u64,
     /// Shards summed.
@@ -208,6 +227,8 @@ impl Snapshot {
         merge_map(&mut self.disconnects, &o.disconnects);
         merge_map(&mut self.refused, &o.refused);
         merge_map(&mut self.dropped, &o.dropped);
+        self.tls_handshakes += o.tls_handshakes;
+        merge_map(&mut self.tls_failures, &o.tls_failures);
         self.rooms = self.rooms.max(o.rooms);
         self.shards += o.shards;
         self.memory.merge(&o.memory);
@@ -401,6 +422,18 @@ pub(crate) fn prometheus_text(s: &Snapshot, p: &Process) -> String {
         "Messages dropped, by reason.",
         "reason",
         &s.dropped,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_tls_handshakes_total TLS handshakes completed.\n# TYPE shardcast_tls_handshakes_total counter\nshardcast_tls_handshakes_total {}",
+        s.tls_handshakes
+    );
+    prom_labelled(
+        &mut out,
+        "shardcast_tls_handshake_failures_total",
+        "TLS handshakes failed, by reason (timeout, eof, bad_record, alert, no_shared_cipher, ...).",
+        "reason",
+        &s.tls_failures,
     );
     let _ = writeln!(
         out,

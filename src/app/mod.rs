@@ -113,7 +113,12 @@ pub struct App {
     pub(crate) on_join: Option<JoinHook>,
     pub(crate) relay: bool,
     pub(crate) handle_signals: bool,
+    /// Where a reload (SIGHUP) gets the new configuration from.
+    pub(crate) reload_source: Option<ReloadSource>,
 }
+
+/// Produces the configuration a reload applies (re-reads the file, flags, environment).
+pub(crate) type ReloadSource = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
 impl App {
     /// The configuration.
@@ -141,6 +146,7 @@ impl Server {
                 on_join: None,
                 relay: false,
                 handle_signals: true,
+                reload_source: None,
             },
         }
     }
@@ -266,6 +272,17 @@ impl Builder {
     /// embedding in a process that handles signals itself; call `Running::shutdown` instead.
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.app.handle_signals = on;
+        self
+    }
+
+    /// On SIGHUP (with signal handling on), calls `source` for the new configuration and
+    /// applies what can change while running (TLS certificates, ...); a failure is logged and
+    /// the old configuration stays.
+    pub fn reload_from(
+        mut self,
+        source: impl Fn() -> Result<Config, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.app.reload_source = Some(Arc::new(source));
         self
     }
 

@@ -21,6 +21,7 @@
 
 pub(crate) mod http;
 pub(crate) mod tcp;
+pub(crate) mod tls;
 pub(crate) mod ws;
 
 use std::cell::{Cell, RefCell};
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
     drained: RefCell<Option<Waker>>,
     /// Timer handles by client slot.
     timers: RefCell<Vec<Option<TimerId>>>,
+    /// The TLS configuration (when TLS is on), shared by every shard and reloadable.
+    pub tls: Option<Arc<tls::TlsAcceptor>>,
 }
 
 impl Shared {
@@ -93,7 +96,14 @@ impl Shared {
             live: Cell::new(0),
             drained: RefCell::new(None),
             timers: RefCell::new(Vec::new()),
+            tls: None,
         }
+    }
+
+    /// Serves TLS on the ports accepted with `tls = true`, with `acceptor`'s configuration.
+    pub(crate) fn with_tls(mut self, acceptor: Option<Arc<tls::TlsAcceptor>>) -> Shared {
+        self.tls = acceptor;
+        self
     }
 
     /// Resolves once no connection task is alive.
@@ -172,11 +182,13 @@ pub(crate) struct Accepted {
 }
 
 impl Accepted {
-    /// Registers a freshly accepted socket on this shard.
+    /// Registers a freshly accepted socket on this shard; with `tls`, the socket speaks TLS
+    /// (the caller runs [`tls::handshake`] first).
     pub(crate) fn new(
         stream: TcpStream,
         shared: &Rc<Shared>,
         transport: crate::stats::Transport,
+        tls: bool,
     ) -> Accepted {
         let live = Live::new(shared);
         let peer = stream
@@ -184,9 +196,20 @@ impl Accepted {
             .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         // Latency over throughput for small frames; writes are coalesced anyway.
         let _ = stream.set_nodelay(true);
+        let mut io = Io::new(stream);
+        if tls {
+            // Without an acceptor or with a configuration rustls refuses, the session is
+            // missing and the handshake fails at once (counted).
+            io.tls = shared
+                .tls
+                .as_ref()
+                .and_then(|a| tls::TlsIo::new(a.current()).ok())
+                .map(Box::new);
+            io.tls_wanted = true;
+        }
         Accepted {
             client: shared.hub.register(peer, transport),
-            io: Io::new(stream),
+            io,
             _live: live,
         }
     }
@@ -209,6 +232,10 @@ pub(crate) struct Io {
     fd: RawFd,
     /// Bytes read and not yet consumed. Empty (and unallocated) while idle.
     pub rbuf: BytesMut,
+    /// The TLS session, on a TLS port.
+    tls: Option<Box<tls::TlsIo>>,
+    /// Accepted on a TLS port (even if the session could not be created).
+    tls_wanted: bool,
 }
 
 impl Io {
@@ -218,6 +245,8 @@ impl Io {
             stream,
             fd,
             rbuf: BytesMut::new(),
+            tls: None,
+            tls_wanted: false,
         }
     }
 
@@ -228,6 +257,9 @@ impl Io {
         cx: &mut TaskContext<'_>,
         shared: &Shared,
     ) -> Poll<io::Result<usize>> {
+        if self.tls_wanted {
+            return self.poll_fill_tls(cx, shared);
+        }
         let mut scratch = shared.scratch.borrow_mut();
         match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
             Poll::Ready(Ok(n)) => {
@@ -262,6 +294,9 @@ impl Io {
         client: &Client,
         hub: &Hub,
     ) -> Poll<io::Result<()>> {
+        if self.tls_wanted {
+            return self.poll_flush_tls(cx, client, hub);
+        }
         loop {
             if client.queue_is_empty() {
                 return Poll::Ready(Ok(()));
@@ -290,7 +325,8 @@ impl Io {
     }
 
     /// Shuts down the write side and drops the socket.
-    pub(crate) fn close(self) {
+    pub(crate) fn close(mut self) {
+        self.close_tls();
         // SAFETY: `fd` is this stream's descriptor, still open (the stream is alive).
         unsafe {
             libc::shutdown(self.fd, libc::SHUT_WR);

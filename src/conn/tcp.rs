@@ -21,11 +21,19 @@ use crate::protocol::stelar::{envelope, names, Answer, FrameDecoder, FrameType};
 use crate::protocol::ws::close::CloseCode;
 use crate::stats::Transport;
 
-/// Serves one socket accepted on the TCP port.
-pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
-    let mut conn = Accepted::new(stream, &shared, Transport::Tcp);
+/// Serves one socket accepted on the TCP port (over TLS with `tls`).
+pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>, tls: bool) {
+    let mut conn = Accepted::new(stream, &shared, Transport::Tcp, tls);
     let hub = shared.hub.clone();
     let client = conn.client.clone();
+    if tls {
+        // Before CONNECT: the client's first frame comes after the handshake.
+        shared.arm_timer(&client, hub.config().handshake_timeout());
+        if !super::tls::handshake(&mut conn.io, &shared, &client).await {
+            conn.finish(&shared, false);
+            return;
+        }
+    }
     let io = &mut conn.io;
     // §4.3: the CONNECT frame is the first thing on the wire.
     let connect = Outgoing::new(Body::Connect(client.id.to_string().into()));

@@ -186,6 +186,26 @@ impl OutQueue {
         }
     }
 
+    /// Hands the frames, in order, to `w` (a TLS session's plaintext writer) in one
+    /// vectored write of at most `max` bytes, and consumes what it took.
+    pub(crate) fn write_into(&mut self, w: &mut dyn io::Write, max: usize) -> usize {
+        const IOV: usize = 64;
+        let mut iov = [io::IoSlice::new(&[]); IOV];
+        let (mut count, mut total) = (0, 0);
+        for frame in self.in_order().take(IOV) {
+            if total >= max {
+                break;
+            }
+            let take = frame.len().min(max - total);
+            iov[count] = io::IoSlice::new(&frame[..take]);
+            count += 1;
+            total += take;
+        }
+        let n = w.write_vectored(&iov[..count]).unwrap_or(0);
+        self.consume(n);
+        n
+    }
+
     /// Writes as much as the socket takes in one `sendmsg` without blocking. Returns the
     /// bytes written; `WouldBlock` when the socket is full.
     pub(crate) fn write_to(&mut self, fd: RawFd) -> io::Result<usize> {
