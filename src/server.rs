@@ -343,9 +343,17 @@ pub fn log_listening(running: &Running) {
     // log formats. Not `println!`: a closed stdout must not panic the server.
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
+    // Extra TLS ports, only when configured (scripts read `tls_ws=` and `tls_tcp=`).
+    let mut tls = String::new();
+    if let Some(a) = running.tls_ws_addr() {
+        tls.push_str(&format!(" tls_ws={a}"));
+    }
+    if let Some(a) = running.tls_tcp_addr() {
+        tls.push_str(&format!(" tls_tcp={a}"));
+    }
     let _ = writeln!(
         out,
-        "shardcast listening ws={} tcp={} shards={}",
+        "shardcast listening ws={} tcp={} shards={}{tls}",
         running.ws_addr(),
         tcp,
         running.shards()
