@@ -657,3 +657,79 @@ fn the_load_generator_drives_wss_and_tcp_over_tls() {
         );
     }
 }
+
+/// Python `websockets` with an SSL context trusting the test CA talks to a stelar TCP client
+/// over TLS through a room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_websockets_over_wss_talks_to_a_tls_tcp_client() {
+    const SCRIPT: &str = r#"
+import asyncio, json, ssl, sys
+import websockets
+
+async def main():
+    url, ca = sys.argv[1], sys.argv[2]
+    ctx = ssl.create_default_context(cafile=ca)
+    async with websockets.connect(url, ssl=ctx) as ws:
+        await ws.send(json.dumps({"event": "join-room", "data": "py"}))
+        print(json.dumps(json.loads(await ws.recv())), flush=True)
+        msg = json.loads(await ws.recv())
+        print(json.dumps(msg), flush=True)
+        await ws.send(json.dumps({"event": "publish",
+                                  "data": {"room": "py", "event": "chat", "data": "from python"}}))
+        await ws.close()
+
+asyncio.run(main())
+"#;
+    let python = std::env::var("SHARDCAST_TEST_PYTHON").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python").to_owned()
+    });
+    assert!(
+        Path::new(&python).exists(),
+        "no Python at {python}: run ./test.sh once (it makes the venv) or set SHARDCAST_TEST_PYTHON"
+    );
+    let pki = Pki::new("py");
+    let server = start(&pki, &["--shards", "2"]);
+    let url = format!("wss://localhost:{}/", server.ws.port());
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", SCRIPT, &url, &pki.ca_file()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start python");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        let line = rx
+            .recv_timeout(DEADLINE)
+            .expect("a line from python within the deadline");
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    assert_eq!(next(), json!({"event": "joined-room", "data": "py"}));
+    let mut tcp = TcpTls::connect(&pki, server.tcp.unwrap()).await;
+    tcp.join("py").await;
+    tcp.publish("py", json!({"to": "python"})).await;
+    assert_eq!(next(), json!({"event": "chat", "data": {"to": "python"}}));
+    assert_eq!(
+        tcp.recv_json().await,
+        ("chat".to_owned(), json!("from python"))
+    );
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("python did not exit within {DEADLINE:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
