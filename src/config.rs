@@ -448,10 +448,16 @@ impl Config {
         }
         if !tls.enabled() {
             if tls.ws_port.is_some() {
-                return bad("tls.ws_port", "--tls-ws-port needs --tls-cert and --tls-key");
+                return bad(
+                    "tls.ws_port",
+                    "--tls-ws-port needs --tls-cert and --tls-key",
+                );
             }
             if tls.tcp_port.is_some() {
-                return bad("tls.tcp_port", "--tls-tcp-port needs --tls-cert and --tls-key");
+                return bad(
+                    "tls.tcp_port",
+                    "--tls-tcp-port needs --tls-cert and --tls-key",
+                );
             }
         }
         for (setting, p) in [("tls.ws_port", tls.ws_port), ("tls.tcp_port", tls.tcp_port)] {
@@ -568,6 +574,12 @@ mod tests {
                 input_budget: 1 << 22,
                 mesh_overflow: 1 << 23,
             },
+            tls: Tls {
+                cert: Some("/etc/shardcast/cert.pem".into()),
+                key: Some("/etc/shardcast/key.pem".into()),
+                ws_port: Some(8443),
+                tcp_port: Some(8444),
+            },
         };
         let text = toml::to_string_pretty(&c).unwrap();
         assert_eq!(Config::from_toml(&text).unwrap(), c, "{text}");
@@ -580,5 +592,29 @@ mod tests {
         c.timeouts.heartbeat_timeout_ms = 10;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("timeouts.heartbeat_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_come_in_pairs_and_name_the_flag() {
+        let mut c = Config::default();
+        c.tls.cert = Some("c.pem".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("tls.key") && err.contains("--tls-key"), "{err}");
+        c.tls.cert = None;
+        c.tls.key = Some("k.pem".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--tls-cert"), "{err}");
+        let mut c = Config::default();
+        c.tls.tcp_port = Some(9000);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--tls-tcp-port"), "{err}");
+        c.tls.cert = Some("c.pem".into());
+        c.tls.key = Some("k.pem".into());
+        assert!(c.validate().is_ok());
+        assert!(!c.tls.on_main_ports());
+        c.tls.tcp_port = Some(c.port);
+        assert!(c.validate().is_err(), "a plain port cannot be a TLS port too");
+        let from_file = Config::from_toml("[tls]\ncert = \"a.pem\"\nkey = \"b.pem\"\n").unwrap();
+        assert!(from_file.tls.on_main_ports());
     }
 }

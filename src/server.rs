@@ -19,11 +19,11 @@ use crate::app::App;
 use crate::config::{Config, ConfigError};
 use crate::conn::tls::TlsAcceptor;
 use crate::conn::{self, Shared};
-use crate::reload::Reloader;
 use crate::hub::client::CloseCause;
 use crate::hub::id::ClientId;
 use crate::hub::memory::ShardLimits;
 use crate::hub::{Hub, ShardMsg};
+use crate::reload::Reloader;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

@@ -58,8 +58,8 @@ impl Pki {
     /// returns its DER.
     fn issue(&self, serial: u64) -> Vec<u8> {
         let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap();
+        let mut p =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
         p.distinguished_name
             .push(DnType::CommonName, format!("shardcast test leaf {serial}"));
         p.serial_number = Some(SerialNumber::from(serial));
@@ -330,8 +330,11 @@ async fn wss_echoes_and_relays_on_the_main_port() {
     b.join("r").await;
     for i in 0..20 {
         let data = json!({"i": i, "pad": "x".repeat(i * 500)});
-        b.emit("publish", json!({"room": "r", "event": "chat", "data": data}))
-            .await;
+        b.emit(
+            "publish",
+            json!({"room": "r", "event": "chat", "data": data}),
+        )
+        .await;
         assert_eq!(a.recv().await, json!({"event": "chat", "data": data}));
     }
     // /metrics over https counts the handshakes (echo, a, b, this request's own).
@@ -391,28 +394,38 @@ async fn plain_and_tls_ports_serve_side_by_side() {
         plain_tcp.recv_json().await,
         ("chat".to_owned(), json!("from wss"))
     );
-    assert_eq!(tcps.recv_json().await, ("chat".to_owned(), json!("from wss")));
+    assert_eq!(
+        tcps.recv_json().await,
+        ("chat".to_owned(), json!("from wss"))
+    );
     plain_ws
         .emit(
             "publish",
             json!({"room": "mix", "event": "chat", "data": "from ws"}),
         )
         .await;
-    assert_eq!(wss.recv().await, json!({"event": "chat", "data": "from ws"}));
-    assert_eq!(tcps.recv_json().await, ("chat".to_owned(), json!("from ws")));
-    // A TLS client on a plain port is not served; a plain client on a TLS port neither.
-    assert!(
-        tokio::time::timeout(DEADLINE, async {
-            let tcp = TcpStream::connect(server.ws).await.unwrap();
-            pki.connector()
-                .connect(ServerName::try_from("localhost").unwrap(), tcp)
-                .await
-        })
-        .await
-        .expect("an answer within the deadline")
-        .is_err()
+    assert_eq!(
+        wss.recv().await,
+        json!({"event": "chat", "data": "from ws"})
     );
-    assert_eq!(metric_reaches(&server, "shardcast_tls_handshakes_total", 2).await >= 2, true);
+    assert_eq!(
+        tcps.recv_json().await,
+        ("chat".to_owned(), json!("from ws"))
+    );
+    // A TLS client on a plain port is not served; a plain client on a TLS port neither.
+    assert!(tokio::time::timeout(DEADLINE, async {
+        let tcp = TcpStream::connect(server.ws).await.unwrap();
+        pki.connector()
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+    })
+    .await
+    .expect("an answer within the deadline")
+    .is_err());
+    assert_eq!(
+        metric_reaches(&server, "shardcast_tls_handshakes_total", 2).await >= 2,
+        true
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,7 +467,10 @@ async fn garbage_or_silence_instead_of_a_client_hello_is_counted_and_closed() {
         }
     })
     .await;
-    assert!(got.is_empty() || got[0] == 0x15, "an alert record at most: {got:?}");
+    assert!(
+        got.is_empty() || got[0] == 0x15,
+        "an alert record at most: {got:?}"
+    );
     metric_reaches(
         &server,
         "shardcast_tls_handshake_failures_total{reason=\"bad_record\"}",
@@ -516,11 +532,17 @@ async fn sighup_swaps_the_certificate_and_a_bad_file_keeps_the_old_one() {
     fresh.join("stay").await;
     // The old connection stays open and working, both ways.
     fresh
-        .emit("publish", json!({"room": "stay", "event": "e", "data": "new→old"}))
+        .emit(
+            "publish",
+            json!({"room": "stay", "event": "e", "data": "new→old"}),
+        )
         .await;
     assert_eq!(old.recv().await, json!({"event": "e", "data": "new→old"}));
-    old.emit("publish", json!({"room": "stay", "event": "e", "data": "old→new"}))
-        .await;
+    old.emit(
+        "publish",
+        json!({"room": "stay", "event": "e", "data": "old→new"}),
+    )
+    .await;
     assert_eq!(fresh.recv().await, json!({"event": "e", "data": "old→new"}));
 
     // A broken certificate file: the reload is refused, naming the file; the second
@@ -533,8 +555,11 @@ async fn sighup_swaps_the_certificate_and_a_bad_file_keeps_the_old_one() {
     assert!(line.contains("cert.pem"), "{line}");
     let again = Wss::connect(&pki, tls_ws, "/").await;
     assert_eq!(again.cert, second_der);
-    old.emit("publish", json!({"room": "stay", "event": "e", "data": "still"}))
-        .await;
+    old.emit(
+        "publish",
+        json!({"room": "stay", "event": "e", "data": "still"}),
+    )
+    .await;
     assert_eq!(fresh.recv().await, json!({"event": "e", "data": "still"}));
 }
 
@@ -549,13 +574,19 @@ fn cert_without_key_and_bad_files_are_refused_at_start_naming_them() {
             .env("SHARDCAST_LOG", "warn")
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let cert = path(&pki.cert);
     let key = path(&pki.key);
     let (code, err) = run(&["--tls-cert", &cert]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("tls.key") && err.contains("--tls-key"), "{err}");
+    assert!(
+        err.contains("tls.key") && err.contains("--tls-key"),
+        "{err}"
+    );
     let (code, err) = run(&["--tls-key", &key]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--tls-cert"), "{err}");
@@ -565,10 +596,16 @@ fn cert_without_key_and_bad_files_are_refused_at_start_naming_them() {
     let missing = path(&pki.dir.join("missing.pem"));
     let (code, err) = run(&["--tls-cert", &missing, "--tls-key", &key]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("missing.pem") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("missing.pem") && err.contains("cannot read"),
+        "{err}"
+    );
     let (code, err) = run(&["--tls-cert", &key, "--tls-key", &key]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("key.pem") && err.contains("no CERTIFICATE"), "{err}");
+    assert!(
+        err.contains("key.pem") && err.contains("no CERTIFICATE"),
+        "{err}"
+    );
 }
 
 /// A TLS reader that stops reading while a lot is sent to it gets everything, in order, once
@@ -642,8 +679,7 @@ fn the_load_generator_drives_wss_and_tcp_over_tls() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let report: Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         let r = &report["results"];
         assert_eq!(r["connections"]["established"], json!(8), "{url}: {r}");
         assert_eq!(r["connections"]["failed"], json!(0), "{url}: {r}");
@@ -699,7 +735,10 @@ asyncio.run(main())
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }

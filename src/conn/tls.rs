@@ -120,7 +120,12 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         .map_err(|e| format!("cannot read TLS certificate file {}: {e}", path.display()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("TLS certificate file {} is not valid PEM: {e}", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "TLS certificate file {} is not valid PEM: {e}",
+                path.display()
+            )
+        })?;
     if certs.is_empty() {
         return Err(format!(
             "TLS certificate file {} holds no CERTIFICATE block",
@@ -428,15 +433,26 @@ mod tests {
         };
         assert!(TlsAcceptor::load(&cfg(&good_cert, &good_key)).is_ok());
         let e = TlsAcceptor::load(&cfg(&missing, &good_key)).err().unwrap();
-        assert!(e.contains("missing.pem") && e.contains("cannot read"), "{e}");
+        assert!(
+            e.contains("missing.pem") && e.contains("cannot read"),
+            "{e}"
+        );
         let e = TlsAcceptor::load(&cfg(&junk, &good_key)).err().unwrap();
-        assert!(e.contains("junk.pem") && e.contains("no CERTIFICATE"), "{e}");
+        assert!(
+            e.contains("junk.pem") && e.contains("no CERTIFICATE"),
+            "{e}"
+        );
         let e = TlsAcceptor::load(&cfg(&good_cert, &junk)).err().unwrap();
-        assert!(e.contains("junk.pem") && e.contains("no PRIVATE KEY"), "{e}");
+        assert!(
+            e.contains("junk.pem") && e.contains("no PRIVATE KEY"),
+            "{e}"
+        );
         // A key that is not the certificate's.
         let other = rcgen::KeyPair::generate().unwrap();
         let other_key = write(&dir, "other.pem", &other.serialize_pem());
-        let e = TlsAcceptor::load(&cfg(&good_cert, &other_key)).err().unwrap();
+        let e = TlsAcceptor::load(&cfg(&good_cert, &other_key))
+            .err()
+            .unwrap();
         assert!(e.contains("do not make a usable pair"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -459,7 +475,10 @@ mod tests {
         assert!(e.contains("nope.pem"), "{e}");
         assert!(Arc::ptr_eq(&before, &acceptor.current()));
         let commit = acceptor.prepare(&config).unwrap();
-        assert!(Arc::ptr_eq(&before, &acceptor.current()), "nothing before commit");
+        assert!(
+            Arc::ptr_eq(&before, &acceptor.current()),
+            "nothing before commit"
+        );
         commit();
         assert!(!Arc::ptr_eq(&before, &acceptor.current()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -460,7 +460,12 @@ impl Hub {
 
     /// TLS: moves up to `max` bytes of `client`'s queued frames into `w` (the TLS session's
     /// plaintext writer, which encrypts them). Returns the bytes moved.
-    pub(crate) fn queue_into(&self, client: &Client, w: &mut dyn std::io::Write, max: usize) -> usize {
+    pub(crate) fn queue_into(
+        &self,
+        client: &Client,
+        w: &mut dyn std::io::Write,
+        max: usize,
+    ) -> usize {
         self.with_queue(client, |q| q.write_into(w, max))
     }
 
