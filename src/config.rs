@@ -599,7 +599,10 @@ mod tests {
         let mut c = Config::default();
         c.tls.cert = Some("c.pem".into());
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("tls.key") && err.contains("--tls-key"), "{err}");
+        assert!(
+            err.contains("tls.key") && err.contains("--tls-key"),
+            "{err}"
+        );
         c.tls.cert = None;
         c.tls.key = Some("k.pem".into());
         let err = c.validate().unwrap_err().to_string();
@@ -613,7 +616,10 @@ mod tests {
         assert!(c.validate().is_ok());
         assert!(!c.tls.on_main_ports());
         c.tls.tcp_port = Some(c.port);
-        assert!(c.validate().is_err(), "a plain port cannot be a TLS port too");
+        assert!(
+            c.validate().is_err(),
+            "a plain port cannot be a TLS port too"
+        );
         let from_file = Config::from_toml("[tls]\ncert = \"a.pem\"\nkey = \"b.pem\"\n").unwrap();
         assert!(from_file.tls.on_main_ports());
     }
