@@ -611,13 +611,14 @@ fn cert_without_key_and_bad_files_are_refused_at_start_naming_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_client_that_pauses_reading_gets_everything_after() {
     let pki = Pki::new("pause");
-    let server = start(&pki, &["--shards", "1"]);
+    // Room for the whole burst in the queue: this is about order and wake-ups, not limits.
+    let server = start(&pki, &["--shards", "1", "--max-queued-bytes", "67108864"]);
     let tcp = server.tcp.unwrap();
     let mut reader = TcpTls::connect(&pki, tcp).await;
     let mut writer = TcpTls::connect(&pki, tcp).await;
     reader.join("big").await;
-    // ~3 MiB while the reader is not reading: more than the socket buffers hold.
-    const N: usize = 150;
+    // ~12 MB while the reader is not reading: more than the socket buffers hold.
+    const N: usize = 600;
     let pad = "z".repeat(20_000);
     for i in 0..N {
         writer.publish("big", json!({"i": i, "pad": pad})).await;
