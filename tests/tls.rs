@@ -770,3 +770,76 @@ asyncio.run(main())
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// TLS 1.2 clients are served as well as 1.3 ones; a client that does not trust the
+/// certificate aborts with an alert, which is counted under `alert`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_is_served_and_a_distrusting_client_is_counted_as_an_alert() {
+    let pki = Pki::new("versions");
+    let server = start(&pki, &["--tls-tcp-port", "0"]);
+    let addr = server.tls_tcp.unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(pki.ca.der().to_vec()))
+        .unwrap();
+    let tls12 = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&tokio_rustls::rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut s = within(
+        "TLS 1.2 handshake",
+        TlsConnector::from(Arc::new(tls12))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .expect("TLS 1.2 is accepted");
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_2)
+    );
+    // The CONNECT frame arrives over TLS 1.2.
+    let mut buf = BytesMut::new();
+    let mut decoder = FrameDecoder::default();
+    let frame = within("CONNECT over TLS 1.2", async {
+        loop {
+            if let Some(f) = decoder.decode(&mut buf).unwrap() {
+                return f;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert_eq!(frame.frame_type, FrameType::Connect);
+
+    let distrusting = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let r = within(
+        "a distrusting handshake ends",
+        TlsConnector::from(Arc::new(distrusting))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await;
+    assert!(r.is_err());
+    metric_reaches(
+        &server,
+        "shardcast_tls_handshake_failures_total{reason=\"alert\"}",
+        1,
+    )
+    .await;
+    assert_eq!(
+        server
+            .metric("shardcast_tls_handshake_failures_total{reason=\"bad_record\"}")
+            .await,
+        0
+    );
+}
