@@ -802,7 +802,7 @@ async fn tls12_is_served_and_a_distrusting_client_is_counted_as_an_alert() {
     );
     // The CONNECT frame arrives over TLS 1.2.
     let mut buf = BytesMut::new();
-    let mut decoder = FrameDecoder::default();
+    let decoder = FrameDecoder::default();
     let frame = within("CONNECT over TLS 1.2", async {
         loop {
             if let Some(f) = decoder.decode(&mut buf).unwrap() {
