@@ -63,6 +63,8 @@ pub struct Config {
     pub security: Security,
     /// Per-client message rate limits.
     pub rate_limit: RateLimit,
+    /// TLS (wss and stelar TCP over TLS).
+    pub tls: Tls,
 }
 
 /// Protection at the handshake (README: "Running in production").
@@ -213,6 +215,34 @@ fn valid_origin_pattern(origin: &str) -> bool {
         && !host.is_empty()
         && !host.contains(['/', '*', '?', '#', '@'])
         && host.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// TLS with rustls (TLS 1.2 and 1.3 only). With `cert` and `key` set, the WebSocket port
+/// serves wss and the TCP port stelar TCP over TLS, unless `ws_port` or `tcp_port` is set:
+/// then TLS is served on those extra ports and the main ports stay plain. The certificate and
+/// key are read again on reload (SIGHUP); the ports are not.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<std::path::PathBuf>,
+    /// An extra port serving wss while `port` stays plain WebSocket.
+    pub ws_port: Option<u16>,
+    /// An extra port serving stelar TCP over TLS while `tcp_port` stays plain.
+    pub tcp_port: Option<u16>,
+}
+
+impl Tls {
+    /// Whether TLS is configured at all.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+    /// Whether the main ports speak TLS (TLS configured and no extra TLS port).
+    pub fn on_main_ports(&self) -> bool {
+        self.enabled() && self.ws_port.is_none() && self.tcp_port.is_none()
+    }
 }
 
 /// Connection and message limits.
@@ -408,6 +438,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             security: Security::default(),
             rate_limit: RateLimit::default(),
+            tls: Tls::default(),
         }
     }
 }
@@ -737,6 +768,38 @@ impl Config {
         if a.jwt_rooms_claim.is_empty() || a.jwt_publish_claim.is_empty() {
             return bad("auth.jwt_rooms_claim", "claim names must not be empty");
         }
+        let tls = &self.tls;
+        match (&tls.cert, &tls.key) {
+            (Some(_), None) => return bad("tls.key", "--tls-cert is set without --tls-key"),
+            (None, Some(_)) => return bad("tls.cert", "--tls-key is set without --tls-cert"),
+            _ => {}
+        }
+        if !tls.enabled() {
+            if tls.ws_port.is_some() {
+                return bad(
+                    "tls.ws_port",
+                    "--tls-ws-port needs --tls-cert and --tls-key",
+                );
+            }
+            if tls.tcp_port.is_some() {
+                return bad(
+                    "tls.tcp_port",
+                    "--tls-tcp-port needs --tls-cert and --tls-key",
+                );
+            }
+        }
+        for (setting, p) in [("tls.ws_port", tls.ws_port), ("tls.tcp_port", tls.tcp_port)] {
+            if let Some(p) = p {
+                if p != 0 && (p == self.port || Some(p) == self.tcp_port) {
+                    return bad(setting, format!("port {p} is already a plain port"));
+                }
+            }
+        }
+        if let (Some(a), Some(b)) = (tls.ws_port, tls.tcp_port) {
+            if a != 0 && a == b {
+                return bad("tls.tcp_port", "must differ from tls.ws_port");
+            }
+        }
         Ok(())
     }
 }
@@ -881,6 +944,12 @@ mod tests {
                 )]
                 .into(),
             },
+            tls: Tls {
+                cert: Some("/etc/shardcast/cert.pem".into()),
+                key: Some("/etc/shardcast/key.pem".into()),
+                ws_port: Some(8443),
+                tcp_port: Some(8444),
+            },
         };
         let text = toml::to_string_pretty(&c).unwrap();
         assert_eq!(Config::from_toml(&text).unwrap(), c, "{text}");
@@ -960,5 +1029,35 @@ mod tests {
         };
         let err = c.validate().unwrap_err().to_string();
         assert!(err.starts_with("invalid setting `log`"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_come_in_pairs_and_name_the_flag() {
+        let mut c = Config::default();
+        c.tls.cert = Some("c.pem".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("tls.key") && err.contains("--tls-key"),
+            "{err}"
+        );
+        c.tls.cert = None;
+        c.tls.key = Some("k.pem".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--tls-cert"), "{err}");
+        let mut c = Config::default();
+        c.tls.tcp_port = Some(9000);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--tls-tcp-port"), "{err}");
+        c.tls.cert = Some("c.pem".into());
+        c.tls.key = Some("k.pem".into());
+        assert!(c.validate().is_ok());
+        assert!(!c.tls.on_main_ports());
+        c.tls.tcp_port = Some(c.port);
+        assert!(
+            c.validate().is_err(),
+            "a plain port cannot be a TLS port too"
+        );
+        let from_file = Config::from_toml("[tls]\ncert = \"a.pem\"\nkey = \"b.pem\"\n").unwrap();
+        assert!(from_file.tls.on_main_ports());
     }
 }

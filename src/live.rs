@@ -32,6 +32,8 @@ pub const RESTART_ONLY: &[&str] = &[
     "memory",
     "timeouts.shutdown_timeout_ms",
     "compression.threshold",
+    "tls.ws_port",
+    "tls.tcp_port",
 ];
 
 /// What the log shows instead of a secret's value.

@@ -328,6 +328,24 @@ struct ServeArgs {
     /// which a reload (SIGHUP) changes live [default: info].
     #[arg(long, env = "SHARDCAST_LOG", value_name = "FILTER", value_parser = log_filter)]
     log: Option<String>,
+
+    // --- TLS (issue 9, item 1) ---
+    /// PEM certificate chain (leaf first); with --tls-key the WebSocket port serves wss and
+    /// the TCP port stelar TCP over TLS (TLS 1.2/1.3); re-read on SIGHUP [default: none].
+    #[arg(long, env = "SHARDCAST_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for --tls-cert; re-read on SIGHUP
+    /// [default: none].
+    #[arg(long, env = "SHARDCAST_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Serve wss on this extra port and keep --port plain; 0 picks a free one
+    /// [default: none].
+    #[arg(long, env = "SHARDCAST_TLS_WS_PORT", value_name = "PORT")]
+    tls_ws_port: Option<u16>,
+    /// Serve stelar TCP over TLS on this extra port and keep --tcp-port plain; 0 picks a
+    /// free one [default: none].
+    #[arg(long, env = "SHARDCAST_TLS_TCP_PORT", value_name = "PORT")]
+    tls_tcp_port: Option<u16>,
 }
 
 /// `--auth` values.
@@ -468,6 +486,19 @@ impl ServeArgs {
         }
         set(&mut rl.burst, &self.rate_burst);
         set(&mut rl.strikes, &self.rate_limit_strikes);
+        // TLS (issue 9, item 1).
+        if let Some(v) = &self.tls_cert {
+            c.tls.cert = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_key {
+            c.tls.key = Some(v.clone());
+        }
+        if let Some(v) = self.tls_ws_port {
+            c.tls.ws_port = Some(v);
+        }
+        if let Some(v) = self.tls_tcp_port {
+            c.tls.tcp_port = Some(v);
+        }
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }

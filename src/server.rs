@@ -17,6 +17,7 @@ use shardcast_shards::{Runtime, Shard};
 
 use crate::app::{App, ReloadHook};
 use crate::config::{Config, ConfigError};
+use crate::conn::tls::TlsAcceptor;
 use crate::conn::{self, Shared};
 use crate::hub::client::CloseCause;
 use crate::hub::id::ClientId;
@@ -38,6 +39,9 @@ pub enum StartError {
     /// A shard panicked.
     #[error("shard(s) {0:?} panicked")]
     Panicked(Vec<usize>),
+    /// The TLS certificate or key could not be loaded (the reason names the file).
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A started server.
@@ -47,6 +51,9 @@ pub struct Running {
     tcp: Option<SocketAddr>,
     shards: usize,
     reload: Reload,
+    /// Extra TLS ports (`tls.ws_port`, `tls.tcp_port`), when configured.
+    tls_ws: Option<SocketAddr>,
+    tls_tcp: Option<SocketAddr>,
 }
 
 impl Running {
@@ -69,6 +76,14 @@ impl Running {
     /// The stelar TCP address, if enabled.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp
+    }
+    /// The extra wss port (`tls.ws_port`), if configured.
+    pub fn tls_ws_addr(&self) -> Option<SocketAddr> {
+        self.tls_ws
+    }
+    /// The extra stelar-TCP-over-TLS port (`tls.tcp_port`), if configured.
+    pub fn tls_tcp_addr(&self) -> Option<SocketAddr> {
+        self.tls_tcp
     }
     /// Number of shards.
     pub fn shards(&self) -> usize {
@@ -141,6 +156,20 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
         Some(0) => builder,
         Some(port) => builder.listen("tcp", SocketAddr::new(config.host, port)),
     };
+    // TLS (issue 9, item 1): the acceptor every shard shares, reloaded on SIGHUP.
+    let tls = if config.tls.enabled() {
+        let acceptor = Arc::new(TlsAcceptor::load(&config.tls).map_err(StartError::Tls)?);
+        reload.reloader.register(acceptor.clone());
+        if let Some(p) = config.tls.ws_port {
+            builder = builder.listen("tls-ws", SocketAddr::new(config.host, p));
+        }
+        if let Some(p) = config.tls.tcp_port {
+            builder = builder.listen("tls-tcp", SocketAddr::new(config.host, p));
+        }
+        Some(acceptor)
+    } else {
+        None
+    };
     if let Some(source) = app.reload_source.clone() {
         let reload = reload.clone();
         // Runs on the signal thread: reading files there blocks no shard.
@@ -165,7 +194,8 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
         let clients = clients.clone();
         let limits = shard_limits(&config, budgets, shard.count());
         let user_counts = user_counts.clone();
-        async move { run_shard(shard, app, live, clients, limits, user_counts).await }
+        let tls = tls.clone();
+        async move { run_shard(shard, app, live, clients, limits, user_counts, tls).await }
     })?;
     let ws = runtime
         .bound_addr("ws")
@@ -173,6 +203,8 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
     let tcp = runtime.bound_addr("tcp");
     let shards = runtime.shards();
     Ok(Running {
+        tls_ws: runtime.bound_addr("tls-ws"),
+        tls_tcp: runtime.bound_addr("tls-tcp"),
         runtime,
         ws,
         tcp,
@@ -257,6 +289,11 @@ impl Reload {
     }
 }
 
+/// Whether the main ports speak TLS (read once at start: ports do not change on reload).
+fn config_tls_on_main(hub: &Hub) -> bool {
+    hub.config().tls.on_main_ports()
+}
+
 /// The process's output and input budgets in bytes (see `hub/memory.rs`), logged.
 fn memory_budgets(config: &Config) -> (usize, usize) {
     // Without /proc (not Linux?), assume a small machine rather than an unbounded one.
@@ -292,6 +329,7 @@ async fn run_shard(
     clients: Arc<AtomicUsize>,
     limits: ShardLimits,
     user_counts: Arc<crate::hub::users::UserCounts>,
+    tls: Option<Arc<TlsAcceptor>>,
 ) {
     let (timers, mut expirations) = shard.timers::<ClientId>();
     let hub = Rc::new(
@@ -306,7 +344,9 @@ async fn run_shard(
         )
         .with_user_counts(user_counts),
     );
-    let shared = Rc::new(Shared::new(hub.clone(), app));
+    // TLS on the main ports unless extra TLS ports are configured.
+    let main_tls = config_tls_on_main(&hub);
+    let shared = Rc::new(Shared::new(hub.clone(), app).with_tls(tls));
 
     // The mesh inbox.
     if let Some(mut inbox) = shard.take_inbox() {
@@ -350,13 +390,25 @@ async fn run_shard(
     if let Some(listener) = shard.take_listener("ws") {
         let shared = shared.clone();
         accepts.push(shard.spawn(listener.accept_loop(move |stream| {
-            glommio::spawn_local(conn::ws::serve(stream, shared.clone())).detach();
+            glommio::spawn_local(conn::ws::serve(stream, shared.clone(), main_tls)).detach();
         })));
     }
     if let Some(listener) = shard.take_listener("tcp") {
         let shared = shared.clone();
         accepts.push(shard.spawn(listener.accept_loop(move |stream| {
-            glommio::spawn_local(conn::tcp::serve(stream, shared.clone())).detach();
+            glommio::spawn_local(conn::tcp::serve(stream, shared.clone(), main_tls)).detach();
+        })));
+    }
+    if let Some(listener) = shard.take_listener("tls-ws") {
+        let shared = shared.clone();
+        accepts.push(shard.spawn(listener.accept_loop(move |stream| {
+            glommio::spawn_local(conn::ws::serve(stream, shared.clone(), true)).detach();
+        })));
+    }
+    if let Some(listener) = shard.take_listener("tls-tcp") {
+        let shared = shared.clone();
+        accepts.push(shard.spawn(listener.accept_loop(move |stream| {
+            glommio::spawn_local(conn::tcp::serve(stream, shared.clone(), true)).detach();
         })));
     }
 
@@ -379,9 +431,17 @@ pub fn log_listening(running: &Running) {
     // log formats. Not `println!`: a closed stdout must not panic the server.
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
+    // Extra TLS ports, only when configured (scripts read `tls_ws=` and `tls_tcp=`).
+    let mut tls = String::new();
+    if let Some(a) = running.tls_ws_addr() {
+        tls.push_str(&format!(" tls_ws={a}"));
+    }
+    if let Some(a) = running.tls_tcp_addr() {
+        tls.push_str(&format!(" tls_tcp={a}"));
+    }
     let _ = writeln!(
         out,
-        "shardcast listening ws={} tcp={} shards={}",
+        "shardcast listening ws={} tcp={} shards={}{tls}",
         running.ws_addr(),
         tcp,
         running.shards()

@@ -59,6 +59,11 @@ pub(crate) struct Counters {
     ack: Histogram,
     /// Authentication: credentials received → verdict.
     auth_latency: Histogram,
+    // --- TLS (issue 9, item 1) ---
+    /// TLS handshakes completed.
+    tls_handshakes: Cell<u64>,
+    /// Labelled counters: TLS handshakes failed, by reason.
+    tls_failures: RefCell<BTreeMap<&'static str, u64>>,
 }
 
 /// Upper bounds of the latency histograms' buckets, in microseconds (the `le` labels, in
@@ -171,6 +176,14 @@ impl Counters {
     pub(crate) fn drop_message(&self, reason: &'static str) {
         bump_label(&self.dropped, reason);
     }
+    /// Counts a completed TLS handshake.
+    pub(crate) fn tls_handshake(&self) {
+        bump(&self.tls_handshakes, 1);
+    }
+    /// Counts a failed TLS handshake by reason.
+    pub(crate) fn tls_failure(&self, reason: &'static str) {
+        bump_label(&self.tls_failures, reason);
+    }
 
     /// A WebSocket handshake took `micros` (accepted socket → 101 written).
     pub(crate) fn observe_handshake_micros(&self, micros: u64) {
@@ -212,6 +225,8 @@ impl Counters {
             auth: self.auth.borrow().clone(),
             auth_micros: self.auth_micros.get(),
             auth_timed: self.auth_timed.get(),
+            tls_handshakes: self.tls_handshakes.get(),
+            tls_failures: self.tls_failures.borrow().clone(),
             rooms: 0,
             users: 0,
             shards: 1,
@@ -289,6 +304,10 @@ pub(crate) struct Snapshot {
     pub auth_micros: u64,
     /// Authentications timed.
     pub auth_timed: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes failed, by reason.
+    pub tls_failures: BTreeMap<&'static str, u64>,
     /// Rooms in the process (a gauge: the reader sets it, merge keeps the largest view).
     pub rooms: u64,
     /// Distinct users with a connection in the process (a gauge like `rooms`).
@@ -336,6 +355,8 @@ impl Snapshot {
         merge_map(&mut self.auth, &o.auth);
         self.auth_micros += o.auth_micros;
         self.auth_timed += o.auth_timed;
+        self.tls_handshakes += o.tls_handshakes;
+        merge_map(&mut self.tls_failures, &o.tls_failures);
         self.rooms = self.rooms.max(o.rooms);
         self.users = self.users.max(o.users);
         self.shards += o.shards;
@@ -548,6 +569,18 @@ pub(crate) fn prometheus_text(s: &Snapshot, p: &Process) -> String {
         out,
         "# HELP shardcast_auth_duration_microseconds_total Time spent authenticating, from a token being known to the answer.\n# TYPE shardcast_auth_duration_microseconds_total counter\nshardcast_auth_duration_microseconds_total {}\n# HELP shardcast_auth_checks_total Authentications timed (the divisor of the duration total).\n# TYPE shardcast_auth_checks_total counter\nshardcast_auth_checks_total {}",
         s.auth_micros, s.auth_timed
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_tls_handshakes_total TLS handshakes completed.\n# TYPE shardcast_tls_handshakes_total counter\nshardcast_tls_handshakes_total {}",
+        s.tls_handshakes
+    );
+    prom_labelled(
+        &mut out,
+        "shardcast_tls_handshake_failures_total",
+        "TLS handshakes failed, by reason (timeout, eof, bad_record, alert, no_shared_cipher, ...).",
+        "reason",
+        &s.tls_failures,
     );
     let _ = writeln!(
         out,

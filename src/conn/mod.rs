@@ -22,6 +22,7 @@
 pub(crate) mod auth;
 pub(crate) mod http;
 pub(crate) mod tcp;
+pub(crate) mod tls;
 pub(crate) mod ws;
 
 use std::cell::{Cell, RefCell};
@@ -66,6 +67,8 @@ pub(crate) struct Shared {
     drained: RefCell<Option<Waker>>,
     /// Timer handles by client slot.
     timers: RefCell<Vec<Option<TimerId>>>,
+    /// The TLS configuration (when TLS is on), shared by every shard and reloadable.
+    pub tls: Option<Arc<tls::TlsAcceptor>>,
 }
 
 impl Shared {
@@ -77,6 +80,7 @@ impl Shared {
             live: Cell::new(0),
             drained: RefCell::new(None),
             timers: RefCell::new(Vec::new()),
+            tls: None,
         }
     }
 
@@ -101,6 +105,12 @@ impl Shared {
             max_body_size: c.limits.max_http_body,
             ..HttpLimits::default()
         }
+    }
+
+    /// Serves TLS on the ports accepted with `tls = true`, with `acceptor`'s configuration.
+    pub(crate) fn with_tls(mut self, acceptor: Option<Arc<tls::TlsAcceptor>>) -> Shared {
+        self.tls = acceptor;
+        self
     }
 
     /// Resolves once no connection task is alive.
@@ -179,11 +189,13 @@ pub(crate) struct Accepted {
 }
 
 impl Accepted {
-    /// Registers a freshly accepted socket on this shard.
+    /// Registers a freshly accepted socket on this shard; with `tls`, the socket speaks TLS
+    /// (the caller runs [`tls::handshake`] first).
     pub(crate) fn new(
         stream: TcpStream,
         shared: &Rc<Shared>,
         transport: crate::stats::Transport,
+        tls: bool,
     ) -> Accepted {
         let live = Live::new(shared);
         let peer = stream
@@ -191,9 +203,20 @@ impl Accepted {
             .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         // Latency over throughput for small frames; writes are coalesced anyway.
         let _ = stream.set_nodelay(true);
+        let mut io = Io::new(stream);
+        if tls {
+            // Without an acceptor or with a configuration rustls refuses, the session is
+            // missing and the handshake fails at once (counted).
+            io.tls = shared
+                .tls
+                .as_ref()
+                .and_then(|a| tls::TlsIo::new(a.current()).ok())
+                .map(Box::new);
+            io.tls_wanted = true;
+        }
         Accepted {
             client: shared.hub.register(peer, transport),
-            io: Io::new(stream),
+            io,
             _live: live,
         }
     }
@@ -229,6 +252,10 @@ pub(crate) struct Io {
     fd: RawFd,
     /// Bytes read and not yet consumed. Empty (and unallocated) while idle.
     pub rbuf: BytesMut,
+    /// The TLS session, on a TLS port.
+    tls: Option<Box<tls::TlsIo>>,
+    /// Accepted on a TLS port (even if the session could not be created).
+    tls_wanted: bool,
 }
 
 impl Io {
@@ -238,6 +265,8 @@ impl Io {
             stream,
             fd,
             rbuf: BytesMut::new(),
+            tls: None,
+            tls_wanted: false,
         }
     }
 
@@ -248,6 +277,9 @@ impl Io {
         cx: &mut TaskContext<'_>,
         shared: &Shared,
     ) -> Poll<io::Result<usize>> {
+        if self.tls_wanted {
+            return self.poll_fill_tls(cx, shared);
+        }
         let mut scratch = shared.scratch.borrow_mut();
         match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
             Poll::Ready(Ok(n)) => {
@@ -282,6 +314,9 @@ impl Io {
         client: &Client,
         hub: &Hub,
     ) -> Poll<io::Result<()>> {
+        if self.tls_wanted {
+            return self.poll_flush_tls(cx, client, hub);
+        }
         loop {
             if client.queue_is_empty() {
                 return Poll::Ready(Ok(()));
@@ -310,7 +345,8 @@ impl Io {
     }
 
     /// Shuts down the write side and drops the socket.
-    pub(crate) fn close(self) {
+    pub(crate) fn close(mut self) {
+        self.close_tls();
         // SAFETY: `fd` is this stream's descriptor, still open (the stream is alive).
         unsafe {
             libc::shutdown(self.fd, libc::SHUT_WR);

@@ -22,8 +22,8 @@ use crate::protocol::stelar::{envelope, names, Answer, FrameDecoder, FrameType, 
 use crate::protocol::ws::close::CloseCode;
 use crate::stats::Transport;
 
-/// Serves one socket accepted on the TCP port.
-pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
+/// Serves one socket accepted on the TCP port (over TLS with `tls`).
+pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>, tls: bool) {
     // Protection, before any client state: handshake rate and connections per IP. The slot
     // holds this client's place in the per-IP count until the task ends.
     let peer = stream
@@ -36,9 +36,17 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
             return;
         }
     };
-    let mut conn = Accepted::new(stream, &shared, Transport::Tcp);
+    let mut conn = Accepted::new(stream, &shared, Transport::Tcp, tls);
     let hub = shared.hub.clone();
     let client = conn.client.clone();
+    if tls {
+        // Before CONNECT: the client's first frame comes after the handshake.
+        shared.arm_timer(&client, hub.config().handshake_timeout());
+        if !super::tls::handshake(&mut conn.io, &shared, &client).await {
+            conn.finish(&shared, false);
+            return;
+        }
+    }
     let io = &mut conn.io;
     // §4.3: the CONNECT frame is the first thing on the wire.
     let connect = Outgoing::new(Body::Connect(client.id.to_string().into()));

@@ -44,12 +44,17 @@ enum Mode {
     Broadcast,
 }
 
-/// Serves one socket accepted on the WebSocket/HTTP port.
-pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>) {
+/// Serves one socket accepted on the WebSocket/HTTP port (over TLS with `tls`).
+pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>, tls: bool) {
     let accepted = std::time::Instant::now();
-    let mut conn = Accepted::new(stream, &shared, Transport::Ws);
+    let mut conn = Accepted::new(stream, &shared, Transport::Ws, tls);
     let client = conn.client.clone();
     shared.arm_timer(&client, shared.hub.config().handshake_timeout());
+    // The TLS handshake and the HTTP phase share the handshake timeout.
+    if tls && !super::tls::handshake(&mut conn.io, &shared, &client).await {
+        conn.finish(&shared, false);
+        return;
+    }
     let mut opened = false;
     if let Some(req) = http_phase(&mut conn.io, &shared, &client).await {
         opened = websocket(&mut conn.io, &shared, &client, req, accepted).await;

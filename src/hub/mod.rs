@@ -603,6 +603,35 @@ impl Hub {
         r
     }
 
+    // --- TLS (issue 9, item 1) ---
+
+    /// TLS: moves up to `max` bytes of `client`'s queued frames into `w` (the TLS session's
+    /// plaintext writer, which encrypts them). Returns the bytes moved.
+    pub(crate) fn queue_into(
+        &self,
+        client: &Client,
+        w: &mut dyn std::io::Write,
+        max: usize,
+    ) -> usize {
+        self.with_queue(client, |q| q.write_into(w, max))
+    }
+
+    /// TLS: the socket took `n` bytes of records.
+    pub(crate) fn tls_sent(&self, client: &Client, n: usize) {
+        Counters::add(&self.counters.bytes_sent, n as u64);
+        Counters::add(&self.counters.writes, 1);
+        if client.queue_is_empty() {
+            client.behind_since().set(0);
+            client.write_blocked().set(false);
+        }
+    }
+
+    /// TLS: the socket is full; the slow-consumer rule applies to what is left queued.
+    pub(crate) fn tls_blocked(&self, client: &Client) {
+        client.write_blocked().set(true);
+        self.note_backlog(client);
+    }
+
     /// A handle on the frame that goes out next (for the readiness probe on a full socket).
     pub(crate) fn queue_front(&self, client: &Client) -> Option<Bytes> {
         client.out().borrow().front().cloned()

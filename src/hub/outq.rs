@@ -186,6 +186,26 @@ impl OutQueue {
         }
     }
 
+    /// Hands the frames, in order, to `w` (a TLS session's plaintext writer) in one
+    /// vectored write of at most `max` bytes, and consumes what it took.
+    pub(crate) fn write_into(&mut self, w: &mut dyn io::Write, max: usize) -> usize {
+        const IOV: usize = 64;
+        let mut iov = [io::IoSlice::new(&[]); IOV];
+        let (mut count, mut total) = (0, 0);
+        for frame in self.in_order().take(IOV) {
+            if total >= max {
+                break;
+            }
+            let take = frame.len().min(max - total);
+            iov[count] = io::IoSlice::new(&frame[..take]);
+            count += 1;
+            total += take;
+        }
+        let n = w.write_vectored(&iov[..count]).unwrap_or(0);
+        self.consume(n);
+        n
+    }
+
     /// Writes as much as the socket takes in one `sendmsg` without blocking. Returns the
     /// bytes written; `WouldBlock` when the socket is full.
     pub(crate) fn write_to(&mut self, fd: RawFd) -> io::Result<usize> {
@@ -339,6 +359,52 @@ mod tests {
         }
         q.consume(10_000);
         assert!(q.frames.capacity() <= SHRINK_SLOTS);
+    }
+
+    /// Takes at most `cap` bytes per write, like a TLS writer with little room left.
+    struct Capped {
+        out: Vec<u8>,
+        cap: usize,
+    }
+
+    impl io::Write for Capped {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.cap);
+            self.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+            let mut n = 0;
+            for b in bufs {
+                let k = b.len().min(self.cap - n);
+                self.out.extend_from_slice(&b[..k]);
+                n += k;
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn write_into_hands_frames_over_in_order_within_max_and_what_the_writer_takes() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abc"));
+        q.push(Bytes::from_static(b"defg"));
+        q.push_pong(Bytes::from_static(b"P"));
+        let mut w = Capped {
+            out: Vec::new(),
+            cap: 3,
+        };
+        assert_eq!(q.write_into(&mut w, 100), 3);
+        assert_eq!(w.out, b"Pab");
+        w.cap = 100;
+        assert_eq!(q.write_into(&mut w, 2), 2, "at most max");
+        assert_eq!(q.write_into(&mut w, 100), 3);
+        assert_eq!(w.out, b"Pabcdefg");
+        assert!(q.is_empty());
+        assert_eq!(q.cost(), 0);
     }
 
     #[test]

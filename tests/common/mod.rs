@@ -28,6 +28,9 @@ pub struct ServerProc {
     pub ws: SocketAddr,
     pub tcp: Option<SocketAddr>,
     pub shards: usize,
+    /// Extra TLS ports (`--tls-ws-port`, `--tls-tcp-port`), when configured.
+    pub tls_ws: Option<SocketAddr>,
+    pub tls_tcp: Option<SocketAddr>,
     output: mpsc::Receiver<String>,
     /// What the server printed before its listening line (start-up warnings).
     early: Vec<String>,
@@ -101,7 +104,13 @@ impl ServerProc {
                 let mut ws = None;
                 let mut tcp = None;
                 let mut shards = 0;
+                let (mut tls_ws, mut tls_tcp) = (None, None);
                 for part in rest.split_whitespace() {
+                    if let Some(v) = part.strip_prefix("tls_ws=") {
+                        tls_ws = v.parse().ok();
+                    } else if let Some(v) = part.strip_prefix("tls_tcp=") {
+                        tls_tcp = v.parse().ok();
+                    }
                     if let Some(v) = part.strip_prefix("ws=") {
                         ws = v.parse().ok();
                     } else if let Some(v) = part.strip_prefix("tcp=") {
@@ -115,6 +124,8 @@ impl ServerProc {
                     ws: ws.expect("ws address"),
                     tcp,
                     shards,
+                    tls_ws,
+                    tls_tcp,
                     output: rx,
                     early,
                 };
