@@ -260,127 +260,96 @@ pub(crate) fn admit_ws(
     peer: SocketAddr,
     req: &Request<Bytes>,
 ) -> Result<IpSlot, Refusal> {
-    let config = hub.config();
-    let sec = &config.security;
-    let ip = client_ip(peer.ip(), &sec.trusted_proxies, req);
+    let ip = client_ip(peer.ip(), &hub.config().security.trusted_proxies, req);
     // A header that is not text cannot match any allowed origin.
     let origin = req
         .header("origin")
         .map(|o| std::str::from_utf8(o).unwrap_or("\u{fffd}"));
-    let refuse = |reason: RejectReason, refusal: Refusal| {
-        reject(
-            hub,
-            app,
-            &Rejection {
-                reason,
-                ip,
-                transport: Transport::Ws,
-                client: None,
-                event: None,
-                origin,
-            },
-        );
-        Err(refusal)
-    };
-    if let Some(rate) = sec.handshake_rate_per_ip {
-        if !app.guard.handshake(ip, rate) {
-            return refuse(
-                RejectReason::HandshakeRate,
-                Refusal::too_many_requests("Too many handshakes"),
-            );
-        }
-    }
-    let mut allowed = config.allowed_origins().peekable();
-    match origin {
-        Some(o) if allowed.peek().is_some() && !allowed.any(|p| origin_matches(p, o)) => {
-            return refuse(
-                RejectReason::OriginNotAllowed,
-                Refusal::forbidden("Origin not allowed"),
-            );
-        }
-        None if sec.require_origin => {
-            return refuse(
-                RejectReason::OriginMissing,
-                Refusal::forbidden("Origin required"),
-            );
-        }
-        _ => {}
-    }
-    let Some(slot) = app.guard.acquire(ip, sec.max_connections_per_ip) else {
-        return refuse(
-            RejectReason::PerIpLimit,
-            Refusal::too_many_requests("Too many connections"),
-        );
-    };
-    let hs = Handshake {
-        ip,
-        peer,
-        transport: Transport::Ws,
-        origin,
-        path: Some(req.path()),
-        request: Some(req),
-    };
-    for check in &app.check_handshake {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| check(&hs))) {
-            Ok(Ok(())) => {}
-            Ok(Err(refusal)) => return refuse(RejectReason::HandshakeVetoed, refusal),
-            Err(_) => {
-                hub.counters.error("handler_panic");
-                return refuse(
-                    RejectReason::HandshakeVetoed,
-                    Refusal::new(500, "internal error"),
-                );
-            }
-        }
-    }
-    Ok(slot)
+    admit(
+        hub,
+        app,
+        &Handshake {
+            ip,
+            peer,
+            transport: Transport::Ws,
+            origin,
+            path: Some(req.path()),
+            request: Some(req),
+        },
+    )
 }
 
 /// Checks a TCP connection at accept, before any client state: handshake rate, connections
 /// per IP (the socket peer: TCP has no forwarding headers), then the application's vetoes.
 pub(crate) fn admit_tcp(hub: &Hub, app: &App, peer: SocketAddr) -> Result<IpSlot, Refusal> {
+    admit(
+        hub,
+        app,
+        &Handshake {
+            ip: peer.ip().to_canonical(),
+            peer,
+            transport: Transport::Tcp,
+            origin: None,
+            path: None,
+            request: None,
+        },
+    )
+}
+
+/// The checks both transports share, in order: handshake rate, origin (WebSocket only),
+/// connections per IP, the application's vetoes.
+fn admit(hub: &Hub, app: &App, hs: &Handshake<'_>) -> Result<IpSlot, Refusal> {
     let config = hub.config();
     let sec = &config.security;
-    let ip = peer.ip().to_canonical();
     let refuse = |reason: RejectReason, refusal: Refusal| {
         reject(
             hub,
             app,
             &Rejection {
                 reason,
-                ip,
-                transport: Transport::Tcp,
+                ip: hs.ip,
+                transport: hs.transport,
                 client: None,
                 event: None,
-                origin: None,
+                origin: hs.origin,
             },
         );
         Err(refusal)
     };
     if let Some(rate) = sec.handshake_rate_per_ip {
-        if !app.guard.handshake(ip, rate) {
+        if !app.guard.handshake(hs.ip, rate) {
             return refuse(
                 RejectReason::HandshakeRate,
                 Refusal::too_many_requests("Too many handshakes"),
             );
         }
     }
-    let Some(slot) = app.guard.acquire(ip, sec.max_connections_per_ip) else {
+    if hs.transport == Transport::Ws {
+        let mut allowed = config.allowed_origins().peekable();
+        match hs.origin {
+            Some(o) if allowed.peek().is_some() && !allowed.any(|p| origin_matches(p, o)) => {
+                return refuse(
+                    RejectReason::OriginNotAllowed,
+                    Refusal::forbidden("Origin not allowed"),
+                );
+            }
+            None if sec.require_origin => {
+                return refuse(
+                    RejectReason::OriginMissing,
+                    Refusal::forbidden("Origin required"),
+                );
+            }
+            _ => {}
+        }
+    }
+    let Some(slot) = app.guard.acquire(hs.ip, sec.max_connections_per_ip) else {
         return refuse(
             RejectReason::PerIpLimit,
             Refusal::too_many_requests("Too many connections"),
         );
     };
-    let hs = Handshake {
-        ip,
-        peer,
-        transport: Transport::Tcp,
-        origin: None,
-        path: None,
-        request: None,
-    };
     for check in &app.check_handshake {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| check(&hs))) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| check(hs))) {
             Ok(Ok(())) => {}
             Ok(Err(refusal)) => return refuse(RejectReason::HandshakeVetoed, refusal),
             Err(_) => {

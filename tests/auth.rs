@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use shardcast::protocol::stelar::{FrameType, OutFrame};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "test-secret-test-secret-test-secret!";
@@ -51,29 +50,12 @@ fn start(mode: &str, extra: &[&str]) -> ServerProc {
 
 /// Connects with `Authorization: Bearer token`.
 async fn ws_bearer(url: &str, token: &str) -> Ws {
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
-    let (inner, _) = within("ws connect", tokio_tungstenite::connect_async(req))
-        .await
-        .expect("ws connect");
-    Ws { inner }
+    Ws::connect_bearer(url, token).await
 }
 
 /// Waits for the server's close frame: (code, reason).
 async fn expect_close(ws: &mut Ws) -> (u16, String) {
-    within("close frame", async {
-        loop {
-            match ws.inner.next().await {
-                Some(Ok(Message::Close(Some(f)))) => {
-                    return (u16::from(f.code), f.reason.to_string())
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await
+    ws.close_frame().await
 }
 
 /// `auth-ok` for `user`; returns the id it names.

@@ -9,7 +9,6 @@ use common::*;
 use futures_util::StreamExt;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const OLD_SECRET: &str = "production-old-secret-0123456789abcdef";
@@ -33,13 +32,7 @@ fn config(secret: &str, key: &str) -> String {
 }
 
 async fn connect(url: &str, token: &str) -> Ws {
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
-    let (inner, _) = within("ws connect", tokio_tungstenite::connect_async(req))
-        .await
-        .expect("ws connect");
-    Ws { inner }
+    Ws::connect_bearer(url, token).await
 }
 
 async fn auth_ok(ws: &mut Ws, user: &str) {
@@ -49,18 +42,7 @@ async fn auth_ok(ws: &mut Ws, user: &str) {
 }
 
 async fn close_of(ws: &mut Ws) -> (u16, String) {
-    within("close frame", async {
-        loop {
-            match ws.inner.next().await {
-                Some(Ok(Message::Close(Some(f)))) => {
-                    return (u16::from(f.code), f.reason.to_string())
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await
+    ws.close_frame().await
 }
 
 fn bearer(key: &str) -> [(&'static str, String); 1] {

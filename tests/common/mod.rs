@@ -248,6 +248,36 @@ impl Ws {
         Ws { inner }
     }
 
+    /// Connects with `Authorization: Bearer token`.
+    #[allow(dead_code)] // Not every test binary authenticates.
+    pub async fn connect_bearer(url: &str, token: &str) -> Ws {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        let (inner, _) = within("ws connect", tokio_tungstenite::connect_async(req))
+            .await
+            .expect("ws connect");
+        Ws { inner }
+    }
+
+    /// Waits for the server's close frame (pings and pongs skipped): (code, reason).
+    #[allow(dead_code)] // Not every test binary waits for a close frame.
+    pub async fn close_frame(&mut self) -> (u16, String) {
+        within("close frame", async {
+            loop {
+                match self.inner.next().await {
+                    Some(Ok(Message::Close(Some(f)))) => {
+                        return (u16::from(f.code), f.reason.to_string())
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => panic!("expected a close frame, got {other:?}"),
+                }
+            }
+        })
+        .await
+    }
+
     pub async fn send(&mut self, v: Value) {
         self.inner
             .send(Message::Text(v.to_string()))
