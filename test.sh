@@ -37,8 +37,13 @@ ensure_python() {
 
 ensure_system_tools() {
   # capsh: the start-up test drops CAP_IPC_LOCK to check the server under an 8 MiB memlock limit.
-  command -v capsh >/dev/null 2>&1 && return 0
-  apt-get update -qq && apt-get install -y -qq libcap2-bin
+  # redis-server (and redis-cli): tests/cluster.rs runs nodes against a real Redis; without it
+  # those tests fail (they never skip).
+  local missing=()
+  command -v capsh >/dev/null 2>&1 || missing+=(libcap2-bin)
+  { command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || missing+=(redis-server)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 }
 
 # Code lines only (comments may say what a layer does *not* do).
@@ -66,7 +71,7 @@ architecture_invariants() {
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy (deny warnings)" cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "architecture invariants" architecture_invariants
-step "system tools (capsh)" ensure_system_tools
+step "system tools (capsh, redis-server)" ensure_system_tools
 step "python venv ($VENV: ${PY_PACKAGES[*]})" ensure_python
 export SHARDCAST_TEST_PYTHON="$PWD/$VENV/bin/python"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"

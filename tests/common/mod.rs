@@ -154,12 +154,54 @@ impl ServerProc {
 
     /// The value of one sample of `/metrics` (`name` with its labels, as printed), or 0 when
     /// the server does not print it (a labelled counter that never counted).
+    /// `name` may carry labels exactly as printed: `name{label="x"}`. A gauge printed as a
+    /// float (`1.0`) is read too (truncated).
     pub async fn metric(&self, name: &str) -> u64 {
         let (status, text) = http(self.ws, "GET", "/metrics", &[], "").await;
         assert_eq!(status, 200, "{text}");
         text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .find_map(|l| {
+                let v = l.strip_prefix(name)?.strip_prefix(' ')?.trim();
+                v.parse()
+                    .ok()
+                    .or_else(|| v.parse::<f64>().ok().map(|f| f as u64))
+            })
             .unwrap_or(0)
+    }
+
+    /// Polls `/metrics` until [`ServerProc::metric`]`(name) == value`, with the harness
+    /// deadline; panics with the last value seen.
+    pub async fn wait_metric(&self, name: &str, value: u64) {
+        self.wait_metric_where(name, &format!("== {value}"), |v| v == value)
+            .await;
+    }
+
+    /// Polls `/metrics` until `ok(metric(name))`, with the harness deadline; returns the value.
+    pub async fn wait_metric_where(&self, name: &str, what: &str, ok: impl Fn(u64) -> bool) -> u64 {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let v = self.metric(name).await;
+            if ok(v) {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} on {} is still {v} after {DEADLINE:?} (want {what})",
+                self.ws
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Kills the process with SIGKILL (a crash: nothing is cleaned up) and reaps it.
+    pub fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+            unsafe {
+                libc::kill(self.child.id() as i32, libc::SIGKILL);
+            }
+            let _ = self.child.wait();
+        }
     }
 
     /// `ws://127.0.0.1:PORT{path}`.
@@ -621,6 +663,174 @@ pub async fn http_response(
         .map(|(h, b)| (h.to_owned(), b.to_owned()))
         .unwrap_or_default();
     HttpResponse { status, head, body }
+}
+
+/// A `redis-server` of its own on a free 127.0.0.1 port, without persistence; killed (by PID)
+/// on drop. It can be stopped and restarted on the same port to play a Redis outage.
+pub struct RedisProc {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisProc {
+    /// Starts `redis-server` and waits (with the harness deadline) until it answers PING.
+    /// Panics, saying how to install it, when `redis-server` is missing: the cluster tests
+    /// need a real Redis and never skip.
+    pub fn start() -> RedisProc {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut r = RedisProc { child: None, port };
+        r.spawn();
+        r
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: connections drop at once, as in a crash) and reaps it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a fresh, empty server on the same port (after [`RedisProc::stop`]).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// `redis-cli -p PORT args...`: its standard output, trimmed. Panics if it fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("redis-cli: {e} (install redis-server: apt-get install redis-server)")
+            });
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The number of subscribers (connections) of a sharded channel
+    /// (`PUBSUB SHARDNUMSUB channel`).
+    pub fn shard_subscribers(&self, channel: &str) -> u64 {
+        Self::count(&self.cli(&["PUBSUB", "SHARDNUMSUB", channel]))
+    }
+
+    /// The number of subscribers of a classic channel (`PUBSUB NUMSUB channel`).
+    pub fn subscribers(&self, channel: &str) -> u64 {
+        Self::count(&self.cli(&["PUBSUB", "NUMSUB", channel]))
+    }
+
+    /// Waits (with the harness deadline) until `count()` is at least `min`.
+    pub async fn wait_count(&self, what: &str, min: u64, count: impl Fn(&Self) -> u64) {
+        self.wait_until(&format!("{what} >= {min}"), |r| count(r) >= min)
+            .await;
+    }
+
+    /// Waits (with the harness deadline) until `ok()` holds.
+    pub async fn wait_until(&self, what: &str, ok: impl Fn(&Self) -> bool) {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while !ok(self) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Redis on port {}: still not {what} after {DEADLINE:?}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The second line of a `channel\ncount` answer.
+    fn count(answer: &str) -> u64 {
+        answer
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected PUBSUB answer {answer:?}"))
+    }
+
+    fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server: {e}; the cluster tests need it \
+                     (apt-get install -y redis-server; test.sh installs it)"
+                )
+            });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while !self.answers_ping() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("redis-server on port {port} exited at start-up: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server on port {port} did not answer PING within {DEADLINE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One PING on a fresh connection, answered `+PONG`.
+    pub fn answers_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut got = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut got).is_ok() && &got == b"+PONG\r\n"
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A shardcast node of a cluster: `--redis URL --node-id ID` plus `args`.
+pub fn start_node(redis: &RedisProc, node_id: &str, args: &[&str]) -> ServerProc {
+    let url = redis.url();
+    let mut all = vec!["--redis", url.as_str(), "--node-id", node_id];
+    all.extend_from_slice(args);
+    ServerProc::start(&all)
+}
+
+/// [`start_node`] with a TOML configuration file too (e.g. a `[cluster]` section).
+pub fn start_node_with_toml(
+    redis: &RedisProc,
+    node_id: &str,
+    toml: &str,
+    args: &[&str],
+) -> ServerProc {
+    let url = redis.url();
+    let mut all = vec!["--redis", url.as_str(), "--node-id", node_id];
+    all.extend_from_slice(args);
+    ServerProc::start_with_toml(toml, &all)
 }
 
 /// Bytes helper.

@@ -1,0 +1,868 @@
+//! Issue 11: shardcast nodes joined by one Redis (sharded pub/sub). Real `shardcast`
+//! processes, a real `redis-server` per test (the tests fail, never skip, without one), real
+//! WebSocket and stelar TCP clients. Node A runs 2 shards and node B one, so messages cross
+//! shards and nodes on one path. Every wait has a deadline; where delivery depends on a Redis
+//! subscription that no reply confirms, the test first waits (with a deadline) for Redis to
+//! report the subscriber (`PUBSUB SHARDNUMSUB` / `NUMSUB` / `NUMPAT`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use shardcast::protocol::stelar::FrameType;
+use tokio_tungstenite::tungstenite::Message;
+
+const KEY: &str = "cluster-test-key-0001";
+const SECRET: &str = "cluster-secret-cluster-secret-cluster!";
+const AUTH: [(&str, &str); 1] = [("Authorization", "Bearer cluster-test-key-0001")];
+
+/// How long "nothing more arrives" is watched for after a barrier.
+const QUIET: Duration = Duration::from_millis(150);
+
+/// An HS256 token for `sub`, valid for ten minutes.
+fn token(sub: &str) -> String {
+    let claims = json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 600});
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Flags that turn JWT authentication on (`required`): clients carry users.
+const JWT: [&str; 2] = [
+    "--auth=required",
+    "--jwt-secret=cluster-secret-cluster-secret-cluster!",
+];
+
+/// One Redis, node A (`--shards 2`) and node B (`--shards 1`), both with the API key and
+/// `extra`, both connected to Redis.
+struct Cluster {
+    redis: RedisProc,
+    a: ServerProc,
+    b: ServerProc,
+}
+
+impl Cluster {
+    async fn start(extra: &[&str]) -> Cluster {
+        Self::start_with_toml("", extra).await
+    }
+
+    /// With a TOML file too (`toml` empty: none).
+    async fn start_with_toml(toml: &str, extra: &[&str]) -> Cluster {
+        let redis = RedisProc::start();
+        let node = |id: &str, shards: &str| {
+            let mut args = vec!["--shards", shards, "--api-key", KEY];
+            args.extend_from_slice(extra);
+            if toml.is_empty() {
+                start_node(&redis, id, &args)
+            } else {
+                start_node_with_toml(&redis, id, toml, &args)
+            }
+        };
+        let a = node("node-a", "2");
+        let b = node("node-b", "1");
+        let c = Cluster { redis, a, b };
+        c.connected().await;
+        c
+    }
+
+    /// Waits until both nodes report `shardcast_cluster_connected 1`.
+    async fn connected(&self) {
+        self.a.wait_metric("shardcast_cluster_connected", 1).await;
+        self.b.wait_metric("shardcast_cluster_connected", 1).await;
+    }
+
+    /// Waits until Redis reports at least `n` subscribers of the sharded channel.
+    async fn shard_subscribers(&self, channel: &str, n: u64) {
+        self.redis
+            .wait_count(&format!("SHARDNUMSUB {channel}"), n, |r| {
+                r.shard_subscribers(channel)
+            })
+            .await;
+    }
+}
+
+/// A connection of either transport, with its client id.
+enum Conn {
+    Ws(Box<Ws>),
+    Tcp(Tcp),
+}
+
+struct Client {
+    conn: Conn,
+    id: String,
+}
+
+impl Client {
+    /// A WebSocket client (its id from `whoami`).
+    async fn ws(node: &ServerProc) -> Client {
+        let mut ws = Ws::connect(&node.ws_url("/")).await;
+        let id = ws.whoami().await;
+        Client {
+            conn: Conn::Ws(Box::new(ws)),
+            id,
+        }
+    }
+
+    /// A WebSocket client on `shard` of `node` (bounded retries: the kernel spreads
+    /// connections over the shards' listeners by hash).
+    async fn ws_on_shard(node: &ServerProc, shard: u16) -> Client {
+        for _ in 0..200 {
+            let c = Client::ws(node).await;
+            if shard_of(&c.id) == shard {
+                return c;
+            }
+        }
+        panic!("no WebSocket connection landed on shard {shard} in 200 attempts");
+    }
+
+    /// A stelar TCP client (its id from CONNECT).
+    async fn tcp(node: &ServerProc) -> Client {
+        let t = Tcp::connect(node.tcp.expect("a TCP port")).await;
+        Client {
+            id: t.id.clone(),
+            conn: Conn::Tcp(t),
+        }
+    }
+
+    /// A WebSocket client authenticated as `user` (`auth-ok` names its id).
+    async fn ws_user(node: &ServerProc, user: &str) -> Client {
+        let mut ws = Ws::connect_bearer(&node.ws_url("/"), &token(user)).await;
+        let v = ws.recv().await;
+        assert_eq!(v["event"], "auth-ok", "{v}");
+        assert_eq!(v["data"]["user"], user, "{v}");
+        Client {
+            id: v["data"]["id"].as_str().unwrap().to_owned(),
+            conn: Conn::Ws(Box::new(ws)),
+        }
+    }
+
+    /// A stelar TCP client authenticated as `user` (the `auth` JSON frame).
+    async fn tcp_user(node: &ServerProc, user: &str) -> Client {
+        let mut t = Tcp::connect(node.tcp.expect("a TCP port")).await;
+        t.emit("auth", &json!({"token": token(user)})).await;
+        let (e, d) = t.recv_json().await;
+        assert_eq!(e, "auth-ok");
+        assert_eq!(d, json!({"id": t.id, "user": user}));
+        Client {
+            id: t.id.clone(),
+            conn: Conn::Tcp(t),
+        }
+    }
+
+    async fn join(&mut self, room: &str) {
+        match &mut self.conn {
+            Conn::Ws(ws) => ws.join(room).await,
+            Conn::Tcp(t) => t.join(room).await,
+        }
+    }
+
+    async fn emit(&mut self, event: &str, data: Value) {
+        match &mut self.conn {
+            Conn::Ws(ws) => ws.emit(event, data).await,
+            Conn::Tcp(t) => t.emit(event, &data).await,
+        }
+    }
+
+    async fn publish(&mut self, room: &str, event: &str, data: Value) {
+        self.emit(
+            "publish",
+            json!({"room": room, "event": event, "data": data}),
+        )
+        .await;
+    }
+
+    /// The next (event, data), or `None` when nothing arrives within `wait`.
+    async fn next_within(&mut self, wait: Duration) -> Option<(String, Value)> {
+        match &mut self.conn {
+            Conn::Ws(ws) => {
+                use futures_util::StreamExt;
+                let deadline = tokio::time::Instant::now() + wait;
+                loop {
+                    let m = tokio::time::timeout_at(deadline, ws.inner.next())
+                        .await
+                        .ok()?;
+                    match m {
+                        Some(Ok(Message::Text(t))) => {
+                            let v: Value = serde_json::from_str(&t).expect("JSON");
+                            return Some((
+                                v["event"].as_str().unwrap().to_owned(),
+                                v["data"].clone(),
+                            ));
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        other => panic!("expected a text message, got {other:?}"),
+                    }
+                }
+            }
+            Conn::Tcp(t) => tokio::time::timeout(wait, t.recv_json()).await.ok(),
+        }
+    }
+
+    /// The next message is exactly `{"event": event, "data": data}`.
+    async fn expect(&mut self, event: &str, data: Value) {
+        let got = self.next_within(DEADLINE).await;
+        assert_eq!(
+            got,
+            Some((event.to_owned(), data.clone())),
+            "client {} expected {event} {data}",
+            self.id
+        );
+    }
+
+    /// Nothing arrives within [`QUIET`].
+    async fn expect_quiet(&mut self) {
+        if let Some(m) = self.next_within(QUIET).await {
+            panic!("client {} expected nothing, got {m:?}", self.id);
+        }
+    }
+}
+
+/// `publisher` sends `seq` {"tag","i"} for i in 1..=n to `room`; every member receives each
+/// exactly once, in order, and nothing more; the publisher (a member too) gets none of its own.
+async fn sequence(
+    publisher: &mut Client,
+    room: &str,
+    members: &mut [&mut Client],
+    n: u64,
+    tag: &str,
+) {
+    for i in 1..=n {
+        publisher
+            .publish(room, "seq", json!({"tag": tag, "i": i}))
+            .await;
+    }
+    for m in members.iter_mut() {
+        for i in 1..=n {
+            m.expect("seq", json!({"tag": tag, "i": i})).await;
+        }
+    }
+    publisher.expect_quiet().await;
+    for m in members.iter_mut() {
+        m.expect_quiet().await;
+    }
+}
+
+fn ids(v: &Value) -> BTreeSet<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("an array: {v}"))
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The node tag a client id names: its characters 24..28.
+fn tag(id: &str) -> &str {
+    assert_eq!(id.len(), 36, "a 36-character client id: {id}");
+    &id[24..28]
+}
+
+/// The harness itself: Redis answers, stops (connections refused), restarts empty on the same
+/// port; `redis-cli` talks to it.
+#[tokio::test]
+async fn redis_harness_stops_and_restarts_on_the_same_port() {
+    let mut redis = RedisProc::start();
+    assert_eq!(redis.url(), format!("redis://127.0.0.1:{}", redis.port));
+    assert_eq!(redis.cli(&["PING"]), "PONG");
+    assert_eq!(redis.cli(&["SET", "k", "v"]), "OK");
+    assert_eq!(redis.cli(&["GET", "k"]), "v");
+    assert_eq!(redis.shard_subscribers("shardcast:broadcast"), 0);
+    redis.stop();
+    assert!(!redis.answers_ping(), "stopped Redis still answers");
+    let port = redis.port;
+    redis.restart();
+    assert_eq!(redis.port, port);
+    assert!(redis.answers_ping());
+    assert_eq!(
+        redis.cli(&["GET", "k"]),
+        "",
+        "a restarted Redis starts empty"
+    );
+}
+
+/// Room publishes cross nodes and shards, from WebSocket and TCP publishers, to WebSocket and
+/// TCP members: each other member gets each message once, in order per publisher; nobody
+/// gets their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_publish_crosses_nodes_over_websocket_and_tcp() {
+    let c = Cluster::start(&[]).await;
+    let mut a0 = Client::ws_on_shard(&c.a, 0).await;
+    let mut a1 = Client::ws_on_shard(&c.a, 1).await;
+    let mut at = Client::tcp(&c.a).await;
+    let mut b0 = Client::ws(&c.b).await;
+    let mut bt = Client::tcp(&c.b).await;
+    for m in [&mut a0, &mut a1, &mut at, &mut b0, &mut bt] {
+        m.join("lobby").await;
+    }
+    // joined-room comes after Redis confirmed the node's subscription.
+    let subscribed = c.redis.shard_subscribers("shardcast:room:lobby");
+    assert!(subscribed >= 2, "both nodes subscribed: {subscribed}");
+    // A WebSocket publisher on A, then a TCP publisher on B.
+    a0.publish("lobby", "chat", json!({"from": "a0", "text": "hi"}))
+        .await;
+    for m in [&mut a1, &mut at, &mut b0, &mut bt] {
+        m.expect("chat", json!({"from": "a0", "text": "hi"})).await;
+    }
+    for i in 0..20 {
+        bt.publish("lobby", "tick", json!(i)).await;
+    }
+    for m in [&mut a0, &mut a1, &mut at, &mut b0] {
+        for i in 0..20 {
+            m.expect("tick", json!(i)).await;
+        }
+    }
+    for m in [&mut a0, &mut a1, &mut at, &mut b0, &mut bt] {
+        m.expect_quiet().await;
+    }
+    assert!(c.a.metric("shardcast_cluster_published_total").await >= 1);
+    assert!(c.b.metric("shardcast_cluster_received_total").await >= 1);
+    assert!(c.a.metric("shardcast_cluster_received_total").await >= 20);
+    // A node leaves the room's channel once its last member left.
+    b0.emit("leave-room", json!("lobby")).await;
+    b0.expect("left-room", json!("lobby")).await;
+    if let Conn::Tcp(t) = &mut bt.conn {
+        t.send(shardcast::protocol::stelar::OutFrame::Leave { room: "lobby" })
+            .await;
+    }
+    bt.expect("left-room", json!("lobby")).await;
+    c.redis
+        .wait_until("B unsubscribed from lobby", |r| {
+            r.shard_subscribers("shardcast:room:lobby") < subscribed
+        })
+        .await;
+    assert!(
+        c.redis.shard_subscribers("shardcast:room:lobby") >= 1,
+        "A still has members"
+    );
+}
+
+/// Broadcasts (relay event) reach every client of every node, except the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_crosses_nodes() {
+    let c = Cluster::start(&[]).await;
+    c.shard_subscribers("shardcast:broadcast", 2).await;
+    let mut a0 = Client::ws_on_shard(&c.a, 0).await;
+    let mut a1 = Client::ws_on_shard(&c.a, 1).await;
+    let mut b0 = Client::ws(&c.b).await;
+    let mut bt = Client::tcp(&c.b).await;
+    a0.emit("broadcast", json!({"event": "all", "data": {"n": 1}}))
+        .await;
+    for m in [&mut a1, &mut b0, &mut bt] {
+        m.expect("all", json!({"n": 1})).await;
+    }
+    bt.emit("broadcast", json!({"event": "all", "data": {"n": 2}}))
+        .await;
+    for m in [&mut a0, &mut a1, &mut b0] {
+        m.expect("all", json!({"n": 2})).await;
+    }
+    for m in [&mut a0, &mut a1, &mut b0, &mut bt] {
+        m.expect_quiet().await;
+    }
+}
+
+/// `direct` to a client id of another node, WebSocket (id from `whoami`) and TCP (id from
+/// CONNECT), from either transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_to_a_client_on_another_node() {
+    let c = Cluster::start(&[]).await;
+    let mut a0 = Client::ws_on_shard(&c.a, 0).await;
+    let mut a1 = Client::ws_on_shard(&c.a, 1).await;
+    let mut at = Client::tcp(&c.a).await;
+    let mut b0 = Client::ws(&c.b).await;
+    let mut bt = Client::tcp(&c.b).await;
+    assert_ne!(tag(&a0.id), tag(&b0.id), "each node has its own tag");
+    assert_eq!(
+        tag(&a0.id),
+        tag(&a1.id),
+        "one tag per node, whatever the shard"
+    );
+    assert_eq!(tag(&b0.id), tag(&bt.id));
+    c.shard_subscribers(&format!("shardcast:node:{}", tag(&b0.id)), 1)
+        .await;
+    c.shard_subscribers(&format!("shardcast:node:{}", tag(&a0.id)), 1)
+        .await;
+    // A (WS) -> B (WS and TCP).
+    a0.emit(
+        "direct",
+        json!({"to": b0.id, "event": "dm", "data": "to b0"}),
+    )
+    .await;
+    b0.expect("dm", json!("to b0")).await;
+    a0.emit(
+        "direct",
+        json!({"to": bt.id, "event": "dm", "data": "to bt"}),
+    )
+    .await;
+    bt.expect("dm", json!("to bt")).await;
+    // B (TCP) -> A on both shards and A's TCP client; B (WS) -> A.
+    for (to, n) in [(&a0.id, 0), (&a1.id, 1), (&at.id, 2)] {
+        bt.emit("direct", json!({"to": to, "event": "dm", "data": n}))
+            .await;
+    }
+    b0.emit("direct", json!({"to": a1.id, "event": "dm", "data": 3}))
+        .await;
+    a0.expect("dm", json!(0)).await;
+    a1.expect("dm", json!(1)).await;
+    at.expect("dm", json!(2)).await;
+    a1.expect("dm", json!(3)).await;
+    for m in [&mut a0, &mut a1, &mut at, &mut b0, &mut bt] {
+        m.expect_quiet().await;
+    }
+}
+
+/// Users (JWT `sub`): `direct` with `{"user"}` and `POST /api/send {"user"}` reach every
+/// connection of the user on every node, except the sending connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_to_a_user_cross_nodes() {
+    let c = Cluster::start(&JWT).await;
+    let mut alice_a = Client::ws_user(&c.a, "alice").await;
+    let mut alice_b = Client::tcp_user(&c.b, "alice").await;
+    let mut bob_b = Client::ws_user(&c.b, "bob").await;
+    let mut carol_a = Client::ws_user(&c.a, "carol").await;
+    c.shard_subscribers("shardcast:user:alice", 2).await;
+    c.shard_subscribers("shardcast:user:bob", 1).await;
+    // bob (B) -> alice: both of her connections, one per node.
+    bob_b
+        .emit(
+            "direct",
+            json!({"user": "alice", "event": "dm", "data": {"x": 1}}),
+        )
+        .await;
+    alice_a.expect("dm", json!({"x": 1})).await;
+    alice_b.expect("dm", json!({"x": 1})).await;
+    // alice (A) -> alice: her other connection only, on B.
+    alice_a
+        .emit(
+            "direct",
+            json!({"user": "alice", "event": "self", "data": 2}),
+        )
+        .await;
+    alice_b.expect("self", json!(2)).await;
+    // carol (A) -> bob, who has no connection on A.
+    carol_a
+        .emit("direct", json!({"user": "bob", "event": "dm", "data": 3}))
+        .await;
+    bob_b.expect("dm", json!(3)).await;
+    // The API on A: to bob (no connection on A) is forwarded; to alice reaches both.
+    let (status, body) = http(
+        c.a.ws,
+        "POST",
+        "/api/send",
+        &AUTH,
+        r#"{"user":"bob","event":"api","data":4}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ok"], true, "{body}");
+    assert_eq!(v["forwarded"], true, "{body}");
+    bob_b.expect("api", json!(4)).await;
+    let (status, body) = http(
+        c.a.ws,
+        "POST",
+        "/api/send",
+        &AUTH,
+        r#"{"user":"alice","event":"api","data":5}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    alice_a.expect("api", json!(5)).await;
+    alice_b.expect("api", json!(5)).await;
+    for m in [&mut alice_a, &mut alice_b, &mut bob_b, &mut carol_a] {
+        m.expect_quiet().await;
+    }
+}
+
+/// The HTTP API of node A reaches clients of node B: a room whose members are all on B, a
+/// client id of B (202 forwarded), a broadcast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_api_on_one_node_reaches_another() {
+    let c = Cluster::start(&[]).await;
+    let mut b0 = Client::ws(&c.b).await;
+    let mut bt = Client::tcp(&c.b).await;
+    b0.join("news").await;
+    bt.join("news").await;
+    let (status, body) = http(
+        c.a.ws,
+        "POST",
+        "/api/publish",
+        &AUTH,
+        r#"{"room":"news","event":"n","data":{"k":[1]}}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    b0.expect("n", json!({"k": [1]})).await;
+    bt.expect("n", json!({"k": [1]})).await;
+    // A client id of B, from A: forwarded (A cannot know whether it arrives).
+    c.shard_subscribers(&format!("shardcast:node:{}", tag(&bt.id)), 1)
+        .await;
+    let body = format!(r#"{{"to":"{}","event":"you","data":null}}"#, bt.id);
+    let (status, answer) = http(c.a.ws, "POST", "/api/send", &AUTH, &body).await;
+    assert_eq!(status, 202, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v, json!({"ok": true, "forwarded": true}));
+    bt.expect("you", Value::Null).await;
+    c.shard_subscribers("shardcast:broadcast", 2).await;
+    let (status, body) = http(
+        c.a.ws,
+        "POST",
+        "/api/broadcast",
+        &[("X-API-Key", KEY)],
+        r#"{"event":"all","data":"x"}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    b0.expect("all", json!("x")).await;
+    bt.expect("all", json!("x")).await;
+    b0.expect_quiet().await;
+    bt.expect_quiet().await;
+}
+
+/// A publisher on A sends 1..500 to a room with members on both shards of A and on B, over
+/// both transports: every member gets each exactly once, in order; the publisher none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_across_nodes_is_exact_and_in_order() {
+    let c = Cluster::start(&[]).await;
+    let mut p = Client::ws_on_shard(&c.a, 0).await;
+    let mut a1 = Client::ws_on_shard(&c.a, 1).await;
+    let mut at = Client::tcp(&c.a).await;
+    let mut b0 = Client::ws(&c.b).await;
+    let mut bt = Client::tcp(&c.b).await;
+    for m in [&mut p, &mut a1, &mut at, &mut b0, &mut bt] {
+        m.join("seq").await;
+    }
+    sequence(
+        &mut p,
+        "seq",
+        &mut [&mut a1, &mut at, &mut b0, &mut bt],
+        500,
+        "run",
+    )
+    .await;
+}
+
+/// Redis goes away mid-test: local delivery on A never stops, messages for B are dropped and
+/// counted (not buffered), joins are confirmed locally; Redis comes back on the same port:
+/// both nodes reconnect, restore their subscriptions (including one made while Redis was
+/// away) and cross-node delivery resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_keeps_local_delivery_and_recovers() {
+    let mut c = Cluster::start_with_toml("[cluster]\nreconnect_max_ms = 400\n", &[]).await;
+    let mut p = Client::ws_on_shard(&c.a, 0).await;
+    let mut a1 = Client::ws_on_shard(&c.a, 1).await;
+    let mut b0 = Client::ws(&c.b).await;
+    let mut bt = Client::tcp(&c.b).await;
+    for m in [&mut p, &mut a1, &mut b0, &mut bt] {
+        m.join("r").await;
+    }
+    sequence(&mut p, "r", &mut [&mut a1, &mut b0, &mut bt], 50, "before").await;
+
+    c.redis.stop();
+    c.a.wait_metric("shardcast_cluster_connected", 0).await;
+    c.b.wait_metric("shardcast_cluster_connected", 0).await;
+    let dropped = "shardcast_cluster_dropped_total{reason=\"redis_unavailable\"}";
+    let dropped_before = c.a.metric(dropped).await;
+    // Local delivery (across A's shards) keeps working.
+    sequence(&mut p, "r", &mut [&mut a1], 30, "during").await;
+    c.a.wait_metric_where(dropped, "more than before the outage", |v| {
+        v > dropped_before
+    })
+    .await;
+    // A join on B while Redis is away is confirmed locally.
+    let mut b2 = Client::ws(&c.b).await;
+    b2.join("r2").await;
+
+    c.redis.restart();
+    c.connected().await;
+    assert!(c.a.metric("shardcast_cluster_reconnects_total").await >= 1);
+    assert!(c.b.metric("shardcast_cluster_reconnects_total").await >= 1);
+    // Subscriptions restored on the new Redis (nothing survived in it).
+    c.shard_subscribers("shardcast:room:r", 2).await;
+    c.shard_subscribers("shardcast:room:r2", 1).await;
+    // Nothing published during the outage arrives on B: the first message B's clients see is
+    // the first one published after the restart.
+    p.publish("r2", "back", json!(1)).await;
+    b2.expect("back", json!(1)).await;
+    sequence(&mut p, "r", &mut [&mut a1, &mut b0, &mut bt], 100, "after").await;
+}
+
+/// An outside publisher (`redis-cli SPUBLISH`) reaches rooms on every node and client ids via
+/// `P:node:{tag}`; `exclude` and the origin `node` are honoured; a bad envelope is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_publisher_with_spublish() {
+    let c = Cluster::start(&[]).await;
+    let mut a0 = Client::ws_on_shard(&c.a, 0).await;
+    let mut a1 = Client::ws_on_shard(&c.a, 1).await;
+    let mut b0 = Client::ws(&c.b).await;
+    let mut bt = Client::tcp(&c.b).await;
+    for m in [&mut a0, &mut a1, &mut b0, &mut bt] {
+        m.join("lobby").await;
+    }
+    let spublish = |channel: &str, envelope: &str| {
+        let n: u64 = c
+            .redis
+            .cli(&["SPUBLISH", channel, envelope])
+            .parse()
+            .unwrap();
+        assert!(n >= 1, "SPUBLISH {channel}: no subscriber");
+    };
+    spublish(
+        "shardcast:room:lobby",
+        r#"{"event":"chat","data":{"text":"hi"}}"#,
+    );
+    for m in [&mut a0, &mut a1, &mut b0, &mut bt] {
+        m.expect("chat", json!({"text": "hi"})).await;
+    }
+    // An envelope carrying node-a as its origin is ignored by A (it delivered locally).
+    spublish(
+        "shardcast:room:lobby",
+        r#"{"node":"node-a","event":"from-a","data":1}"#,
+    );
+    spublish(
+        "shardcast:room:lobby",
+        &format!(
+            r#"{{"event":"ex","data":2,"exclude":["{}","{}"]}}"#,
+            a1.id, bt.id
+        ),
+    );
+    spublish("shardcast:room:lobby", r#"{"event":"end","data":3}"#);
+    b0.expect("from-a", json!(1)).await;
+    bt.expect("from-a", json!(1)).await;
+    a0.expect("ex", json!(2)).await;
+    b0.expect("ex", json!(2)).await;
+    for m in [&mut a0, &mut a1, &mut b0, &mut bt] {
+        m.expect("end", json!(3)).await;
+    }
+    // To a client id, on its node's channel.
+    c.shard_subscribers(&format!("shardcast:node:{}", tag(&bt.id)), 1)
+        .await;
+    c.shard_subscribers(&format!("shardcast:node:{}", tag(&a1.id)), 1)
+        .await;
+    spublish(
+        &format!("shardcast:node:{}", tag(&bt.id)),
+        &format!(r#"{{"event":"dm","data":"tcp","to":"{}"}}"#, bt.id),
+    );
+    spublish(
+        &format!("shardcast:node:{}", tag(&a1.id)),
+        &format!(r#"{{"event":"dm","data":"ws","to":"{}"}}"#, a1.id),
+    );
+    bt.expect("dm", json!("tcp")).await;
+    a1.expect("dm", json!("ws")).await;
+    // A binary message to the room: a TCP BINARY frame with the event name and the bytes.
+    spublish(
+        "shardcast:room:lobby",
+        r#"{"event":"lobby:bin","binary":"AAFoaQ=="}"#,
+    );
+    if let Conn::Tcp(t) = &mut bt.conn {
+        let f = t.recv().await;
+        assert_eq!(f.frame_type, FrameType::Binary, "{f:?}");
+        assert_eq!(&f.event[..], b"lobby:bin");
+        assert_eq!(&f.payload[..], b"\x00\x01hi");
+    }
+    if let Conn::Ws(ws) = &mut b0.conn {
+        let got = ws.recv_binary().await;
+        let header_len = u32::from_be_bytes(got[..4].try_into().unwrap()) as usize;
+        let header: Value = serde_json::from_slice(&got[4..4 + header_len]).unwrap();
+        assert_eq!(header["event"], "lobby:bin");
+        assert_eq!(&got[4 + header_len..], b"\x00\x01hi");
+    }
+    // Not an envelope: dropped and counted by each node that received it.
+    spublish("shardcast:room:lobby", "not json");
+    let bad = "shardcast_cluster_dropped_total{reason=\"bad_envelope\"}";
+    c.a.wait_metric_where(bad, ">= 1", |v| v >= 1).await;
+    c.b.wait_metric_where(bad, ">= 1", |v| v >= 1).await;
+    for m in [&mut a0, &mut a1, &mut b0, &mut bt] {
+        m.expect_quiet().await;
+    }
+}
+
+/// `--redis-compat ignis`: ignis' WebSocketEmitter (classic PUBLISH) reaches rooms (with
+/// `exclude`), every client, a client id and a user, on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignis_compat_channels() {
+    let mut extra = vec!["--redis-compat", "ignis"];
+    extra.extend_from_slice(&JWT);
+    let c = Cluster::start(&extra).await;
+    let mut a0 = Client::ws_user(&c.a, "ua").await;
+    let mut at = Client::tcp_user(&c.a, "ut").await;
+    let mut b0 = Client::ws_user(&c.b, "ub").await;
+    for m in [&mut a0, &mut at, &mut b0] {
+        m.join("room1").await;
+    }
+    // One subscribing connection per node: both nodes on the room and broadcast channels,
+    // two patterns (ws:client:*, ws:user:*) each.
+    for channel in ["ws:room:room1", "ws:broadcast"] {
+        c.redis
+            .wait_count(&format!("NUMSUB {channel}"), 2, |r| r.subscribers(channel))
+            .await;
+    }
+    c.redis
+        .wait_count("NUMPAT", 4, |r| {
+            r.cli(&["PUBSUB", "NUMPAT"]).parse().unwrap()
+        })
+        .await;
+    let publish = |channel: &str, msg: Value| {
+        let n: u64 = c
+            .redis
+            .cli(&["PUBLISH", channel, &msg.to_string()])
+            .parse()
+            .unwrap();
+        assert!(n >= 1, "PUBLISH {channel}: no subscriber");
+    };
+    let barrier = || json!({"serverId": "ext", "type": "broadcast", "target": "", "event": "barrier", "data": 0});
+    publish(
+        "ws:room:room1",
+        json!({"serverId": "ext", "type": "room", "target": "room1", "event": "r", "data": {"k": 1}, "exclude": [b0.id]}),
+    );
+    publish("ws:broadcast", barrier());
+    a0.expect("r", json!({"k": 1})).await;
+    at.expect("r", json!({"k": 1})).await;
+    for m in [&mut a0, &mut at, &mut b0] {
+        m.expect("barrier", json!(0)).await;
+    }
+    publish(
+        &format!("ws:client:{}", b0.id),
+        json!({"serverId": "ext", "type": "client", "target": b0.id, "event": "c", "data": "b0"}),
+    );
+    publish(
+        &format!("ws:client:{}", at.id),
+        json!({"serverId": "ext", "type": "client", "target": at.id, "event": "c", "data": "at"}),
+    );
+    publish(
+        "ws:user:ua",
+        json!({"serverId": "ext", "type": "user", "target": "ua", "event": "u", "data": "ua"}),
+    );
+    publish(
+        "ws:user:ub",
+        json!({"serverId": "ext", "type": "user", "target": "ub", "event": "u", "data": "ub"}),
+    );
+    publish("ws:broadcast", barrier());
+    b0.expect("c", json!("b0")).await;
+    at.expect("c", json!("at")).await;
+    a0.expect("u", json!("ua")).await;
+    b0.expect("u", json!("ub")).await;
+    for m in [&mut a0, &mut at, &mut b0] {
+        m.expect("barrier", json!(0)).await;
+        m.expect_quiet().await;
+    }
+}
+
+/// Presence: `GET /api/rooms` and `/api/rooms/{room}` and the relay's `members` ACK answer
+/// cluster-wide; a node killed with SIGKILL vanishes from the answers within presence_ttl_ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_cluster_wide_and_a_dead_node_expires() {
+    const TTL_MS: u64 = 1500;
+    let toml = format!("[cluster]\npresence_ttl_ms = {TTL_MS}\n");
+    let mut c = Cluster::start_with_toml(&toml, &JWT).await;
+    let mut a0 = Client::ws_user(&c.a, "alice").await;
+    let mut at = Client::tcp_user(&c.a, "tom").await;
+    let mut b0 = Client::ws_user(&c.b, "bob").await;
+    let mut bt = Client::tcp_user(&c.b, "bert").await;
+    for m in [&mut a0, &mut at, &mut b0, &mut bt] {
+        m.join("p").await;
+    }
+    let everyone = set(&[&a0.id, &at.id, &b0.id, &bt.id]);
+    let room = |node: &ServerProc| {
+        let addr = node.ws;
+        async move {
+            let (status, body) = http(addr, "GET", "/api/rooms/p", &AUTH, "").await;
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<Value>(&body).unwrap()
+        }
+    };
+    // Both nodes list every member (polled: presence is refreshed every ttl/3).
+    for node in [&c.a, &c.b] {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let v = room(node).await;
+            if ids(&v["members"]) == everyone {
+                assert_eq!(v["room"], "p");
+                let users: BTreeSet<(String, String)> = v["clients"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| {
+                        (
+                            c["id"].as_str().unwrap().to_owned(),
+                            c["user"].as_str().unwrap().to_owned(),
+                        )
+                    })
+                    .collect();
+                let want: BTreeSet<(String, String)> = [
+                    (&a0.id, "alice"),
+                    (&at.id, "tom"),
+                    (&b0.id, "bob"),
+                    (&bt.id, "bert"),
+                ]
+                .iter()
+                .map(|(id, u)| ((*id).clone(), (*u).to_owned()))
+                .collect();
+                assert_eq!(users, want, "{v}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "members on {}: {v}", node.ws);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (status, body) = http(c.a.ws, "GET", "/api/rooms", &AUTH, "").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let p = v["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "p")
+        .unwrap_or_else(|| panic!("room p in {v}"));
+    assert_eq!(p["members"], 4, "{v}");
+    // The relay's members ACK, cluster-wide.
+    let Conn::Ws(ws) = &mut a0.conn else {
+        unreachable!()
+    };
+    let v = ws.request("members", "members", json!("p"), "m#1").await;
+    assert_eq!(v["data"]["room"], "p", "{v}");
+    assert_eq!(ids(&v["data"]["members"]), everyone, "{v}");
+    assert_eq!(
+        ids(&v["data"]["users"]),
+        set(&["alice", "tom", "bob", "bert"]),
+        "{v}"
+    );
+
+    // B crashes: its members leave A's answers within presence_ttl_ms.
+    c.b.kill();
+    let killed = Instant::now();
+    let only_a = set(&[&a0.id, &at.id]);
+    loop {
+        let v = room(&c.a).await;
+        if ids(&v["members"]) == only_a {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_millis(TTL_MS + 1000),
+            "B's members still listed {:?} after the kill: {v}",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "B's members gone from A's answer {:?} after SIGKILL",
+        killed.elapsed()
+    );
+    let (_, body) = http(c.a.ws, "GET", "/api/rooms", &AUTH, "").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let p = v["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "p");
+    assert_eq!(p.unwrap()["members"], 2, "{v}");
+}
