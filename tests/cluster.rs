@@ -216,6 +216,51 @@ impl Client {
         );
     }
 
+    /// The next message is a binary message `event` with `bytes` (a WebSocket binary
+    /// envelope, or a TCP BINARY frame).
+    async fn expect_binary(&mut self, event: &str, bytes: &[u8]) {
+        match &mut self.conn {
+            Conn::Ws(ws) => {
+                let got = ws.recv_binary().await;
+                let header_len = u32::from_be_bytes(got[..4].try_into().unwrap()) as usize;
+                let header: Value = serde_json::from_slice(&got[4..4 + header_len]).unwrap();
+                assert_eq!(header["event"], event, "{header}");
+                assert_eq!(&got[4 + header_len..], bytes);
+            }
+            Conn::Tcp(t) => {
+                let f = t.recv().await;
+                assert_eq!(f.frame_type, FrameType::Binary, "{f:?}");
+                assert_eq!(&f.event[..], event.as_bytes());
+                assert_eq!(&f.payload[..], bytes);
+            }
+        }
+    }
+
+    /// The next message, as the exact text the server wrote (WebSocket) or the exact JSON
+    /// payload (TCP).
+    async fn recv_raw(&mut self) -> String {
+        match &mut self.conn {
+            Conn::Ws(ws) => {
+                within("ws recv", async {
+                    use futures_util::StreamExt;
+                    loop {
+                        match ws.inner.next().await {
+                            Some(Ok(Message::Text(t))) => return t.to_string(),
+                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                            other => panic!("expected a text message, got {other:?}"),
+                        }
+                    }
+                })
+                .await
+            }
+            Conn::Tcp(t) => {
+                let f = t.recv().await;
+                assert_eq!(f.frame_type, FrameType::Json, "{f:?}");
+                String::from_utf8(f.payload.to_vec()).unwrap()
+            }
+        }
+    }
+
     /// Nothing arrives within [`QUIET`].
     async fn expect_quiet(&mut self) {
         if let Some(m) = self.next_within(QUIET).await {
@@ -320,6 +365,44 @@ async fn room_publish_crosses_nodes_over_websocket_and_tcp() {
         for i in 0..20 {
             m.expect("tick", json!(i)).await;
         }
+    }
+    // `data` crosses nodes byte for byte.
+    if let Conn::Ws(ws) = &mut a0.conn {
+        ws.send_text(r#"{"event":"publish","data":{"room":"lobby","event":"raw","data":{"b" : [1,  2.50]}}}"#)
+            .await;
+    }
+    assert_eq!(
+        b0.recv_raw().await,
+        r#"{"event":"raw","data":{"b" : [1,  2.50]}}"#
+    );
+    assert_eq!(bt.recv_raw().await, r#"{"b" : [1,  2.50]}"#);
+    assert_eq!(
+        a1.recv_raw().await,
+        r#"{"event":"raw","data":{"b" : [1,  2.50]}}"#
+    );
+    assert_eq!(at.recv_raw().await, r#"{"b" : [1,  2.50]}"#);
+    // Binary messages to a room (`ROOM:NAME`) cross nodes too, from either transport.
+    let header = br#"{"event":"lobby:move"}"#;
+    let mut msg = (header.len() as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(header);
+    msg.extend_from_slice(&[0, 1, 2, 255]);
+    if let Conn::Ws(ws) = &mut a0.conn {
+        futures_util::SinkExt::send(&mut ws.inner, Message::Binary(msg))
+            .await
+            .unwrap();
+    }
+    for m in [&mut a1, &mut at, &mut b0, &mut bt] {
+        m.expect_binary("lobby:move", &[0, 1, 2, 255]).await;
+    }
+    if let Conn::Tcp(t) = &mut bt.conn {
+        t.send(shardcast::protocol::stelar::OutFrame::Binary {
+            event: "lobby:state",
+            payload: &[9, 9],
+        })
+        .await;
+    }
+    for m in [&mut a0, &mut a1, &mut at, &mut b0] {
+        m.expect_binary("lobby:state", &[9, 9]).await;
     }
     for m in [&mut a0, &mut a1, &mut at, &mut b0, &mut bt] {
         m.expect_quiet().await;
@@ -663,18 +746,8 @@ async fn outside_publisher_with_spublish() {
         "shardcast:room:lobby",
         r#"{"event":"lobby:bin","binary":"AAFoaQ=="}"#,
     );
-    if let Conn::Tcp(t) = &mut bt.conn {
-        let f = t.recv().await;
-        assert_eq!(f.frame_type, FrameType::Binary, "{f:?}");
-        assert_eq!(&f.event[..], b"lobby:bin");
-        assert_eq!(&f.payload[..], b"\x00\x01hi");
-    }
-    if let Conn::Ws(ws) = &mut b0.conn {
-        let got = ws.recv_binary().await;
-        let header_len = u32::from_be_bytes(got[..4].try_into().unwrap()) as usize;
-        let header: Value = serde_json::from_slice(&got[4..4 + header_len]).unwrap();
-        assert_eq!(header["event"], "lobby:bin");
-        assert_eq!(&got[4 + header_len..], b"\x00\x01hi");
+    for m in [&mut a0, &mut a1, &mut b0, &mut bt] {
+        m.expect_binary("lobby:bin", b"\x00\x01hi").await;
     }
     // Not an envelope: dropped and counted by each node that received it.
     spublish("shardcast:room:lobby", "not json");
