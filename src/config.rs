@@ -65,6 +65,47 @@ pub struct Config {
     pub rate_limit: RateLimit,
     /// TLS (wss and stelar TCP over TLS).
     pub tls: Tls,
+    /// More than one node: rooms, broadcasts, clients and users shared through Redis
+    /// (`[cluster]`; off unless `redis` is set).
+    pub cluster: Cluster,
+}
+
+/// More than one node through Redis (README "Cluster"). Read at start-up only.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// `redis://[user:password@]host:port[/db]`. Unset = a single node (the default).
+    pub redis: Option<String>,
+    /// This node's name in the cluster (envelopes, presence). Default: random, logged.
+    pub node_id: Option<String>,
+    /// Prefix of every channel and key (`PREFIX:room:NAME`, ...).
+    pub prefix: String,
+    /// Also take messages from another system's publishers: `ignis` (its `ws:*` channels
+    /// and `IRedisSocketMessage` envelope). Default: none.
+    pub compat: Option<String>,
+    /// Bytes of messages waiting to go to Redis; beyond it messages for other nodes are
+    /// dropped and counted (`shardcast_cluster_dropped_total{reason="queue_full"}`).
+    pub queue_bytes: usize,
+    /// Presence entries of a node that stopped refreshing them (crashed, cut off) are gone
+    /// from every answer within this many milliseconds.
+    pub presence_ttl_ms: u64,
+    /// Longest wait between reconnection attempts while Redis is away (the wait starts at
+    /// 100 ms and doubles).
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            redis: None,
+            node_id: None,
+            prefix: "shardcast".into(),
+            compat: None,
+            queue_bytes: 8 << 20,
+            presence_ttl_ms: 15_000,
+            reconnect_max_ms: 5_000,
+        }
+    }
 }
 
 /// Protection at the handshake (README: "Running in production").
@@ -439,6 +480,7 @@ impl Default for Config {
             security: Security::default(),
             rate_limit: RateLimit::default(),
             tls: Tls::default(),
+            cluster: Cluster::default(),
         }
     }
 }
@@ -800,6 +842,44 @@ impl Config {
                 return bad("tls.tcp_port", "must differ from tls.ws_port");
             }
         }
+        let cl = &self.cluster;
+        if let Some(url) = &cl.redis {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return bad(
+                    "cluster.redis",
+                    format!("{url:?} is not a redis:// URL (redis://host:port)"),
+                );
+            }
+        }
+        if let Some(id) = &cl.node_id {
+            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+                return bad(
+                    "cluster.node_id",
+                    "1 to 64 printable ASCII characters without spaces",
+                );
+            }
+        }
+        if cl.prefix.is_empty() || cl.prefix.len() > 64 || cl.prefix.contains(char::is_whitespace) {
+            return bad("cluster.prefix", "1 to 64 characters without spaces");
+        }
+        match cl.compat.as_deref() {
+            None | Some("ignis") => {}
+            Some(other) => {
+                return bad(
+                    "cluster.compat",
+                    format!("unknown {other:?}; the one supported is \"ignis\""),
+                )
+            }
+        }
+        if cl.queue_bytes < 64 << 10 {
+            return bad("cluster.queue_bytes", "at least 65536");
+        }
+        if !(300..=3_600_000).contains(&cl.presence_ttl_ms) {
+            return bad("cluster.presence_ttl_ms", "between 300 and 3600000");
+        }
+        if !(100..=600_000).contains(&cl.reconnect_max_ms) {
+            return bad("cluster.reconnect_max_ms", "between 100 and 600000");
+        }
         Ok(())
     }
 }
@@ -949,6 +1029,15 @@ mod tests {
                 key: Some("/etc/shardcast/key.pem".into()),
                 ws_port: Some(8443),
                 tcp_port: Some(8444),
+            },
+            cluster: Cluster {
+                redis: Some("redis://10.0.0.5:6379".into()),
+                node_id: Some("eu-1".into()),
+                prefix: "sc".into(),
+                compat: Some("ignis".into()),
+                queue_bytes: 1 << 20,
+                presence_ttl_ms: 3000,
+                reconnect_max_ms: 1000,
             },
         };
         let text = toml::to_string_pretty(&c).unwrap();

@@ -13,6 +13,7 @@
 
 pub mod app;
 pub(crate) mod auth;
+pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod hub;

@@ -34,6 +34,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "compression.threshold",
     "tls.ws_port",
     "tls.tcp_port",
+    "cluster",
 ];
 
 /// What the log shows instead of a secret's value.
@@ -47,6 +48,8 @@ pub fn is_secret(path: &str) -> bool {
         || last.contains("token")
         || last == "api_key"
         || last == "api_keys"
+        // `redis://user:password@host`
+        || path == "cluster.redis"
 }
 
 /// One setting that a reload changed, with both values as TOML (secrets redacted).

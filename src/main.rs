@@ -346,6 +346,21 @@ struct ServeArgs {
     /// free one [default: none].
     #[arg(long, env = "SHARDCAST_TLS_TCP_PORT", value_name = "PORT")]
     tls_tcp_port: Option<u16>,
+
+    // --- Cluster (issue 11) ---
+    /// Share rooms, broadcasts, clients and users with other nodes through this Redis
+    /// (`redis://host:port`; Redis 7, sharded pub/sub). Redis down at start-up is not an
+    /// error: the node serves its own clients and retries [default: none, a single node].
+    #[arg(long, env = "SHARDCAST_REDIS", value_name = "URL")]
+    redis: Option<String>,
+    /// This node's name in the cluster [default: random, logged at start-up].
+    #[arg(long, env = "SHARDCAST_NODE_ID", value_name = "ID")]
+    node_id: Option<String>,
+    /// Also deliver what another system's publishers send through Redis: `ignis`
+    /// (WebSocketEmitter's `ws:*` channels) [default: none].
+    #[arg(long, env = "SHARDCAST_REDIS_COMPAT", value_name = "SYSTEM",
+        value_parser = ["ignis"])]
+    redis_compat: Option<String>,
 }
 
 /// `--auth` values.
@@ -498,6 +513,16 @@ impl ServeArgs {
         }
         if let Some(v) = self.tls_tcp_port {
             c.tls.tcp_port = Some(v);
+        }
+        // Cluster (issue 11).
+        if let Some(v) = &self.redis {
+            c.cluster.redis = Some(v.clone());
+        }
+        if let Some(v) = &self.node_id {
+            c.cluster.node_id = Some(v.clone());
+        }
+        if let Some(v) = &self.redis_compat {
+            c.cluster.compat = Some(v.clone());
         }
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)

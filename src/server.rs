@@ -42,6 +42,9 @@ pub enum StartError {
     /// The TLS certificate or key could not be loaded (the reason names the file).
     #[error("{0}")]
     Tls(String),
+    /// The cluster bridge could not start.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// A started server.
@@ -54,6 +57,8 @@ pub struct Running {
     /// Extra TLS ports (`tls.ws_port`, `tls.tcp_port`), when configured.
     tls_ws: Option<SocketAddr>,
     tls_tcp: Option<SocketAddr>,
+    /// The Redis bridge, in a cluster.
+    bridge: Option<crate::cluster::bridge::Bridge>,
 }
 
 impl Running {
@@ -93,12 +98,18 @@ impl Running {
     pub fn shutdown(&self) {
         self.runtime.shutdown_handle().trigger();
     }
-    /// Waits until every shard has ended.
+    /// Waits until every shard has ended (and then stops the cluster bridge, which takes
+    /// this node's presence out of Redis).
     pub fn join(self) -> Result<(), StartError> {
-        self.runtime
+        let result = self
+            .runtime
             .join()
             .map(|_| ())
-            .map_err(|e| StartError::Panicked(e.shards))
+            .map_err(|e| StartError::Panicked(e.shards));
+        if let Some(bridge) = self.bridge {
+            bridge.stop();
+        }
+        result
     }
 }
 
@@ -179,6 +190,35 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
     }
     let clients = Arc::new(AtomicUsize::new(0));
     let budgets = memory_budgets(&config);
+    // The cluster (issue 11): the shards' handle now, the bridge thread once the mesh exists.
+    let (node_tag, cluster) = match &config.cluster.redis {
+        Some(url) => {
+            let node_id = config
+                .cluster
+                .node_id
+                .clone()
+                .unwrap_or_else(crate::cluster::random_node_id);
+            let (cluster, receivers) =
+                crate::cluster::Cluster::new(&node_id, config.cluster.queue_bytes);
+            tracing::info!(
+                "cluster node={node_id} redis={} tag={:04x}",
+                crate::cluster::redact_url(url),
+                cluster.tag()
+            );
+            (cluster.tag(), Some((cluster, receivers)))
+        }
+        // A random tag: ids of an earlier run never resolve here.
+        None => (
+            u16::from_be_bytes(
+                crate::hub::id::random_bytes()[..2]
+                    .try_into()
+                    .unwrap_or([0; 2]),
+            ),
+            None,
+        ),
+    };
+    let shard_cluster = cluster.as_ref().map(|(c, _)| c.clone());
+    let cluster_config = config.cluster.clone();
     // Connections per user, process-wide (`hub/users.rs`): shared by every shard's hub.
     let user_counts = Arc::new(crate::hub::users::UserCounts::default());
     if config.all_api_keys().next().is_none() && config.api_insecure {
@@ -195,8 +235,24 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
         let limits = shard_limits(&config, budgets, shard.count());
         let user_counts = user_counts.clone();
         let tls = tls.clone();
-        async move { run_shard(shard, app, live, clients, limits, user_counts, tls).await }
+        let node = (node_tag, shard_cluster.clone());
+        async move { run_shard(shard, app, live, clients, limits, user_counts, tls, node).await }
     })?;
+    let bridge = match cluster {
+        Some((cluster, receivers)) => Some(
+            crate::cluster::bridge::Bridge::start(
+                cluster,
+                receivers,
+                &cluster_config,
+                runtime.mesh().clone(),
+                runtime.shards() as u16,
+            )
+            .map_err(|e| {
+                StartError::Cluster(format!("cannot start the Redis bridge thread: {e}"))
+            })?,
+        ),
+        None => None,
+    };
     let ws = runtime
         .bound_addr("ws")
         .expect("the ws listener is always configured");
@@ -210,6 +266,7 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
         tcp,
         shards,
         reload,
+        bridge,
     })
 }
 
@@ -322,6 +379,8 @@ fn shard_limits(config: &Config, (output, input): (usize, usize), shards: usize)
     }
 }
 
+// One argument per piece of process-wide state a shard shares.
+#[allow(clippy::too_many_arguments)]
 async fn run_shard(
     shard: Shard<ShardMsg>,
     app: Arc<App>,
@@ -330,6 +389,7 @@ async fn run_shard(
     limits: ShardLimits,
     user_counts: Arc<crate::hub::users::UserCounts>,
     tls: Option<Arc<TlsAcceptor>>,
+    (node_tag, cluster): (u16, Option<Arc<crate::cluster::Cluster>>),
 ) {
     let (timers, mut expirations) = shard.timers::<ClientId>();
     let hub = Rc::new(
@@ -342,7 +402,8 @@ async fn run_shard(
             clients,
             limits,
         )
-        .with_user_counts(user_counts),
+        .with_user_counts(user_counts)
+        .with_cluster(node_tag, cluster),
     );
     // TLS on the main ports unless extra TLS ports are configured.
     let main_tls = config_tls_on_main(&hub);

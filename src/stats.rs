@@ -236,6 +236,7 @@ impl Counters {
             auth_latency: self.auth_latency.snapshot(),
             queued_by_shard: Vec::new(),
             reloads: (0, 0),
+            cluster: None,
         }
     }
 }
@@ -326,6 +327,8 @@ pub(crate) struct Snapshot {
     pub queued_by_shard: Vec<(u16, u64)>,
     /// Reloads (committed, refused): process-wide, set by the reader.
     pub reloads: (u64, u64),
+    /// The cluster bridge's counters (process-wide), in a cluster.
+    pub cluster: Option<crate::cluster::StatsSnapshot>,
 }
 
 fn merge_map(into: &mut BTreeMap<&'static str, u64>, from: &BTreeMap<&'static str, u64>) {
@@ -367,6 +370,9 @@ impl Snapshot {
         self.queued_by_shard.extend_from_slice(&o.queued_by_shard);
         self.queued_by_shard.sort_unstable();
         self.reloads = self.reloads.max(o.reloads);
+        if self.cluster.is_none() {
+            self.cluster.clone_from(&o.cluster);
+        }
     }
 
     /// Open WebSocket connections.
@@ -672,6 +678,28 @@ pub(crate) fn prometheus_text(s: &Snapshot, p: &Process) -> String {
         s.reloads.0,
         s.reloads.1
     );
+    if let Some(c) = &s.cluster {
+        let _ = writeln!(
+            out,
+            "# HELP shardcast_cluster_connected Whether this node is connected to Redis (1) or not (0).\n# TYPE shardcast_cluster_connected gauge\nshardcast_cluster_connected {}\n\
+             # HELP shardcast_cluster_subscriptions Redis channels and patterns this node is subscribed to.\n# TYPE shardcast_cluster_subscriptions gauge\nshardcast_cluster_subscriptions {}\n\
+             # HELP shardcast_cluster_published_total Messages published to Redis for other nodes.\n# TYPE shardcast_cluster_published_total counter\nshardcast_cluster_published_total {}\n\
+             # HELP shardcast_cluster_received_total Messages from other nodes (or outside publishers) handed to this node's shards.\n# TYPE shardcast_cluster_received_total counter\nshardcast_cluster_received_total {}\n\
+             # HELP shardcast_cluster_reconnects_total Times Redis came back after being lost.\n# TYPE shardcast_cluster_reconnects_total counter\nshardcast_cluster_reconnects_total {}\n\
+             # HELP shardcast_cluster_dropped_total Messages that could not cross between this node and Redis, by reason.\n# TYPE shardcast_cluster_dropped_total counter",
+            u8::from(c.connected),
+            c.subscriptions,
+            c.published,
+            c.received,
+            c.reconnects
+        );
+        for (reason, n) in &c.dropped {
+            let _ = writeln!(
+                out,
+                "shardcast_cluster_dropped_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",

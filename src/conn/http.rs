@@ -323,6 +323,13 @@ async fn api_send(x: &Exchange<'_>, kind: Kind, body: &Bytes) -> Bytes {
         Err(e) => return x.request_error(e),
     };
     if let Target::User(user) = &request.target {
+        // Other nodes may hold connections of the user: they get it through Redis.
+        if let Some(c) = hub.cluster() {
+            c.forward(
+                crate::cluster::Target::User(Arc::from(user.as_str())),
+                &request.msg,
+            );
+        }
         // Every shard may hold connections of the user: ask them all how many got it.
         let replies = hub
             .gather(Query::DeliverUser {
@@ -337,6 +344,11 @@ async fn api_send(x: &Exchange<'_>, kind: Kind, body: &Bytes) -> Bytes {
                 _ => 0,
             })
             .sum();
+        if hub.cluster().is_some() {
+            // Whether another node holds the user is not known here.
+            let body = format!("{{\"ok\":true,\"delivered\":{delivered},\"forwarded\":true}}");
+            return x.json(StatusCode::ACCEPTED, body.as_bytes());
+        }
         if delivered == 0 {
             return x.request_error(RequestError::UnknownUser);
         }
@@ -344,6 +356,12 @@ async fn api_send(x: &Exchange<'_>, kind: Kind, body: &Bytes) -> Bytes {
         return x.json(StatusCode::ACCEPTED, body.as_bytes());
     }
     if let Target::Client(to) = request.target {
+        if hub.is_remote(to) && hub.cluster().is_some() {
+            // Another node's client: sent through Redis; that node drops it (counted) if
+            // the client is gone.
+            hub.direct(to, request.msg, None);
+            return x.json(StatusCode::ACCEPTED, b"{\"ok\":true,\"forwarded\":true}");
+        }
         // Only the shard that owns `to` knows whether it is connected: ask it.
         let owner = to.location().shard;
         let replies = hub

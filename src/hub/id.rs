@@ -9,12 +9,16 @@
 //! byte  6      0x40 | 4 random bits     (UUID version 4)
 //! byte  7      8 random bits
 //! byte  8      0x80 | 6 random bits     (UUID variant 10xx)
-//! bytes 9..16  56 random bits
+//! byte  9      8 random bits
+//! bytes 10..12 node     u16 BE   the owning node's tag (characters 24..28 of the text)
+//! bytes 12..16 32 random bits
 //! ```
 //!
-//! The 74 random bits (the *token*) come from the kernel's CSPRNG and are stored with the
-//! connection; an id only resolves when slot, shard and token all match, so ids are not
-//! guessable and a stale id never reaches the connection that reused its slot.
+//! The 58 random bits (the *token*) come from the kernel's CSPRNG and are stored with the
+//! connection; an id only resolves when node, slot, shard and token all match, so ids are not
+//! guessable and a stale id never reaches the connection that reused its slot. The node tag
+//! routes a message to a client of another node (`cluster/`): a hash of the node id, or a
+//! random value per process when no cluster is configured.
 
 use std::fmt;
 
@@ -33,13 +37,18 @@ pub struct Location {
     pub slot: u32,
 }
 
+/// Where the node tag sits in the 36-character text: `PREFIX:node:{text[24..28]}`.
+#[cfg(test)]
+pub(crate) const NODE_TAG_TEXT: std::ops::Range<usize> = 24..28;
+
 impl ClientId {
-    /// Builds an id for `slot` on `shard` with 16 random bytes from the caller (only 74
-    /// bits of them are used).
-    pub fn new(shard: u16, slot: u32, random: [u8; 16]) -> Self {
+    /// Builds an id for `slot` on `shard` of node `node` with 16 random bytes from the caller
+    /// (only 58 bits of them are used).
+    pub fn new(node: u16, shard: u16, slot: u32, random: [u8; 16]) -> Self {
         let mut bytes = random;
         bytes[0..4].copy_from_slice(&slot.to_be_bytes());
         bytes[4..6].copy_from_slice(&shard.to_be_bytes());
+        bytes[10..12].copy_from_slice(&node.to_be_bytes());
         bytes[6] = 0x40 | (bytes[6] & 0x0f);
         bytes[8] = 0x80 | (bytes[8] & 0x3f);
         ClientId { bytes }
@@ -51,6 +60,11 @@ impl ClientId {
             slot: u32::from_be_bytes([self.bytes[0], self.bytes[1], self.bytes[2], self.bytes[3]]),
             shard: u16::from_be_bytes([self.bytes[4], self.bytes[5]]),
         }
+    }
+
+    /// The owning node's tag.
+    pub fn node(&self) -> u16 {
+        u16::from_be_bytes([self.bytes[10], self.bytes[11]])
     }
 
     /// Parses the 36-character form (hex digits in either case). `None` for anything else,
@@ -153,13 +167,14 @@ mod tests {
 
     #[test]
     fn prints_as_uuid_v4() {
-        let id = ClientId::new(3, 0x0102_0304, [0xff; 16]);
+        let id = ClientId::new(0xabcd, 3, 0x0102_0304, [0xff; 16]);
         let text = id.to_string();
         assert_eq!(text.len(), 36);
         assert_eq!(&text[..8], "01020304");
         assert_eq!(&text[9..13], "0003");
         assert_eq!(&text[14..15], "4");
         assert!(matches!(&text[19..20], "8" | "9" | "a" | "b"));
+        assert_eq!(&text[NODE_TAG_TEXT], "abcd");
     }
 
     #[test]
@@ -168,7 +183,7 @@ mod tests {
         assert!(ClientId::parse(b"not-a-uuid-not-a-uuid-not-a-uuid-xxx").is_none());
         // A v1 UUID is not one of ours.
         assert!(ClientId::parse(b"6ba7b810-9dad-11d1-80b4-00c04fd430c8").is_none());
-        let good = ClientId::new(1, 2, random_bytes()).to_string();
+        let good = ClientId::new(7, 1, 2, random_bytes()).to_string();
         let mut bad = good.clone().into_bytes();
         bad[8] = b'x';
         assert!(ClientId::parse(&bad).is_none());
@@ -177,18 +192,19 @@ mod tests {
 
     #[test]
     fn random_ids_differ() {
-        let a = ClientId::new(0, 0, random_bytes());
-        let b = ClientId::new(0, 0, random_bytes());
+        let a = ClientId::new(0, 0, 0, random_bytes());
+        let b = ClientId::new(0, 0, 0, random_bytes());
         assert_ne!(a, b);
     }
 
     proptest! {
         #[test]
-        fn round_trip(shard: u16, slot: u32, random: [u8; 16]) {
-            let id = ClientId::new(shard, slot, random);
+        fn round_trip(node: u16, shard: u16, slot: u32, random: [u8; 16]) {
+            let id = ClientId::new(node, shard, slot, random);
             let parsed = ClientId::parse(&id.to_text()).unwrap();
             prop_assert_eq!(parsed, id);
             prop_assert_eq!(parsed.location(), Location { shard, slot });
+            prop_assert_eq!(parsed.node(), node);
         }
 
         #[test]

@@ -31,6 +31,7 @@ use bytes::Bytes;
 use shardcast_shards::timer::Timers;
 use shardcast_shards::{MeshError, ShardMesh};
 
+use crate::cluster::{Cluster, Control, Target};
 use crate::config::Config;
 use crate::live::LiveConfig;
 use crate::protocol::ws::codec::Compressor;
@@ -105,6 +106,15 @@ pub(crate) enum ShardMsg {
         /// The sender.
         exclude: Option<ClientId>,
     },
+    /// A message from another node (through the cluster bridge) for local recipients.
+    Cluster {
+        /// Whom.
+        target: crate::cluster::Target,
+        /// The message, decoded once per node.
+        msg: Arc<Outgoing>,
+        /// Clients not to deliver to.
+        exclude: Arc<[ClientId]>,
+    },
     /// A question for every shard; answer with [`ShardMsg::Reply`] to `from`.
     Query {
         /// Asking shard.
@@ -132,6 +142,7 @@ impl ShardMsg {
             | ShardMsg::All { msg, .. }
             | ShardMsg::Direct { msg, .. }
             | ShardMsg::User { msg, .. }
+            | ShardMsg::Cluster { msg, .. }
             | ShardMsg::RawBroadcast { msg, .. } => msg.payload_len(),
             ShardMsg::Interest(_)
             | ShardMsg::InterestAck { .. }
@@ -204,6 +215,8 @@ pub(crate) enum Reply {
     DeliveredTo(usize),
     /// How many local connections a [`Query::Disconnect`] closed.
     Disconnected(usize),
+    /// The cluster bridge's answer about the other nodes.
+    Cluster(crate::cluster::Answer),
 }
 
 /// Why a join was refused.
@@ -283,6 +296,10 @@ pub(crate) struct Hub {
     /// Connections per user in the whole process (shared by every shard's hub), for
     /// `limits.max_connections_per_user`.
     user_counts: Arc<UserCounts>,
+    /// The link to other nodes, when a cluster is configured (`cluster/`).
+    cluster: Option<Arc<Cluster>>,
+    /// The node tag this process's client ids carry (`id.rs`).
+    node_tag: u16,
 }
 
 impl Hub {
@@ -327,7 +344,30 @@ impl Hub {
             process_clients,
             users: RefCell::new(UserIndex::default()),
             user_counts: Arc::default(),
+            cluster: None,
+            node_tag: 0,
         }
+    }
+
+    /// Gives the hub the process's node tag and, in a cluster, the link to the other nodes
+    /// (one per process, shared by every shard's hub).
+    pub(crate) fn with_cluster(mut self, tag: u16, cluster: Option<Arc<Cluster>>) -> Hub {
+        self.node_tag = tag;
+        if cluster.is_some() {
+            self.rooms.get_mut().enable_cluster();
+        }
+        self.cluster = cluster;
+        self
+    }
+
+    /// The link to other nodes, if any.
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Whether `id` is a client of another node.
+    pub(crate) fn is_remote(&self, id: ClientId) -> bool {
+        id.node() != self.node_tag
     }
 
     /// Shares `counts` (one per process, given to every shard's hub) for the per-user cap.
@@ -408,6 +448,13 @@ impl Hub {
             self.release_user(client, &old);
         }
         self.users.borrow_mut().insert(&user, client.slot);
+        if let Some(c) = &self.cluster {
+            c.control(Control::User {
+                user: Arc::from(&*user),
+                shard: self.shard,
+                add: true,
+            });
+        }
         client.set_user_field(Some(user));
         Ok(())
     }
@@ -416,6 +463,13 @@ impl Hub {
     fn release_user(&self, client: &Client, user: &str) {
         self.users.borrow_mut().remove(user, client.slot);
         self.user_counts.release(user);
+        if let Some(c) = &self.cluster {
+            c.control(Control::User {
+                user: Arc::from(user),
+                shard: self.shard,
+                add: false,
+            });
+        }
         client.set_user_field(None);
     }
 
@@ -451,7 +505,7 @@ impl Hub {
                 (clients.len() - 1) as u32
             }
         };
-        let id = ClientId::new(self.shard, slot, id::random_bytes());
+        let id = ClientId::new(self.node_tag, self.shard, slot, id::random_bytes());
         let client = Rc::new(Client::new(id, slot, peer, transport, self.now_ms()));
         clients[slot as usize] = Some(client.clone());
         client
@@ -498,6 +552,7 @@ impl Hub {
             let mut reg = self.rooms.borrow_mut();
             for room in &rooms {
                 reg.leave(room, client.slot, &mut announce);
+                self.presence(client, room, false);
             }
         }
         self.announce(announce);
@@ -515,7 +570,7 @@ impl Hub {
     /// The local client with this id, if it is still connected.
     pub(crate) fn client(&self, id: ClientId) -> Option<Rc<Client>> {
         let loc = id.location();
-        if loc.shard != self.shard {
+        if loc.shard != self.shard || id.node() != self.node_tag {
             return None;
         }
         let clients = self.clients.borrow();
@@ -870,6 +925,9 @@ impl Hub {
         let (members, remote) = rooms.route(room);
         let delivered = self.deliver(members.iter().copied(), &msg, exclude, false);
         drop(rooms);
+        if let Some(c) = &self.cluster {
+            c.forward(Target::Room(Arc::from(room)), &msg);
+        }
         if !remote.is_empty() {
             let room: Arc<str> = Arc::from(room);
             for shard in remote.iter() {
@@ -889,6 +947,9 @@ impl Hub {
     /// Sends to every client of the process.
     pub(crate) fn broadcast(&self, msg: Arc<Outgoing>, exclude: Option<ClientId>) -> usize {
         let delivered = self.deliver_all(&msg, exclude, false);
+        if let Some(c) = &self.cluster {
+            c.forward(Target::All, &msg);
+        }
         for shard in 0..self.shards {
             if shard != self.shard {
                 self.send_mesh(
@@ -951,6 +1012,20 @@ impl Hub {
     /// when that is known at once (a local recipient, or an id no shard can own).
     pub(crate) fn direct(&self, to: ClientId, msg: Arc<Outgoing>, from: Option<ClientId>) -> bool {
         let shard = to.location().shard;
+        if self.is_remote(to) {
+            // Another node's client (or no node's): the bridge sends it to that node, which
+            // drops it, counted, if the client is gone.
+            return match &self.cluster {
+                Some(c) => {
+                    c.forward(Target::Client(to), &msg);
+                    true
+                }
+                None => {
+                    self.direct_failed(from, to);
+                    false
+                }
+            };
+        }
         if shard == self.shard {
             match self.client(to) {
                 Some(c) if c.is_open() => self.send_to(&c, &msg),
@@ -997,6 +1072,9 @@ impl Hub {
         exclude: Option<ClientId>,
     ) -> usize {
         let delivered = self.deliver_user(user, &msg, exclude, false);
+        if let Some(c) = &self.cluster {
+            c.forward(Target::User(Arc::from(user)), &msg);
+        }
         if self.shards > 1 {
             let user: Arc<str> = Arc::from(user);
             for shard in 0..self.shards {
@@ -1013,6 +1091,36 @@ impl Hub {
             }
         }
         delivered
+    }
+
+    /// Delivers a message from another node to its local recipients, but `exclude`.
+    fn deliver_from_cluster(&self, target: &Target, msg: &Outgoing, exclude: &[ClientId]) {
+        let keep = |slot: &u32| {
+            exclude.is_empty()
+                || self
+                    .by_slot(*slot)
+                    .is_some_and(|c| !exclude.contains(&c.id))
+        };
+        match target {
+            Target::Room(room) => {
+                let slots: Vec<u32> = self.rooms.borrow().members(room).to_vec();
+                self.deliver(slots.into_iter().filter(keep), msg, None, true);
+            }
+            Target::All => {
+                let n = self.clients.borrow().len() as u32;
+                self.deliver((0..n).filter(keep), msg, None, true);
+            }
+            Target::User(user) => {
+                let slots = self.users.borrow().slots(user).to_vec();
+                self.deliver(slots.into_iter().filter(keep), msg, None, true);
+            }
+            Target::Client(to) => match self.client(*to) {
+                Some(c) if c.is_open() && !exclude.contains(to) => {
+                    self.send_to(&c, msg);
+                }
+                _ => self.counters.drop_message("direct_unknown_client"),
+            },
+        }
     }
 
     /// Delivers to the local connections of `user`.
@@ -1050,6 +1158,7 @@ impl Hub {
         }
         if !member {
             client.rooms_mut().push(Rc::from(room));
+            self.presence(client, room, true);
         }
         self.announce(announce);
         Ok(())
@@ -1067,6 +1176,7 @@ impl Hub {
                 self.confirm(client, "joined-room", room);
             }
             client.rooms_mut().retain(|r| &**r != room);
+            self.presence(client, room, false);
         }
         self.confirm(client, "left-room", room);
         self.announce(announce);
@@ -1083,8 +1193,34 @@ impl Hub {
         self.rooms.borrow().len()
     }
 
+    /// Tells the cluster bridge that `client` joined or left `room` (presence).
+    fn presence(&self, client: &Client, room: &str, add: bool) {
+        if let Some(c) = &self.cluster {
+            c.control(Control::Member {
+                room: Arc::from(room),
+                client: client.id,
+                user: client.user().map(|u| Arc::from(&*u)),
+                add,
+            });
+        }
+    }
+
     fn announce(&self, announce: Vec<Interest>) {
         for interest in announce {
+            if let Some(c) = &self.cluster {
+                c.control(match &interest {
+                    Interest::Add { room, shard, epoch } => Control::Room {
+                        room: room.clone(),
+                        shard: *shard,
+                        epoch: Some(*epoch),
+                    },
+                    Interest::Remove { room, shard } => Control::Room {
+                        room: room.clone(),
+                        shard: *shard,
+                        epoch: None,
+                    },
+                });
+            }
             for shard in 0..self.shards {
                 if shard != self.shard {
                     self.send_mesh(shard, ShardMsg::Interest(interest.clone()));
@@ -1227,6 +1363,11 @@ impl Hub {
                 self.deliver_user(&user, &msg, exclude, true);
             }
             ShardMsg::DirectFailed { from, to } => self.direct_failed(Some(from), to),
+            ShardMsg::Cluster {
+                target,
+                msg,
+                exclude,
+            } => self.deliver_from_cluster(&target, &msg, &exclude),
             ShardMsg::RawBroadcast { msg, exclude } => self.deliver_raw(&msg, exclude, true),
             ShardMsg::Query { from, id, query } => {
                 let reply = self.answer(&query);
@@ -1265,6 +1406,7 @@ impl Hub {
                 s.memory = self.memory_gauges();
                 s.queued_by_shard = vec![(self.shard, self.output.used() as u64)];
                 s.reloads = self.live.reloads();
+                s.cluster = self.cluster.as_ref().map(|c| c.stats.snapshot());
                 Reply::Stats(Box::new(s))
             }
             Query::Rooms => Reply::Rooms(
@@ -1366,6 +1508,40 @@ impl Hub {
             id,
             deadline: glommio::timer::Timer::new(Duration::from_secs(5)),
         }
+    }
+
+    /// Asks the cluster bridge about the other nodes (presence in Redis). `None` without a
+    /// cluster; `Answer::Unavailable` when Redis could not answer in time.
+    pub(crate) async fn ask_cluster(
+        self: &Rc<Self>,
+        query: crate::cluster::Query,
+    ) -> Option<crate::cluster::Answer> {
+        let cluster = self.cluster.clone()?;
+        let id = self.next_gather.get();
+        self.next_gather.set(id + 1);
+        self.gathers.borrow_mut().insert(
+            id,
+            Gather {
+                missing: 1,
+                replies: Vec::new(),
+                waker: None,
+            },
+        );
+        cluster.control(Control::Query {
+            shard: self.shard,
+            id,
+            query,
+        });
+        let replies = GatherFuture {
+            hub: self.clone(),
+            id,
+            deadline: glommio::timer::Timer::new(Duration::from_secs(5)),
+        }
+        .await;
+        Some(match replies.into_iter().next() {
+            Some(Reply::Cluster(a)) => a,
+            _ => crate::cluster::Answer::Unavailable,
+        })
     }
 
     /// Counters of every shard, summed.

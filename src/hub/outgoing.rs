@@ -270,6 +270,11 @@ impl Outgoing {
         Self::event("server:error", Some(data.freeze()))
     }
 
+    /// What is being sent.
+    pub(crate) fn body(&self) -> &Body {
+        &self.body
+    }
+
     /// Whether the body is a protocol control message (heartbeat, pong, close, CONNECT),
     /// which goes to a client whatever its phase and is never compressed.
     pub(crate) fn is_control(&self) -> bool {

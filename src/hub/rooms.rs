@@ -176,6 +176,9 @@ struct Entry {
 pub(crate) struct Rooms {
     shard: u16,
     shard_count: u16,
+    /// Acknowledgements a room's first local member waits for beyond the other shards': 1
+    /// when a cluster bridge must subscribe first (`cluster/`), else 0.
+    extra_acks: u32,
     max_rooms: usize,
     next_epoch: u64,
     /// Invariant: an entry exists iff it has local members or `remote` is non-empty, so
@@ -190,10 +193,17 @@ impl Rooms {
         Rooms {
             shard,
             shard_count,
+            extra_acks: 0,
             max_rooms,
             next_epoch: 1,
             rooms: HashMap::new(),
         }
+    }
+
+    /// Makes a room's first local member also wait for the cluster bridge's acknowledgement
+    /// (it subscribes to the room's channel first), and announces rooms to it.
+    pub(crate) fn enable_cluster(&mut self) {
+        self.extra_acks = 1;
     }
 
     /// Changes the cap on rooms (a reload); rooms beyond it stay, new ones are refused.
@@ -232,7 +242,7 @@ impl Rooms {
         // First local member: announce.
         let epoch = self.next_epoch;
         self.next_epoch += 1;
-        let others = u32::from(self.shard_count.saturating_sub(1));
+        let others = u32::from(self.shard_count.saturating_sub(1)) + self.extra_acks;
         let mut members = MemberSet::default();
         members.insert(slot);
         let local = LocalRoom {
@@ -275,7 +285,7 @@ impl Rooms {
         };
         if local.members.is_empty() {
             entry.local = None;
-            if self.shard_count > 1 {
+            if self.shard_count > 1 || self.extra_acks > 0 {
                 announce.push(Interest::Remove {
                     room: Arc::from(room),
                     shard: self.shard,
@@ -386,6 +396,35 @@ mod tests {
         assert!(!s.contains(63));
         assert!(s.contains(64));
         assert!(!s.is_empty());
+    }
+
+    #[test]
+    fn cluster_bridge_acknowledges_like_a_shard() {
+        let mut r = Rooms::new(0, 1, 10);
+        r.enable_cluster();
+        let mut out = Vec::new();
+        assert_eq!(r.join("a", 1, &mut out), Join::Pending);
+        let epoch = match out.as_slice() {
+            [Interest::Add {
+                room,
+                shard: 0,
+                epoch,
+            }] if &**room == "a" => *epoch,
+            other => panic!("{other:?}"),
+        };
+        // A second member waits for the same acknowledgement.
+        assert_eq!(r.join("a", 2, &mut out), Join::Pending);
+        assert_eq!(r.handle_ack("a", epoch + 1), Vec::<u32>::new());
+        assert_eq!(r.handle_ack("a", epoch), vec![1, 2]);
+        assert_eq!(r.join("a", 3, &mut out), Join::Confirmed);
+        out.clear();
+        for slot in [1, 2, 3] {
+            r.leave("a", slot, &mut out);
+        }
+        assert!(matches!(
+            out.as_slice(),
+            [Interest::Remove { shard: 0, .. }]
+        ));
     }
 
     #[test]
