@@ -3,7 +3,7 @@
 //! WebSocket and stelar TCP clients. Node A runs 2 shards and node B one, so messages cross
 //! shards and nodes on one path. Every wait has a deadline; where delivery depends on a Redis
 //! subscription that no reply confirms, the test first waits (with a deadline) for Redis to
-//! report the subscriber (`PUBSUB SHARDNUMSUB` / `NUMSUB` / `NUMPAT`).
+//! report the subscriber (`PUBSUB SHARDNUMSUB` / `NUMSUB`, `psub` in `CLIENT LIST`).
 
 mod common;
 
@@ -42,10 +42,11 @@ const JWT: [&str; 2] = [
 
 /// One Redis, node A (`--shards 2`) and node B (`--shards 1`), both with the API key and
 /// `extra`, both connected to Redis.
+// Fields drop in order: the nodes stop before their Redis does.
 struct Cluster {
-    redis: RedisProc,
     a: ServerProc,
     b: ServerProc,
+    redis: RedisProc,
 }
 
 impl Cluster {
@@ -67,7 +68,7 @@ impl Cluster {
         };
         let a = node("node-a", "2");
         let b = node("node-b", "1");
-        let c = Cluster { redis, a, b };
+        let c = Cluster { a, b, redis };
         c.connected().await;
         c
     }
@@ -780,8 +781,8 @@ async fn ignis_compat_channels() {
             .await;
     }
     c.redis
-        .wait_count("NUMPAT", 4, |r| {
-            r.cli(&["PUBSUB", "NUMPAT"]).parse().unwrap()
+        .wait_count("pattern subscriptions (CLIENT LIST psub)", 4, |r| {
+            r.client_list_sum("psub")
         })
         .await;
     let publish = |channel: &str, msg: Value| {

@@ -737,6 +737,17 @@ impl RedisProc {
         Self::count(&self.cli(&["PUBSUB", "NUMSUB", channel]))
     }
 
+    /// The sum of one numeric field of `CLIENT LIST` over every connection, e.g. `psub`
+    /// (pattern subscriptions: `PUBSUB NUMPAT` counts distinct patterns, not subscribers).
+    pub fn client_list_sum(&self, field: &str) -> u64 {
+        let prefix = format!("{field}=");
+        self.cli(&["CLIENT", "LIST"])
+            .lines()
+            .flat_map(|l| l.split_whitespace())
+            .filter_map(|kv| kv.strip_prefix(prefix.as_str())?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Waits (with the harness deadline) until `count()` is at least `min`.
     pub async fn wait_count(&self, what: &str, min: u64, count: impl Fn(&Self) -> u64) {
         self.wait_until(&format!("{what} >= {min}"), |r| count(r) >= min)
