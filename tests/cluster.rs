@@ -940,3 +940,50 @@ async fn presence_is_cluster_wide_and_a_dead_node_expires() {
         .find(|r| r["name"] == "p");
     assert_eq!(p.unwrap()["members"], 2, "{v}");
 }
+
+/// Redis down at start-up is not an error: the node logs its cluster line, serves local
+/// clients, and connects (restoring the subscriptions of rooms joined meanwhile) once Redis
+/// is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_up_is_not_an_error() {
+    let mut redis = RedisProc::start();
+    redis.stop();
+    let url = redis.url();
+    let a = ServerProc::start_with(
+        &["--redis", &url, "--node-id", "node-s", "--shards", "2"],
+        |cmd| {
+            cmd.env("SHARDCAST_LOG", "info");
+        },
+    );
+    let line = a.expect_output("cluster node=node-s");
+    assert!(line.contains(&format!("redis={url}")), "{line}");
+    let tag_in_log = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("tag="))
+        .unwrap_or_else(|| panic!("tag= in {line}"))
+        .to_owned();
+    assert_eq!(a.metric("shardcast_cluster_connected").await, 0);
+    // Local delivery, across A's shards, while Redis has never been seen.
+    let mut a0 = Client::ws_on_shard(&a, 0).await;
+    let mut a1 = Client::ws_on_shard(&a, 1).await;
+    assert_eq!(tag(&a0.id), tag_in_log, "client ids carry the logged tag");
+    a0.join("early").await;
+    a1.join("early").await;
+    sequence(&mut a0, "early", &mut [&mut a1], 20, "local").await;
+
+    redis.restart();
+    a.wait_metric("shardcast_cluster_connected", 1).await;
+    let b = start_node(&redis, "node-t", &["--shards", "1"]);
+    b.wait_metric("shardcast_cluster_connected", 1).await;
+    let mut b0 = Client::ws(&b).await;
+    b0.join("early").await;
+    redis
+        .wait_count("SHARDNUMSUB shardcast:room:early", 2, |r| {
+            r.shard_subscribers("shardcast:room:early")
+        })
+        .await;
+    b0.publish("early", "from-b", json!(1)).await;
+    a0.expect("from-b", json!(1)).await;
+    a1.expect("from-b", json!(1)).await;
+    sequence(&mut a0, "early", &mut [&mut a1, &mut b0], 50, "cluster").await;
+}
