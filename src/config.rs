@@ -984,6 +984,7 @@ mod tests {
                 publish_requires_membership: true,
                 broadcast: false,
                 direct: false,
+                members: true,
             },
             memory: Memory {
                 output_budget: 1 << 21,
