@@ -382,6 +382,10 @@ pub struct Relay {
     pub broadcast: bool,
     /// Clients may send `direct` messages to a client id.
     pub direct: bool,
+    /// Clients may call the `members` ACK for a room they are in (its members' client ids and
+    /// user ids; in a cluster, on every node). Off by default: member lists are not for
+    /// strangers.
+    pub members: bool,
 }
 
 /// Whether clients must authenticate (`auth.mode`).
@@ -540,6 +544,7 @@ impl Default for Relay {
             publish_requires_membership: false,
             broadcast: true,
             direct: true,
+            members: false,
         }
     }
 }
@@ -979,6 +984,7 @@ mod tests {
                 publish_requires_membership: true,
                 broadcast: false,
                 direct: false,
+                members: true,
             },
             memory: Memory {
                 output_budget: 1 << 21,

@@ -99,7 +99,9 @@ impl ClientError {
             ClientError::UnknownEvent => "no handler for this event",
             ClientError::UnknownBinaryEvent => "no handler for this binary event",
             ClientError::RelayDisabled => "this relay event is disabled on this server",
-            ClientError::NotMember => "publishing requires membership of the room",
+            ClientError::NotMember => {
+                "publishing (or asking for its members) requires membership of the room"
+            }
             ClientError::Request(e) => e.message(),
             ClientError::Forbidden(f) => match f {
                 Forbidden::Join => "your credentials do not allow joining this room",

@@ -223,9 +223,52 @@ pub(crate) fn ack(env: &Env<'_>, event: &str, data: Option<&Data>, ack: &AckRequ
                 }),
             );
         }
+        "members" if env.hub.config().relay.members => {
+            let room = data.and_then(|d| serde_json::from_slice::<String>(&d.text).ok());
+            let Some(room) = room.filter(|r| !r.is_empty()) else {
+                env.error(ClientError::Request(RequestError::InvalidRoom), Some(event));
+                return true;
+            };
+            if !is_member(env, &room) {
+                env.error(ClientError::NotMember, Some(event));
+                return true;
+            }
+            let hub = env.hub.clone();
+            let client = env.client.clone();
+            let event = event.to_owned();
+            let ack = ack.clone();
+            spawn_handler(
+                env.hub,
+                Box::pin(async move {
+                    let found = hub.room_members(&room).await;
+                    let body = members_json(&room, &found);
+                    send_ack_reply(&hub, &client, &event, &ack, body);
+                }),
+            );
+        }
         _ => return false,
     }
     true
+}
+
+/// `{"room":R,"members":[ids],"users":[distinct user ids]}` (`"partial":true` when other
+/// nodes could not be asked).
+fn members_json(room: &str, found: &crate::hub::Members) -> Bytes {
+    let users: std::collections::BTreeSet<&str> = found
+        .members
+        .iter()
+        .filter_map(|(_, u)| u.as_deref())
+        .collect();
+    let value = serde_json::json!({
+        "room": room,
+        "members": found.members.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+        "users": users,
+    });
+    let mut value = value;
+    if found.partial {
+        value["partial"] = serde_json::Value::Bool(true);
+    }
+    Bytes::from(value.to_string())
 }
 
 /// A binary relay: event `ROOM:NAME` goes to the other members of ROOM, unchanged.

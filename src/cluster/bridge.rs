@@ -133,6 +133,7 @@ struct State {
     redis: Client,
     connected: bool,
     ever_connected: bool,
+    reconnect_max_ms: u64,
     rooms: HashMap<Arc<str>, RoomState>,
     users: HashMap<Arc<str>, UserState>,
     /// Subscription changes decided this turn, sent together.
@@ -188,6 +189,7 @@ impl State {
             redis: client(&url, cfg, 64)?,
             connected: false,
             ever_connected: false,
+            reconnect_max_ms: cfg.reconnect_max_ms,
             rooms: HashMap::new(),
             users: HashMap::new(),
             subscribe: HashSet::new(),
@@ -201,6 +203,11 @@ impl State {
 
     async fn run(mut self, mut rx: Receivers, mut stop: tokio::sync::oneshot::Receiver<()>) {
         let mut messages = self.sub.message_rx();
+        // A connection that drops and comes back between two ticks is seen here.
+        let mut sub_back = self.sub.reconnect_rx();
+        let mut pub_back = self.redis.reconnect_rx();
+        let started = tokio::time::Instant::now();
+        let mut told_down = false;
         let _sub_task = self.sub.connect();
         let _pub_task = self.redis.connect();
         let mut tick = tokio::time::interval(TICK);
@@ -232,7 +239,23 @@ impl State {
                     }
                     Err(RecvError::Closed) => break,
                 },
-                _ = tick.tick() => self.check_connection().await,
+                _ = tick.tick() => {
+                    self.check_connection().await;
+                    if !self.ever_connected && !told_down && started.elapsed() > Duration::from_secs(2) {
+                        told_down = true;
+                        tracing::warn!(
+                            "cluster: Redis is not reachable; serving this node's clients and \
+                             retrying (every {} ms at most)", self.reconnect_max_ms
+                        );
+                    }
+                }
+                r = sub_back.recv() => if r.is_ok() { self.resync().await },
+                // Redis may have restarted and lost presence: write it again.
+                r = pub_back.recv() => if r.is_ok() && self.connected {
+                    if let Err(e) = self.presence.rewrite(&self.redis).await {
+                        tracing::debug!(error = %e, "cluster: presence rewrite failed");
+                    }
+                },
                 _ = refresh.tick() => {
                     if self.connected {
                         if let Err(e) = self.presence.refresh(&self.redis).await {
@@ -254,6 +277,27 @@ impl State {
         .await;
     }
 
+    /// The subscribing connection came back: its subscriptions are gone, even if the tick
+    /// never saw it down. Subscribe (and write presence) again.
+    async fn resync(&mut self) {
+        if self.connected {
+            self.mark_down();
+        }
+        self.check_connection().await;
+    }
+
+    fn mark_down(&mut self) {
+        self.connected = false;
+        self.cluster.stats.connected.store(false, Relaxed);
+        self.cluster.stats.subscriptions.store(0, Relaxed);
+        for st in self.rooms.values_mut() {
+            st.subscribed = false;
+        }
+        for st in self.users.values_mut() {
+            st.subscribed = false;
+        }
+    }
+
     /// Notices a connection gained or lost. On (re)connection every subscription is made
     /// again and presence written again (a restarted Redis has lost both).
     async fn check_connection(&mut self) {
@@ -262,15 +306,7 @@ impl State {
             return;
         }
         if !up {
-            self.connected = false;
-            self.cluster.stats.connected.store(false, Relaxed);
-            self.cluster.stats.subscriptions.store(0, Relaxed);
-            for st in self.rooms.values_mut() {
-                st.subscribed = false;
-            }
-            for st in self.users.values_mut() {
-                st.subscribed = false;
-            }
+            self.mark_down();
             tracing::warn!(
                 "cluster: lost Redis; local delivery goes on, messages for other nodes are \
                  dropped (counted) until it is back"

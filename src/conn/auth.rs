@@ -25,6 +25,7 @@ use crate::auth::{self, AuthReject, Fault};
 use crate::config::AuthMode;
 use crate::hub::client::{Client, CloseCause};
 use crate::hub::outgoing::Outgoing;
+use crate::hub::Hub;
 
 /// What a client sent first while authentication waited for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +118,14 @@ pub(crate) async fn authenticate<S: Session>(
     if client.close_requested().is_some() {
         return Outcome::Gone;
     }
+    if let Some(user) = identity.user.as_deref() {
+        if let Err(reject) = cluster_user_cap(hub, user).await {
+            return refuse(io, shared, client, reject).await;
+        }
+    }
+    if client.close_requested().is_some() {
+        return Outcome::Gone;
+    }
     if let Err(reject) = auth::accept(hub, client, identity) {
         return refuse(io, shared, client, reject).await;
     }
@@ -166,4 +175,28 @@ async fn refuse(io: &mut Io, shared: &Shared, client: &Client, reject: AuthRejec
     hub.send_control(client, &msg);
     let _ = io.flush(client, hub).await;
     Outcome::Refused
+}
+
+/// In a cluster, `limits.max_connections_per_user` counts the user's connections on every
+/// live node (presence in Redis), checked before the connection is counted here. Nodes that
+/// admit the same user at the same moment can each pass the check (the cap may be exceeded by
+/// the number of simultaneous logins); while Redis is away the cap holds per node.
+async fn cluster_user_cap(hub: &Rc<Hub>, user: &str) -> Result<(), AuthReject> {
+    let cap = hub.config().limits.max_connections_per_user;
+    if cap == 0 || hub.cluster().is_none() {
+        return Ok(());
+    }
+    let remote = match hub
+        .ask_cluster(crate::cluster::Query::UserConnections(user.into()))
+        .await
+    {
+        Some(crate::cluster::Answer::Count(n)) => n,
+        _ => return Ok(()),
+    };
+    if remote + hub.user_connections(user) >= cap {
+        let refusal = crate::hub::users::UserRefusal::TooManyConnections;
+        hub.counters.refuse(refusal.label());
+        return Err(AuthReject::new(refusal.to_string()));
+    }
+    Ok(())
 }

@@ -382,17 +382,10 @@ async fn api_send(x: &Exchange<'_>, kind: Kind, body: &Bytes) -> Bytes {
     x.json(StatusCode::ACCEPTED, b"{\"ok\":true}")
 }
 
-/// `GET /api/rooms`: every room with its member count, summed over shards.
+/// `GET /api/rooms`: every room with its member count, summed over shards (and, in a
+/// cluster, over every live node; `"partial":true` when Redis could not be asked).
 async fn rooms(x: &Exchange<'_>) -> Bytes {
-    let replies = x.shared.hub.clone().gather(Query::Rooms).await;
-    let mut rooms: std::collections::BTreeMap<String, usize> = Default::default();
-    for r in replies {
-        if let Reply::Rooms(list) = r {
-            for (name, n) in list {
-                *rooms.entry(name).or_insert(0) += n;
-            }
-        }
-    }
+    let (rooms, partial) = x.shared.hub.clone().room_counts().await;
     let mut body = BytesMut::from(&b"{\"rooms\":["[..]);
     let mut num = String::new();
     for (i, (name, n)) in rooms.iter().enumerate() {
@@ -405,11 +398,16 @@ async fn rooms(x: &Exchange<'_>) -> Bytes {
         let _ = write!(num, ",\"members\":{n}}}");
         body.extend_from_slice(num.as_bytes());
     }
-    body.extend_from_slice(b"]}");
+    body.extend_from_slice(b"]");
+    if partial {
+        body.extend_from_slice(b",\"partial\":true");
+    }
+    body.extend_from_slice(b"}");
     x.json(StatusCode::OK, &body)
 }
 
-/// `GET /api/rooms/{room}`: the room's member ids.
+/// `GET /api/rooms/{room}`: the room's member ids (and their users), on every shard and, in
+/// a cluster, every live node.
 async fn members(x: &Exchange<'_>, raw: &str) -> Bytes {
     let Ok(room) = percent_decode(raw.as_bytes(), false) else {
         return x.error(
@@ -425,44 +423,35 @@ async fn members(x: &Exchange<'_>, raw: &str) -> Bytes {
             "room name is not UTF-8",
         );
     };
-    let replies = x
-        .shared
-        .hub
-        .clone()
-        .gather(Query::Members(room.into()))
-        .await;
+    let found = x.shared.hub.clone().room_members(room).await;
     let mut body = BytesMut::from(&b"{\"room\":"[..]);
     json::write_quoted(&mut body, room);
     body.extend_from_slice(b",\"members\":[");
-    let members = || {
-        replies.iter().flat_map(|r| match r {
-            Reply::Members(ids) => ids.as_slice(),
-            _ => &[],
-        })
-    };
-    for (i, (id, _)) in members().enumerate() {
+    for (i, (id, _)) in found.members.iter().enumerate() {
         if i > 0 {
             body.extend_from_slice(b",");
         }
-        body.extend_from_slice(b"\"");
-        body.extend_from_slice(&id.to_text());
-        body.extend_from_slice(b"\"");
+        json::write_quoted(&mut body, id);
     }
     body.extend_from_slice(b"],\"clients\":[");
-    for (i, (id, user)) in members().enumerate() {
+    for (i, (id, user)) in found.members.iter().enumerate() {
         if i > 0 {
             body.extend_from_slice(b",");
         }
-        body.extend_from_slice(b"{\"id\":\"");
-        body.extend_from_slice(&id.to_text());
-        body.extend_from_slice(b"\",\"user\":");
+        body.extend_from_slice(b"{\"id\":");
+        json::write_quoted(&mut body, id);
+        body.extend_from_slice(b",\"user\":");
         match user {
             Some(u) => json::write_quoted(&mut body, u),
             None => body.extend_from_slice(b"null"),
         }
         body.extend_from_slice(b"}");
     }
-    body.extend_from_slice(b"]}");
+    body.extend_from_slice(b"]");
+    if found.partial {
+        body.extend_from_slice(b",\"partial\":true");
+    }
+    body.extend_from_slice(b"}");
     x.json(StatusCode::OK, &body)
 }
 

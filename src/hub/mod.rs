@@ -459,6 +459,11 @@ impl Hub {
         Ok(())
     }
 
+    /// Connections of `user` in this process.
+    pub(crate) fn user_connections(&self, user: &str) -> usize {
+        self.user_counts.count(user)
+    }
+
     /// Takes `user` off `client` in the index and the process-wide count.
     fn release_user(&self, client: &Client, user: &str) {
         self.users.borrow_mut().remove(user, client.slot);
@@ -1544,6 +1549,61 @@ impl Hub {
         })
     }
 
+    /// Members of `room` on every shard and, in a cluster, on every live node: (client id,
+    /// user id), sorted; `partial` when the other nodes could not be asked.
+    pub(crate) async fn room_members(self: &Rc<Self>, room: &str) -> Members {
+        let mut members: Vec<(String, Option<String>)> = Vec::new();
+        for r in self.gather(Query::Members(room.into())).await {
+            if let Reply::Members(ids) = r {
+                members.extend(
+                    ids.into_iter()
+                        .map(|(id, user)| (id.to_string(), user.map(String::from))),
+                );
+            }
+        }
+        let mut partial = false;
+        match self
+            .ask_cluster(crate::cluster::Query::Members(room.into()))
+            .await
+        {
+            Some(crate::cluster::Answer::Members(remote)) => members.extend(
+                remote
+                    .into_iter()
+                    .map(|(id, user)| (id, (!user.is_empty()).then_some(user))),
+            ),
+            Some(_) => partial = true,
+            None => {}
+        }
+        members.sort();
+        members.dedup_by(|a, b| a.0 == b.0);
+        Members { members, partial }
+    }
+
+    /// Rooms with their member counts on every shard and, in a cluster, every live node.
+    pub(crate) async fn room_counts(
+        self: &Rc<Self>,
+    ) -> (std::collections::BTreeMap<String, usize>, bool) {
+        let mut rooms = std::collections::BTreeMap::new();
+        for r in self.gather(Query::Rooms).await {
+            if let Reply::Rooms(list) = r {
+                for (name, n) in list {
+                    *rooms.entry(name).or_insert(0) += n;
+                }
+            }
+        }
+        let mut partial = false;
+        match self.ask_cluster(crate::cluster::Query::Rooms).await {
+            Some(crate::cluster::Answer::Rooms(remote)) => {
+                for (name, n) in remote {
+                    *rooms.entry(name).or_insert(0) += n;
+                }
+            }
+            Some(_) => partial = true,
+            None => {}
+        }
+        (rooms, partial)
+    }
+
     /// Counters of every shard, summed.
     pub(crate) async fn stats(self: &Rc<Self>) -> Snapshot {
         let replies = self.gather(Query::Stats).await;
@@ -1558,6 +1618,14 @@ impl Hub {
         }
         total
     }
+}
+
+/// A room's members everywhere ([`Hub::room_members`]).
+pub(crate) struct Members {
+    /// (client id, user id), sorted by id.
+    pub(crate) members: Vec<(String, Option<String>)>,
+    /// Other nodes could not be asked (Redis away): these are this node's only.
+    pub(crate) partial: bool,
 }
 
 /// Resolves with every shard's reply (or what arrived within 5 s).

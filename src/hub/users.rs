@@ -85,7 +85,6 @@ impl UserCounts {
     }
 
     /// Connections `user` holds in the process.
-    #[cfg(test)]
     pub(crate) fn count(&self, user: &str) -> usize {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         counts.get(user).copied().unwrap_or(0)
