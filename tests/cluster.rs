@@ -836,7 +836,7 @@ async fn ignis_compat_channels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_cluster_wide_and_a_dead_node_expires() {
     const TTL_MS: u64 = 1500;
-    let toml = format!("[cluster]\npresence_ttl_ms = {TTL_MS}\n");
+    let toml = format!("[cluster]\npresence_ttl_ms = {TTL_MS}\n[relay]\nmembers = true\n");
     let mut c = Cluster::start_with_toml(&toml, &JWT).await;
     let mut a0 = Client::ws_user(&c.a, "alice").await;
     let mut at = Client::tcp_user(&c.a, "tom").await;
@@ -986,4 +986,46 @@ async fn redis_down_at_start_up_is_not_an_error() {
     a0.expect("from-b", json!(1)).await;
     a1.expect("from-b", json!(1)).await;
     sequence(&mut a0, "early", &mut [&mut a1, &mut b0], 50, "cluster").await;
+}
+
+/// `--max-connections-per-user` counts the user's connections on every live node: with a cap
+/// of 2 and one connection on each node, a third is refused on either node (WebSocket close
+/// 4003, TCP ERROR); once one closes, the user may connect again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_cap_counts_every_node() {
+    let mut extra = vec!["--max-connections-per-user", "2"];
+    extra.extend_from_slice(&JWT);
+    let c = Cluster::start(&extra).await;
+    let users_on = |node: &str| {
+        let key = format!("shardcast:users:{node}");
+        move |r: &RedisProc| r.cli(&["HGET", &key, "alice"]).parse().unwrap_or(0)
+    };
+    let _alice_a = Client::ws_user(&c.a, "alice").await;
+    let alice_b = Client::ws_user(&c.b, "alice").await;
+    c.redis
+        .wait_count("alice on node-a in Redis", 1, users_on("node-a"))
+        .await;
+    c.redis
+        .wait_count("alice on node-b in Redis", 1, users_on("node-b"))
+        .await;
+    let mut third = Ws::connect_bearer(&c.b.ws_url("/"), &token("alice")).await;
+    assert_eq!(
+        third.close_frame().await,
+        (4003, "too many connections for this user".to_owned())
+    );
+    let mut t = Tcp::connect(c.a.tcp.unwrap()).await;
+    t.emit("auth", &json!({"token": token("alice")})).await;
+    let f = t.recv().await;
+    assert_eq!(f.frame_type, FrameType::Error, "{f:?}");
+    assert_eq!(&f.payload[..], b"too many connections for this user");
+    // Another user is not affected.
+    Client::ws_user(&c.b, "bob").await;
+    // One of alice's connections closes: once Redis shows it, she may connect again.
+    drop(alice_b);
+    c.redis
+        .wait_until("alice gone from node-b in Redis", |r| {
+            users_on("node-b")(r) == 0
+        })
+        .await;
+    Client::ws_user(&c.b, "alice").await;
 }
