@@ -411,7 +411,10 @@ async fn room_publish_crosses_nodes_over_websocket_and_tcp() {
     assert!(c.a.metric("shardcast_cluster_published_total").await >= 1);
     assert!(c.b.metric("shardcast_cluster_received_total").await >= 1);
     assert!(c.a.metric("shardcast_cluster_received_total").await >= 20);
-    // A node leaves the room's channel once its last member left.
+    // A node leaves the room's channel once its last member left (and its gauge drops by one).
+    let subs = "shardcast_cluster_subscriptions";
+    let b_subs = c.b.metric(subs).await;
+    assert!(b_subs >= 3, "broadcast, node and room channels: {b_subs}");
     b0.emit("leave-room", json!("lobby")).await;
     b0.expect("left-room", json!("lobby")).await;
     if let Conn::Tcp(t) = &mut bt.conn {
@@ -428,6 +431,7 @@ async fn room_publish_crosses_nodes_over_websocket_and_tcp() {
         c.redis.shard_subscribers("shardcast:room:lobby") >= 1,
         "A still has members"
     );
+    c.b.wait_metric(subs, b_subs - 1).await;
 }
 
 /// Broadcasts (relay event) reach every client of every node, except the sender.
@@ -613,7 +617,9 @@ async fn http_api_on_one_node_reaches_another() {
 }
 
 /// A publisher on A sends 1..500 to a room with members on both shards of A and on B, over
-/// both transports: every member gets each exactly once, in order; the publisher none.
+/// both transports: every member gets each exactly once, in order; the publisher none. Then
+/// a publisher on A and one on B (TCP) interleave 1..300 each: every member gets both
+/// sequences whole, each in its publisher's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequence_across_nodes_is_exact_and_in_order() {
     let c = Cluster::start(&[]).await;
@@ -633,6 +639,33 @@ async fn sequence_across_nodes_is_exact_and_in_order() {
         "run",
     )
     .await;
+
+    const N: u64 = 300;
+    for i in 1..=N {
+        p.publish("seq", "two", json!({"from": "p", "i": i})).await;
+        bt.publish("seq", "two", json!({"from": "bt", "i": i}))
+            .await;
+    }
+    // (client, publishers it hears from)
+    for (m, from) in [
+        (&mut p, &["bt"][..]),
+        (&mut a1, &["p", "bt"][..]),
+        (&mut at, &["p", "bt"][..]),
+        (&mut b0, &["p", "bt"][..]),
+        (&mut bt, &["p"][..]),
+    ] {
+        let mut last = std::collections::HashMap::new();
+        for _ in 0..N * from.len() as u64 {
+            let (event, data) = m.next_within(DEADLINE).await.expect("a message");
+            assert_eq!(event, "two", "{data}");
+            let who = data["from"].as_str().unwrap().to_owned();
+            assert!(from.contains(&who.as_str()), "{} got its own: {data}", m.id);
+            let prev = last.insert(who, data["i"].as_u64().unwrap()).unwrap_or(0);
+            assert_eq!(data["i"].as_u64().unwrap(), prev + 1, "{}: {data}", m.id);
+        }
+        assert!(last.values().all(|i| *i == N), "{last:?}");
+        m.expect_quiet().await;
+    }
 }
 
 /// Redis goes away mid-test: local delivery on A never stops, messages for B are dropped and
@@ -678,6 +711,47 @@ async fn redis_outage_keeps_local_delivery_and_recovers() {
     p.publish("r2", "back", json!(1)).await;
     b2.expect("back", json!(1)).await;
     sequence(&mut p, "r", &mut [&mut a1, &mut b0, &mut bt], 100, "after").await;
+    // The node and broadcast channels are back too.
+    c.shard_subscribers(&format!("shardcast:node:{}", tag(&bt.id)), 1)
+        .await;
+    c.shard_subscribers("shardcast:broadcast", 2).await;
+    p.emit("direct", json!({"to": bt.id, "event": "dm", "data": 1}))
+        .await;
+    bt.expect("dm", json!(1)).await;
+    bt.emit("broadcast", json!({"event": "all", "data": 2}))
+        .await;
+    for m in [&mut p, &mut a1, &mut b0, &mut b2] {
+        m.expect("all", json!(2)).await;
+    }
+}
+
+/// The channel prefix (`cluster.prefix`) separates clusters sharing one Redis: a node with
+/// another prefix neither receives nor sends on `shardcast:*`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_separates_clusters_on_one_redis() {
+    let redis = RedisProc::start();
+    let a = start_node(&redis, "node-a", &["--shards", "2"]);
+    let b = start_node(&redis, "node-b", &["--shards", "1"]);
+    let x = start_node_with_toml(&redis, "node-x", "[cluster]\nprefix = \"other\"\n", &[]);
+    for n in [&a, &b, &x] {
+        n.wait_metric("shardcast_cluster_connected", 1).await;
+    }
+    let mut a0 = Client::ws(&a).await;
+    let mut b0 = Client::ws(&b).await;
+    let mut x0 = Client::ws(&x).await;
+    for m in [&mut a0, &mut b0, &mut x0] {
+        m.join("lobby").await;
+    }
+    assert_eq!(redis.shard_subscribers("shardcast:room:lobby"), 2);
+    assert_eq!(redis.shard_subscribers("other:room:lobby"), 1);
+    a0.publish("lobby", "chat", json!(1)).await;
+    b0.expect("chat", json!(1)).await;
+    let n = redis.cli(&["SPUBLISH", "other:room:lobby", r#"{"event":"o","data":2}"#]);
+    assert_eq!(n, "1");
+    x0.expect("o", json!(2)).await;
+    a0.expect_quiet().await;
+    b0.expect_quiet().await;
+    x0.expect_quiet().await;
 }
 
 /// An outside publisher (`redis-cli SPUBLISH`) reaches rooms on every node and client ids via
