@@ -872,9 +872,16 @@ async fn ignis_compat_channels() {
         "ws:room:room1",
         json!({"serverId": "ext", "type": "room", "target": "room1", "event": "r", "data": {"k": 1}, "exclude": [b0.id]}),
     );
+    // `exclude` may be one id as a string.
+    publish(
+        "ws:room:room1",
+        json!({"serverId": "ext", "type": "room", "target": "room1", "event": "r", "data": 2, "exclude": a0.id}),
+    );
     publish("ws:broadcast", barrier());
     a0.expect("r", json!({"k": 1})).await;
     at.expect("r", json!({"k": 1})).await;
+    at.expect("r", json!(2)).await;
+    b0.expect("r", json!(2)).await;
     for m in [&mut a0, &mut at, &mut b0] {
         m.expect("barrier", json!(0)).await;
     }
@@ -1102,4 +1109,108 @@ async fn per_user_cap_counts_every_node() {
         })
         .await;
     Client::ws_user(&c.b, "alice").await;
+}
+
+/// Interest churn: a node's only member leaves and joins again, over and over, on both of
+/// A's shards; after each `joined-room` a publish from B reaches it (the unsubscribe of the
+/// leave never wins over the subscribe of the join). Then one client joins 100 rooms, each
+/// confirmed only once subscribed (`--max-rooms-per-client 200`), and a publish from B to each
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoin_after_leave_and_many_rooms() {
+    let c = Cluster::start(&["--max-rooms-per-client", "200"]).await;
+    let mut a0 = Client::ws_on_shard(&c.a, 0).await;
+    let mut a1 = Client::ws_on_shard(&c.a, 1).await;
+    let mut b0 = Client::ws(&c.b).await;
+    for round in 0..20 {
+        let m = if round % 2 == 0 { &mut a0 } else { &mut a1 };
+        m.join("churn").await;
+        m.emit("leave-room", json!("churn")).await;
+        m.expect("left-room", json!("churn")).await;
+        m.join("churn").await;
+        b0.publish("churn", "r", json!(round)).await;
+        m.expect("r", json!(round)).await;
+        m.emit("leave-room", json!("churn")).await;
+        m.expect("left-room", json!("churn")).await;
+    }
+    // The other shard joins while this one leaves: the node stays subscribed throughout.
+    a0.join("handover").await;
+    a1.join("handover").await;
+    a0.emit("leave-room", json!("handover")).await;
+    a0.expect("left-room", json!("handover")).await;
+    b0.publish("handover", "h", json!(1)).await;
+    a1.expect("h", json!(1)).await;
+
+    let mut t = Client::tcp(&c.a).await;
+    for i in 0..100 {
+        t.join(&format!("many:{i}")).await;
+    }
+    for i in 0..100 {
+        b0.publish(&format!("many:{i}"), "m", json!(i)).await;
+    }
+    for i in 0..100 {
+        t.expect("m", json!(i)).await;
+    }
+    for m in [&mut a0, &mut a1, &mut b0, &mut t] {
+        m.expect_quiet().await;
+    }
+}
+
+/// Redis restarts under users and presence: user channels are subscribed again and each node
+/// writes its presence again, so messages to a user and member lists cross nodes as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_presence_survive_a_redis_restart() {
+    let toml = "[cluster]\npresence_ttl_ms = 1500\nreconnect_max_ms = 400\n";
+    let mut c = Cluster::start_with_toml(toml, &JWT).await;
+    let mut alice_a = Client::ws_user(&c.a, "alice").await;
+    let mut alice_b = Client::tcp_user(&c.b, "alice").await;
+    let mut bob_b = Client::ws_user(&c.b, "bob").await;
+    for m in [&mut alice_a, &mut alice_b, &mut bob_b] {
+        m.join("p").await;
+    }
+    let everyone = set(&[&alice_a.id, &alice_b.id, &bob_b.id]);
+    let members_on_a = |c: &Cluster| {
+        let addr = c.a.ws;
+        async move {
+            let (status, body) = http(addr, "GET", "/api/rooms/p", &AUTH, "").await;
+            assert_eq!(status, 200, "{body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            ids(&v["members"])
+        }
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while members_on_a(&c).await != everyone {
+        assert!(Instant::now() < deadline, "presence before the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    c.redis.restart();
+    c.connected().await;
+    c.shard_subscribers("shardcast:user:alice", 2).await;
+    c.shard_subscribers("shardcast:user:bob", 1).await;
+    bob_b
+        .emit("direct", json!({"user": "alice", "event": "dm", "data": 1}))
+        .await;
+    alice_a.expect("dm", json!(1)).await;
+    alice_b.expect("dm", json!(1)).await;
+    alice_a
+        .emit("direct", json!({"user": "bob", "event": "dm", "data": 2}))
+        .await;
+    bob_b.expect("dm", json!(2)).await;
+    // Presence is written again: A lists B's members.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let got = members_on_a(&c).await;
+        if got == everyone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "presence after the restart: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for m in [&mut alice_a, &mut alice_b, &mut bob_b] {
+        m.expect_quiet().await;
+    }
 }
