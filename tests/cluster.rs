@@ -1184,6 +1184,11 @@ async fn users_and_presence_survive_a_redis_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Both nodes must see the loss first: a `connected` of 1 read right after a quick restart
+    // may still be the old connection's.
+    c.redis.stop();
+    c.a.wait_metric("shardcast_cluster_connected", 0).await;
+    c.b.wait_metric("shardcast_cluster_connected", 0).await;
     c.redis.restart();
     c.connected().await;
     c.shard_subscribers("shardcast:user:alice", 2).await;
