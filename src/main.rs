@@ -226,6 +226,11 @@ struct ServeArgs {
     #[arg(long, env = "SHARDCAST_RELAY_DIRECT", value_name = "BOOL", num_args = 0..=1,
         require_equals = true, default_missing_value = "true")]
     relay_direct: Option<bool>,
+    /// Clients may call the `members` ACK for a room they are in (member ids and user ids;
+    /// in a cluster, of every node) [default: false].
+    #[arg(long, env = "SHARDCAST_RELAY_MEMBERS", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true")]
+    relay_members: Option<bool>,
 
     /// Client authentication: `off` (anyone, anonymous), `optional` (a token presented must
     /// be valid; clients without one are anonymous) or `required` (a valid token within
@@ -448,6 +453,7 @@ impl ServeArgs {
         );
         set(&mut r.broadcast, &self.relay_broadcast);
         set(&mut r.direct, &self.relay_direct);
+        set(&mut r.members, &self.relay_members);
         let a = &mut c.auth;
         if let Some(m) = self.auth {
             a.mode = match m {
