@@ -358,7 +358,8 @@ struct ServeArgs {
     /// error: the node serves its own clients and retries [default: none, a single node].
     #[arg(long, env = "SHARDCAST_REDIS", value_name = "URL")]
     redis: Option<String>,
-    /// This node's name in the cluster [default: random, logged at start-up].
+    /// This node's name in the cluster; without one a random id is made and logged at
+    /// start-up [default: none].
     #[arg(long, env = "SHARDCAST_NODE_ID", value_name = "ID")]
     node_id: Option<String>,
     /// Also deliver what another system's publishers send through Redis: `ignis`
@@ -877,6 +878,10 @@ mod tests {
             "--relay-publish-requires-membership",
             "--relay-broadcast=false",
             "--relay-direct=false",
+            "--relay-members",
+            "--redis=redis://10.1.2.3:6380",
+            "--node-id=eu-2",
+            "--redis-compat=ignis",
             "--auth=required",
             "--auth-timeout-ms=600",
             "--auth-default-rooms=deny",
@@ -929,6 +934,11 @@ mod tests {
             publish_requires_membership = true
             broadcast = false
             direct = false
+            members = true
+            [cluster]
+            redis = "redis://10.1.2.3:6380"
+            node_id = "eu-2"
+            compat = "ignis"
             [auth]
             mode = "required"
             timeout_ms = 600
