@@ -698,6 +698,11 @@ async fn redis_outage_keeps_local_delivery_and_recovers() {
     // A join on B while Redis is away is confirmed locally.
     let mut b2 = Client::ws(&c.b).await;
     b2.join("r2").await;
+    // The API answers for this node alone (it cannot ask Redis), and does not hang.
+    let (status, body) = http(c.a.ws, "GET", "/api/rooms/r", &AUTH, "").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(ids(&v["members"]).contains(&a1.id), "{v}");
 
     c.redis.restart();
     c.connected().await;
@@ -722,6 +727,44 @@ async fn redis_outage_keeps_local_delivery_and_recovers() {
         .await;
     for m in [&mut p, &mut a1, &mut b0, &mut b2] {
         m.expect("all", json!(2)).await;
+    }
+
+    // A quick bounce (stopped and started at once; the nodes may not even see `connected`
+    // drop): cross-node delivery comes back, probed with a deadline, then a clean run.
+    c.redis.restart();
+    c.shard_subscribers("shardcast:room:r", 2).await;
+    probe(&mut p, "r", &mut [&mut b0, &mut a1, &mut bt]).await;
+    sequence(&mut p, "r", &mut [&mut a1, &mut b0, &mut bt], 100, "bounce").await;
+}
+
+/// Publishes `probe` k = 1, 2, ... from `publisher` until `members[0]` receives one (with the
+/// harness deadline), then a `barrier`; every member reads up to the barrier, skipping probes
+/// (a late probe may still arrive), so the next message each sees is a fresh one.
+async fn probe(publisher: &mut Client, room: &str, members: &mut [&mut Client]) {
+    let deadline = Instant::now() + DEADLINE;
+    let mut k = 0;
+    loop {
+        k += 1;
+        publisher.publish(room, "probe", json!(k)).await;
+        match members[0].next_within(Duration::from_millis(200)).await {
+            Some((e, _)) if e == "probe" => break,
+            None => assert!(
+                Instant::now() < deadline,
+                "no probe reached {} within {DEADLINE:?} ({k} sent)",
+                members[0].id
+            ),
+            Some(other) => panic!("expected a probe, got {other:?}"),
+        }
+    }
+    publisher.publish(room, "barrier", json!(k)).await;
+    for m in members.iter_mut() {
+        loop {
+            match m.next_within(DEADLINE).await {
+                Some((e, _)) if e == "probe" => continue,
+                Some((e, d)) if e == "barrier" && d == json!(k) => break,
+                other => panic!("{}: expected probes then the barrier, got {other:?}", m.id),
+            }
+        }
     }
 }
 
@@ -1218,4 +1261,49 @@ async fn users_and_presence_survive_a_redis_restart() {
     for m in [&mut alice_a, &mut alice_b, &mut bob_b] {
         m.expect_quiet().await;
     }
+}
+
+/// A node shut down cleanly (SIGTERM) takes its presence with it at once, long before the TTL
+/// (60 s here) would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_shutdown_removes_presence_at_once() {
+    let mut c = Cluster::start_with_toml("[cluster]\npresence_ttl_ms = 60000\n", &[]).await;
+    let mut a0 = Client::ws(&c.a).await;
+    let mut b0 = Client::ws(&c.b).await;
+    a0.join("q").await;
+    b0.join("q").await;
+    let members = |addr| async move {
+        let (status, body) = http(addr, "GET", "/api/rooms/q", &AUTH, "").await;
+        assert_eq!(status, 200, "{body}");
+        ids(&serde_json::from_str::<Value>(&body).unwrap()["members"])
+    };
+    let both = set(&[&a0.id, &b0.id]);
+    let deadline = Instant::now() + DEADLINE;
+    while members(c.a.ws).await != both {
+        assert!(Instant::now() < deadline, "B's member never listed on A");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.redis.cli(&["EXISTS", "shardcast:members:node-b:q"]), "1");
+    assert_ne!(c.redis.cli(&["ZSCORE", "shardcast:nodes", "node-b"]), "");
+    // b0 reads on, so it answers the server's close at once (the shutdown waits for that).
+    let Conn::Ws(mut ws) = b0.conn else {
+        unreachable!()
+    };
+    let reader = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while let Some(Ok(_)) = ws.inner.next().await {}
+    });
+    let status = c.b.terminate().expect("B exits on SIGTERM");
+    reader.abort();
+    assert!(status.success(), "{status}");
+    let deadline = Instant::now() + DEADLINE;
+    while members(c.a.ws).await != set(&[&a0.id]) {
+        assert!(
+            Instant::now() < deadline,
+            "B's member still listed {DEADLINE:?} after its clean shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.redis.cli(&["EXISTS", "shardcast:members:node-b:q"]), "0");
+    assert_eq!(c.redis.cli(&["ZSCORE", "shardcast:nodes", "node-b"]), "");
 }
