@@ -1346,3 +1346,39 @@ async fn odd_room_names_and_large_messages_cross_nodes() {
         m.expect_quiet().await;
     }
 }
+
+/// The cluster settings also come from the environment (`SHARDCAST_REDIS`,
+/// `SHARDCAST_NODE_ID`, `SHARDCAST_REDIS_COMPAT`) and from the TOML `[cluster]` section; both
+/// nodes register under their ids (`P:nodes`) and exchange messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_from_the_environment_and_the_file() {
+    let redis = RedisProc::start();
+    let url = redis.url();
+    let env_node = ServerProc::start_with(&["--shards", "1"], |cmd| {
+        cmd.env("SHARDCAST_REDIS", &url)
+            .env("SHARDCAST_NODE_ID", "node-env")
+            .env("SHARDCAST_REDIS_COMPAT", "ignis");
+    });
+    let toml = format!("[cluster]\nredis = \"{url}\"\nnode_id = \"node-toml\"\n");
+    let toml_node = ServerProc::start_with_toml(&toml, &["--shards", "1"]);
+    for n in [&env_node, &toml_node] {
+        n.wait_metric("shardcast_cluster_connected", 1).await;
+    }
+    for id in ["node-env", "node-toml"] {
+        redis
+            .wait_until(&format!("{id} in shardcast:nodes"), |r| {
+                !r.cli(&["ZSCORE", "shardcast:nodes", id]).is_empty()
+            })
+            .await;
+    }
+    let mut e = Client::ws(&env_node).await;
+    let mut t = Client::ws(&toml_node).await;
+    e.join("cfg").await;
+    t.join("cfg").await;
+    e.publish("cfg", "x", json!(1)).await;
+    t.expect("x", json!(1)).await;
+    t.publish("cfg", "y", json!(2)).await;
+    e.expect("y", json!(2)).await;
+    // Only the node with the ignis setting listens on ws:room:*.
+    assert_eq!(redis.subscribers("ws:room:cfg"), 1);
+}
