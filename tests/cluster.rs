@@ -1035,6 +1035,47 @@ async fn presence_is_cluster_wide_and_a_dead_node_expires() {
         "{v}"
     );
 
+    // A client of B in two rooms disconnects: it leaves both, on A's answers too.
+    let mut gone = Client::ws_user(&c.b, "gone").await;
+    gone.join("p").await;
+    gone.join("p2").await;
+    let rooms_on_a = |addr| async move {
+        let (status, body) = http(addr, "GET", "/api/rooms", &AUTH, "").await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap().to_owned(),
+                    r["members"].as_u64().unwrap(),
+                )
+            })
+            .collect::<std::collections::BTreeMap<String, u64>>()
+    };
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let rooms = rooms_on_a(c.a.ws).await;
+        if rooms.get("p") == Some(&5) && rooms.get("p2") == Some(&1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B's new member on A: {rooms:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(gone);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let rooms = rooms_on_a(c.a.ws).await;
+        if rooms.get("p") == Some(&4) && !rooms.contains_key("p2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B's gone member on A: {rooms:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ids(&room(&c.a).await["members"]), everyone);
+
     // B crashes: its members leave A's answers within presence_ttl_ms.
     c.b.kill();
     let killed = Instant::now();
