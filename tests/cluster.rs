@@ -566,6 +566,15 @@ async fn messages_to_a_user_cross_nodes() {
     assert_eq!(status, 202, "{body}");
     alice_a.expect("api", json!(5)).await;
     alice_b.expect("api", json!(5)).await;
+    // An outside publisher on the user's channel.
+    let n = c.redis.cli(&[
+        "SPUBLISH",
+        "shardcast:user:alice",
+        r#"{"event":"ext","data":6}"#,
+    ]);
+    assert_eq!(n, "2", "both nodes hold a connection of alice");
+    alice_a.expect("ext", json!(6)).await;
+    alice_b.expect("ext", json!(6)).await;
     for m in [&mut alice_a, &mut alice_b, &mut bob_b, &mut carol_a] {
         m.expect_quiet().await;
     }
@@ -866,6 +875,19 @@ async fn outside_publisher_with_spublish() {
     );
     for m in [&mut a0, &mut a1, &mut b0, &mut bt] {
         m.expect_binary("lobby:bin", b"\x00\x01hi").await;
+    }
+    // A broadcast with `exclude`, then a barrier through the room.
+    c.shard_subscribers("shardcast:broadcast", 2).await;
+    spublish(
+        "shardcast:broadcast",
+        &format!(r#"{{"event":"all","data":4,"exclude":["{}"]}}"#, a0.id),
+    );
+    spublish("shardcast:room:lobby", r#"{"event":"end","data":5}"#);
+    for m in [&mut a1, &mut b0, &mut bt] {
+        m.expect("all", json!(4)).await;
+    }
+    for m in [&mut a0, &mut a1, &mut b0, &mut bt] {
+        m.expect("end", json!(5)).await;
     }
     // Not an envelope: dropped and counted by each node that received it.
     spublish("shardcast:room:lobby", "not json");
