@@ -1445,3 +1445,116 @@ async fn settings_from_the_environment_and_the_file() {
     // Only the node with the ignis setting listens on ws:room:*.
     assert_eq!(redis.subscribers("ws:room:cfg"), 1);
 }
+
+/// The library's Context reaches other nodes too: an embedded server (2 shards, its own
+/// handlers, users from its middleware) joined to a `shardcast` binary node through Redis.
+/// `ctx.to(room)`, `ctx.broadcast`, `ctx.to_id` and `ctx.to_user` from a handler on the
+/// embedded node reach clients of the binary node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_context_reaches_other_nodes() {
+    use shardcast::app::{Json, Server};
+    let redis = RedisProc::start();
+    let url = redis.url();
+    let lib = Server::builder()
+        .configure(move |c| {
+            c.host = [127, 0, 0, 1].into();
+            c.port = 0;
+            c.shards = 2;
+            c.cluster.redis = Some(url.clone());
+            c.cluster.node_id = Some("node-lib".into());
+        })
+        .relay(true)
+        .handle_signals(false)
+        .middleware(|ctx| async move {
+            if let Some(user) = ctx.query("user") {
+                let _ = ctx.set_user(&user);
+            }
+            Ok(())
+        })
+        .on("lib", |ctx, data| async move {
+            let v: Value = data.parse().unwrap();
+            let d = Json::from_value(&v["data"]);
+            match v["how"].as_str().unwrap() {
+                "room" => {
+                    let _ = ctx.to(v["room"].as_str().unwrap()).emit("lib-room", &d);
+                }
+                "all" => {
+                    let _ = ctx.broadcast("lib-all", &d);
+                }
+                "id" => {
+                    let id = v["to"].as_str().unwrap();
+                    let id = shardcast::app::ClientId::parse(id.as_bytes()).unwrap();
+                    let _ = ctx.to_id(id, "lib-id", &d);
+                }
+                "user" => {
+                    let _ = ctx
+                        .to_user(v["user"].as_str().unwrap())
+                        .emit("lib-user", &d);
+                }
+                other => panic!("{other}"),
+            }
+        })
+        .start()
+        .expect("the embedded node starts");
+    let b = start_node(&redis, "node-b", &JWT);
+    b.wait_metric("shardcast_cluster_connected", 1).await;
+    let lib_addr = lib.ws_addr();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, text) = http(lib_addr, "GET", "/metrics", &[], "").await;
+        if text.lines().any(|l| l == "shardcast_cluster_connected 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the embedded node never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut ws = Ws::connect(&format!("ws://{lib_addr}/?user=libby")).await;
+    let mut b0 = Client::ws_user(&b, "bob").await;
+    let mut bt = Client::tcp_user(&b, "bert").await;
+    b0.join("libroom").await;
+    ws.join("libroom").await;
+    let lib_tag = tag(&ws.whoami().await).to_owned();
+    redis
+        .wait_count("broadcast subscribers", 2, |r| {
+            r.shard_subscribers("shardcast:broadcast")
+        })
+        .await;
+    redis
+        .wait_count("node-lib's channel", 1, |r| {
+            r.shard_subscribers(&format!("shardcast:node:{lib_tag}"))
+        })
+        .await;
+    redis
+        .wait_count("bob's channel", 1, |r| {
+            r.shard_subscribers("shardcast:user:bob")
+        })
+        .await;
+    let call = |v: Value| json!({"event": "lib", "data": v});
+    ws.send(call(json!({"how": "room", "room": "libroom", "data": 1})))
+        .await;
+    b0.expect("lib-room", json!(1)).await;
+    ws.send(call(json!({"how": "all", "data": 2}))).await;
+    b0.expect("lib-all", json!(2)).await;
+    bt.expect("lib-all", json!(2)).await;
+    ws.send(call(json!({"how": "id", "to": bt.id, "data": 3})))
+        .await;
+    bt.expect("lib-id", json!(3)).await;
+    ws.send(call(json!({"how": "user", "user": "bob", "data": 4})))
+        .await;
+    b0.expect("lib-user", json!(4)).await;
+    // And back: the binary node's relay reaches the embedded node's client.
+    b0.publish("libroom", "from-b", json!(5)).await;
+    assert_eq!(ws.recv().await, json!({"event": "from-b", "data": 5}));
+    b0.expect_quiet().await;
+    bt.expect_quiet().await;
+    drop((b0, bt, ws));
+    drop(b);
+    lib.shutdown();
+    tokio::task::spawn_blocking(move || lib.join())
+        .await
+        .unwrap()
+        .expect("the embedded node ends cleanly");
+}
