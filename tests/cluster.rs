@@ -1558,3 +1558,85 @@ async fn library_context_reaches_other_nodes() {
         .unwrap()
         .expect("the embedded node ends cleanly");
 }
+
+/// The queue toward Redis is bounded (`queue_bytes`): while Redis holds writes
+/// (`CLIENT PAUSE ... WRITE`), a burst from A still reaches A's own members at once and in
+/// full; what does not fit is dropped and counted, never blocking. Afterwards B has received
+/// what was queued, in order, and every message is accounted for: received on B or counted
+/// as dropped on A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_queue_while_redis_holds_writes() {
+    let c = Cluster::start_with_toml("[cluster]\nqueue_bytes = 65536\n", &[]).await;
+    let mut p = Client::ws_on_shard(&c.a, 0).await;
+    let mut a1 = Client::ws_on_shard(&c.a, 1).await;
+    let mut b0 = Client::ws(&c.b).await;
+    for m in [&mut p, &mut a1, &mut b0] {
+        m.join("q").await;
+    }
+    let dropped = |node: &ServerProc| {
+        let addr = node.ws;
+        async move {
+            let (_, text) = http(addr, "GET", "/metrics", &[], "").await;
+            text.lines()
+                .filter(|l| l.starts_with("shardcast_cluster_dropped_total"))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum::<u64>()
+        }
+    };
+    assert_eq!(dropped(&c.a).await, 0);
+    assert_eq!(c.redis.cli(&["CLIENT", "PAUSE", "1500", "WRITE"]), "OK");
+    let paused = Instant::now();
+    const N: u64 = 200;
+    let pad = "x".repeat(2000);
+    for i in 1..=N {
+        p.publish("q", "burst", json!({"i": i, "pad": pad})).await;
+    }
+    // Local delivery does not wait for Redis.
+    for i in 1..=N {
+        a1.expect("burst", json!({"i": i, "pad": pad})).await;
+    }
+    let local = paused.elapsed();
+    assert!(
+        local < Duration::from_millis(1500),
+        "local delivery took {local:?}, as long as Redis held writes"
+    );
+    let lost =
+        c.a.wait_metric_where(
+            "shardcast_cluster_dropped_total{reason=\"queue_full\"}",
+            ">= 1",
+            |v| v >= 1,
+        )
+        .await;
+    assert!(lost < N, "{lost}");
+    // After the pause (a write waits for its end): B gets what was queued, in order, then a
+    // marker published after it.
+    assert_eq!(c.redis.cli(&["SET", "after-the-pause", "1"]), "OK");
+    c.connected().await;
+    p.publish("q", "marker", json!(0)).await;
+    a1.expect("marker", json!(0)).await;
+    let mut got = Vec::new();
+    loop {
+        match b0.next_within(DEADLINE).await {
+            Some((e, d)) if e == "burst" => got.push(d["i"].as_u64().unwrap()),
+            Some((e, _)) if e == "marker" => break,
+            other => panic!("expected bursts then the marker, got {other:?}"),
+        }
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+    let drops = dropped(&c.a).await;
+    assert_eq!(
+        got.len() as u64 + drops,
+        N,
+        "{} received on B + {drops} dropped on A ({lost} queue_full)",
+        got.len()
+    );
+    assert!(
+        !got.is_empty(),
+        "what fitted in the queue went out after the pause"
+    );
+    eprintln!(
+        "Redis held writes: {} of {N} reached B, {drops} dropped on A ({lost} queue_full)",
+        got.len()
+    );
+    b0.expect_quiet().await;
+}
