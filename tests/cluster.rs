@@ -1160,7 +1160,7 @@ async fn redis_down_at_start_up_is_not_an_error() {
 
     redis.restart();
     a.wait_metric("shardcast_cluster_connected", 1).await;
-    let b = start_node(&redis, "node-t", &["--shards", "1"]);
+    let b = start_node(&redis, "node-t", &["--shards", "1", "--api-key", KEY]);
     b.wait_metric("shardcast_cluster_connected", 1).await;
     let mut b0 = Client::ws(&b).await;
     b0.join("early").await;
@@ -1173,6 +1173,20 @@ async fn redis_down_at_start_up_is_not_an_error() {
     a0.expect("from-b", json!(1)).await;
     a1.expect("from-b", json!(1)).await;
     sequence(&mut a0, "early", &mut [&mut a1, &mut b0], 50, "cluster").await;
+    // A's presence, gathered while Redis was away, was written once it came: B lists A's
+    // members.
+    let everyone = set(&[&a0.id, &a1.id, &b0.id]);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = http(b.ws, "GET", "/api/rooms/early", &AUTH, "").await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if ids(&v["members"]) == everyone {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A's members on B: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `--max-connections-per-user` counts the user's connections on every live node: with a cap
