@@ -1654,3 +1654,42 @@ async fn bounded_queue_while_redis_holds_writes() {
     );
     b0.expect_quiet().await;
 }
+
+/// A user's interest is per node, not per shard: with connections of alice on both of A's
+/// shards, the one on shard 0 closing keeps A subscribed to her channel, and messages from B
+/// still reach the one on shard 1; once that closes too, A unsubscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_interest_survives_one_of_two_shards_leaving() {
+    let c = Cluster::start(&JWT).await;
+    async fn alice_on(node: &ServerProc, shard: u16) -> Client {
+        for _ in 0..200 {
+            let cl = Client::ws_user(node, "alice").await;
+            if shard_of(&cl.id) == shard {
+                return cl;
+            }
+        }
+        panic!("no connection of alice landed on shard {shard}");
+    }
+    let alice0 = alice_on(&c.a, 0).await;
+    let mut alice1 = alice_on(&c.a, 1).await;
+    let mut bob = Client::ws_user(&c.b, "bob").await;
+    c.shard_subscribers("shardcast:user:alice", 1).await;
+    drop(alice0);
+    // Wait until A has seen alice0 go: the user's connection count on A drops to 1.
+    c.redis
+        .wait_until("alice down to one connection on node-a", |r| {
+            r.cli(&["HGET", "shardcast:users:node-a", "alice"]) == "1"
+        })
+        .await;
+    assert_eq!(c.redis.shard_subscribers("shardcast:user:alice"), 1);
+    bob.emit("direct", json!({"user": "alice", "event": "dm", "data": 1}))
+        .await;
+    alice1.expect("dm", json!(1)).await;
+    drop(alice1);
+    c.redis
+        .wait_until("node-a unsubscribed from alice", |r| {
+            r.shard_subscribers("shardcast:user:alice") == 0
+        })
+        .await;
+    bob.expect_quiet().await;
+}
