@@ -8,8 +8,11 @@
 # and then what one Redis core sustains for SPUBLISH alone (redis-benchmark).
 #
 #   bench/cluster.sh [--short] [--runs N] [--rates "100000 250000 ..."] [--duration 10s]
-#                    [--rooms 10] [--configs "single single-redis pair"] [--no-redis-bench]
+#                    [--rooms 10] [--room-size N] [--configs "single single-redis pair"]
+#                    [--no-redis-bench]
 #
+# --room-size 2 with --rooms 100: every message crosses from node a to node b in a pair (the
+# publisher is member 0, on a; the receiver member 1, on b): the added latency of the hop.
 # Rates are offered deliveries/s (publishes/s x (room size - 1) receivers). --short: one small
 # rate for a few seconds, one run (a smoke check). With --runs N every figure is the median of N runs
 # (rounds are interleaved: every configuration once per round).
@@ -25,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SHORT=0; RUNS=1; RATES="100000 250000 500000 1000000"; DURATION=10s; WARMUP=1s
-CONFIGS="single single-redis pair"; REDIS_BENCH=1; ROOMS=10
+CONFIGS="single single-redis pair"; REDIS_BENCH=1; ROOMS=10; ROOM_SIZE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --short) SHORT=1 ;;
@@ -34,8 +37,9 @@ while [ $# -gt 0 ]; do
     --duration) DURATION="$2"; shift ;;
     --configs) CONFIGS="$2"; shift ;;
     --rooms) ROOMS="$2"; shift ;;
+    --room-size) ROOM_SIZE="$2"; shift ;;
     --no-redis-bench) REDIS_BENCH=0 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -47,8 +51,8 @@ OUT="target/cluster"
 SERVER_CPUS="${SERVER_CPUS:-0}"
 LOAD_CPUS="${LOAD_CPUS:-1}"
 SUBSCRIBERS=1000
-ROOM_SIZE=$(( SUBSCRIBERS / ROOMS ))
-[ "$ROOM_SIZE" -ge 2 ] || { echo "--rooms: at most $(( SUBSCRIBERS / 2 ))" >&2; exit 2; }
+ROOM_SIZE="${ROOM_SIZE:-$(( SUBSCRIBERS / ROOMS ))}"
+[ "$ROOM_SIZE" -ge 2 ] || { echo "rooms of at least 2 (--rooms at most $(( SUBSCRIBERS / 2 )))" >&2; exit 2; }
 mkdir -p "$OUT"
 for b in shardcast shardcast-loadgen; do
   [ -x "$BIN/$b" ] || { echo "missing $BIN/$b: run cargo build --release -p shardcast -p shardcast-loadgen" >&2; exit 2; }
