@@ -218,26 +218,27 @@ print("command, presence writes of the set-up included), published / received / 
 print("counters, summed) cover the whole load generator run; SPUBLISH/s is divided by warm-up + window.")
 EOF
 
-# What one Redis core sustains: SPUBLISH of a ~110-byte envelope, pipelined, with one
-# subscriber on the channel (every message is also delivered) and with none.
+# What one Redis core sustains: SPUBLISH of a ~100-byte envelope (a 64-byte message),
+# pipelined, with k = 0, 1, 3, 9 subscribers on the channel (redis-cli SSUBSCRIBE clients
+# standing in for k subscribed nodes: every message is also written to each of them).
 if [ "$REDIS_BENCH" = 1 ]; then
-  N=1000000; [ "$SHORT" = 1 ] && N=100000
+  N=500000; [ "$SHORT" = 1 ] && N=50000
   start_redis "$OUT/bench-redis.log"
   ENVELOPE='{"node":"a","event":"lg","data":"LG00000000000000000000000000000000000000000000000000000000000000"}'
   echo
-  echo "redis-benchmark: $N SPUBLISH, 8 clients, pipeline 32, Redis on CPU $SERVER_CPUS, benchmark on CPU $LOAD_CPUS"
-  bench() {
-    local cpu0; cpu0=$(redis_cpu)
-    local out; out=$(taskset -c "$LOAD_CPUS" redis-benchmark -p "$REDIS_PORT" -c 8 -P 32 -n "$N" -q \
+  echo "redis-benchmark: $N SPUBLISH, 8 clients, pipeline 32, Redis on CPU $SERVER_CPUS, benchmark and subscribers on CPU $LOAD_CPUS"
+  subscribers=0
+  for k in 0 1 3 9; do
+    while [ "$subscribers" -lt "$k" ]; do
+      taskset -c "$LOAD_CPUS" redis-cli -p "$REDIS_PORT" SSUBSCRIBE shardcast:room:bench >/dev/null &
+      PIDS+=("$!"); subscribers=$(( subscribers + 1 ))
+    done
+    wait_until 10 "$k subscribers" sh -c \
+      "redis-cli -p $REDIS_PORT PUBSUB SHARDNUMSUB shardcast:room:bench | tail -1 | grep -qx $k"
+    cpu0=$(redis_cpu)
+    out=$(taskset -c "$LOAD_CPUS" redis-benchmark -p "$REDIS_PORT" -c 8 -P 32 -n "$N" -q \
       SPUBLISH shardcast:room:bench "$ENVELOPE" | tr '\r' '\n' | grep -v '^$' | tail -1 | sed 's/.*}: //')
-    local cpu; cpu=$(python3 -c "print(round($(redis_cpu) - $cpu0, 3))")
-    local per; per=$(python3 -c "print(int($N / max($cpu, 0.01)))")
-    echo "  $1: $out  Redis CPU ${cpu}s = $per SPUBLISH per Redis CPU-second"
-  }
-  bench "no subscriber "
-  taskset -c "$LOAD_CPUS" redis-cli -p "$REDIS_PORT" SSUBSCRIBE shardcast:room:bench >/dev/null &
-  SUB=$!; PIDS+=("$SUB")
-  wait_until 10 "the subscriber" sh -c "redis-cli -p $REDIS_PORT PUBSUB SHARDNUMSUB shardcast:room:bench | tail -1 | grep -qx 1"
-  bench "one subscriber"
+    python3 -c "c = $(redis_cpu) - $cpu0; print(f'  {$k} subscribers: {c*1e6/$N:.2f} us of Redis CPU per SPUBLISH = {$N/c/1e6:.2f} M per Redis CPU-second   ({\"$out\"})')"
+  done
   stop_all
 fi
