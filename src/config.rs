@@ -849,11 +849,15 @@ impl Config {
         }
         let cl = &self.cluster;
         if let Some(url) = &cl.redis {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            if !url.starts_with("redis://") {
                 return bad(
                     "cluster.redis",
-                    format!("{url:?} is not a redis:// URL (redis://host:port)"),
+                    "not a redis:// URL (redis://[user:password@]host:port[/db]; TLS to Redis \
+                     is not supported)",
                 );
+            }
+            if let Err(e) = fred::types::config::Config::from_url(url) {
+                return bad("cluster.redis", format!("not a usable Redis URL: {e}"));
             }
         }
         if let Some(id) = &cl.node_id {
@@ -1124,6 +1128,53 @@ mod tests {
         };
         let err = c.validate().unwrap_err().to_string();
         assert!(err.starts_with("invalid setting `log`"), "{err}");
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let check = |f: &dyn Fn(&mut Cluster)| {
+            let mut c = Config::default();
+            f(&mut c.cluster);
+            c.validate().err().map(|e| e.to_string())
+        };
+        assert_eq!(
+            check(&|c| c.redis = Some("redis://127.0.0.1:6379".into())),
+            None
+        );
+        for (f, setting) in [
+            (
+                &(|c: &mut Cluster| c.redis = Some("http://h".into())) as &dyn Fn(&mut Cluster),
+                "cluster.redis",
+            ),
+            (
+                &|c: &mut Cluster| c.redis = Some("redis://h:port".into()),
+                "cluster.redis",
+            ),
+            (
+                &|c: &mut Cluster| c.node_id = Some("a b".into()),
+                "cluster.node_id",
+            ),
+            (
+                &|c: &mut Cluster| c.prefix = String::new(),
+                "cluster.prefix",
+            ),
+            (
+                &|c: &mut Cluster| c.compat = Some("socketio".into()),
+                "cluster.compat",
+            ),
+            (&|c: &mut Cluster| c.queue_bytes = 10, "cluster.queue_bytes"),
+            (
+                &|c: &mut Cluster| c.presence_ttl_ms = 1,
+                "cluster.presence_ttl_ms",
+            ),
+            (
+                &|c: &mut Cluster| c.reconnect_max_ms = 1,
+                "cluster.reconnect_max_ms",
+            ),
+        ] {
+            let err = check(f).unwrap_or_default();
+            assert!(err.contains(setting), "{setting}: {err}");
+        }
     }
 
     #[test]

@@ -226,6 +226,11 @@ struct ServeArgs {
     #[arg(long, env = "SHARDCAST_RELAY_DIRECT", value_name = "BOOL", num_args = 0..=1,
         require_equals = true, default_missing_value = "true")]
     relay_direct: Option<bool>,
+    /// Clients may call the `members` ACK for a room they are in (member ids and user ids;
+    /// in a cluster, of every node) [default: false].
+    #[arg(long, env = "SHARDCAST_RELAY_MEMBERS", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true")]
+    relay_members: Option<bool>,
 
     /// Client authentication: `off` (anyone, anonymous), `optional` (a token presented must
     /// be valid; clients without one are anonymous) or `required` (a valid token within
@@ -353,7 +358,8 @@ struct ServeArgs {
     /// error: the node serves its own clients and retries [default: none, a single node].
     #[arg(long, env = "SHARDCAST_REDIS", value_name = "URL")]
     redis: Option<String>,
-    /// This node's name in the cluster [default: random, logged at start-up].
+    /// This node's name in the cluster; without one a random id is made and logged at
+    /// start-up [default: none].
     #[arg(long, env = "SHARDCAST_NODE_ID", value_name = "ID")]
     node_id: Option<String>,
     /// Also deliver what another system's publishers send through Redis: `ignis`
@@ -448,6 +454,7 @@ impl ServeArgs {
         );
         set(&mut r.broadcast, &self.relay_broadcast);
         set(&mut r.direct, &self.relay_direct);
+        set(&mut r.members, &self.relay_members);
         let a = &mut c.auth;
         if let Some(m) = self.auth {
             a.mode = match m {
@@ -871,6 +878,10 @@ mod tests {
             "--relay-publish-requires-membership",
             "--relay-broadcast=false",
             "--relay-direct=false",
+            "--relay-members",
+            "--redis=redis://10.1.2.3:6380",
+            "--node-id=eu-2",
+            "--redis-compat=ignis",
             "--auth=required",
             "--auth-timeout-ms=600",
             "--auth-default-rooms=deny",
@@ -923,6 +934,11 @@ mod tests {
             publish_requires_membership = true
             broadcast = false
             direct = false
+            members = true
+            [cluster]
+            redis = "redis://10.1.2.3:6380"
+            node_id = "eu-2"
+            compat = "ignis"
             [auth]
             mode = "required"
             timeout_ms = 600
