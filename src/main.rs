@@ -537,7 +537,7 @@ impl ServeArgs {
 }
 
 /// The configuration as `check-config` prints it: TOML that `--config` reads back, with the
-/// API key (if any) replaced by [`REDACTED`].
+/// API keys and the JWT secret (if any) replaced by [`REDACTED`] and the Redis password by `***`.
 fn printable_config(config: &Config) -> Result<String, String> {
     let mut shown = config.clone();
     if shown.api_key.is_some() {
@@ -548,6 +548,9 @@ fn printable_config(config: &Config) -> Result<String, String> {
     }
     if shown.auth.jwt_secret.is_some() {
         shown.auth.jwt_secret = Some(REDACTED.to_owned());
+    }
+    if let Some(url) = &shown.cluster.redis {
+        shown.cluster.redis = Some(shardcast::config::redact_url(url));
     }
     let toml = toml::to_string_pretty(&shown).map_err(|e| e.to_string())?;
     Ok(format!(
@@ -1080,6 +1083,16 @@ mod tests {
         let text = printable_config(&c).unwrap();
         assert!(!text.contains("0123456789abcdef"), "{text}");
         assert!(text.contains("[auth]"), "{text}");
+    }
+
+    #[test]
+    fn check_config_redacts_the_redis_password() {
+        let c = parse(&["--redis=redis://u:s3cret@127.0.0.1:6379"])
+            .to_config()
+            .unwrap();
+        let text = printable_config(&c).unwrap();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("redis://u:***@127.0.0.1:6379"), "{text}");
     }
 
     #[test]

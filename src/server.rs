@@ -202,7 +202,7 @@ pub fn start(mut app: App) -> Result<Running, StartError> {
                 crate::cluster::Cluster::new(&node_id, config.cluster.queue_bytes);
             tracing::info!(
                 "cluster node={node_id} redis={} tag={:04x}",
-                crate::cluster::redact_url(url),
+                crate::config::redact_url(url),
                 cluster.tag()
             );
             (cluster.tag(), Some((cluster, receivers)))

@@ -105,6 +105,11 @@ pub struct CommonArgs {
     /// over several servers.
     #[arg(long = "url", short = 'u', value_parser = parse_url, default_value = "ws://127.0.0.1:3000")]
     pub urls: Vec<TargetUrl>,
+    /// The URLs are nodes of one cluster (e.g. shardcast nodes sharing a Redis): rooms and
+    /// broadcasts span them, and each room's members are dealt round-robin over the URLs
+    /// (member m on URL m mod URLs, so the first --publishers are on the first URLs).
+    #[arg(long)]
+    pub cluster: bool,
     /// What the target is: shardcast (relay events) or raw (plain echo/broadcast WebSocket).
     #[arg(long, value_enum, default_value_t = TargetKind::Shardcast)]
     pub target: TargetKind,

@@ -228,6 +228,7 @@ pub fn run_config(inv: &Invocation) -> anyhow::Result<RunConfig> {
             targets: c.urls.len(),
             messages: c.messages,
             raw,
+            cluster: c.cluster,
         },
     )?;
     let sources = match &c.source {
@@ -566,6 +567,7 @@ mod tests {
                 targets,
                 messages: None,
                 raw: false,
+                cluster: false,
             };
             build_plan(&[("h".into(), Spec::Hold { connections: n })], opts).unwrap()
         };

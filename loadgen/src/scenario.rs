@@ -11,7 +11,10 @@
 //!
 //! Rooms are placed whole on one target (room `k` on target `k mod targets`): separate
 //! servers do not share rooms. Broadcast audiences count only the connections on the same
-//! target. A `mixed` run is several of these side by side, as parts of one plan.
+//! target. With `--cluster` the targets are nodes of one cluster that share rooms and
+//! broadcasts: member `m` of every room goes to target `m mod targets` (so the first
+//! publishers of each room are on the first targets) and a broadcast reaches every other
+//! connection of the part. A `mixed` run is several of these side by side, as parts of one plan.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -341,6 +344,9 @@ pub struct PlanOptions {
     pub messages: Option<u64>,
     /// Raw WebSocket targets.
     pub raw: bool,
+    /// The targets are nodes of one cluster: rooms and broadcasts span them, and a room's
+    /// members are dealt round-robin over the targets.
+    pub cluster: bool,
 }
 
 /// Builds the plan for named parts.
@@ -359,6 +365,14 @@ pub fn build_plan(parts: &[(String, Spec)], opts: PlanOptions) -> Result<Plan, S
         let limit_total = opts.messages.unwrap_or(u64::MAX);
         let base = conns.len() as u32;
         let next = |conns: &Vec<ConnPlan>| conns.len() as u32;
+        // Room `k`'s member `m`: the room's one target, or dealt round-robin in a cluster.
+        let member_target = |k: u32, m: u32| {
+            if opts.cluster {
+                m as usize % targets
+            } else {
+                k as usize % targets
+            }
+        };
         let raw_path = match spec {
             Spec::Broadcast { .. } => "/broadcast",
             _ => "/echo",
@@ -408,8 +422,8 @@ pub fn build_plan(parts: &[(String, Spec)], opts: PlanOptions) -> Result<Plan, S
                 let mut p = 0u64;
                 for k in 0..rooms {
                     let room: Arc<str> = Arc::from(format!("lg-{g}-{k}"));
-                    let target = k as usize % targets;
                     for m in 0..room_size {
+                        let target = member_target(k, m);
                         let publish = (m < publishers).then(|| {
                             let s = Sender {
                                 interval_ns: iv,
@@ -444,8 +458,8 @@ pub fn build_plan(parts: &[(String, Spec)], opts: PlanOptions) -> Result<Plan, S
                 let mut p = 0u64;
                 for k in 0..rooms {
                     let room: Arc<str> = Arc::from(format!("lg-{g}-{k}"));
-                    let target = k as usize % targets;
-                    for _ in 0..members {
+                    for m in 0..members {
+                        let target = member_target(k, m);
                         let s = Sender {
                             interval_ns: iv,
                             phase_ns: iv * p / n,
@@ -473,10 +487,11 @@ pub fn build_plan(parts: &[(String, Spec)], opts: PlanOptions) -> Result<Plan, S
             } => {
                 let n = u64::from(connections);
                 let iv = interval_ns(rate / f64::from(publishers));
-                // Audience: the other connections of this part on the same target.
+                // Audience: the other connections of this part on the same target (in a
+                // cluster: all of them).
                 let on_target = |t: usize| {
                     (0..n)
-                        .filter(|i| (base as u64 + i) as usize % targets == t)
+                        .filter(|i| opts.cluster || (base as u64 + i) as usize % targets == t)
                         .count() as u64
                 };
                 for i in 0..n {
@@ -630,6 +645,7 @@ mod tests {
             targets: 1,
             messages: None,
             raw: false,
+            cluster: false,
         }
     }
 
@@ -674,6 +690,7 @@ mod tests {
                 targets: 2,
                 messages: Some(10),
                 raw: false,
+                cluster: false,
             },
         )
         .unwrap();
@@ -698,11 +715,68 @@ mod tests {
                 targets: 2,
                 messages: None,
                 raw: true,
+                cluster: false,
             },
         )
         .unwrap();
         assert_eq!(p.conns[0].role.sender().unwrap().audience, 4);
         assert_eq!(p.groups[0].raw_path, "/broadcast");
+    }
+
+    #[test]
+    fn cluster_spreads_room_members_and_broadcast_audience_over_targets() {
+        let fanout = Spec::Fanout {
+            rooms: 2,
+            room_size: 5,
+            publishers: 1,
+            rate: 10.0,
+        };
+        let separate = build_plan(
+            &[("f".into(), fanout.clone())],
+            PlanOptions {
+                targets: 2,
+                ..opts()
+            },
+        )
+        .unwrap();
+        // Separate servers: each room whole on one target.
+        let targets: Vec<usize> = separate.conns.iter().map(|c| c.target).collect();
+        assert_eq!(targets, [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]);
+        let cluster = PlanOptions {
+            targets: 2,
+            cluster: true,
+            ..opts()
+        };
+        let p = build_plan(&[("f".into(), fanout)], cluster).unwrap();
+        // A cluster: members dealt round-robin, every publisher (member 0) on the first target,
+        // and each publish still reaches the whole room.
+        let targets: Vec<usize> = p.conns.iter().map(|c| c.target).collect();
+        assert_eq!(targets, [0, 1, 0, 1, 0, 0, 1, 0, 1, 0]);
+        let pubs: Vec<_> = p
+            .conns
+            .iter()
+            .filter(|c| c.role.sender().is_some())
+            .collect();
+        assert_eq!(pubs.len(), 2);
+        assert!(pubs
+            .iter()
+            .all(|c| c.target == 0 && c.role.sender().unwrap().audience == 4));
+        let rooms = Spec::Rooms {
+            rooms: 1,
+            members: 3,
+            rate: None,
+        };
+        let p = build_plan(&[("r".into(), rooms)], cluster).unwrap();
+        let targets: Vec<usize> = p.conns.iter().map(|c| c.target).collect();
+        assert_eq!(targets, [0, 1, 0]);
+        let broadcast = Spec::Broadcast {
+            connections: 10,
+            publishers: 1,
+            rate: 10.0,
+        };
+        let p = build_plan(&[("b".into(), broadcast)], cluster).unwrap();
+        assert_eq!(p.conns[0].role.sender().unwrap().audience, 9);
+        assert_eq!(p.conns[1].target, 1);
     }
 
     #[test]
@@ -726,7 +800,8 @@ mod tests {
                     PlanOptions {
                         targets: 1,
                         messages: None,
-                        raw: true
+                        raw: true,
+                        cluster: false,
                     }
                 ),
                 Err(SpecError::NeedsShardcast(_))

@@ -40,6 +40,8 @@ const TICK: Duration = Duration::from_millis(100);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most messages published in one pipeline.
 const BATCH: usize = 512;
+/// Most pipelines awaiting Redis' replies at once.
+const PIPELINES: usize = 8;
 
 /// The running bridge.
 pub(crate) struct Bridge {
@@ -143,6 +145,8 @@ struct State {
     subscribe_classic: HashSet<String>,
     unsubscribe_classic: HashSet<String>,
     presence: Presence,
+    /// Permits for pipelines in flight.
+    pipelines: Arc<tokio::sync::Semaphore>,
 }
 
 fn client(url: &str, cfg: &config::Cluster, buffer: usize) -> Result<Client, fred::error::Error> {
@@ -197,6 +201,7 @@ impl State {
             subscribe_classic: HashSet::new(),
             unsubscribe_classic: HashSet::new(),
             presence,
+            pipelines: Arc::new(tokio::sync::Semaphore::new(PIPELINES)),
             cluster,
         })
     }
@@ -605,21 +610,26 @@ impl State {
         if n == 0 {
             return;
         }
-        match p
-            .try_all::<Value>()
-            .await
-            .into_iter()
-            .filter(Result::is_err)
-            .count()
-        {
-            0 => {
-                stats.published.fetch_add(n, Relaxed);
+        // The replies are awaited beside the loop (at most PIPELINES at once), so reading what
+        // Redis delivers goes on meanwhile. Tasks first run in the order they were spawned, so
+        // the pipelines reach Redis in order.
+        let Ok(permit) = self.pipelines.clone().acquire_owned().await else {
+            return;
+        };
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            let failed = p
+                .try_all::<Value>()
+                .await
+                .into_iter()
+                .filter(Result::is_err)
+                .count() as u64;
+            cluster.stats.published.fetch_add(n - failed, Relaxed);
+            if failed > 0 {
+                cluster.stats.drop(Lost::PublishFailed, failed);
             }
-            failed => {
-                stats.published.fetch_add(n - failed as u64, Relaxed);
-                stats.drop(Lost::PublishFailed, failed as u64);
-            }
-        }
+            drop(permit);
+        });
     }
 
     /// Hands what Redis delivered to the shards that need it.

@@ -334,20 +334,6 @@ pub(crate) fn random_node_id() -> String {
     r[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `url` with its password replaced, for logs.
-pub(crate) fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => format!("{}***{}", &url[..s + 3], &url[at..]),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,13 +344,6 @@ mod tests {
         let tags: std::collections::HashSet<u16> =
             (0..200).map(|i| node_tag(&format!("node-{i}"))).collect();
         assert!(tags.len() > 195, "{}", tags.len());
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
-        assert_eq!(redact_url("redis://:pw@h:1"), "redis://:***@h:1");
-        assert_eq!(redact_url("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
     }
 
     #[test]

@@ -149,13 +149,18 @@ impl Presence {
         self.pending.push(Op::UserCount(user, n));
     }
 
-    /// Sends the queued writes in one pipeline. On failure they are kept only as the mirror:
-    /// the next [`Presence::rewrite`] (after a reconnect) writes everything again.
+    /// Sends the queued writes in one pipeline: per member an HSET / HDEL, per room and user
+    /// only its last count of the batch, and an expiry only on a key this node just created
+    /// (the refresh every TTL/3 keeps the others). On failure they are kept only as the
+    /// mirror: the next [`Presence::rewrite`] (after a reconnect) writes everything again.
     pub(crate) async fn flush(&mut self, redis: &Client) -> Result<(), fred::error::Error> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let ops = std::mem::take(&mut self.pending);
+        // The last count of each room and user in this batch, and whether the key was new.
+        let mut room_counts: HashMap<Arc<str>, (usize, bool)> = HashMap::new();
+        let mut user_counts: HashMap<Arc<str>, (usize, bool)> = HashMap::new();
         let p = redis.pipeline();
         let ttl = self.key_ttl_ms();
         for op in ops {
@@ -164,30 +169,46 @@ impl Presence {
                     let key = self.members_key(&self.node, &room);
                     let value = user.as_deref().unwrap_or("").to_owned();
                     let _: () = p.hset(&key, (client.to_string(), value)).await?;
-                    let _: () = p.pexpire(&key, ttl, None).await?;
                 }
                 Op::Gone { room, client } => {
                     let key = self.members_key(&self.node, &room);
                     let _: () = p.hdel(&key, client.to_string()).await?;
                 }
                 Op::RoomCount(room, n) => {
-                    let key = self.rooms_key(&self.node);
-                    if n == 0 {
-                        let _: () = p.hdel(&key, &*room).await?;
-                    } else {
-                        let _: () = p.hset(&key, (&*room, n as i64)).await?;
-                    }
-                    let _: () = p.pexpire(&key, ttl, None).await?;
+                    let e = room_counts.entry(room).or_insert((n, false));
+                    e.0 = n;
+                    e.1 |= n == 1;
                 }
                 Op::UserCount(user, n) => {
-                    let key = self.users_key(&self.node);
-                    if n == 0 {
-                        let _: () = p.hdel(&key, &*user).await?;
-                    } else {
-                        let _: () = p.hset(&key, (&*user, n as i64)).await?;
-                    }
-                    let _: () = p.pexpire(&key, ttl, None).await?;
+                    let e = user_counts.entry(user).or_insert((n, false));
+                    e.0 = n;
+                    e.1 |= n == 1;
                 }
+            }
+        }
+        let rooms_key = self.rooms_key(&self.node);
+        for (room, (n, new)) in room_counts {
+            if n == 0 {
+                let _: () = p.hdel(&rooms_key, &*room).await?;
+            } else {
+                let _: () = p.hset(&rooms_key, (&*room, n as i64)).await?;
+            }
+            if new {
+                let _: () = p
+                    .pexpire(self.members_key(&self.node, &room), ttl, None)
+                    .await?;
+                let _: () = p.pexpire(&rooms_key, ttl, None).await?;
+            }
+        }
+        let users_key = self.users_key(&self.node);
+        for (user, (n, new)) in user_counts {
+            if n == 0 {
+                let _: () = p.hdel(&users_key, &*user).await?;
+            } else {
+                let _: () = p.hset(&users_key, (&*user, n as i64)).await?;
+            }
+            if new {
+                let _: () = p.pexpire(&users_key, ttl, None).await?;
             }
         }
         let _: Vec<Value> = p.all().await?;
