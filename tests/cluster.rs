@@ -1693,3 +1693,29 @@ async fn user_interest_survives_one_of_two_shards_leaving() {
         .await;
     bob.expect_quiet().await;
 }
+
+/// The bridge never waits for Redis to take a write before serving the next join: while Redis
+/// holds writes (`CLIENT PAUSE ... WRITE`; subscriptions are not held), presence writes and
+/// publishes wait beside the bridge's loop, so joins on A are confirmed long before the pause
+/// ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_are_not_held_while_redis_holds_writes() {
+    let c = Cluster::start_with_toml("", &[]).await;
+    let mut p = Client::ws_on_shard(&c.a, 0).await;
+    p.join("warm").await;
+    assert_eq!(c.redis.cli(&["CLIENT", "PAUSE", "3000", "WRITE"]), "OK");
+    let paused = Instant::now();
+    // A publish and a presence write go toward the paused Redis first.
+    p.publish("warm", "x", json!(1)).await;
+    let mut q = Client::ws_on_shard(&c.a, 1).await;
+    // Each join is its own bridge turn (subscribe, then write presence): the second must not
+    // wait for the first one's presence write.
+    for room in ["fresh-1", "fresh-2", "fresh-3"] {
+        q.join(room).await;
+    }
+    let took = paused.elapsed();
+    assert!(
+        took < Duration::from_millis(2000),
+        "the join waited {took:?} for Redis to take writes (paused for 3 s)"
+    );
+}

@@ -230,7 +230,7 @@ impl State {
                         self.on_control(c).await;
                     }
                     self.apply_subscriptions().await;
-                    self.flush_presence().await;
+                    self.flush_presence();
                 }
                 n = rx.out.recv_many(&mut batch, BATCH) => {
                     if n == 0 { break }
@@ -257,15 +257,11 @@ impl State {
                 r = sub_back.recv() => if r.is_ok() { self.resync().await },
                 // Redis may have restarted and lost presence: write it again.
                 r = pub_back.recv() => if r.is_ok() && self.connected {
-                    if let Err(e) = self.presence.rewrite(&self.redis).await {
-                        tracing::debug!(error = %e, "cluster: presence rewrite failed");
-                    }
+                    self.presence.rewrite(&self.redis);
                 },
                 _ = refresh.tick() => {
                     if self.connected {
-                        if let Err(e) = self.presence.refresh(&self.redis).await {
-                            tracing::debug!(error = %e, "cluster: presence refresh failed");
-                        }
+                        self.presence.refresh(&self.redis);
                     }
                 }
             }
@@ -349,9 +345,7 @@ impl State {
             tracing::warn!(error = %e, "cluster: subscribing after connecting failed; retrying");
             return;
         }
-        if let Err(e) = self.presence.rewrite(&self.redis).await {
-            tracing::warn!(error = %e, "cluster: writing presence after connecting failed");
-        }
+        self.presence.rewrite(&self.redis);
         self.connected = true;
         let subs = sharded.len() + classic.len() + if self.ignis { 2 } else { 0 };
         self.cluster.stats.subscriptions.store(subs as u64, Relaxed);
@@ -472,30 +466,45 @@ impl State {
                 add,
             } => self.presence.member(room, client, user, add),
             Control::Query { shard, id, query } => {
-                let answer = if self.connected {
-                    match tokio::time::timeout(
-                        QUERY_TIMEOUT,
-                        self.presence.answer(&self.redis, &query),
-                    )
-                    .await
-                    {
-                        Ok(Ok(a)) => a,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "cluster: presence query failed");
-                            Answer::Unavailable
-                        }
-                        Err(_) => Answer::Unavailable,
-                    }
-                } else {
-                    Answer::Unavailable
-                };
-                self.to_shard(
-                    shard,
-                    ShardMsg::Reply {
+                if !self.connected {
+                    self.to_shard(
+                        shard,
+                        ShardMsg::Reply {
+                            id,
+                            reply: Reply::Cluster(Answer::Unavailable),
+                        },
+                    );
+                    return;
+                }
+                // Answered beside the loop: a slow Redis delays this answer only.
+                let reader = self.presence.reader();
+                let redis = self.redis.clone();
+                let mesh = self.mesh.clone();
+                let cluster = self.cluster.clone();
+                tokio::spawn(async move {
+                    let answer =
+                        match tokio::time::timeout(QUERY_TIMEOUT, reader.answer(&redis, &query))
+                            .await
+                        {
+                            Ok(Ok(a)) => a,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "cluster: presence query failed");
+                                Answer::Unavailable
+                            }
+                            Err(_) => Answer::Unavailable,
+                        };
+                    let reply = ShardMsg::Reply {
                         id,
                         reply: Reply::Cluster(answer),
-                    },
-                );
+                    };
+                    // A plain thread may wait for a full inbox (the mesh's rule).
+                    if mesh
+                        .send_timeout(shard as usize, reply, INBOX_WAIT)
+                        .is_err()
+                    {
+                        cluster.stats.drop(Lost::InboxFull, 1);
+                    }
+                });
             }
         }
     }
@@ -567,11 +576,9 @@ impl State {
         }
     }
 
-    async fn flush_presence(&mut self) {
+    fn flush_presence(&mut self) {
         if self.connected {
-            if let Err(e) = self.presence.flush(&self.redis).await {
-                tracing::debug!(error = %e, "cluster: presence write failed");
-            }
+            self.presence.flush(&self.redis);
         }
     }
 

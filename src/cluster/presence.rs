@@ -149,31 +149,33 @@ impl Presence {
         self.pending.push(Op::UserCount(user, n));
     }
 
-    /// Sends the queued writes in one pipeline: per member an HSET / HDEL, per room and user
-    /// only its last count of the batch, and an expiry only on a key this node just created
-    /// (the refresh every TTL/3 keeps the others). On failure they are kept only as the
-    /// mirror: the next [`Presence::rewrite`] (after a reconnect) writes everything again.
-    pub(crate) async fn flush(&mut self, redis: &Client) -> Result<(), fred::error::Error> {
+    /// Sends the queued writes in one pipeline, beside the bridge's loop (so a Redis slow to
+    /// take writes never holds up joins or deliveries): per member an HSET / HDEL, per room
+    /// and user only its last count of the batch, and an expiry only on a key this node just
+    /// created (the refresh every TTL/3 keeps the others). Pipelines are spawned in order and
+    /// reach Redis in order. A failed one is repaired by the rewrite after the reconnection
+    /// that follows.
+    pub(crate) fn flush(&mut self, redis: &Client) {
         if self.pending.is_empty() {
-            return Ok(());
+            return;
         }
         let ops = std::mem::take(&mut self.pending);
         // The last count of each room and user in this batch, and whether the key was new.
         let mut room_counts: HashMap<Arc<str>, (usize, bool)> = HashMap::new();
         let mut user_counts: HashMap<Arc<str>, (usize, bool)> = HashMap::new();
-        let p = redis.pipeline();
+        let mut w = Vec::with_capacity(ops.len());
         let ttl = self.key_ttl_ms();
         for op in ops {
             match op {
-                Op::Member { room, client, user } => {
-                    let key = self.members_key(&self.node, &room);
-                    let value = user.as_deref().unwrap_or("").to_owned();
-                    let _: () = p.hset(&key, (client.to_string(), value)).await?;
-                }
-                Op::Gone { room, client } => {
-                    let key = self.members_key(&self.node, &room);
-                    let _: () = p.hdel(&key, client.to_string()).await?;
-                }
+                Op::Member { room, client, user } => w.push(Write::HSet(
+                    self.members_key(&self.node, &room),
+                    client.to_string(),
+                    user.as_deref().unwrap_or("").to_owned(),
+                )),
+                Op::Gone { room, client } => w.push(Write::HDel(
+                    self.members_key(&self.node, &room),
+                    client.to_string(),
+                )),
                 Op::RoomCount(room, n) => {
                     let e = room_counts.entry(room).or_insert((n, false));
                     e.0 = n;
@@ -188,76 +190,53 @@ impl Presence {
         }
         let rooms_key = self.rooms_key(&self.node);
         for (room, (n, new)) in room_counts {
-            if n == 0 {
-                let _: () = p.hdel(&rooms_key, &*room).await?;
-            } else {
-                let _: () = p.hset(&rooms_key, (&*room, n as i64)).await?;
-            }
+            w.push(count_write(&rooms_key, &room, n));
             if new {
-                let _: () = p
-                    .pexpire(self.members_key(&self.node, &room), ttl, None)
-                    .await?;
-                let _: () = p.pexpire(&rooms_key, ttl, None).await?;
+                w.push(Write::PExpire(self.members_key(&self.node, &room), ttl));
+                w.push(Write::PExpire(rooms_key.clone(), ttl));
             }
         }
         let users_key = self.users_key(&self.node);
         for (user, (n, new)) in user_counts {
-            if n == 0 {
-                let _: () = p.hdel(&users_key, &*user).await?;
-            } else {
-                let _: () = p.hset(&users_key, (&*user, n as i64)).await?;
-            }
+            w.push(count_write(&users_key, &user, n));
             if new {
-                let _: () = p.pexpire(&users_key, ttl, None).await?;
+                w.push(Write::PExpire(users_key.clone(), ttl));
             }
         }
-        let _: Vec<Value> = p.all().await?;
-        Ok(())
+        send(redis, w);
     }
 
-    /// Says the node is alive for another TTL and keeps its keys from expiring.
-    pub(crate) async fn refresh(&mut self, redis: &Client) -> Result<(), fred::error::Error> {
-        self.flush(redis).await?;
-        let p = redis.pipeline();
+    /// Says the node is alive for another TTL and keeps its keys from expiring (beside the
+    /// loop, like [`Presence::flush`]).
+    pub(crate) fn refresh(&mut self, redis: &Client) {
+        self.flush(redis);
         let ttl = self.key_ttl_ms();
-        let until = (now_ms() + self.ttl.as_millis() as u64) as f64;
-        let _: () = p
-            .zadd(
+        let mut w = vec![
+            Write::ZAdd(
                 self.nodes_key(),
-                None,
-                None,
-                false,
-                false,
-                (until, self.node.as_str()),
-            )
-            .await?;
-        // Entries of nodes gone for a while.
-        let _: () = p
-            .zremrangebyscore(
-                self.nodes_key(),
-                f64::NEG_INFINITY,
-                now_ms() as f64 - 60_000.0,
-            )
-            .await?;
-        let _: () = p.pexpire(self.rooms_key(&self.node), ttl, None).await?;
-        let _: () = p.pexpire(self.users_key(&self.node), ttl, None).await?;
+                self.node.clone(),
+                (now_ms() + self.ttl.as_millis() as u64) as f64,
+            ),
+            // Entries of nodes gone for a while.
+            Write::ZRemBelow(self.nodes_key(), now_ms() as f64 - 60_000.0),
+            Write::PExpire(self.rooms_key(&self.node), ttl),
+            Write::PExpire(self.users_key(&self.node), ttl),
+        ];
         for room in self.rooms.keys() {
-            let _: () = p
-                .pexpire(self.members_key(&self.node, room), ttl, None)
-                .await?;
+            w.push(Write::PExpire(self.members_key(&self.node, room), ttl));
         }
-        let _: Vec<Value> = p.all().await?;
-        Ok(())
+        send(redis, w);
     }
 
     /// Writes the whole state again (after connecting, when Redis may have lost it).
-    pub(crate) async fn rewrite(&mut self, redis: &Client) -> Result<(), fred::error::Error> {
+    pub(crate) fn rewrite(&mut self, redis: &Client) {
         self.pending.clear();
-        let _: () = redis
-            .del(vec![self.rooms_key(&self.node), self.users_key(&self.node)])
-            .await?;
+        let mut w = vec![
+            Write::Del(self.rooms_key(&self.node)),
+            Write::Del(self.users_key(&self.node)),
+        ];
         for (room, members) in &self.rooms {
-            let _: () = redis.del(self.members_key(&self.node, room)).await?;
+            w.push(Write::Del(self.members_key(&self.node, room)));
             for (client, user) in members {
                 self.pending.push(Op::Member {
                     room: room.clone(),
@@ -271,7 +250,8 @@ impl Presence {
         for (user, n) in &self.users {
             self.pending.push(Op::UserCount(user.clone(), *n));
         }
-        self.refresh(redis).await
+        send(redis, w);
+        self.refresh(redis);
     }
 
     /// Removes this node's entries (clean shutdown).
@@ -283,11 +263,83 @@ impl Presence {
         Ok(())
     }
 
+    /// What a reader needs, to answer beside the loop.
+    pub(crate) fn reader(&self) -> Reader {
+        Reader {
+            prefix: self.prefix.clone(),
+            node: self.node.clone(),
+        }
+    }
+}
+
+/// One write of presence.
+enum Write {
+    HSet(String, String, String),
+    HDel(String, String),
+    PExpire(String, i64),
+    Del(String),
+    ZAdd(String, String, f64),
+    ZRemBelow(String, f64),
+}
+
+fn count_write(key: &str, field: &str, n: usize) -> Write {
+    if n == 0 {
+        Write::HDel(key.to_owned(), field.to_owned())
+    } else {
+        Write::HSet(key.to_owned(), field.to_owned(), n.to_string())
+    }
+}
+
+/// Sends `writes` in one pipeline from a task of its own.
+fn send(redis: &Client, writes: Vec<Write>) {
+    if writes.is_empty() {
+        return;
+    }
+    let p = redis.pipeline();
+    tokio::spawn(async move {
+        let queued: Result<(), fred::error::Error> = async {
+            for w in writes {
+                match w {
+                    Write::HSet(k, f, v) => p.hset::<(), _, _>(k, (f, v)).await?,
+                    Write::HDel(k, f) => p.hdel::<(), _, _>(k, f).await?,
+                    Write::PExpire(k, ms) => p.pexpire::<(), _>(k, ms, None).await?,
+                    Write::Del(k) => p.del::<(), _>(k).await?,
+                    Write::ZAdd(k, m, score) => {
+                        p.zadd::<(), _, _>(k, None, None, false, false, (score, m))
+                            .await?
+                    }
+                    Write::ZRemBelow(k, max) => {
+                        p.zremrangebyscore::<(), _, _, _>(k, f64::NEG_INFINITY, max)
+                            .await?
+                    }
+                }
+            }
+            let _: Vec<Value> = p.all().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = queued {
+            tracing::debug!(error = %e, "cluster: presence write failed");
+        }
+    });
+}
+
+/// Answers presence questions about the other live nodes (from a task beside the loop).
+pub(crate) struct Reader {
+    prefix: String,
+    node: String,
+}
+
+impl Reader {
+    fn key(&self, kind: &str, node: &str) -> String {
+        format!("{}:{kind}:{node}", self.prefix)
+    }
+
     /// The other live nodes.
     async fn others(&self, redis: &Client) -> Result<Vec<String>, fred::error::Error> {
         let live: Vec<String> = redis
             .zrangebyscore(
-                self.nodes_key(),
+                format!("{}:nodes", self.prefix),
                 now_ms() as f64,
                 f64::INFINITY,
                 false,
@@ -308,7 +360,8 @@ impl Presence {
             super::Query::Rooms => {
                 let mut rooms: HashMap<String, usize> = HashMap::new();
                 for node in &others {
-                    let counts: HashMap<String, i64> = redis.hgetall(self.rooms_key(node)).await?;
+                    let counts: HashMap<String, i64> =
+                        redis.hgetall(self.key("rooms", node)).await?;
                     for (room, n) in counts {
                         *rooms.entry(room).or_insert(0) += n.max(0) as usize;
                     }
@@ -318,8 +371,9 @@ impl Presence {
             super::Query::Members(room) => {
                 let mut out = Vec::new();
                 for node in &others {
-                    let members: HashMap<String, String> =
-                        redis.hgetall(self.members_key(node, room)).await?;
+                    let members: HashMap<String, String> = redis
+                        .hgetall(format!("{}:members:{node}:{room}", self.prefix))
+                        .await?;
                     out.extend(members);
                 }
                 out.sort();
@@ -328,7 +382,7 @@ impl Presence {
             super::Query::UserConnections(user) => {
                 let mut total = 0usize;
                 for node in &others {
-                    let n: Option<i64> = redis.hget(self.users_key(node), &**user).await?;
+                    let n: Option<i64> = redis.hget(self.key("users", node), &**user).await?;
                     total += n.unwrap_or(0).max(0) as usize;
                 }
                 Ok(Answer::Count(total))
