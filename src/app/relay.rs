@@ -208,21 +208,11 @@ pub(crate) fn ack(env: &Env<'_>, event: &str, data: Option<&Data>, ack: &AckRequ
             quoted.push(b'"');
             reply(Bytes::from(quoted));
         }
-        "stats" => {
-            let hub = env.hub.clone();
-            let client = env.client.clone();
-            let event = event.to_owned();
-            let ack = ack.clone();
-            spawn_handler(
-                env.hub,
-                Box::pin(async move {
-                    let snapshot = hub.stats().await;
-                    let process = crate::stats::Process::read(hub.now_ms());
-                    let body = crate::stats::health_json(&snapshot, &process);
-                    send_ack_reply(&hub, &client, &event, &ack, Bytes::from(body));
-                }),
-            );
-        }
+        "stats" => reply_later(env, event, ack, |hub| async move {
+            let snapshot = hub.stats().await;
+            let process = crate::stats::Process::read(hub.now_ms());
+            Bytes::from(crate::stats::health_json(&snapshot, &process))
+        }),
         "members" if env.hub.config().relay.members => {
             let room = data.and_then(|d| serde_json::from_slice::<String>(&d.text).ok());
             let Some(room) = room.filter(|r| !r.is_empty()) else {
@@ -233,22 +223,37 @@ pub(crate) fn ack(env: &Env<'_>, event: &str, data: Option<&Data>, ack: &AckRequ
                 env.error(ClientError::NotMember, Some(event));
                 return true;
             }
-            let hub = env.hub.clone();
-            let client = env.client.clone();
-            let event = event.to_owned();
-            let ack = ack.clone();
-            spawn_handler(
-                env.hub,
-                Box::pin(async move {
-                    let found = hub.room_members(&room).await;
-                    let body = members_json(&room, &found);
-                    send_ack_reply(&hub, &client, &event, &ack, body);
-                }),
-            );
+            reply_later(env, event, ack, |hub| async move {
+                let found = hub.room_members(&room).await;
+                members_json(&room, &found)
+            });
         }
         _ => return false,
     }
     true
+}
+
+/// Answers an ACK from a task of its own: the answer (`body`) needs other shards or nodes.
+fn reply_later<F>(
+    env: &Env<'_>,
+    event: &str,
+    ack: &AckRequest,
+    body: impl FnOnce(std::rc::Rc<Hub>) -> F,
+) where
+    F: std::future::Future<Output = Bytes> + 'static,
+{
+    let hub = env.hub.clone();
+    let client = env.client.clone();
+    let event = event.to_owned();
+    let ack = ack.clone();
+    let answer = body(hub.clone());
+    spawn_handler(
+        env.hub,
+        Box::pin(async move {
+            let result = answer.await;
+            send_ack_reply(&hub, &client, &event, &ack, result);
+        }),
+    );
 }
 
 /// `{"room":R,"members":[ids],"users":[distinct user ids]}` (`"partial":true` when other
