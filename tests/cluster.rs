@@ -1719,3 +1719,22 @@ async fn joins_are_not_held_while_redis_holds_writes() {
         "the join waited {took:?} for Redis to take writes (paused for 3 s)"
     );
 }
+
+/// A second node started with an id that is already live says so (nodes sharing an id would
+/// ignore each other's messages); a node with its own id does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_id_already_live_is_reported() {
+    let c = Cluster::start(&[]).await;
+    let twin = start_node(&c.redis, "node-a", &["--shards", "1"]);
+    let line = twin.expect_output("already live");
+    assert!(line.contains("node-a"), "{line}");
+    twin.wait_metric("shardcast_cluster_connected", 1).await;
+    let mut other = start_node(&c.redis, "node-c", &["--shards", "1"]);
+    other.wait_metric("shardcast_cluster_connected", 1).await;
+    other.terminate();
+    let lines = other.output_to_end();
+    assert!(
+        !lines.iter().any(|l| l.contains("already live")),
+        "a fresh id is not reported: {lines:?}"
+    );
+}

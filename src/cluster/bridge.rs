@@ -345,6 +345,14 @@ impl State {
             tracing::warn!(error = %e, "cluster: subscribing after connecting failed; retrying");
             return;
         }
+        if !self.ever_connected && self.presence.id_in_use(&self.redis).await {
+            tracing::warn!(
+                node = self.cluster.node_id(),
+                "cluster: this node id is already live in Redis: another node uses it (give every \
+                 node its own --node-id: nodes with one id ignore each other's messages), or \
+                 this node restarted within cluster.presence_ttl_ms"
+            );
+        }
         self.presence.rewrite(&self.redis);
         self.connected = true;
         let subs = sharded.len() + classic.len() + if self.ignis { 2 } else { 0 };

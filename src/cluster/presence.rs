@@ -263,6 +263,14 @@ impl Presence {
         Ok(())
     }
 
+    /// Whether this node id is already counted live (another node with the same id, or this
+    /// node restarted within the TTL): asked once, at the first connection.
+    pub(crate) async fn id_in_use(&self, redis: &Client) -> bool {
+        let score: Result<Option<f64>, _> =
+            redis.zscore(self.nodes_key(), self.node.as_str()).await;
+        matches!(score, Ok(Some(until)) if until > now_ms() as f64)
+    }
+
     /// What a reader needs, to answer beside the loop.
     pub(crate) fn reader(&self) -> Reader {
         Reader {

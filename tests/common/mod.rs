@@ -234,6 +234,23 @@ impl ServerProc {
         self.child.id()
     }
 
+    /// Every line the server printed, read until its output ends (call after
+    /// [`ServerProc::terminate`]; waited for with the harness deadline).
+    pub fn output_to_end(&self) -> Vec<String> {
+        let mut lines = self.early.clone();
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return lines,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the server's output did not end within {DEADLINE:?}")
+                }
+            }
+        }
+    }
+
     /// A line of the server's output containing `needle`: one printed before its listening
     /// line, or the next one (waited for with the harness deadline). Stderr lines come
     /// prefixed with `stderr: `. Lines read while waiting are consumed.
