@@ -110,7 +110,6 @@ struct RoomState {
 struct UserState {
     /// Connections per shard.
     per_shard: HashMap<u16, u32>,
-    subscribed: bool,
 }
 
 impl UserState {
@@ -294,9 +293,6 @@ impl State {
         for st in self.rooms.values_mut() {
             st.subscribed = false;
         }
-        for st in self.users.values_mut() {
-            st.subscribed = false;
-        }
     }
 
     /// Notices a connection gained or lost. On (re)connection every subscription is made
@@ -363,9 +359,6 @@ impl State {
             for (shard, epoch) in st.waiters.drain(..) {
                 waiters.push((room.clone(), shard, epoch));
             }
-        }
-        for st in self.users.values_mut() {
-            st.subscribed = true;
         }
         for (room, shard, epoch) in waiters {
             self.ack(room, shard, epoch);
@@ -458,7 +451,6 @@ impl State {
                 let after = st.per_shard.values().sum::<u32>();
                 let ch = self.channels.user(&user);
                 if before == 0 && after > 0 {
-                    st.subscribed = false;
                     self.unsubscribe.remove(&ch);
                     self.subscribe.insert(ch);
                 } else if after == 0 {
@@ -527,34 +519,19 @@ impl State {
         if !self.connected {
             return;
         }
+        let list = |set: &HashSet<String>| set.iter().cloned().collect::<Vec<_>>();
         let mut ok = true;
         if !unsub.is_empty() {
-            ok &= self
-                .sub
-                .sunsubscribe(unsub.iter().cloned().collect::<Vec<_>>())
-                .await
-                .is_ok();
+            ok &= self.sub.sunsubscribe(list(&unsub)).await.is_ok();
         }
         if !unsub_c.is_empty() {
-            ok &= self
-                .sub
-                .unsubscribe(unsub_c.iter().cloned().collect::<Vec<_>>())
-                .await
-                .is_ok();
+            ok &= self.sub.unsubscribe(list(&unsub_c)).await.is_ok();
         }
         if !sub.is_empty() {
-            ok &= self
-                .sub
-                .ssubscribe(sub.iter().cloned().collect::<Vec<_>>())
-                .await
-                .is_ok();
+            ok &= self.sub.ssubscribe(list(&sub)).await.is_ok();
         }
         if !sub_c.is_empty() {
-            ok &= self
-                .sub
-                .subscribe(sub_c.iter().cloned().collect::<Vec<_>>())
-                .await
-                .is_ok();
+            ok &= self.sub.subscribe(list(&sub_c)).await.is_ok();
         }
         if !ok {
             tracing::warn!("cluster: a subscription change failed; it is made again on reconnect");
@@ -575,9 +552,6 @@ impl State {
                     waiters.push((room.clone(), shard, epoch));
                 }
             }
-        }
-        for st in self.users.values_mut() {
-            st.subscribed = ok;
         }
         for (room, shard, epoch) in waiters {
             self.ack(room, shard, epoch);

@@ -278,7 +278,8 @@ impl Cluster {
     /// Hands a message published on this node to the bridge for the other nodes. Never
     /// blocks: when Redis is away or the queue is at its bound the message is dropped for the
     /// other nodes (local delivery already happened) and counted.
-    pub(crate) fn forward(&self, target: Target, msg: &Arc<Outgoing>) {
+    /// `target` is built only when the message is queued (no allocation for a dropped one).
+    pub(crate) fn forward(&self, msg: &Arc<Outgoing>, target: impl FnOnce() -> Target) {
         if !matches!(msg.body(), Body::Event { .. } | Body::Binary { .. }) {
             return;
         }
@@ -293,7 +294,7 @@ impl Cluster {
             return;
         }
         let item = Outbound {
-            target,
+            target: target(),
             msg: msg.clone(),
             cost,
         };
@@ -350,11 +351,11 @@ mod tests {
     fn queue_is_bounded_in_bytes_and_off_while_disconnected() {
         let (c, mut rx) = Cluster::new("n", 64 << 10);
         let msg = Outgoing::event("e", Some(bytes::Bytes::from(vec![b'1'; 10_000])));
-        c.forward(Target::All, &msg);
+        c.forward(&msg, || Target::All);
         assert_eq!(c.stats.snapshot().dropped[1], ("redis_unavailable", 1));
         c.stats.connected.store(true, Relaxed);
         for _ in 0..10 {
-            c.forward(Target::All, &msg);
+            c.forward(&msg, || Target::All);
         }
         // 64 KiB holds six 10 KB messages.
         let snap = c.stats.snapshot();
@@ -367,7 +368,7 @@ mod tests {
         assert_eq!(n, 6);
         assert_eq!(c.queued.load(Relaxed), 0);
         // Replies and control frames never leave the node.
-        c.forward(Target::All, &Outgoing::new(Body::Ping));
+        c.forward(&Outgoing::new(Body::Ping), || Target::All);
         assert!(rx.out.try_recv().is_err());
     }
 }

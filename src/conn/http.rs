@@ -325,10 +325,9 @@ async fn api_send(x: &Exchange<'_>, kind: Kind, body: &Bytes) -> Bytes {
     if let Target::User(user) = &request.target {
         // Other nodes may hold connections of the user: they get it through Redis.
         if let Some(c) = hub.cluster() {
-            c.forward(
-                crate::cluster::Target::User(Arc::from(user.as_str())),
-                &request.msg,
-            );
+            c.forward(&request.msg, || {
+                crate::cluster::Target::User(Arc::from(user.as_str()))
+            });
         }
         // Every shard may hold connections of the user: ask them all how many got it.
         let replies = hub

@@ -930,11 +930,15 @@ impl Hub {
         let (members, remote) = rooms.route(room);
         let delivered = self.deliver(members.iter().copied(), &msg, exclude, false);
         drop(rooms);
+        // The room's shared name, made once for the bridge and the other shards.
+        let mut name: Option<Arc<str>> = None;
         if let Some(c) = &self.cluster {
-            c.forward(Target::Room(Arc::from(room)), &msg);
+            c.forward(&msg, || {
+                Target::Room(name.get_or_insert_with(|| Arc::from(room)).clone())
+            });
         }
         if !remote.is_empty() {
-            let room: Arc<str> = Arc::from(room);
+            let room: Arc<str> = name.unwrap_or_else(|| Arc::from(room));
             for shard in remote.iter() {
                 self.send_mesh(
                     shard,
@@ -953,7 +957,7 @@ impl Hub {
     pub(crate) fn broadcast(&self, msg: Arc<Outgoing>, exclude: Option<ClientId>) -> usize {
         let delivered = self.deliver_all(&msg, exclude, false);
         if let Some(c) = &self.cluster {
-            c.forward(Target::All, &msg);
+            c.forward(&msg, || Target::All);
         }
         for shard in 0..self.shards {
             if shard != self.shard {
@@ -1022,7 +1026,7 @@ impl Hub {
             // drops it, counted, if the client is gone.
             return match &self.cluster {
                 Some(c) => {
-                    c.forward(Target::Client(to), &msg);
+                    c.forward(&msg, || Target::Client(to));
                     true
                 }
                 None => {
@@ -1077,11 +1081,14 @@ impl Hub {
         exclude: Option<ClientId>,
     ) -> usize {
         let delivered = self.deliver_user(user, &msg, exclude, false);
+        let mut name: Option<Arc<str>> = None;
         if let Some(c) = &self.cluster {
-            c.forward(Target::User(Arc::from(user)), &msg);
+            c.forward(&msg, || {
+                Target::User(name.get_or_insert_with(|| Arc::from(user)).clone())
+            });
         }
         if self.shards > 1 {
-            let user: Arc<str> = Arc::from(user);
+            let user: Arc<str> = name.unwrap_or_else(|| Arc::from(user));
             for shard in 0..self.shards {
                 if shard != self.shard {
                     self.send_mesh(
