@@ -57,6 +57,33 @@ pub enum TargetKind {
     Raw,
 }
 
+/// The dialect the receiving connections speak (`--dialect`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DialectArg {
+    /// stelar (the default): relay events in `{"event","data"}` envelopes.
+    #[default]
+    Stelar,
+    /// StellarStack: `{"type":"auth"}`, `subscribe` a `serverId`, `{"type":E,"serverId":R,"data":D}`.
+    Stellarstack,
+    /// ignis: `authenticate`, `join` `{rooms:[…]}`, `{"event":E,"data":D}`.
+    Ignis,
+    /// stonyx: `{"request":"auth"}`, `join-room`, `{"request":E,"data":D}`.
+    Stonyx,
+}
+
+impl DialectArg {
+    /// The wire kind, `None` for stelar.
+    pub fn kind(self) -> Option<crate::dialects::Kind> {
+        use crate::dialects::Kind;
+        match self {
+            DialectArg::Stelar => None,
+            DialectArg::Stellarstack => Some(Kind::StellarStack),
+            DialectArg::Ignis => Some(Kind::Ignis),
+            DialectArg::Stonyx => Some(Kind::Stonyx),
+        }
+    }
+}
+
 /// Parses `10s`, `250ms`, `2m`, `1h`, `1.5s`, `30` (seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -116,6 +143,22 @@ pub struct CommonArgs {
     /// Raw target: send binary messages instead of text.
     #[arg(long)]
     pub binary: bool,
+    /// The dialect of the receiving connections (fanout, broadcast: the members that do not
+    /// publish; hold: every connection). They connect to the --url path, which must be the
+    /// server's path for that dialect (`shardcast --dialect /api/ws=stellarstack` →
+    /// `--url ws://HOST:PORT/api/ws`), authenticate with a token (--jwt-secret), join in the
+    /// dialect's way and wait for its confirmation. Publishers speak stelar on
+    /// --publisher-path.
+    #[arg(long, value_enum, default_value_t = DialectArg::Stelar)]
+    pub dialect: DialectArg,
+    /// With a --dialect other than stelar: the stelar path publishers connect to.
+    #[arg(long, default_value = "/")]
+    pub publisher_path: String,
+    /// With a --dialect other than stelar: mint one HS256 JWT per receiving connection with
+    /// this secret (the server's --jwt-secret), `sub` = `lg-<connection number>`, valid
+    /// for a day.
+    #[arg(long, value_name = "SECRET")]
+    pub jwt_secret: Option<String>,
     /// Load generator shards (threads pinned one per core) per process.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub shards: u16,

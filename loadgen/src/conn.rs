@@ -23,6 +23,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ use crate::net::{tls, Stream};
 use crate::plan::{ConnPlan, PublishTo, Role, Sender};
 use crate::seq::SeqWindow;
 use crate::stamp::Stamp;
-use crate::wire::{ClientCodec, Inbound, Request};
+use crate::wire::{ClientCodec, Dialect, Inbound, Request};
 
 /// Reads per poll before yielding to the shard's other connections.
 const READ_BUDGET: usize = 16;
@@ -99,7 +100,7 @@ pub async fn establish(
 ) -> Result<Established, Fault> {
     let cfg = &ctx.cfg;
     let target = cfg.targets.get(plan.target).ok_or(Fault::ConnectFailed)?;
-    let dialect = cfg.dialect(plan.target);
+    let dialect = cfg.dialect_of(plan);
     let source = match cfg.sources.len() {
         0 => None,
         // Independent of the target (which is `id % targets`), so that every (source,
@@ -134,7 +135,7 @@ pub async fn establish(
     let mut rbuf = BytesMut::new();
     let io_fault = |e: io::Error| Fault::from_io(&e, true);
     if dialect.is_ws() {
-        let path = cfg.path(plan.target, plan.group);
+        let path = cfg.path_of(plan);
         let host = target.host_header();
         let mut key = [0u8; 16];
         key[..8].copy_from_slice(&ctx.random().to_ne_bytes());
@@ -246,8 +247,20 @@ pub async fn run(ctx: Rc<ShardCtx>, local: usize, plan: ConnPlan, start_at: u64)
     };
     let done = now_ns();
     ctx.recorders.borrow_mut()[group].handshake(done - started, done);
+    // A receiver speaking another dialect authenticates first, with its own token.
+    let token = match est.codec.dialect() {
+        Dialect::Ws(_) => match ctx.cfg.token(plan.id) {
+            Some(t) => Some(t),
+            None => {
+                ctx.recorders.borrow_mut()[group].fault(Fault::AuthRejected, done);
+                ctx.setup_finished(false);
+                return;
+            }
+        },
+        _ => None,
+    };
     ctx.opened();
-    let mut d = Driver::new(&ctx, local, &plan, est);
+    let mut d = Driver::new(&ctx, local, &plan, est, token.as_deref());
     let result = poll_fn(|cx| d.poll_run(cx)).await;
     d.finish(result);
     ctx.closed();
@@ -369,6 +382,10 @@ struct Driver<'a> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     kind: Kind,
+    /// Rooms to join once authenticated (dialects other than stelar).
+    rooms_after_auth: Vec<Arc<str>>,
+    /// The dialect's authentication is not confirmed yet.
+    auth_pending: bool,
     joins_pending: usize,
     ready: bool,
     timer: Option<(u64, Timer)>,
@@ -382,13 +399,24 @@ struct Driver<'a> {
 type End = Result<(), Fault>;
 
 impl<'a> Driver<'a> {
-    fn new(ctx: &'a ShardCtx, local: usize, plan: &ConnPlan, est: Established) -> Driver<'a> {
+    /// `token`: authenticate with it first (the `--dialect` receivers), then join.
+    fn new(
+        ctx: &'a ShardCtx,
+        local: usize,
+        plan: &ConnPlan,
+        est: Established,
+        token: Option<&str>,
+    ) -> Driver<'a> {
         let Established {
             stream,
             mut codec,
             rbuf,
         } = est;
         let mut wbuf = BytesMut::new();
+        let mut rooms_after_auth = Vec::new();
+        if let Some(token) = token {
+            codec.encode(&mut wbuf, Request::Auth(token));
+        }
         let (kind, joins) = match &plan.role {
             Role::Request { ack, sender } => (
                 Kind::Request {
@@ -400,12 +428,13 @@ impl<'a> Driver<'a> {
                 0,
             ),
             Role::Member { rooms, publish } => {
-                let raw = matches!(codec.dialect(), crate::wire::Dialect::WsRaw { .. });
-                if !raw {
-                    for room in rooms {
-                        codec.encode(&mut wbuf, Request::Join(room));
-                    }
-                }
+                let joins = if token.is_some() {
+                    rooms_after_auth = rooms.clone();
+                    0
+                } else {
+                    let names: Vec<&str> = rooms.iter().map(|r| &**r).collect();
+                    codec.encode_joins(&mut wbuf, &names)
+                };
                 (
                     Kind::Member {
                         publish: publish
@@ -413,7 +442,7 @@ impl<'a> Driver<'a> {
                             .map(|(to, s)| (to.clone(), SendState::new(s.clone()))),
                         seqs: AHashMap::new(),
                     },
-                    if raw { 0 } else { rooms.len() },
+                    joins,
                 )
             }
             Role::Idle | Role::Storm { .. } => {
@@ -433,6 +462,8 @@ impl<'a> Driver<'a> {
             rbuf,
             wbuf,
             kind,
+            rooms_after_auth,
+            auth_pending: token.is_some(),
             joins_pending: joins,
             ready: false,
             timer: None,
@@ -581,13 +612,26 @@ impl<'a> Driver<'a> {
                 Inbound::Joined => {
                     self.joins_pending = self.joins_pending.saturating_sub(1);
                 }
-                Inbound::Left | Inbound::Connect | Inbound::Ignored => {}
+                Inbound::Authenticated if self.auth_pending => {
+                    self.auth_pending = false;
+                    let rooms = std::mem::take(&mut self.rooms_after_auth);
+                    let names: Vec<&str> = rooms.iter().map(|r| &**r).collect();
+                    self.joins_pending = self.codec.encode_joins(&mut self.wbuf, &names);
+                    if matches!(self.kind, Kind::Idle) {
+                        self.codec.shrink();
+                    }
+                }
+                Inbound::AuthFailed => return Err(Fault::AuthRejected),
+                Inbound::ServerError if self.auth_pending => return Err(Fault::AuthRejected),
+                Inbound::Left | Inbound::Connect | Inbound::Ignored | Inbound::Authenticated => {}
                 Inbound::ServerError => rec.fault(Fault::ServerError, now),
                 Inbound::Unrecognized => rec.fault(Fault::Unexpected, now),
                 Inbound::Ping(p) => self.codec.encode_pong(&mut self.wbuf, &p),
                 Inbound::Closed(code) => {
                     self.peer_closed = true;
-                    if ctx.phase.get() != Phase::Closing {
+                    if self.auth_pending {
+                        rec.fault(Fault::AuthRejected, now);
+                    } else if ctx.phase.get() != Phase::Closing {
                         rec.fault(Fault::ClosedByServer, now);
                     }
                     if !self.close_sent {
@@ -645,7 +689,7 @@ impl<'a> Driver<'a> {
             let now = now_ns();
             let phase = ctx.phase.get();
             if !self.ready {
-                if self.joins_pending == 0 {
+                if self.joins_pending == 0 && !self.auth_pending {
                     self.ready = true;
                     ctx.recorders.borrow_mut()[self.group].counts.ready += 1;
                     ctx.setup_finished(true);

@@ -30,6 +30,7 @@ use shardcast_shards::{Runtime, Shard};
 
 use crate::clock::now_ns;
 use crate::conn;
+use crate::dialects::Kind;
 use crate::metrics::{Recorder, RecorderData, Window};
 use crate::net::TargetUrl;
 use crate::plan::{ConnPlan, Plan, Role};
@@ -73,10 +74,39 @@ pub struct RunConfig {
     pub setup_timeout: Duration,
     /// Close storm connections with RST (no TIME_WAIT).
     pub linger_zero: bool,
+    /// The dialect receiving connections speak (`--dialect`), `None` for stelar.
+    pub recv_dialect: Option<Kind>,
+    /// Where publishers connect when receivers speak another dialect (`--publisher-path`).
+    pub publisher_path: String,
+    /// The secret receivers' tokens are signed with (`--jwt-secret`).
+    pub jwt_secret: Option<JwtSecret>,
+}
+
+/// An HS256 secret (shown redacted).
+#[derive(Clone)]
+pub struct JwtSecret(pub Arc<[u8]>);
+
+impl std::fmt::Debug for JwtSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtSecret(<redacted>)")
+    }
+}
+
+/// The claims of a receiver's token.
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    iat: u64,
+    exp: u64,
+}
+
+/// Whether a connection of this role only receives (and so speaks `--dialect`).
+pub fn is_receiver(role: &Role) -> bool {
+    matches!(role, Role::Member { publish: None, .. } | Role::Idle)
 }
 
 impl RunConfig {
-    /// The dialect spoken to target `t`.
+    /// The dialect spoken to target `t`, by connections that publish or request.
     pub fn dialect(&self, t: usize) -> Dialect {
         match self.targets.get(t).map(|u| u.scheme.is_ws()) {
             Some(false) => Dialect::TcpRelay,
@@ -84,6 +114,47 @@ impl RunConfig {
                 binary: self.binary,
             },
             _ => Dialect::WsRelay,
+        }
+    }
+
+    /// The dialect connection `c` speaks: `--dialect` for receivers, else
+    /// [`dialect`](Self::dialect).
+    pub fn dialect_of(&self, c: &ConnPlan) -> Dialect {
+        match self.recv_dialect {
+            Some(kind) if is_receiver(&c.role) => Dialect::Ws(kind),
+            _ => self.dialect(c.target),
+        }
+    }
+
+    /// The WebSocket request target of connection `c`: publishers of a `--dialect` run use
+    /// `--publisher-path`, everyone else [`path`](Self::path).
+    pub fn path_of(&self, c: &ConnPlan) -> String {
+        if self.recv_dialect.is_some() && !is_receiver(&c.role) {
+            return self.publisher_path.clone();
+        }
+        self.path(c.target, c.group)
+    }
+
+    /// A token for connection `id`: HS256, `sub` = `lg-<id>`, issued now, valid for a day.
+    pub fn token(&self, id: u32) -> Option<String> {
+        let secret = self.jwt_secret.as_ref()?;
+        let now = crate::clock::unix_ms() / 1000;
+        let sub = format!("lg-{id}");
+        let claims = Claims {
+            sub: &sub,
+            iat: now,
+            exp: now + 86_400,
+        };
+        match jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&secret.0),
+        ) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign a token");
+                None
+            }
         }
     }
 

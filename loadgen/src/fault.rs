@@ -39,6 +39,10 @@ pub enum Fault {
     /// A join was not confirmed with `joined-room` in time.
     #[error("join not confirmed")]
     JoinTimeout,
+    /// A dialect's authentication was refused (`auth_error`, an error or a close before
+    /// the confirmation).
+    #[error("authentication refused")]
+    AuthRejected,
     /// The server sent a WebSocket close frame (or a stelar DISCONNECT) before we closed.
     #[error("closed by the server")]
     ClosedByServer,
@@ -67,7 +71,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every kind, in counter order.
-    pub const ALL: [Fault; 17] = [
+    pub const ALL: [Fault; 18] = [
         Fault::ConnectRefused,
         Fault::ConnectTimeout,
         Fault::SourcePortsExhausted,
@@ -77,6 +81,7 @@ impl Fault {
         Fault::UpgradeRefused,
         Fault::UpgradeInvalid,
         Fault::JoinTimeout,
+        Fault::AuthRejected,
         Fault::ClosedByServer,
         Fault::ServerEof,
         Fault::Reset,
@@ -106,6 +111,7 @@ impl Fault {
             Fault::UpgradeRefused => "upgrade_refused",
             Fault::UpgradeInvalid => "upgrade_invalid",
             Fault::JoinTimeout => "join_timeout",
+            Fault::AuthRejected => "auth_rejected",
             Fault::ClosedByServer => "closed_by_server",
             Fault::ServerEof => "server_eof",
             Fault::Reset => "reset",

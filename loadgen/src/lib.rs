@@ -6,7 +6,8 @@
 //! - Sans-IO pieces: [`stamp`] (the send time / sequence stamp every measured message
 //!   carries), [`seq`] (loss, duplicates, reordering), [`wire`] (the client side of
 //!   WebSocket relay envelopes, raw WebSocket and stelar TCP frames, over
-//!   `shardcast::protocol` only), [`plan`] and [`scenario`] (who connects where and does
+//!   `shardcast::protocol` only), [`dialects`] (StellarStack, ignis and stonyx receivers:
+//!   auth, join, deliveries), [`plan`] and [`scenario`] (who connects where and does
 //!   what), [`metrics`] (HDR histograms, counters, timeline), [`report`] (the versioned JSON
 //!   schema and the table), [`fault`] (failures by kind).
 //! - I/O: [`net`] (URLs, source addresses, sockets, TLS, streams), [`conn`] (one connection's
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod clock;
 pub mod compare;
 pub mod conn;
+pub mod dialects;
 pub mod engine;
 pub mod fault;
 pub mod metrics;

@@ -222,6 +222,38 @@ pub fn run_config(inv: &Invocation) -> anyhow::Result<RunConfig> {
     if raw && c.urls.iter().any(|u| !u.scheme.is_ws()) {
         anyhow::bail!("--target raw speaks WebSocket only: use ws:// or wss:// URLs");
     }
+    let recv_dialect = c.dialect.kind();
+    if let Some(kind) = recv_dialect {
+        let name = kind.name();
+        if raw {
+            anyhow::bail!("--dialect {name} talks to shardcast: drop --target raw");
+        }
+        if let Some(u) = c.urls.iter().find(|u| !u.scheme.is_ws()) {
+            anyhow::bail!("--dialect {name} is spoken over WebSocket (the TCP port stays stelar): {u} is not a ws:// or wss:// URL");
+        }
+        if let Some(u) = c.urls.iter().find(|u| u.path.is_none()) {
+            anyhow::bail!("--dialect {name}: give the server's path for it in the URL (e.g. {u}/ws for `shardcast --dialect /ws={name}`)");
+        }
+        if c.jwt_secret.is_none() {
+            anyhow::bail!(
+                "--dialect {name} authenticates every receiver: give the server's --jwt-secret"
+            );
+        }
+        if !c.publisher_path.starts_with('/') {
+            anyhow::bail!("--publisher-path must start with '/'");
+        }
+        if let Some((_, spec)) = inv.parts.iter().find(|(_, s)| {
+            !matches!(
+                s,
+                Spec::Fanout { .. } | Spec::Broadcast { .. } | Spec::Hold { .. }
+            )
+        }) {
+            anyhow::bail!(
+                "--dialect applies to fanout, broadcast and hold (receivers speak the dialect, publishers stelar); {} has no receivers",
+                spec.name()
+            );
+        }
+    }
     let plan = build_plan(
         &inv.parts,
         PlanOptions {
@@ -262,6 +294,12 @@ pub fn run_config(inv: &Invocation) -> anyhow::Result<RunConfig> {
         connect_timeout: c.connect_timeout,
         setup_timeout,
         linger_zero: true,
+        recv_dialect,
+        publisher_path: c.publisher_path.clone(),
+        jwt_secret: c
+            .jwt_secret
+            .as_ref()
+            .map(|k| crate::engine::JwtSecret(Arc::from(k.as_bytes()))),
     })
 }
 
@@ -503,6 +541,10 @@ pub fn assemble(
     }
     if c.binary {
         parameters.insert("binary".into(), true.into());
+    }
+    if let Some(kind) = cfg.recv_dialect {
+        parameters.insert("dialect".into(), kind.name().into());
+        parameters.insert("publisher_path".into(), c.publisher_path.clone().into());
     }
     let (hostname, kernel) = usage::host_and_kernel();
     let targets: Vec<String> = cfg

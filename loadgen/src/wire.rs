@@ -8,6 +8,8 @@
 //!   JOIN, ACK_REQ / ACK_RES, PING → PONG, CONNECT first.
 //! - [`Dialect::WsRaw`]: any plain WebSocket server that echoes or rebroadcasts: the message
 //!   is the stamp itself (text, or binary with `--binary`).
+//! - [`Dialect::Ws`]: shardcast's other dialects (StellarStack, ignis, stonyx) over WebSocket,
+//!   spoken by receiving connections (`--dialect`): auth, join, deliveries (`dialects.rs`).
 //!
 //! Every measured message carries a [`Stamp`] as its data (a JSON string for the relay
 //! dialects), so a reply or a delivery is recognised by finding the stamp, and the fast path
@@ -30,6 +32,7 @@ use shardcast::protocol::ws::close::{CloseCode, CloseFrame};
 use shardcast::protocol::ws::codec::{self, Decoder, DecoderConfig, Message, Role};
 use shardcast::protocol::ws::frame::OpCode;
 
+use crate::dialects::{self, write_json_string, Kind};
 use crate::fault::Fault;
 use crate::stamp::{Stamp, PAD, STAMP_LEN};
 
@@ -50,6 +53,8 @@ pub enum Dialect {
     },
     /// shardcast relay events in stelar TCP frames.
     TcpRelay,
+    /// One of shardcast's other dialects over WebSocket.
+    Ws(Kind),
 }
 
 impl Dialect {
@@ -104,6 +109,9 @@ pub enum Request<'a> {
     Join(&'a str),
     /// Leave a room.
     Leave(&'a str),
+    /// Authenticate with this token (the [`Dialect::Ws`] dialects; nothing for the others,
+    /// which this tool runs without authentication).
+    Auth(&'a str),
 }
 
 /// Something received.
@@ -120,6 +128,12 @@ pub enum Inbound {
     Joined,
     /// `left-room`.
     Left,
+    /// The dialect's authentication succeeded (`auth_success`, `connected`, stonyx `auth`
+    /// response).
+    Authenticated,
+    /// The dialect's authentication was refused (`auth_error`, a `false`/`null` stonyx
+    /// `auth` response).
+    AuthFailed,
     /// `server:error` event or a stelar ERROR frame.
     ServerError,
     /// stelar CONNECT (the server's first frame on TCP).
@@ -229,6 +243,32 @@ impl ClientCodec {
             }
             // Raw servers have no rooms: nothing to send.
             (Dialect::WsRaw { .. }, Request::Join(_) | Request::Leave(_)) => {}
+            // Only the other dialects authenticate (stelar runs use an open server).
+            (Dialect::WsRaw { .. } | Dialect::WsRelay | Dialect::TcpRelay, Request::Auth(_)) => {}
+            (Dialect::Ws(kind), Request::Auth(token)) => {
+                dialects::auth(&mut self.scratch, kind, token);
+                self.ws_text(out);
+            }
+            (Dialect::Ws(kind), Request::Join(room) | Request::Leave(room)) => {
+                let (msgs, _) = dialects::joins(kind, &[room], matches!(req, Request::Leave(_)));
+                for m in msgs {
+                    self.scratch = m;
+                    self.ws_text(out);
+                }
+            }
+            (Dialect::Ws(kind), Request::Echo(s) | Request::Ack(s, _)) => {
+                self.inner.clear();
+                Self::json_data(&mut self.inner, s, size);
+                self.dialect_request(out, kind, "echo");
+            }
+            (Dialect::Ws(kind), Request::Publish(room, s)) => {
+                self.relay_inner(Some(room), s);
+                self.dialect_request(out, kind, "publish");
+            }
+            (Dialect::Ws(kind), Request::Broadcast(s)) => {
+                self.relay_inner(None, s);
+                self.dialect_request(out, kind, "broadcast");
+            }
             (Dialect::WsRelay, Request::Echo(s)) => {
                 self.inner.clear();
                 Self::json_data(&mut self.inner, s, size);
@@ -316,6 +356,44 @@ impl ClientCodec {
         }
     }
 
+    /// Appends the joins of `rooms` and returns how many confirmations to wait for (one per
+    /// room, ignis one for all, none on raw servers).
+    pub fn encode_joins(&mut self, out: &mut BytesMut, rooms: &[&str]) -> usize {
+        match self.dialect {
+            Dialect::WsRaw { .. } => 0,
+            Dialect::WsRelay | Dialect::TcpRelay => {
+                for room in rooms {
+                    self.encode(out, Request::Join(room));
+                }
+                rooms.len()
+            }
+            Dialect::Ws(kind) => {
+                let (msgs, pending) = dialects::joins(kind, rooms, false);
+                for m in msgs {
+                    self.scratch = m;
+                    self.ws_text(out);
+                }
+                pending
+            }
+        }
+    }
+
+    /// `inner` as the data of request `name` in `kind`'s shape. StellarStack clients cannot
+    /// publish or echo: the plan never gives them a sender (`scenario.rs` refuses it), so
+    /// reaching this with one is a bug of this tool, reported and sent as nothing (the
+    /// missing messages show up as loss).
+    fn dialect_request(&mut self, out: &mut BytesMut, kind: Kind, name: &str) {
+        if dialects::request(&mut self.scratch, kind, name, &self.inner) {
+            self.ws_text(out);
+        } else {
+            tracing::error!(
+                dialect = kind.name(),
+                name,
+                "this dialect cannot send requests"
+            );
+        }
+    }
+
     /// `{"room":R,"event":"lg","data":"<stamp>"}` (room omitted for broadcast) into `inner`.
     fn relay_inner(&mut self, room: Option<&str>, s: &Stamp) {
         self.inner.clear();
@@ -391,12 +469,23 @@ impl ClientCodec {
                     _ => Inbound::Unrecognized,
                 }))
             }
-            Dialect::WsRaw { .. } | Dialect::WsRelay => {
+            Dialect::WsRaw { .. } | Dialect::WsRelay | Dialect::Ws(_) => {
                 let Some(msg) = self.ws.decode(buf).map_err(WireError::Ws)? else {
                     return Ok(None);
                 };
                 Ok(Some(match msg {
-                    Message::Text(t) if self.dialect == Dialect::WsRelay => classify_envelope(&t),
+                    Message::Text(t) => match self.dialect {
+                        Dialect::Ws(kind) => dialects::classify(kind, &t),
+                        Dialect::WsRelay => classify_envelope(&t),
+                        _ => match Stamp::parse(&t).or_else(|| Stamp::find(&t)) {
+                            Some(stamp) => Inbound::Data { stamp, ack: false },
+                            None => Inbound::Unrecognized,
+                        },
+                    },
+                    // Binary messages are never sent to these dialects.
+                    Message::Binary(_) if matches!(self.dialect, Dialect::Ws(_)) => {
+                        Inbound::Unrecognized
+                    }
                     Message::Binary(b) if self.dialect == Dialect::WsRelay => {
                         match stelar::binary::parse(&b)
                             .ok()
@@ -406,12 +495,10 @@ impl ClientCodec {
                             None => Inbound::Unrecognized,
                         }
                     }
-                    Message::Text(m) | Message::Binary(m) => {
-                        match Stamp::parse(&m).or_else(|| Stamp::find(&m)) {
-                            Some(stamp) => Inbound::Data { stamp, ack: false },
-                            None => Inbound::Unrecognized,
-                        }
-                    }
+                    Message::Binary(m) => match Stamp::parse(&m).or_else(|| Stamp::find(&m)) {
+                        Some(stamp) => Inbound::Data { stamp, ack: false },
+                        None => Inbound::Unrecognized,
+                    },
                     Message::Ping(p) => Inbound::Ping(p),
                     Message::Pong(_) => Inbound::Ignored,
                     Message::Close(f) => Inbound::Closed(f.map(|f| f.code.get())),
@@ -427,26 +514,6 @@ fn put_frame(out: &mut BytesMut, f: OutFrame<'_>) {
     if let Err(e) = f.encode_into(out) {
         tracing::error!(error = %e, "cannot encode a stelar frame");
     }
-}
-
-/// `value` as a JSON string. Room names come from our own plan (ASCII, no quotes), but
-/// escape anyway.
-fn write_json_string(dst: &mut BytesMut, value: &str) {
-    dst.put_u8(b'"');
-    for b in value.bytes() {
-        match b {
-            b'"' => dst.extend_from_slice(b"\\\""),
-            b'\\' => dst.extend_from_slice(b"\\\\"),
-            0..=0x1f => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                dst.extend_from_slice(b"\\u00");
-                dst.put_u8(HEX[usize::from(b >> 4)]);
-                dst.put_u8(HEX[usize::from(b & 0xf)]);
-            }
-            _ => dst.put_u8(b),
-        }
-    }
-    dst.put_u8(b'"');
 }
 
 /// Classifies a relay event by name, with its data (JSON text) or the part of the message
@@ -729,6 +796,76 @@ mod tests {
     }
 
     #[test]
+    fn dialect_receivers_authenticate_join_and_read_deliveries() {
+        let data = format!("\"{}\"", std::str::from_utf8(&S.encode()).unwrap());
+        for (kind, auth_ok, joined, delivery) in [
+            (
+                Kind::StellarStack,
+                r#"{"type":"auth_success","userId":"lg-1"}"#.to_string(),
+                r#"{"type":"subscribed","serverId":"r1"}"#.to_string(),
+                format!(r#"{{"type":"lg","serverId":"r1","data":{data}}}"#),
+            ),
+            (
+                Kind::Ignis,
+                r#"{"event":"connected","data":{"id":"c","userId":"lg-1","time":"t"}}"#.to_string(),
+                r#"{"event":"echo","data":"lg-joined"}"#.to_string(),
+                format!(r#"{{"event":"lg","data":{data}}}"#),
+            ),
+            (
+                Kind::Stonyx,
+                r#"{"request":"auth","response":"success"}"#.to_string(),
+                r#"{"request":"join-room","response":"r1"}"#.to_string(),
+                format!(r#"{{"request":"lg","data":{data}}}"#),
+            ),
+        ] {
+            let mut c = ClientCodec::new(Dialect::Ws(kind), 3, 42);
+            let mut out = BytesMut::new();
+            c.encode(&mut out, Request::Auth("tok"));
+            assert_eq!(c.encode_joins(&mut out, &["r1"]), 1);
+            let msgs = server_reads(&out);
+            let sent: Vec<&str> = msgs
+                .iter()
+                .map(|m| std::str::from_utf8(text(m)).unwrap())
+                .collect();
+            assert!(sent[0].contains("tok"), "{kind:?}: {sent:?}");
+            assert!(sent[1].contains("\"r1\""), "{kind:?}: {sent:?}");
+            let mut buf = BytesMut::new();
+            for m in [&auth_ok, &joined, &delivery] {
+                buf.extend_from_slice(&server_frame(OpCode::Text, m.as_bytes()));
+            }
+            buf.extend_from_slice(&server_frame(OpCode::Binary, b"\0\0\0\x02{}"));
+            let mut got = Vec::new();
+            while let Some(i) = c.decode(&mut buf).unwrap() {
+                got.push(i);
+            }
+            assert_eq!(
+                got,
+                vec![
+                    Inbound::Authenticated,
+                    Inbound::Joined,
+                    Inbound::Data {
+                        stamp: S,
+                        ack: false
+                    },
+                    Inbound::Unrecognized,
+                ],
+                "{kind:?}"
+            );
+        }
+        // Publishing exists in ignis and stonyx (relay event names); not in StellarStack.
+        let mut out = BytesMut::new();
+        ClientCodec::new(Dialect::Ws(Kind::Stonyx), 1, 42)
+            .encode(&mut out, Request::Publish("r", &S));
+        let publish = server_reads(&out);
+        assert!(text(&publish[0])
+            .starts_with(br#"{"request":"publish","data":{"room":"r","event":"lg","data":"LG"#));
+        let mut out = BytesMut::new();
+        ClientCodec::new(Dialect::Ws(Kind::StellarStack), 1, 42)
+            .encode(&mut out, Request::Publish("r", &S));
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn close_handshake() {
         let mut c = ClientCodec::new(Dialect::WsRelay, 1, 42);
         let mut buf = BytesMut::from(
@@ -760,8 +897,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn arbitrary_server_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), d in 0usize..3) {
-            let dialect = [Dialect::WsRelay, Dialect::WsRaw { binary: false }, Dialect::TcpRelay][d];
+        fn arbitrary_server_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), d in 0usize..6) {
+            let dialect = [
+                Dialect::WsRelay,
+                Dialect::WsRaw { binary: false },
+                Dialect::TcpRelay,
+                Dialect::Ws(Kind::StellarStack),
+                Dialect::Ws(Kind::Ignis),
+                Dialect::Ws(Kind::Stonyx),
+            ][d];
             let mut c = ClientCodec::new(dialect, 5, 42);
             let mut buf = BytesMut::from(&bytes[..]);
             for _ in 0..64 {

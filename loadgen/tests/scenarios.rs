@@ -502,3 +502,203 @@ fn wait_output(p: &mut Proc, within: Duration) -> (ExitStatus, String, String) {
     }
     (status, stdout, stderr)
 }
+
+/// The server's `--jwt-secret` and the loadgen's (HS256 wants at least 32 bytes).
+const DIALECT_SECRET: &str = "loadgen-dialect-test-secret-0123456789";
+
+/// One server with a path per dialect.
+fn dialect_server() -> Server {
+    Server::start_with(&[
+        "--dialect",
+        "/ss=stellarstack",
+        "--dialect",
+        "/ig=ignis",
+        "--dialect",
+        "/st=stonyx",
+        "--jwt-secret",
+        DIALECT_SECRET,
+    ])
+}
+
+const DIALECTS: [(&str, &str); 4] = [
+    ("stelar", "/"),
+    ("stellarstack", "/ss"),
+    ("ignis", "/ig"),
+    ("stonyx", "/st"),
+];
+
+#[test]
+fn fanout_to_each_dialect_loses_nothing() {
+    let s = dialect_server();
+    for (dialect, path) in DIALECTS {
+        // 2 rooms of 10: one stelar publisher and 9 receivers in `dialect` each.
+        let r = scenario(&[
+            "fanout",
+            "--url",
+            &format!("ws://{}{path}", s.ws),
+            "--dialect",
+            dialect,
+            "--jwt-secret",
+            DIALECT_SECRET,
+            "--rooms",
+            "2",
+            "--room-size",
+            "10",
+            "--rate",
+            "200",
+        ]);
+        assert_clean(&r);
+        let m = &r.results.messages;
+        assert_eq!(m.expected, m.sent * 9, "{dialect}");
+        assert_eq!(m.received, m.expected, "{dialect}: {m:?}");
+        assert_eq!(r.results.connections.ready, 20, "{dialect}");
+        if dialect != "stelar" {
+            assert_eq!(r.parameters.get("dialect"), Some(&dialect.into()));
+        }
+    }
+}
+
+#[test]
+fn broadcast_and_hold_in_each_dialect() {
+    let s = dialect_server();
+    for (dialect, path) in &DIALECTS[1..] {
+        let url = format!("ws://{}{path}", s.ws);
+        // One stelar broadcaster, 7 receivers in `dialect` (a broadcast reaches every
+        // authenticated client: no join).
+        let b = scenario(&[
+            "broadcast",
+            "--url",
+            &url,
+            "--dialect",
+            dialect,
+            "--jwt-secret",
+            DIALECT_SECRET,
+            "-c",
+            "8",
+            "--rate",
+            "100",
+        ]);
+        assert_clean(&b);
+        assert_eq!(b.results.messages.expected, b.results.messages.sent * 7);
+        // Idle receivers are ready once authenticated.
+        let h = scenario(&[
+            "hold",
+            "--url",
+            &url,
+            "--dialect",
+            dialect,
+            "--jwt-secret",
+            DIALECT_SECRET,
+            "-c",
+            "5",
+        ]);
+        assert!(
+            h.results.errors.is_empty(),
+            "{dialect}: {:?}",
+            h.results.errors
+        );
+        assert_eq!(h.results.connections.ready, 5, "{dialect}");
+    }
+}
+
+#[test]
+fn a_wrong_secret_is_counted_as_auth_rejected() {
+    let s = dialect_server();
+    for (dialect, path) in &DIALECTS[1..] {
+        let json = temp("auth.json");
+        let out = run(
+            &[
+                "fanout",
+                "--url",
+                &format!("ws://{}{path}", s.ws),
+                "--dialect",
+                dialect,
+                "--jwt-secret",
+                "not-the-server-secret-not-the-server-secret",
+                "--room-size",
+                "4",
+                "--rate",
+                "10",
+                "--duration",
+                "200ms",
+                "--no-progress",
+                "--json",
+                json.to_str().unwrap(),
+            ],
+            Duration::from_secs(60),
+        );
+        let r = Report::load(&json).unwrap_or_else(|e| {
+            panic!(
+                "{dialect}: report: {e}\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let _ = std::fs::remove_file(&json);
+        // The 3 receivers are refused; the stelar publisher is not.
+        assert_eq!(
+            r.results.errors.get("auth_rejected"),
+            Some(&3),
+            "{dialect}: {:?}",
+            r.results.errors
+        );
+        assert_eq!(r.results.connections.ready, 1, "{dialect}");
+    }
+}
+
+#[test]
+fn dialect_arguments_are_checked() {
+    for (args, says) in [
+        (
+            vec![
+                "fanout",
+                "--dialect",
+                "ignis",
+                "--url",
+                "ws://127.0.0.1:9/ws",
+            ],
+            "--jwt-secret",
+        ),
+        (
+            vec![
+                "fanout",
+                "--dialect",
+                "ignis",
+                "--jwt-secret",
+                "k",
+                "--url",
+                "ws://127.0.0.1:9",
+            ],
+            "path",
+        ),
+        (
+            vec![
+                "fanout",
+                "--dialect",
+                "stonyx",
+                "--jwt-secret",
+                "k",
+                "--url",
+                "tcp://127.0.0.1:9",
+            ],
+            "WebSocket",
+        ),
+        (
+            vec![
+                "echo",
+                "--dialect",
+                "stellarstack",
+                "--jwt-secret",
+                "k",
+                "--url",
+                "ws://127.0.0.1:9/a",
+            ],
+            "fanout, broadcast and hold",
+        ),
+    ] {
+        let out = run(&args, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

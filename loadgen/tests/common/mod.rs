@@ -96,6 +96,11 @@ impl Server {
     /// `shardcast --host 127.0.0.1 --port 0 --shards 1 --bench-endpoints`, pinned to CPU 0
     /// when the machine has more than one (so the load generator can take another).
     pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// [`start`](Self::start) with more flags.
+    pub fn start_with(extra: &[&str]) -> Server {
         let mut cmd = Command::new(workspace_bin("shardcast"));
         cmd.args([
             "--host",
@@ -106,6 +111,7 @@ impl Server {
             "1",
             "--bench-endpoints",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
         let mut child = cmd.spawn().expect("start shardcast");

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Fan-out to each dialect's clients, same run, against stelar (PERF.md "Dialects"):
+# 1000 receivers in 10 rooms of 100 (one stelar publisher per room, 99 receivers speaking the
+# dialect), 64-byte messages, at two publish rates (one the server sustains with room to spare,
+# one near its limit), for stelar, stellarstack, ignis and stonyx alternated within each round.
+#
+#   bench/dialects.sh [--short] [--rounds 3] [--rates "300 10000"] [--duration 5s]
+#                     [--dialects "stelar stellarstack ignis stonyx"]
+#
+# Rates are publishes/s in all (deliveries/s = rate x 99). --short: one round, one rate, 2 s
+# (a smoke check). One server runs for the whole script: `shardcast --shards 1` pinned to
+# SERVER_CPUS (default 0) with a path per dialect (/ws/stellarstack, /ws/ignis, /ws/stonyx) and
+# a JWT secret; the load generator runs on LOAD_CPUS (default 1) and mints one token per
+# receiver. Each run's server CPU time comes from /proc/PID/stat read at the start and end of
+# the measured window (the load generator's --server-pid), so "deliveries per server
+# CPU-second" = deliveries received in the window / server CPU-seconds in the window.
+#
+# Needs release builds (`cargo build --release -p shardcast -p shardcast-loadgen`) and
+# python3. Reports go to target/dialects/; the table (medians over the rounds, [min-max]) is
+# printed at the end and written to target/dialects/table.txt. Everything started here is
+# ended here, by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SHORT=0; ROUNDS=3; RATES="300 10000"; DURATION=5s; WARMUP=1s
+DIALECTS="stelar stellarstack ignis stonyx"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --short) SHORT=1 ;;
+    --rounds) ROUNDS="$2"; shift ;;
+    --rates) RATES="$2"; shift ;;
+    --duration) DURATION="$2"; shift ;;
+    --dialects) DIALECTS="$2"; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "$SHORT" = 1 ]; then ROUNDS=1; RATES="300"; DURATION=2s; fi
+
+BIN="${CARGO_TARGET_DIR:-target}/release"
+OUT="target/dialects"
+SERVER_CPUS="${SERVER_CPUS:-0}"
+LOAD_CPUS="${LOAD_CPUS:-1}"
+ROOMS=10; ROOM_SIZE=100
+SECRET="bench-dialects-secret-0123456789abcdef"
+mkdir -p "$OUT"
+for b in shardcast shardcast-loadgen; do
+  [ -x "$BIN/$b" ] || { echo "missing $BIN/$b: run cargo build --release -p shardcast -p shardcast-loadgen" >&2; exit 2; }
+done
+for t in python3 taskset; do
+  command -v "$t" >/dev/null || { echo "$t is needed" >&2; exit 2; }
+done
+
+PIDS=()
+stop_all() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+LOG="$OUT/server.log"
+taskset -c "$SERVER_CPUS" "$BIN/shardcast" --host 127.0.0.1 --port 0 --tcp-port 0 --shards 1 \
+  --dialect /ws/stellarstack=stellarstack --dialect /ws/ignis=ignis --dialect /ws/stonyx=stonyx \
+  --jwt-secret "$SECRET" >"$LOG" 2>&1 &
+SERVER=$!; PIDS+=("$SERVER")
+deadline=$(( $(date +%s) + 15 ))
+until grep -q "listening" "$LOG"; do
+  if [ "$(date +%s)" -gt "$deadline" ] || ! kill -0 "$SERVER" 2>/dev/null; then
+    echo "the server did not start:" >&2; cat "$LOG" >&2; exit 1
+  fi
+  sleep 0.05
+done
+WS=$(grep -o 'ws=[^ ]*' "$LOG" | head -1 | cut -d= -f2)
+echo "server pid $SERVER on ws://$WS (CPU $SERVER_CPUS); load generator on CPU $LOAD_CPUS" >&2
+
+path_of() {
+  case "$1" in
+    stelar) echo "/" ;;
+    *) echo "/ws/$1" ;;
+  esac
+}
+
+RESULTS="$OUT/results.tsv"
+printf 'round\tdialect\trate\treport\n' >"$RESULTS"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/loadavg.txt"
+for round in $(seq 1 "$ROUNDS"); do
+  for rate in $RATES; do
+    for dialect in $DIALECTS; do
+      json="$OUT/r$round-$dialect-$rate.json"
+      echo "== round $round, $dialect, $rate publishes/s ($(( rate * (ROOM_SIZE - 1) )) deliveries/s)" >&2
+      taskset -c "$LOAD_CPUS" "$BIN/shardcast-loadgen" fanout \
+        --url "ws://$WS$(path_of "$dialect")" --dialect "$dialect" --jwt-secret "$SECRET" \
+        --rooms "$ROOMS" --room-size "$ROOM_SIZE" --publishers 1 --rate "$rate" -s 64 \
+        --duration "$DURATION" --warmup "$WARMUP" --server-pid "$SERVER" --no-progress \
+        --label "$dialect-$rate" --json "$json" >"$OUT/r$round-$dialect-$rate.txt" 2>&1 \
+        || { cat "$OUT/r$round-$dialect-$rate.txt" >&2; exit 1; }
+      printf '%s\t%s\t%s\t%s\n' "$round" "$dialect" "$rate" "$json" >>"$RESULTS"
+    done
+  done
+done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/loadavg.txt"
+
+python3 - "$RESULTS" "$ROOM_SIZE" <<'EOF' | tee "$OUT/table.txt"
+import csv, json, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+receivers = int(sys.argv[2]) - 1
+groups = {}
+order = []
+for r in rows:
+    k = (int(r["rate"]), r["dialect"])
+    if k not in groups:
+        order.append(k)
+    groups.setdefault(k, []).append(json.load(open(r["report"]))["results"])
+def med(xs):
+    return statistics.median(xs)
+def rng(xs, f):
+    return f"{f(med(xs))} [{f(min(xs))}-{f(max(xs))}]"
+k_ = lambda v: f"{v / 1e3:.0f}k" if v < 1e6 else f"{v / 1e6:.2f}M"
+ms = lambda v: f"{v / 1e3:.2f}"
+print()
+print("| publishes/s (deliveries/s) | dialect | delivered/s | lost | deliveries per server CPU-s | vs stelar | server CPU | p50 ms | p99 ms | loadgen CPU | runs |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for rate in sorted({r for r, _ in order}):
+    base = None
+    for (r, d) in [k for k in order if k[0] == rate]:
+        res = groups[(r, d)]
+        per_cpu = [x["server"]["messages_per_cpu_second"] for x in res]
+        m = med(per_cpu)
+        if d == "stelar":
+            base = m
+        ratio = f"{m / base:.2f}x" if base else ""
+        sat = any(x["loadgen"]["saturated"] for x in res)
+        print(f"| {rate} ({rate * receivers}) | {d} "
+              f"| {k_(med([x['throughput']['received_per_s'] for x in res]))} "
+              f"| {max(x['messages']['lost'] for x in res)} "
+              f"| {rng(per_cpu, k_)} | {ratio} "
+              f"| {med([x['server']['cpu_percent'] for x in res]):.0f} % "
+              f"| {rng([x['latency']['p50_us'] for x in res], ms)} "
+              f"| {rng([x['latency']['p99_us'] for x in res], ms)} "
+              f"| {med([x['loadgen']['cpu_percent_of_shards'] for x in res]):.0f} %{' SATURATED' if sat else ''} "
+              f"| {len(res)} |")
+print()
+print("medians over the rounds [min-max]; lost: the largest of the runs; server CPU: % of its one core over the")
+print("measured window; vs stelar: ratio of the medians of deliveries per server CPU-second at the same rate.")
+EOF
