@@ -94,6 +94,8 @@ pub(crate) enum Body {
         message: Box<str>,
         /// The event it is about.
         about: Option<Box<str>>,
+        /// The room it is about, if any.
+        room: Option<Box<str>>,
         /// stelar's `data`: `{"code","message"[,"event"][,extra]}`.
         data: Bytes,
     },
@@ -390,10 +392,15 @@ impl Outgoing {
             write_quoted(&mut data, v);
         }
         data.extend_from_slice(b"}");
+        let room = match extra {
+            Some(("room", r)) => Some(r.into()),
+            _ => None,
+        };
         Self::new(Body::Error {
             code: code.into(),
             message: message.into(),
             about: event.map(Into::into),
+            room,
             data: data.freeze(),
         })
     }
@@ -452,11 +459,13 @@ impl Outgoing {
                 code,
                 message,
                 about,
+                room,
                 ..
             } => Outbound::Error {
                 code,
                 message,
                 about: about.as_deref(),
+                room: room.as_deref(),
             },
             Body::Room {
                 joined: true, room, ..
