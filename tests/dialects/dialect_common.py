@@ -85,6 +85,8 @@ async def connect(url, headers=None):
             max_size=None))
     except websockets.InvalidStatus as e:
         fail(f"upgrade refused at {url}: HTTP {e.response.status_code}")
+    except (OSError, websockets.InvalidHandshake) as e:
+        fail(f"cannot connect to {url}: {e!r}")
 
 
 async def send(ws, obj):
