@@ -858,32 +858,38 @@ async fn heartbeat_timeout_per_dialect() {
 async fn one_room_four_formats() {
     let server = start(&["--shards=2"]);
     let room = "srv_1";
+    // stelar binary events name their room (`ROOM:NAME`) and cannot hold `_`: the binary
+    // message goes to a second room everyone is in.
+    let game = "game-1";
     let mut ss = Py::start(
         "stellarstack",
         "member",
         json!({"url": server.ws_url(SS), "token": token("u_ss"), "user": "u_ss",
-               "servers": [room]}),
+               "servers": [room, game]}),
     );
     let mut ig = Py::start(
         "ignis",
         "member",
         json!({"url": server.ws_url(IGNIS), "token": token("u_ig"), "user": "u_ig",
-               "rooms": [room]}),
+               "rooms": [room, game]}),
     );
     let mut st = Py::start(
         "stonyx",
         "member",
         json!({"url": server.ws_url(STONYX), "token": token("u_st"), "user": "u_st",
-               "rooms": [room]}),
+               "rooms": [room, game]}),
     );
     let mut ws = Ws::connect(&server.ws_url("/")).await;
     ws.join(room).await;
+    ws.join(game).await;
     let mut tcp = Tcp::connect(server.tcp.unwrap()).await;
     tcp.join(room).await;
+    tcp.join(game).await;
     ss.at("ready").await;
     ig.at("ready").await;
     st.at("ready").await;
     wait_members(&server, room, 5).await;
+    wait_members(&server, game, 5).await;
 
     // The backend's publish.
     let state = server_state(room);
@@ -950,10 +956,10 @@ async fn one_room_four_formats() {
         }
     }
 
-    // Binary from the TCP client: the stelar WebSocket member gets it; the three dialect
-    // members cannot, and are counted.
+    // Binary from the TCP client to game-1: the stelar WebSocket member gets it; the three
+    // dialect members cannot, and are counted.
     tcp.send(OutFrame::Binary {
-        event: "srv_1:frame",
+        event: "game-1:frame",
         payload: &[0, 1, 2, 255],
     })
     .await;
