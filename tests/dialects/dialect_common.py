@@ -78,15 +78,21 @@ def close_of(e):
     return "no close frame" if r is None else f"close {r.code} {r.reason!r}"
 
 
-async def connect(url, headers=None):
+async def connect(url, headers=None, deflate=True):
+    """A `websockets` client; it offers permessage-deflate unless `deflate` is false."""
     try:
         return await within(f"connect {url}", websockets.connect(
             url, additional_headers=headers, open_timeout=T, ping_interval=None,
-            max_size=None))
+            max_size=None, compression="deflate" if deflate else None))
     except websockets.InvalidStatus as e:
         fail(f"upgrade refused at {url}: HTTP {e.response.status_code}")
     except (OSError, websockets.InvalidHandshake) as e:
         fail(f"cannot connect to {url}: {e!r}")
+
+
+def extension(ws):
+    """The extensions the server accepted (permessage-deflate or none)."""
+    return ws.response.headers.get("Sec-WebSocket-Extensions")
 
 
 async def send(ws, obj):

@@ -19,7 +19,8 @@ Flows:
   session    {url, token, user, rooms: [R1, R2]}: authenticate; pushes at "connected" (default
              rooms, the client-id room, to the client, to the user, broadcast); join R1 R2 (no
              confirmation); pushes at "joined"; leave R1; pushes at "left"; echo.
-  member     {url, token, user, rooms}: authenticate, join, pushes at "ready".
+  member     {url, token, user, rooms, deflate?}: authenticate, join, pushes at "ready"
+             (which names the negotiated extension).
 """
 import asyncio
 import datetime
@@ -27,8 +28,8 @@ import json
 import re
 import time
 
-from dialect_common import (RawWs, check, connect, exact, expect_close, keys, out, recv,
-                            request, run, send, serve, within)
+from dialect_common import (RawWs, check, connect, exact, expect_close, extension, keys, out,
+                            recv, request, run, send, serve, within)
 
 NOT_AUTHENTICATED = {"event": "error", "data": {"message": "Not authenticated"}}
 INVALID = {"event": "error", "data": {"message": "Invalid message format"}}
@@ -172,10 +173,10 @@ async def flow_session(a):
 
 
 async def flow_member(a):
-    ws = await connect(a["url"])
+    ws = await connect(a["url"], deflate=a.get("deflate", True))
     d = await authenticate(ws, a["token"], a["user"])
     await send(ws, {"event": "join", "data": {"rooms": a["rooms"]}})
-    await serve(ws, "ready", check_push, id=d["id"])
+    await serve(ws, "ready", check_push, id=d["id"], extension=extension(ws))
     v = await request(ws, {"event": "echo", "data": "end"}, "the echo")
     exact(v, {"event": "echo", "data": "end"}, "echo at the end")
     await ws.close()

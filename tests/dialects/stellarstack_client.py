@@ -16,7 +16,8 @@ Flows (what the document shows, message by message):
             subscribed; `forbidden` (outside the token's rooms claim) -> "Not allowed to
             subscribe to ..."; pushes (server:sync and others) at "subscribed"; unsubscribe S1
             -> unsubscribed; pushes at "unsubscribed"; ping -> pong.
-  member    {url, token, servers}: auth, subscribe each, then pushes at "ready".
+  member    {url, token, user, servers, deflate?}: auth, subscribe each, then pushes at
+            "ready" (which names the negotiated extension).
   timeout   {url}: no auth: ping -> pong, then close 4001 "Authentication timeout".
   silent    {url, token, user, wait_s}: authenticates by hand on a raw socket, then never
             answers a ping: prints how the server closed it.
@@ -24,8 +25,8 @@ Flows (what the document shows, message by message):
 import json
 import urllib.parse
 
-from dialect_common import (check, connect, exact, expect_close, fail, keys, out, recv,
-                            request, run, send, serve, silent)
+from dialect_common import (check, connect, exact, expect_close, extension, keys, out, recv,
+                            request, run, serve, silent)
 
 REPLY_TYPES = {"auth_success", "auth_error", "subscribed", "unsubscribed", "pong", "error"}
 
@@ -139,11 +140,11 @@ async def flow_session(a):
 
 
 async def flow_member(a):
-    ws = await connect(a["url"])
+    ws = await connect(a["url"], deflate=a.get("deflate", True))
     await auth(ws, a["token"], a["user"])
     for s in a["servers"]:
         await subscribe(ws, s)
-    await serve(ws, "ready", push_checker(set(a["servers"])))
+    await serve(ws, "ready", push_checker(set(a["servers"])), extension=extension(ws))
     await ping(ws, "ping at the end")
     await ws.close()
 

@@ -19,14 +19,15 @@ Flows:
   session     {url, token, user, room, members}: auth; the relay's requests echo, time,
               whoami, stats (and members when asked); join-room -> response ROOM; pushes at
               "joined"; leave-room; pushes at "left"; an unknown request -> the error.
-  member      {url, token, user, rooms}: auth, join-room each, pushes at "ready".
+  member      {url, token, user, rooms, deflate?}: auth, join-room each, pushes at "ready"
+              (which names the negotiated extension).
   silent      {url, token, user, wait_s}: authenticates by hand on a raw socket, then never
               answers a ping: prints how the server closed it.
 """
 import json
 import time
 
-from dialect_common import (check, connect, exact, expect_close, keys, out, recv, request,
+from dialect_common import (check, connect, exact, expect_close, extension, keys, out, request,
                             run, send, serve, silent)
 
 HEARTBEAT = {"request": "heartBeat", "response": True}
@@ -144,14 +145,14 @@ async def flow_session(a):
 
 
 async def flow_member(a):
-    ws = await connect(a["url"])
+    ws = await connect(a["url"], deflate=a.get("deflate", True))
     await auth(ws, a["token"])
     v = await request(ws, {"request": "whoami"}, "the whoami response")
     my_id = v.get("response")
     for room in a["rooms"]:
         v = await request(ws, {"request": "join-room", "data": room}, "the join-room response")
         exact(v, {"request": "join-room", "response": room}, "join-room")
-    await serve(ws, "ready", check_push, id=my_id)
+    await serve(ws, "ready", check_push, id=my_id, extension=extension(ws))
     await heartbeat(ws, "heartBeat at the end")
     await ws.close()
 
