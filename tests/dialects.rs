@@ -81,15 +81,20 @@ fn bad_token() -> String {
     )
 }
 
-/// The three dialect routes, the JWT secret and the API key, plus `extra`.
-fn start(extra: &[&str]) -> ServerProc {
-    let routes = [
+/// The three dialect routes, the JWT secret and the API key.
+fn dialect_args() -> [String; 5] {
+    [
         format!("--dialect={SS}=stellarstack"),
         format!("--dialect={IGNIS}=ignis"),
         format!("--dialect={STONYX}=stonyx"),
         format!("--jwt-secret={SECRET}"),
         format!("--api-key={KEY}"),
-    ];
+    ]
+}
+
+/// A server with [`dialect_args`] plus `extra`.
+fn start(extra: &[&str]) -> ServerProc {
+    let routes = dialect_args();
     let mut args: Vec<&str> = routes.iter().map(String::as_str).collect();
     args.extend_from_slice(extra);
     ServerProc::start(&args)
@@ -1008,6 +1013,86 @@ async fn one_room_four_formats() {
     ig.done().await;
     st.done().await;
     wait_members(&server, room, 2).await;
+}
+
+/// Two nodes through Redis: a backend publish on node A, and a stelar client's relay publish
+/// on A, reach StellarStack, ignis and stonyx members of the room on node B, each in its own
+/// format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_room_across_nodes() {
+    let redis = RedisProc::start();
+    let routes = dialect_args();
+    let mut args: Vec<&str> = routes.iter().map(String::as_str).collect();
+    args.push("--shards=1");
+    let a = start_node(&redis, "node-a", &args);
+    let b = start_node(&redis, "node-b", &args);
+    a.wait_metric("shardcast_cluster_connected", 1).await;
+    b.wait_metric("shardcast_cluster_connected", 1).await;
+    let room = "srv_9";
+    let mut ss = Py::start(
+        "stellarstack",
+        "member",
+        json!({"url": b.ws_url(SS), "token": token("n_ss"), "user": "n_ss",
+               "servers": [room]}),
+    );
+    let mut ig = Py::start(
+        "ignis",
+        "member",
+        json!({"url": b.ws_url(IGNIS), "token": token("n_ig"), "user": "n_ig",
+               "rooms": [room]}),
+    );
+    let mut st = Py::start(
+        "stonyx",
+        "member",
+        json!({"url": b.ws_url(STONYX), "token": token("n_st"), "user": "n_st",
+               "rooms": [room]}),
+    );
+    for c in [&mut ss, &mut ig, &mut st] {
+        c.at("ready").await;
+    }
+    wait_members(&b, room, 3).await;
+    redis
+        .wait_count("node B subscribed to the room", 1, |r| {
+            r.shard_subscribers(&format!("shardcast:room:{room}"))
+        })
+        .await;
+    publish(&a, room, "server:sync", server_state(room)).await;
+    let mut stelar = Ws::connect(&a.ws_url("/")).await;
+    stelar
+        .emit(
+            "publish",
+            json!({"room": room, "event": "chat", "data": {"via": "relay on A"}}),
+        )
+        .await;
+    let state = server_state(room);
+    let chat = json!({"via": "relay on A"});
+    assert_eq!(
+        ss.expect(2).await,
+        vec![
+            json!({"type": "server:sync", "serverId": room, "data": state}),
+            json!({"type": "chat", "serverId": room, "data": chat}),
+        ]
+    );
+    assert_eq!(
+        ig.expect(2).await,
+        vec![
+            json!({"event": "server:sync", "data": state}),
+            json!({"event": "chat", "data": chat}),
+        ]
+    );
+    assert_eq!(
+        st.expect(2).await,
+        vec![
+            json!({"request": "server:sync", "data": state}),
+            json!({"request": "chat", "data": chat}),
+        ]
+    );
+    for c in [&mut ss, &mut ig, &mut st] {
+        c.cont();
+    }
+    ss.done().await;
+    ig.done().await;
+    st.done().await;
 }
 
 // ---------------------------------------------------------------------------------------------
