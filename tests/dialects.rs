@@ -376,11 +376,6 @@ async fn stellarstack_authentication() {
         json!({"url": url, "token": token("user_ss"), "bad_token": bad_token(),
                "user": "user_ss"}),
     );
-    let mut upgrade = Py::start(
-        "stellarstack",
-        "upgrade",
-        json!({"url": url, "token": token("user_up"), "user": "user_up"}),
-    );
 
     auth.at("unauthenticated").await;
     // A stelar client that is in the room proves each push went out.
@@ -408,6 +403,12 @@ async fn stellarstack_authentication() {
     auth.at("authenticated").await;
     auth.done().await;
 
+    // After the broadcast above, which these clients would get (they are authenticated).
+    let mut upgrade = Py::start(
+        "stellarstack",
+        "upgrade",
+        json!({"url": url, "token": token("user_up"), "user": "user_up"}),
+    );
     for via in ["cookie", "bearer", "query"] {
         assert_eq!(upgrade.at("auto-auth").await["via"], via);
     }
