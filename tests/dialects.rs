@@ -774,8 +774,8 @@ async fn stonyx_requests_rooms_and_pushes() {
 // Every dialect: timeouts
 
 /// No authentication within `auth.timeout_ms`: close 4001 on every dialect path, however alive
-/// the client keeps itself (ping, heartbeat, heartBeat); a stelar client beside them (auth off
-/// on its path) is not touched. Routes from `SHARDCAST_DIALECT`.
+/// the client keeps itself (ping, heartbeat, heartBeat); an authenticated client and a stelar
+/// client beside them (auth off on its path) are not touched. Routes from `SHARDCAST_DIALECT`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_timeout_closes_4001_on_every_dialect() {
     let routes = format!("{SS}=stellarstack,{IGNIS}=ignis,{STONYX}=stonyx");
@@ -784,6 +784,12 @@ async fn auth_timeout_closes_4001_on_every_dialect() {
         c.env("SHARDCAST_DIALECT", &routes);
     });
     let mut stelar = Ws::connect(&server.ws_url("/")).await;
+    let mut member = Py::start(
+        "stonyx",
+        "member",
+        json!({"url": server.ws_url(STONYX), "token": token("in"), "user": "in",
+               "rooms": []}),
+    );
     let mut clients = [
         Py::start("stellarstack", "timeout", json!({"url": server.ws_url(SS)})),
         Py::start("ignis", "timeout", json!({"url": server.ws_url(IGNIS)})),
@@ -797,6 +803,13 @@ async fn auth_timeout_closes_4001_on_every_dialect() {
     for c in clients {
         c.done().await;
     }
+    // An authenticated client outlives the timeout (by twice its length, then heartBeat).
+    let since = std::time::Instant::now();
+    member.at("ready").await;
+    tokio::time::sleep(Duration::from_millis(1200).saturating_sub(since.elapsed())).await;
+    member.expect(0).await;
+    member.cont();
+    member.done().await;
     stelar.emit("echo", json!("still here")).await;
     assert_eq!(
         stelar.recv().await,
@@ -860,7 +873,7 @@ async fn heartbeat_timeout_per_dialect() {
 /// One room, `srv_1`, with a StellarStack subscriber, an ignis client that joined it, a stonyx
 /// client that sent join-room, a stelar WebSocket client and a stelar TCP client: one backend
 /// publish reaches each in its own format (ignis byte for byte as stelar); relay publishes
-/// from each dialect reach the others; a binary relay message reaches the stelar members only,
+/// from each dialect reach the others, as do a direct and a broadcast; a binary relay message reaches the stelar members only,
 /// is counted `not_sendable_in_dialect` for the others and leaves them working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_room_four_formats() {
@@ -895,10 +908,14 @@ async fn one_room_four_formats() {
     tcp.join(game).await;
     // Two of them compressed (permessage-deflate: shardcast compresses the larger pushes),
     // one not: each dialect's frame in both forms.
+    let mut ig_id = String::new();
     for c in [&mut ss, &mut ig] {
         let v = c.at("ready").await;
         let ext = v["extension"].as_str().unwrap_or("");
         assert!(ext.starts_with("permessage-deflate"), "{}: {v}", c.name);
+        if let Some(id) = v["id"].as_str() {
+            ig_id = id.to_owned();
+        }
     }
     assert_eq!(st.at("ready").await["extension"], Value::Null);
     wait_members(&server, room, 5).await;
@@ -997,6 +1014,24 @@ async fn one_room_four_formats() {
         vec![json!({"request": "after", "data": "binary"})]
     );
     assert_eq!(server.metric(DROPPED).await, 3);
+
+    // The relay's direct (stonyx to the ignis client) and broadcast (from ignis to all).
+    st.send(json!({"request": "direct",
+                   "data": {"to": ig_id, "event": "dm", "data": {"n": 1}}}))
+        .await;
+    assert_eq!(
+        ig.expect(1).await,
+        vec![json!({"event": "dm", "data": {"n": 1}})]
+    );
+    ig.send(json!({"event": "broadcast", "data": {"event": "all", "data": 2}}))
+        .await;
+    assert_eq!(ws.recv().await, json!({"event": "all", "data": 2}));
+    assert_eq!(tcp.recv_json().await, ("all".to_owned(), json!(2)));
+    assert_eq!(ss.expect(1).await, vec![json!({"type": "all", "data": 2})]);
+    assert_eq!(
+        st.expect(1).await,
+        vec![json!({"request": "all", "data": 2})]
+    );
 
     // The stelar path is unchanged beside them: ACKs, errors, binary relay to WebSocket.
     let v = ws.request("echo", "echo", json!({"x": 1}), "c#1").await;
