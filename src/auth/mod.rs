@@ -274,7 +274,9 @@ pub(crate) enum Action<'a> {
 /// one, `auth.default_rooms` decides), and a `broadcast` / `direct` claim of `false` forbids
 /// those (absent or `true`: the `[relay]` switch, checked by the relay, decides).
 pub(crate) fn may(config: &Config, client: &Client, action: Action<'_>) -> bool {
-    if config.auth.mode == AuthMode::Off {
+    // Dialect clients always authenticate (their protocol's own step), so their token's
+    // claims apply whatever `auth.mode` says for stelar clients.
+    if config.auth.mode == AuthMode::Off && client.dialect().is_stelar() {
         return true;
     }
     let grants = client.grants();

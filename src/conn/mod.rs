@@ -230,10 +230,12 @@ impl Accepted {
         } else {
             Vec::new()
         };
-        shared.hub.unregister(&self.client);
+        // Told while the client still has its user (unregister releases it); it takes no
+        // more messages (its socket is done).
         for room in &rooms {
             crate::app::dispatch::left(&shared.hub, &shared.app, &self.client, room);
         }
+        shared.hub.unregister(&self.client);
         if opened {
             crate::app::dispatch::disconnected(&shared.hub, &shared.app, &self.client);
             // A cause is set when the server closed it; otherwise the peer closed it or the

@@ -18,7 +18,9 @@ use futures_lite::FutureExt;
 
 use super::{AuthFailure, Dialect, DialectId, Inbound, Unauthenticated};
 use crate::app::dispatch::{self, AckRequest, Data, Env};
+use crate::app::error::{ClientError, Forbidden};
 use crate::app::{Context, Payload};
+use crate::auth::Action;
 use crate::auth::AuthReject;
 use crate::hub::client::{Client, CloseCause, DialectAuth};
 use crate::hub::outgoing::Outgoing;
@@ -72,10 +74,8 @@ fn act(env: &Env<'_>, d: &Arc<dyn Dialect>, inbound: Inbound) {
             Counters::add(&hub.counters.messages_received, 1);
             authenticate(env, d, token, data);
         }
-        Inbound::Join(rooms) | Inbound::Leave(rooms) if !authenticated(env.client) => {
-            let _ = rooms;
-            unauthenticated(env, d, "join");
-        }
+        Inbound::Join(_) if !authenticated(env.client) => unauthenticated(env, d, "join"),
+        Inbound::Leave(_) if !authenticated(env.client) => unauthenticated(env, d, "leave"),
         Inbound::Join(rooms) => {
             Counters::add(&hub.counters.messages_received, 1);
             let max = hub.config().limits.max_room_name;
@@ -91,6 +91,22 @@ fn act(env: &Env<'_>, d: &Arc<dyn Dialect>, inbound: Inbound) {
                             None,
                         ),
                     );
+                    continue;
+                }
+                if !crate::auth::may(&hub.config(), env.client, Action::Join(&room)) {
+                    let err = ClientError::Forbidden(Forbidden::Join);
+                    hub.counters.error(err.label());
+                    if !d.join_refusals_silent() {
+                        hub.send_to(
+                            env.client,
+                            &Outgoing::server_error(
+                                err.code(),
+                                err.message(),
+                                Some("join"),
+                                Some(("room", &room)),
+                            ),
+                        );
+                    }
                     continue;
                 }
                 dispatch::join(env, &room);
@@ -189,15 +205,12 @@ fn authenticate(env: &Env<'_>, d: &Arc<dyn Dialect>, token: Option<String>, data
             return;
         }
         DialectAuth::Done => {
-            hub.counters.error("already_authenticated");
+            // Already in (e.g. a session cookie authenticated it at the upgrade, and the
+            // client sends its token as well): answered as a success again, not re-checked.
+            let user = client.user();
             hub.send_to(
                 &client,
-                &Outgoing::server_error(
-                    "already_authenticated",
-                    "Already authenticated",
-                    None,
-                    None,
-                ),
+                &Outgoing::auth_ok(&client.id.to_string(), user.as_deref()),
             );
             return;
         }

@@ -79,16 +79,21 @@ impl Dialect for Ignis {
                 code,
                 message,
                 about,
+                ..
             } => {
-                let message = if code == "not_authenticated" {
-                    "Not authenticated"
-                } else {
-                    message
+                // ignis' own errors are `{message}`; the engine's (relay, unknown event) also
+                // say which code and event.
+                let data = match code {
+                    "not_authenticated" => Obj::new().str("message", "Not authenticated"),
+                    "invalid_message" => Obj::new().str("message", message),
+                    _ => {
+                        let mut data = Obj::new().str("message", message).str("code", code);
+                        if let Some(e) = about {
+                            data = data.str("event", e);
+                        }
+                        data
+                    }
                 };
-                let mut data = Obj::new().str("message", message).str("code", code);
-                if let Some(e) = about {
-                    data = data.str("event", e);
-                }
                 Obj::new()
                     .str("event", "error")
                     .raw("data", &data.done_vec())
@@ -122,6 +127,10 @@ impl Dialect for Ignis {
     }
 
     fn joins_own_room(&self) -> bool {
+        true
+    }
+
+    fn join_refusals_silent(&self) -> bool {
         true
     }
 
@@ -245,9 +254,19 @@ mod tests {
             text(Ignis.encode(&Outbound::Error {
                 code: "not_authenticated",
                 message: "x",
-                about: Some("chat")
+                about: Some("chat"),
+                room: None
             })),
-            r#"{"event":"error","data":{"message":"Not authenticated","code":"not_authenticated","event":"chat"}}"#
+            r#"{"event":"error","data":{"message":"Not authenticated"}}"#
+        );
+        assert_eq!(
+            text(Ignis.encode(&Outbound::Error {
+                code: "unknown_event",
+                message: "m",
+                about: Some("chat"),
+                room: None
+            })),
+            r#"{"event":"error","data":{"message":"m","code":"unknown_event","event":"chat"}}"#
         );
         assert_eq!(
             Ignis.encode(&Outbound::Joined { room: "r" }),

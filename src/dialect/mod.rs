@@ -108,6 +108,8 @@ pub enum Outbound<'a> {
         message: &'a str,
         /// The event or request it is about.
         about: Option<&'a str>,
+        /// The room it is about (a refused join).
+        room: Option<&'a str>,
     },
     /// A join is confirmed: every later publish to `room` reaches the client.
     Joined {
@@ -208,6 +210,12 @@ pub trait Dialect: Send + Sync + 'static {
 
     /// Whether an authenticated client joins a room named by its own client id (ignis).
     fn joins_own_room(&self) -> bool {
+        false
+    }
+
+    /// Whether a join the client's credentials do not allow is skipped silently (ignis: the
+    /// room validator returns the allowed subset) rather than answered with an error.
+    fn join_refusals_silent(&self) -> bool {
         false
     }
 

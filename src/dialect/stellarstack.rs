@@ -85,13 +85,30 @@ impl Dialect for StellarStack {
             Outbound::Reply { request, result } => {
                 Obj::new().str("type", request).raw("data", result).done()
             }
-            Outbound::Error { code, message, .. } => {
-                let message = if code == "not_authenticated" {
-                    "Authentication required to subscribe"
-                } else {
-                    message
+            Outbound::Error {
+                code,
+                message,
+                about,
+                room,
+            } => {
+                let message: Cow<'_, str> = match (code, about, room) {
+                    ("not_authenticated", Some("join"), _) => {
+                        "Authentication required to subscribe".into()
+                    }
+                    ("not_authenticated", Some("leave"), _) => {
+                        "Authentication required to unsubscribe".into()
+                    }
+                    ("not_authenticated", ..) => "Authentication required".into(),
+                    ("forbidden", _, Some(room)) => {
+                        format!("Not allowed to subscribe to {room}").into()
+                    }
+                    ("unknown_event", Some(t), _) => format!("Unknown message type: {t}").into(),
+                    _ => message.into(),
                 };
-                Obj::new().str("type", "error").str("error", message).done()
+                Obj::new()
+                    .str("type", "error")
+                    .str("error", &message)
+                    .done()
             }
             Outbound::Joined { room } => Obj::new()
                 .str("type", "subscribed")
@@ -248,9 +265,28 @@ mod tests {
             e(Outbound::Error {
                 code: "not_authenticated",
                 message: "x",
-                about: None
+                about: Some("join"),
+                room: None
             }),
             r#"{"type":"error","error":"Authentication required to subscribe"}"#
+        );
+        assert_eq!(
+            e(Outbound::Error {
+                code: "forbidden",
+                message: "x",
+                about: Some("join"),
+                room: Some("other_1")
+            }),
+            r#"{"type":"error","error":"Not allowed to subscribe to other_1"}"#
+        );
+        assert_eq!(
+            e(Outbound::Error {
+                code: "unknown_event",
+                message: "x",
+                about: Some("bogus"),
+                room: None
+            }),
+            r#"{"type":"error","error":"Unknown message type: bogus"}"#
         );
         assert_eq!(
             e(Outbound::Joined { room: "srv_abc123" }),

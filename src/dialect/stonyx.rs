@@ -91,6 +91,7 @@ impl Dialect for Stonyx {
                 code,
                 message,
                 about,
+                ..
             } => {
                 let mut data = Obj::new().str("code", code).str("message", message);
                 if let Some(r) = about {
@@ -217,7 +218,8 @@ mod tests {
             text(Stonyx.encode(&Outbound::Error {
                 code: "unknown_event",
                 message: "m",
-                about: Some("nope")
+                about: Some("nope"),
+                room: None
             })),
             r#"{"request":"error","data":{"code":"unknown_event","message":"m","request":"nope"}}"#
         );
