@@ -5,7 +5,7 @@
 # one near its limit), for stelar, stellarstack, ignis and stonyx alternated within each round.
 #
 #   bench/dialects.sh [--short] [--rounds 3] [--rates "300 10000"] [--duration 5s]
-#                     [--dialects "stelar stellarstack ignis stonyx"]
+#                     [--dialects "stelar stellarstack ignis stonyx"] [--table-only]
 #
 # Rates are publishes/s in all (deliveries/s = rate x 99). --short: one round, one rate, 2 s
 # (a smoke check). One server runs for the whole script: `shardcast --shards 1` pinned to
@@ -17,12 +17,12 @@
 #
 # Needs release builds (`cargo build --release -p shardcast -p shardcast-loadgen`) and
 # python3. Reports go to target/dialects/; the table (medians over the rounds, [min-max]) is
-# printed at the end and written to target/dialects/table.txt. Everything started here is
-# ended here, by PID.
+# printed at the end and written to target/dialects/table.txt (--table-only: print it again from
+# the last run's reports). Everything started here is ended here, by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SHORT=0; ROUNDS=3; RATES="300 10000"; DURATION=5s; WARMUP=1s
+SHORT=0; TABLE_ONLY=0; ROUNDS=3; RATES="300 10000"; DURATION=5s; WARMUP=1s
 DIALECTS="stelar stellarstack ignis stonyx"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -31,7 +31,8 @@ while [ $# -gt 0 ]; do
     --rates) RATES="$2"; shift ;;
     --duration) DURATION="$2"; shift ;;
     --dialects) DIALECTS="$2"; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --table-only) TABLE_ONLY=1 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -51,6 +52,56 @@ done
 for t in python3 taskset; do
   command -v "$t" >/dev/null || { echo "$t is needed" >&2; exit 2; }
 done
+
+RESULTS="$OUT/results.tsv"
+table() {
+  python3 - "$RESULTS" "$ROOM_SIZE" <<'EOF' | tee "$OUT/table.txt"
+import csv, json, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+receivers = int(sys.argv[2]) - 1
+groups = {}
+order = []
+for r in rows:
+    k = (int(r["rate"]), r["dialect"])
+    if k not in groups:
+        order.append(k)
+    groups.setdefault(k, []).append(json.load(open(r["report"]))["results"])
+def med(xs):
+    return statistics.median(xs)
+def rng(xs, f):
+    return f"{f(med(xs))} [{f(min(xs))}-{f(max(xs))}]"
+k_ = lambda v: f"{v / 1e3:.0f}k" if v < 1e6 else f"{v / 1e6:.2f}M"
+ms = lambda v: f"{v / 1e3:.2f}"
+print()
+print("| publishes/s (deliveries/s) | dialect | delivered/s | lost | bytes/delivery | deliveries per server CPU-s | vs stelar | server CPU | p50 ms | p99 ms | loadgen CPU | runs |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for rate in sorted({r for r, _ in order}):
+    base = None
+    for (r, d) in [k for k in order if k[0] == rate]:
+        res = groups[(r, d)]
+        per_cpu = [x["server"]["messages_per_cpu_second"] for x in res]
+        m = med(per_cpu)
+        if d == "stelar":
+            base = m
+        ratio = f"{m / base:.2f}x" if base else ""
+        sat = any(x["loadgen"]["saturated"] for x in res)
+        print(f"| {rate} ({rate * receivers}) | {d} "
+              f"| {k_(med([x['throughput']['received_per_s'] for x in res]))} "
+              f"| {max(x['messages']['lost'] for x in res)} "
+              f"| {med([x['throughput']['bytes_received_per_s'] / x['throughput']['received_per_s'] for x in res]):.0f} "
+              f"| {rng(per_cpu, k_)} | {ratio} "
+              f"| {med([x['server']['cpu_percent'] for x in res]):.0f} % "
+              f"| {rng([x['latency']['p50_us'] for x in res], ms)} "
+              f"| {rng([x['latency']['p99_us'] for x in res], ms)} "
+              f"| {med([x['loadgen']['cpu_percent_of_shards'] for x in res]):.0f} %{' SATURATED' if sat else ''} "
+              f"| {len(res)} |")
+print()
+print("medians over the rounds [min-max]; lost: the largest of the runs; server CPU: % of its one core over the")
+print("measured window; vs stelar: ratio of the medians of deliveries per server CPU-second at the same rate;")
+print("bytes/delivery: WebSocket bytes the receivers read per delivery (frame header included).")
+EOF
+}
+if [ "$TABLE_ONLY" = 1 ]; then table; exit 0; fi
 
 PIDS=()
 stop_all() {
@@ -84,7 +135,6 @@ path_of() {
   esac
 }
 
-RESULTS="$OUT/results.tsv"
 printf 'round\tdialect\trate\treport\n' >"$RESULTS"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/loadavg.txt"
 for round in $(seq 1 "$ROUNDS"); do
@@ -103,47 +153,4 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/loadavg.txt"
-
-python3 - "$RESULTS" "$ROOM_SIZE" <<'EOF' | tee "$OUT/table.txt"
-import csv, json, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-receivers = int(sys.argv[2]) - 1
-groups = {}
-order = []
-for r in rows:
-    k = (int(r["rate"]), r["dialect"])
-    if k not in groups:
-        order.append(k)
-    groups.setdefault(k, []).append(json.load(open(r["report"]))["results"])
-def med(xs):
-    return statistics.median(xs)
-def rng(xs, f):
-    return f"{f(med(xs))} [{f(min(xs))}-{f(max(xs))}]"
-k_ = lambda v: f"{v / 1e3:.0f}k" if v < 1e6 else f"{v / 1e6:.2f}M"
-ms = lambda v: f"{v / 1e3:.2f}"
-print()
-print("| publishes/s (deliveries/s) | dialect | delivered/s | lost | deliveries per server CPU-s | vs stelar | server CPU | p50 ms | p99 ms | loadgen CPU | runs |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
-for rate in sorted({r for r, _ in order}):
-    base = None
-    for (r, d) in [k for k in order if k[0] == rate]:
-        res = groups[(r, d)]
-        per_cpu = [x["server"]["messages_per_cpu_second"] for x in res]
-        m = med(per_cpu)
-        if d == "stelar":
-            base = m
-        ratio = f"{m / base:.2f}x" if base else ""
-        sat = any(x["loadgen"]["saturated"] for x in res)
-        print(f"| {rate} ({rate * receivers}) | {d} "
-              f"| {k_(med([x['throughput']['received_per_s'] for x in res]))} "
-              f"| {max(x['messages']['lost'] for x in res)} "
-              f"| {rng(per_cpu, k_)} | {ratio} "
-              f"| {med([x['server']['cpu_percent'] for x in res]):.0f} % "
-              f"| {rng([x['latency']['p50_us'] for x in res], ms)} "
-              f"| {rng([x['latency']['p99_us'] for x in res], ms)} "
-              f"| {med([x['loadgen']['cpu_percent_of_shards'] for x in res]):.0f} %{' SATURATED' if sat else ''} "
-              f"| {len(res)} |")
-print()
-print("medians over the rounds [min-max]; lost: the largest of the runs; server CPU: % of its one core over the")
-print("measured window; vs stelar: ratio of the medians of deliveries per server CPU-second at the same rate.")
-EOF
+table
