@@ -53,6 +53,12 @@ for t in python3 taskset; do
   command -v "$t" >/dev/null || { echo "$t is needed" >&2; exit 2; }
 done
 
+# The server's time waiting for a CPU while runnable, seconds (all its threads, from
+# /proc/PID/task/*/schedstat): how much other processes on its CPU held it back.
+runq_wait() {
+  cat /proc/"$SERVER"/task/*/schedstat 2>/dev/null | awk '{s+=$2} END {printf "%.3f\n", s/1e9}'
+}
+
 RESULTS="$OUT/results.tsv"
 table() {
   python3 - "$RESULTS" "$ROOM_SIZE" <<'EOF' | tee "$OUT/table.txt"
@@ -61,11 +67,15 @@ rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 receivers = int(sys.argv[2]) - 1
 groups = {}
 order = []
+per_cpu_of = {}  # (round, rate, dialect) -> deliveries per server CPU-second
 for r in rows:
     k = (int(r["rate"]), r["dialect"])
     if k not in groups:
         order.append(k)
-    groups.setdefault(k, []).append(json.load(open(r["report"]))["results"])
+    res = json.load(open(r["report"]))["results"]
+    per_cpu_of[(r["round"], int(r["rate"]), r["dialect"])] = res["server"]["messages_per_cpu_second"]
+    res["runq_wait_pct"] = 100 * float(r.get("runq_wait_s") or "nan") / float(r.get("wall_s") or "nan")
+    groups.setdefault(k, []).append(res)
 def med(xs):
     return statistics.median(xs)
 def rng(xs, f):
@@ -73,17 +83,17 @@ def rng(xs, f):
 k_ = lambda v: f"{v / 1e3:.0f}k" if v < 1e6 else f"{v / 1e6:.2f}M"
 ms = lambda v: f"{v / 1e3:.2f}"
 print()
-print("| publishes/s (deliveries/s) | dialect | delivered/s | lost | bytes/delivery | deliveries per server CPU-s | vs stelar | server CPU | p50 ms | p99 ms | loadgen CPU | runs |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| publishes/s (deliveries/s) | dialect | delivered/s | lost | bytes/delivery | deliveries per server CPU-s | vs stelar | server CPU | server waiting for CPU | p50 ms | p99 ms | loadgen CPU | runs |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for rate in sorted({r for r, _ in order}):
-    base = None
     for (r, d) in [k for k in order if k[0] == rate]:
         res = groups[(r, d)]
         per_cpu = [x["server"]["messages_per_cpu_second"] for x in res]
-        m = med(per_cpu)
-        if d == "stelar":
-            base = m
-        ratio = f"{m / base:.2f}x" if base else ""
+        # Against stelar in the same round (the dialects of a round ran back to back, under
+        # the same load from the rest of the machine).
+        ratios = [v / per_cpu_of[(rd, rr, "stelar")] for (rd, rr, dd), v in per_cpu_of.items()
+                  if rr == rate and dd == d and (rd, rr, "stelar") in per_cpu_of]
+        ratio = rng(ratios, lambda v: f"{v:.2f}x") if ratios else ""
         sat = any(x["loadgen"]["saturated"] for x in res)
         print(f"| {rate} ({rate * receivers}) | {d} "
               f"| {k_(med([x['throughput']['received_per_s'] for x in res]))} "
@@ -91,14 +101,16 @@ for rate in sorted({r for r, _ in order}):
               f"| {med([x['throughput']['bytes_received_per_s'] / x['throughput']['received_per_s'] for x in res]):.0f} "
               f"| {rng(per_cpu, k_)} | {ratio} "
               f"| {med([x['server']['cpu_percent'] for x in res]):.0f} % "
+              f"| {med([x['runq_wait_pct'] for x in res]):.0f} % "
               f"| {rng([x['latency']['p50_us'] for x in res], ms)} "
               f"| {rng([x['latency']['p99_us'] for x in res], ms)} "
               f"| {med([x['loadgen']['cpu_percent_of_shards'] for x in res]):.0f} %{' SATURATED' if sat else ''} "
               f"| {len(res)} |")
 print()
 print("medians over the rounds [min-max]; lost: the largest of the runs; server CPU: % of its one core over the")
-print("measured window; vs stelar: ratio of the medians of deliveries per server CPU-second at the same rate;")
-print("bytes/delivery: WebSocket bytes the receivers read per delivery (frame header included).")
+print("measured window; vs stelar: deliveries per server CPU-second divided by stelar's in the same round and rate;")
+print("bytes/delivery: WebSocket bytes the receivers read per delivery (frame header included); server waiting")
+print("for CPU: its run-queue wait (/proc/PID/task/*/schedstat) over the whole load generator run, in % of that run.")
 EOF
 }
 if [ "$TABLE_ONLY" = 1 ]; then table; exit 0; fi
@@ -135,12 +147,13 @@ path_of() {
   esac
 }
 
-printf 'round\tdialect\trate\treport\n' >"$RESULTS"
+printf 'round\tdialect\trate\treport\twall_s\trunq_wait_s\n' >"$RESULTS"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/loadavg.txt"
 for round in $(seq 1 "$ROUNDS"); do
   for rate in $RATES; do
     for dialect in $DIALECTS; do
       json="$OUT/r$round-$dialect-$rate.json"
+      wait0=$(runq_wait); t0=$(date +%s.%N)
       echo "== round $round, $dialect, $rate publishes/s ($(( rate * (ROOM_SIZE - 1) )) deliveries/s)" >&2
       taskset -c "$LOAD_CPUS" "$BIN/shardcast-loadgen" fanout \
         --url "ws://$WS$(path_of "$dialect")" --dialect "$dialect" --jwt-secret "$SECRET" \
@@ -148,7 +161,9 @@ for round in $(seq 1 "$ROUNDS"); do
         --duration "$DURATION" --warmup "$WARMUP" --server-pid "$SERVER" --no-progress \
         --label "$dialect-$rate" --json "$json" >"$OUT/r$round-$dialect-$rate.txt" 2>&1 \
         || { cat "$OUT/r$round-$dialect-$rate.txt" >&2; exit 1; }
-      printf '%s\t%s\t%s\t%s\n' "$round" "$dialect" "$rate" "$json" >>"$RESULTS"
+      wall=$(python3 -c "print(round($(date +%s.%N) - $t0, 3))")
+      waited=$(python3 -c "print(round($(runq_wait) - $wait0, 3))")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$dialect" "$rate" "$json" "$wall" "$waited" >>"$RESULTS"
     done
   done
 done
