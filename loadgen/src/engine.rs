@@ -11,7 +11,8 @@
 //!    `t0 + warmup`, the measured window until `+ duration` (or until every sender used its
 //!    `--messages` share).
 //! 4. **Draining**: no new sends; replies and deliveries still in flight are received until
-//!    the shard has been quiet for a moment with nothing outstanding, or `--drain` passes.
+//!    the shard has been quiet for a moment with nothing outstanding (with one shard in one
+//!    process: every expected delivery arrived), or `--drain` passes.
 //! 5. **Closing**: connections close (WebSocket close handshake), results go to the main
 //!    thread.
 //!
@@ -685,12 +686,27 @@ async fn shard_main(
     ctx.set_phase(Phase::Draining);
     let drain_end = now_ns() + cfg.drain.as_nanos() as u64;
     let quiet = 200_000_000;
+    // With one shard in one process every sender and receiver of the run is on this shard,
+    // so its counters say whether deliveries are still due: a server that stalls at the end
+    // of the window (a busy machine) is then waited for up to --drain, not taken for done
+    // after a quiet moment and its late deliveries for losses.
+    let whole_plan_here = cfg.shards == 1 && cfg.procs == 1;
+    let missing = || {
+        ctx.recorders
+            .borrow()
+            .iter()
+            .map(|r| r.counts.expected.saturating_sub(r.counts.received))
+            .sum::<u64>()
+    };
     loop {
         let now = now_ns();
         if now >= drain_end || ctx.all_done.is_set() {
             break;
         }
-        if ctx.in_flight.get() == 0 && now.saturating_sub(ctx.last_rx.get()) >= quiet {
+        if ctx.in_flight.get() == 0
+            && now.saturating_sub(ctx.last_rx.get()) >= quiet
+            && !(whole_plan_here && missing() > 0)
+        {
             break;
         }
         glommio::timer::sleep(Duration::from_millis(20)).await;

@@ -470,6 +470,11 @@ fn wait_for_active_connections(ws: &str, want: u64, within: Duration) {
 
 /// `activeConnections` from one `GET /health`, or `None` if the request failed.
 fn active_connections(ws: &str) -> Option<u64> {
+    health_u64(ws, "activeConnections")
+}
+
+/// A number from one `GET /health`, or `None` if the request failed.
+fn health_u64(ws: &str, key: &str) -> Option<u64> {
     let mut sock = TcpStream::connect(ws).ok()?;
     sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     sock.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -479,7 +484,7 @@ fn active_connections(ws: &str) -> Option<u64> {
     sock.read_to_end(&mut response).ok()?;
     let body_at = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let health: serde_json::Value = serde_json::from_slice(&response[body_at..]).ok()?;
-    health["activeConnections"].as_u64()
+    health[key].as_u64()
 }
 
 /// Waits for `p` to exit within `within` (else kills it and panics); its status and output.
@@ -701,4 +706,66 @@ fn dialect_arguments_are_checked() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn a_server_stalled_at_the_end_of_the_window_is_waited_for_not_counted_as_loss() {
+    // The server is stopped (SIGSTOP) while the publishes flow and resumed after the window
+    // has ended and the shard has heard nothing for longer than its quiet pause: with one
+    // shard in one process the load generator knows deliveries are still due and waits (up
+    // to --drain) instead of reporting them lost.
+    let s = Server::start();
+    let json = temp("stall.json");
+    let mut lg = Proc {
+        child: Command::new(loadgen_bin())
+            .args([
+                "fanout",
+                "--url",
+                &format!("ws://{}", s.ws),
+                "--room-size",
+                "5",
+                "--rate",
+                "200",
+                "--warmup",
+                "0",
+                "--duration",
+                "1s",
+                "--drain",
+                "10s",
+                "--no-progress",
+                "--json",
+                json.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start loadgen"),
+    };
+    // The event: publishes are reaching the server (the window is running).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health_u64(&s.ws, "totalMessagesReceived").unwrap_or(0) < 20 {
+        assert!(Instant::now() < deadline, "no publishes reached the server");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = s.proc.pid() as libc::pid_t;
+    // SAFETY: signalling our own child process by its id.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // The fault lasts past the end of the 1 s window plus the 200 ms quiet pause.
+    std::thread::sleep(Duration::from_millis(2500));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let (status, stdout, stderr) = wait_output(&mut lg, Duration::from_secs(60));
+    assert!(status.success(), "{stdout}\n{stderr}");
+    let r = Report::load(&json).unwrap_or_else(|e| panic!("report: {e}\n{stdout}\n{stderr}"));
+    let _ = std::fs::remove_file(&json);
+    let m = &r.results.messages;
+    assert!(m.sent >= 100, "{m:?}");
+    assert_eq!(m.lost, 0, "{m:?}\n{stdout}");
+    assert_eq!(m.received, m.sent * 4, "{m:?}");
+    // Some of them waited out the stall.
+    assert!(
+        r.results.latency.max_us > 1_000_000.0,
+        "{:?}",
+        r.results.latency
+    );
 }
