@@ -59,7 +59,7 @@ fn start(name: &str, envs: &[(&str, &str)]) -> ServerProc {
 }
 
 /// Connects with extra request headers.
-async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Ws {
+async fn connect_with(url: &str, headers: &[(&'static str, &str)]) -> Ws {
     let mut req = url.into_client_request().unwrap();
     for (k, v) in headers {
         req.headers_mut().insert(*k, v.parse().unwrap());
