@@ -29,10 +29,29 @@ fn example(name: &str) -> PathBuf {
         for e in EXAMPLES {
             cmd.args(["--example", e]);
         }
-        let out = cmd.output().expect("run cargo build --example");
-        assert!(out.status.success(), "cargo build --example failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
+        let mut child = cmd.spawn().expect("run cargo build --example");
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut stdout, &mut out).map(|_| out)
+        });
+        // Usually seconds (`cargo test` has built them already); a cold build on a loaded
+        // machine takes minutes. Past this, something is stuck.
+        let deadline = Instant::now() + Duration::from_secs(30 * 60);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for cargo") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("cargo build --example did not finish within 30 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "cargo build --example failed: {status}");
+        let out = reader.join().unwrap().expect("cargo's output");
+        out.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["kind"] == json!(["example"]))
             .filter_map(|m| {
