@@ -68,6 +68,40 @@ pub struct Config {
     /// More than one node: rooms, broadcasts, clients and users shared through Redis
     /// (`[cluster]`; off unless `redis` is set).
     pub cluster: Cluster,
+    /// The message format (dialect) spoken on a WebSocket path (`[[dialect]]`, repeatable):
+    /// `stelar` on every path not listed. Read at start-up only.
+    #[serde(rename = "dialect", skip_serializing_if = "Vec::is_empty")]
+    pub dialects: Vec<DialectRoute>,
+}
+
+/// One `[[dialect]]`: the dialect a WebSocket path speaks (README "Dialects").
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DialectRoute {
+    /// The request path, matched exactly (the query is not part of it), e.g. `/api/ws`.
+    pub path: String,
+    /// `stelar`, `stellarstack`, `ignis`, `stonyx`, or a dialect the embedder registered.
+    pub name: String,
+    /// Rooms a client joins once authenticated (ignis: default `ws-default`,
+    /// `ws-notification`; other dialects: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_rooms: Option<Vec<String>>,
+}
+
+impl std::str::FromStr for DialectRoute {
+    type Err = String;
+
+    /// `PATH=NAME`, as `--dialect` takes it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (path, name) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}` is not PATH=NAME (e.g. /api/ws=stellarstack)"))?;
+        Ok(DialectRoute {
+            path: path.trim().to_owned(),
+            name: name.trim().to_owned(),
+            default_rooms: None,
+        })
+    }
 }
 
 /// More than one node through Redis (README "Cluster"). Read at start-up only.
@@ -386,6 +420,11 @@ pub struct Relay {
     /// user ids; in a cluster, on every node). Off by default: member lists are not for
     /// strangers.
     pub members: bool,
+    /// Rooms (patterns, `*` matches any run of characters) whose members are told when
+    /// another client joins or leaves: events `member-joined` / `member-left` with
+    /// `{"room","id","user"}`. Empty (the default): no such events.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub member_events: Vec<String>,
 }
 
 /// Whether clients must authenticate (`auth.mode`).
@@ -485,6 +524,7 @@ impl Default for Config {
             rate_limit: RateLimit::default(),
             tls: Tls::default(),
             cluster: Cluster::default(),
+            dialects: Vec::new(),
         }
     }
 }
@@ -545,6 +585,7 @@ impl Default for Relay {
             broadcast: true,
             direct: true,
             members: false,
+            member_events: Vec::new(),
         }
     }
 }
@@ -699,6 +740,43 @@ impl Config {
         if let Some(t) = self.tcp_port {
             if t != 0 && t == self.port {
                 return bad("tcp_port", "must differ from port");
+            }
+        }
+        let mut paths = std::collections::HashSet::new();
+        for route in &self.dialects {
+            if !route.path.starts_with('/') || route.path.contains('?') {
+                return bad(
+                    "dialect.path",
+                    format!("`{}` is not a request path like /api/ws", route.path),
+                );
+            }
+            if !paths.insert(route.path.as_str()) {
+                return bad(
+                    "dialect.path",
+                    format!("`{}` is given more than one dialect", route.path),
+                );
+            }
+            if route.name.is_empty() {
+                return bad(
+                    "dialect.name",
+                    format!("no dialect named for `{}`", route.path),
+                );
+            }
+            for room in route.default_rooms.iter().flatten() {
+                if room.is_empty() || room.len() > self.limits.max_room_name {
+                    return bad(
+                        "dialect.default_rooms",
+                        format!(
+                            "`{room}` is not a room name (1 to limits.max_room_name = {} bytes)",
+                            self.limits.max_room_name
+                        ),
+                    );
+                }
+            }
+        }
+        for pattern in &self.relay.member_events {
+            if pattern.is_empty() {
+                return bad("relay.member_events", "an empty pattern matches no room");
             }
         }
         for origin in &self.api_cors_origins {
@@ -1003,6 +1081,7 @@ mod tests {
                 broadcast: false,
                 direct: false,
                 members: true,
+                member_events: vec!["lobby*".to_owned()],
             },
             memory: Memory {
                 output_budget: 1 << 21,
@@ -1063,6 +1142,18 @@ mod tests {
                 presence_ttl_ms: 3000,
                 reconnect_max_ms: 1000,
             },
+            dialects: vec![
+                DialectRoute {
+                    path: "/api/ws".into(),
+                    name: "stellarstack".into(),
+                    default_rooms: None,
+                },
+                DialectRoute {
+                    path: "/ws".into(),
+                    name: "ignis".into(),
+                    default_rooms: Some(vec!["a".into(), "b".into()]),
+                },
+            ],
         };
         let text = toml::to_string_pretty(&c).unwrap();
         assert_eq!(Config::from_toml(&text).unwrap(), c, "{text}");

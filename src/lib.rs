@@ -16,6 +16,7 @@ pub(crate) mod auth;
 pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod conn;
+pub mod dialect;
 pub(crate) mod hub;
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]

@@ -35,6 +35,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "tls.ws_port",
     "tls.tcp_port",
     "cluster",
+    "dialect",
 ];
 
 /// What the log shows instead of a secret's value.

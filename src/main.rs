@@ -231,6 +231,34 @@ struct ServeArgs {
     #[arg(long, env = "SHARDCAST_RELAY_MEMBERS", value_name = "BOOL", num_args = 0..=1,
         require_equals = true, default_missing_value = "true")]
     relay_members: Option<bool>,
+    /// Rooms (patterns, `*` wildcard; repeat or comma-separate) whose members get
+    /// `member-joined` / `member-left` events when others join or leave [default: none].
+    #[arg(
+        long = "member-events",
+        env = "SHARDCAST_MEMBER_EVENTS",
+        value_name = "PATTERN",
+        value_delimiter = ','
+    )]
+    member_events: Option<Vec<String>>,
+    /// The dialect a WebSocket path speaks, PATH=NAME (repeat or comma-separate): NAME is
+    /// stelar, stellarstack, ignis or stonyx; other paths speak stelar [default: none].
+    #[arg(
+        long = "dialect",
+        env = "SHARDCAST_DIALECT",
+        value_name = "PATH=NAME",
+        value_delimiter = ','
+    )]
+    dialect: Option<Vec<shardcast::config::DialectRoute>>,
+    /// Rooms every client of an ignis path joins once authenticated, for the ignis paths that
+    /// name none in the configuration file (repeat or comma-separate) [default:
+    /// ws-default,ws-notification].
+    #[arg(
+        long = "ignis-default-rooms",
+        env = "SHARDCAST_IGNIS_DEFAULT_ROOMS",
+        value_name = "ROOM",
+        value_delimiter = ','
+    )]
+    ignis_default_rooms: Option<Vec<String>>,
 
     /// Client authentication: `off` (anyone, anonymous), `optional` (a token presented must
     /// be valid; clients without one are anonymous) or `required` (a valid token within
@@ -455,6 +483,22 @@ impl ServeArgs {
         set(&mut r.broadcast, &self.relay_broadcast);
         set(&mut r.direct, &self.relay_direct);
         set(&mut r.members, &self.relay_members);
+        if let Some(patterns) = &self.member_events {
+            r.member_events = patterns.iter().filter(|p| !p.is_empty()).cloned().collect();
+        }
+        if let Some(routes) = &self.dialect {
+            for route in routes {
+                c.dialects.retain(|r| r.path != route.path);
+                c.dialects.push(route.clone());
+            }
+        }
+        if let Some(rooms) = &self.ignis_default_rooms {
+            for route in c.dialects.iter_mut() {
+                if route.name == "ignis" && route.default_rooms.is_none() {
+                    route.default_rooms = Some(rooms.clone());
+                }
+            }
+        }
         let a = &mut c.auth;
         if let Some(m) = self.auth {
             a.mode = match m {
@@ -895,6 +939,10 @@ mod tests {
             "--jwt-issuer=iss",
             "--jwt-rooms-claim=r",
             "--jwt-publish-claim=p",
+            "--member-events=lobby*,chat",
+            "--dialect=/api/ws=stellarstack",
+            "--dialect=/ws=ignis,/s=stonyx",
+            "--ignis-default-rooms=a,b",
         ]);
         let c = args.to_config().unwrap();
         let want = Config::from_toml(
@@ -938,6 +986,7 @@ mod tests {
             broadcast = false
             direct = false
             members = true
+            member_events = ["lobby*", "chat"]
             [cluster]
             redis = "redis://10.1.2.3:6380"
             node_id = "eu-2"
@@ -953,6 +1002,16 @@ mod tests {
             jwt_issuer = "iss"
             jwt_rooms_claim = "r"
             jwt_publish_claim = "p"
+            [[dialect]]
+            path = "/api/ws"
+            name = "stellarstack"
+            [[dialect]]
+            path = "/ws"
+            name = "ignis"
+            default_rooms = ["a", "b"]
+            [[dialect]]
+            path = "/s"
+            name = "stonyx"
             "#,
         )
         .unwrap();

@@ -116,6 +116,20 @@ impl Running {
 /// Starts `app` (binds, spawns shards) and returns once every shard is serving.
 pub fn start(mut app: App) -> Result<Running, StartError> {
     app.config.validate()?;
+    for route in &app.config.dialects {
+        if app.dialects.id(&route.name).is_none() {
+            return Err(ConfigError::Invalid {
+                setting: "dialect.name",
+                problem: format!(
+                    "no dialect `{}` for `{}` (known: {})",
+                    route.name,
+                    route.path,
+                    app.dialects.names()
+                ),
+            }
+            .into());
+        }
+    }
     let open_files = match shardcast_shards::raise_open_file_limit() {
         Ok(n) => n,
         Err(e) => {
@@ -403,7 +417,8 @@ async fn run_shard(
             limits,
         )
         .with_user_counts(user_counts)
-        .with_cluster(node_tag, cluster),
+        .with_cluster(node_tag, cluster)
+        .with_dialects(app.dialects.clone()),
     );
     // TLS on the main ports unless extra TLS ports are configured.
     let main_tls = config_tls_on_main(&hub);

@@ -237,7 +237,7 @@ impl RoomTarget<'_> {
         check_name(event)?;
         Ok(self.hub.publish(
             &self.room,
-            Outgoing::event(event, Some(data.0.clone())),
+            Outgoing::event_in(Arc::from(&*self.room), event, Some(data.0.clone())),
             self.exclude,
         ))
     }
@@ -245,9 +245,11 @@ impl RoomTarget<'_> {
     /// Sends a binary message to the room's members.
     pub fn emit_binary(&self, event: &str, payload: Bytes) -> Result<usize, SendError> {
         check_name(event)?;
-        Ok(self
-            .hub
-            .publish(&self.room, Outgoing::binary(event, payload), self.exclude))
+        Ok(self.hub.publish(
+            &self.room,
+            Outgoing::binary_in(Arc::from(&*self.room), event, payload),
+            self.exclude,
+        ))
     }
 }
 

@@ -187,14 +187,70 @@ pub(crate) fn join(env: &Env<'_>, room: &str) {
             return;
         }
     }
-    if let Err(refusal) = env.hub.join(env.client, room) {
-        env.hub.counters.refuse(refusal.label());
+    let member = env.client.rooms().iter().any(|r| &**r == room);
+    match env.hub.join(env.client, room) {
+        Ok(()) if !member => member_joined(env, room),
+        Ok(()) => {}
+        Err(refusal) => env.hub.counters.refuse(refusal.label()),
     }
 }
 
 /// A leave request (TCP LEAVE frame, or `leave-room`).
 pub(crate) fn leave(env: &Env<'_>, room: &str) {
+    let member = env.client.rooms().iter().any(|r| &**r == room);
     env.hub.leave(env.client, room);
+    if member {
+        left(env.hub, env.app, env.client, room);
+    }
+}
+
+/// Whether `room`'s members hear of joins and leaves (`relay.member_events`).
+fn member_events(hub: &Hub, room: &str) -> bool {
+    hub.config()
+        .relay
+        .member_events
+        .iter()
+        .any(|p| auth::pattern_matches(p, room))
+}
+
+/// `member-joined` / `member-left` with `{"room","id","user"}`.
+fn member_event(hub: &Hub, client: &Client, room: &str, joined: bool) {
+    let user = client.user();
+    let data = crate::dialect::Obj::new()
+        .str("room", room)
+        .str("id", &client.id.to_string())
+        .str_or_null("user", user.as_deref())
+        .done();
+    let event = if joined {
+        "member-joined"
+    } else {
+        "member-left"
+    };
+    let msg = Outgoing::event_in(Arc::from(room), event, Some(data));
+    hub.publish(room, msg, Some(client.id));
+}
+
+/// `client` became a member of `room`: its other members are told, if configured.
+pub(crate) fn member_joined(env: &Env<'_>, room: &str) {
+    if member_events(env.hub, room) {
+        member_event(env.hub, env.client, room, true);
+    }
+}
+
+/// `client` left `room` (asked, or disconnected): the other members are told, if
+/// configured, and the leave hooks run.
+pub(crate) fn left(hub: &Rc<Hub>, app: &Arc<App>, client: &Rc<Client>, room: &str) {
+    if member_events(hub, room) {
+        member_event(hub, client, room, false);
+    }
+    if !app.on_leave.is_empty() {
+        let ctx = Context::new(hub.clone(), client.clone(), app.clone());
+        for hook in &app.on_leave {
+            if std::panic::catch_unwind(AssertUnwindSafe(|| hook(&ctx, room))).is_err() {
+                hub.counters.error("handler_panic");
+            }
+        }
+    }
 }
 
 /// Runs the connect middleware chain, then the connect hooks. `Err` = refused.

@@ -53,6 +53,8 @@ pub type Middleware = Arc<dyn Fn(Context) -> LocalFuture<Result<(), Reject>> + S
 pub type Hook = Arc<dyn Fn(Context) -> LocalFuture<()> + Send + Sync>;
 /// A veto hook for joins: return false to refuse.
 pub type JoinHook = Arc<dyn Fn(&Context, &str) -> bool + Send + Sync>;
+/// Told that a client left a room (or left it by disconnecting).
+pub type LeaveHook = Arc<dyn Fn(&Context, &str) + Send + Sync>;
 
 /// Observes every protection's rejection (see [`Builder::on_reject`]).
 pub type RejectHook = Arc<dyn Fn(&Rejection<'_>) + Send + Sync>;
@@ -233,7 +235,12 @@ pub struct App {
     pub(crate) on_connect: Vec<Hook>,
     pub(crate) on_disconnect: Vec<Hook>,
     pub(crate) on_join: Option<JoinHook>,
+    pub(crate) on_leave: Vec<LeaveHook>,
     pub(crate) relay: bool,
+    /// The dialects clients may speak (`dialect/`), and the embedder's transform.
+    pub(crate) dialects: Arc<crate::dialect::Dialects>,
+    /// Requests (`on_request`) a dialect client may make before it authenticated.
+    pub(crate) skip_auth: ahash::HashSet<String>,
     pub(crate) handle_signals: bool,
     /// Who clients are (`auth.mode` optional / required); the JWT check when none is given.
     pub(crate) authenticator: Option<Authenticator>,
@@ -265,6 +272,7 @@ impl Server {
     /// A builder with default configuration, no handlers and the relay off.
     pub fn builder() -> Builder {
         Builder {
+            last_request: None,
             app: App {
                 config: Config::default(),
                 handlers: HashMap::default(),
@@ -275,7 +283,10 @@ impl Server {
                 on_connect: Vec::new(),
                 on_disconnect: Vec::new(),
                 on_join: None,
+                on_leave: Vec::new(),
                 relay: false,
+                dialects: Arc::default(),
+                skip_auth: ahash::HashSet::default(),
                 handle_signals: true,
                 authenticator: None,
                 reload_source: None,
@@ -291,6 +302,8 @@ impl Server {
 /// Collects handlers and configuration, then starts the server.
 pub struct Builder {
     app: App,
+    /// The last `on_request` name, which `skip_auth` marks.
+    last_request: Option<String>,
 }
 
 impl Builder {
@@ -394,6 +407,78 @@ impl Builder {
         F: Fn(&Context, &str) -> bool + Send + Sync + 'static,
     {
         self.app.on_join = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs after a client left a room: by asking, or by disconnecting (then for each of its
+    /// rooms, before the disconnect hooks).
+    pub fn on_leave<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Context, &str) + Send + Sync + 'static,
+    {
+        self.app.on_leave.push(Arc::new(f));
+        self
+    }
+
+    /// Serves `dialect` on the WebSocket path `path` (`stelar`, `stellarstack`, `ignis`,
+    /// `stonyx`, or one given to [`Builder::register_dialect`]); as `--dialect PATH=NAME`.
+    pub fn dialect(mut self, path: &str, dialect: &str) -> Self {
+        self.app.config.dialects.retain(|r| r.path != path);
+        self.app.config.dialects.push(crate::config::DialectRoute {
+            path: path.to_owned(),
+            name: dialect.to_owned(),
+            default_rooms: None,
+        });
+        self
+    }
+
+    /// Adds a dialect of the embedder's own (or replaces a built-in of the same name), to be
+    /// served on the paths [`Builder::dialect`] gives it. At most
+    /// [`crate::dialect::MAX_DIALECTS`] in all; beyond that this panics at start-up setup.
+    pub fn register_dialect(mut self, dialect: Arc<dyn crate::dialect::Dialect>) -> Self {
+        let dialects = Arc::get_mut(&mut self.app.dialects).expect("not shared while building");
+        if let Err(e) = dialects.register(dialect) {
+            panic!("register_dialect: {e}");
+        }
+        self
+    }
+
+    /// Answers requests named `name` (a dialect's request, e.g. stonyx'
+    /// `{"request":name,"data":D}`; on stelar, an ACK of that name): the handler's result is
+    /// the reply (`null`: no reply). Follow with [`Builder::skip_auth`] to allow it before the
+    /// client authenticated. A stonyx `auth` request handler decides who is let in: a result
+    /// other than `null` / `false` authenticates the client.
+    pub fn on_request<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(Context, Payload) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = AckResult> + 'static,
+    {
+        self.last_request = Some(name.to_owned());
+        self.on_ack(name, f)
+    }
+
+    /// Lets dialect clients make the last [`Builder::on_request`] request before they
+    /// authenticated (stonyx' `static skipAuth = true`).
+    pub fn skip_auth(mut self) -> Self {
+        match self.last_request.clone() {
+            Some(name) => {
+                self.app.skip_auth.insert(name);
+            }
+            None => panic!("skip_auth() follows on_request(name, handler)"),
+        }
+        self
+    }
+
+    /// Rewrites events for each recipient on a dialect path (not stelar): `f` sees the
+    /// recipient and the event and returns `Some((event, data))` to send instead, or `None`
+    /// to send it unchanged (ignis' outbound transformer). Events so rewritten are encoded per
+    /// recipient; the others keep the shared, encoded-once frames.
+    pub fn transform<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&crate::dialect::Transforming<'_>) -> Option<(String, Json)> + Send + Sync + 'static,
+    {
+        let dialects = Arc::get_mut(&mut self.app.dialects).expect("not shared while building");
+        dialects.transform = Some(Arc::new(f));
         self
     }
 

@@ -94,10 +94,11 @@ impl Request {
             }
         };
         let data = m.data_range().map(|r| text.slice(r));
-        Ok(Request {
-            target,
-            msg: Outgoing::event(&event, data),
-        })
+        let msg = match &target {
+            Target::Room(room) => Outgoing::event_in(Arc::from(room.as_str()), &event, data),
+            _ => Outgoing::event(&event, data),
+        };
+        Ok(Request { target, msg })
     }
 
     /// Carries the request out from this shard, `from` excluded (and told if a direct
@@ -297,8 +298,11 @@ pub(crate) fn binary(env: &Env<'_>, event: &str, payload: Bytes) -> bool {
         env.error(ClientError::NotMember, Some(event));
         return true;
     }
-    env.hub
-        .publish(room, Outgoing::binary(event, payload), Some(env.client.id));
+    env.hub.publish(
+        room,
+        Outgoing::binary_in(Arc::from(room), event, payload),
+        Some(env.client.id),
+    );
     true
 }
 

@@ -647,7 +647,11 @@ impl State {
             return;
         }
         let exclude: Arc<[ClientId]> = env.exclude.into();
-        let msg = Outgoing::new(env.body);
+        let room = match &channel {
+            Channel::Room(room) => Some(Arc::from(*room)),
+            _ => None,
+        };
+        let msg = Outgoing::new_in(env.body, room);
         let (target, shards) = match channel {
             Channel::Room(room) => {
                 let Some(st) = self.rooms.get(room) else {

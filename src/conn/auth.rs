@@ -181,7 +181,7 @@ async fn refuse(io: &mut Io, shared: &Shared, client: &Client, reject: AuthRejec
 /// live node (presence in Redis), checked before the connection is counted here. Nodes that
 /// admit the same user at the same moment can each pass the check (the cap may be exceeded by
 /// the number of simultaneous logins); while Redis is away the cap holds per node.
-async fn cluster_user_cap(hub: &Rc<Hub>, user: &str) -> Result<(), AuthReject> {
+pub(crate) async fn cluster_user_cap(hub: &Rc<Hub>, user: &str) -> Result<(), AuthReject> {
     let cap = hub.config().limits.max_connections_per_user;
     if cap == 0 || hub.cluster().is_none() {
         return Ok(());

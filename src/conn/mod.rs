@@ -225,7 +225,15 @@ impl Accepted {
     /// opened, and closes the socket.
     pub(crate) fn finish(self, shared: &Shared, opened: bool) {
         shared.cancel_timer(&self.client);
+        let rooms: Vec<std::rc::Rc<str>> = if opened {
+            self.client.rooms().clone()
+        } else {
+            Vec::new()
+        };
         shared.hub.unregister(&self.client);
+        for room in &rooms {
+            crate::app::dispatch::left(&shared.hub, &shared.app, &self.client, room);
+        }
         if opened {
             crate::app::dispatch::disconnected(&shared.hub, &shared.app, &self.client);
             // A cause is set when the server closed it; otherwise the peer closed it or the

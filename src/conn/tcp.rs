@@ -78,7 +78,10 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>, tls: bool) {
                 hub.open(&client);
                 opened = true;
                 if let Some(user) = &user {
-                    hub.send_to(&client, &Outgoing::auth_ok(&client.id.to_string(), user));
+                    hub.send_to(
+                        &client,
+                        &Outgoing::auth_ok(&client.id.to_string(), Some(user)),
+                    );
                 }
                 dispatch::connected(&hub, &shared.app, &client);
                 if !io.rbuf.is_empty() {

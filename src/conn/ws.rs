@@ -21,6 +21,7 @@ use super::auth::{FirstMessage, Outcome};
 use super::{drive, fill, http, Accepted, End, Flow, Interrupted, Io, Session, Shared};
 use crate::app::dispatch::{self, AckRequest, Data, Env};
 use crate::app::error::ClientError;
+use crate::dialect::DialectId;
 use crate::hub::client::{Client, CloseCause, RequestInfo};
 use crate::hub::outgoing::{Body, Outgoing, WsForm};
 use crate::hub::Hub;
@@ -42,6 +43,8 @@ enum Mode {
     Echo,
     /// Raw `/broadcast`.
     Broadcast,
+    /// Another dialect (`dialect/`), chosen by the path.
+    Dialect(DialectId),
 }
 
 /// Serves one socket accepted on the WebSocket/HTTP port (over TLS with `tls`).
@@ -173,7 +176,15 @@ async fn websocket(
     let mode = match req.path() {
         "/echo" if config.bench_endpoints => Mode::Echo,
         "/broadcast" if config.bench_endpoints => Mode::Broadcast,
-        _ => Mode::Stelar,
+        path => match config
+            .dialects
+            .iter()
+            .find(|r| r.path == path)
+            .and_then(|r| hub.dialects().id(&r.name))
+        {
+            Some(id) if !id.is_stelar() => Mode::Dialect(id),
+            _ => Mode::Stelar,
+        },
     };
     let mut out = BytesMut::new();
     // Protection, before the 101 and before any client state: handshake rate, origin,
@@ -256,7 +267,11 @@ async fn websocket(
             Outcome::Refused | Outcome::Gone => return false,
         }
     }
-    if mode != Mode::Stelar {
+    if let Mode::Dialect(id) = mode {
+        // Dialects authenticate in their own way once open (`dialect/engine.rs`).
+        client.set_dialect(id);
+    }
+    if matches!(mode, Mode::Echo | Mode::Broadcast) {
         client.set_stelar(false);
     } else if let Err(reject) = dispatch::connect(hub, &shared.app, client).await {
         hub.counters.refuse("middleware");
@@ -267,13 +282,24 @@ async fn websocket(
     hub.open(client);
     if let Some(user) = &user {
         // Before any connect hook speaks: the first thing an authenticated client hears.
-        hub.send_to(client, &Outgoing::auth_ok(&client.id.to_string(), user));
+        hub.send_to(
+            client,
+            &Outgoing::auth_ok(&client.id.to_string(), Some(user)),
+        );
     }
     if mode == Mode::Broadcast {
         hub.join_raw_broadcast(client);
     }
     if mode == Mode::Stelar {
         dispatch::connected(hub, &shared.app, client);
+    }
+    if let Mode::Dialect(_) = mode {
+        let env = Env {
+            hub,
+            app: &shared.app,
+            client,
+        };
+        crate::dialect::engine::opened(&env);
     }
     if !io.rbuf.is_empty() {
         // Frames that arrived with the upgrade request (or behind the `auth` message).
@@ -375,6 +401,7 @@ impl Session for WsSession {
                     }
                     Message::Text(b) => match self.mode {
                         Mode::Stelar => self.text(b, &env),
+                        Mode::Dialect(id) => crate::dialect::engine::text(&env, id, &b),
                         Mode::Echo => {
                             hub.send_frame(client, Outgoing::raw_ws_frame(true, &b));
                         }
@@ -388,6 +415,7 @@ impl Session for WsSession {
                     },
                     Message::Binary(b) => match self.mode {
                         Mode::Stelar => self.binary(b, &env),
+                        Mode::Dialect(id) => crate::dialect::engine::binary(&env, id, &b),
                         Mode::Echo => {
                             hub.send_frame(client, Outgoing::raw_ws_frame(false, &b));
                         }
@@ -437,7 +465,11 @@ impl Session for WsSession {
             self.failed = true;
         }
         if self.decoder.phase() == ClosePhase::Open {
-            hub.send_control(client, &Outgoing::closing_for(client, cause));
+            let own = match self.mode {
+                Mode::Dialect(id) => hub.dialects().get(id).and_then(|d| d.close_code(cause)),
+                _ => None,
+            };
+            hub.send_control(client, &Outgoing::closing_in(client, cause, own));
             self.decoder.handle_close_sent();
         }
     }

@@ -15,6 +15,7 @@ use std::task::Waker;
 use super::id::ClientId;
 use super::outgoing::WsForm;
 use super::outq::OutQueue;
+use crate::dialect::DialectId;
 use crate::stats::Transport;
 
 /// Where a connection is in its life.
@@ -26,6 +27,17 @@ pub(crate) enum Phase {
     Open,
     /// Closing: no more messages are queued to it.
     Closing,
+}
+
+/// A dialect client's authentication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DialectAuth {
+    /// Not authenticated: receives no pushes, may only authenticate and ping.
+    None,
+    /// The authenticator is running.
+    Pending,
+    /// Authenticated.
+    Done,
 }
 
 /// Why the server closes a connection. Each maps to a close code / ERROR text in `conn/`
@@ -61,6 +73,9 @@ pub enum CloseCause {
     },
     /// `rate_limit.strikes` messages over its rate limit in a row.
     RateLimited,
+    /// A dialect client's authentication was refused (4003, the reason is the client's
+    /// `close_reason`), or it sent what needs authentication before it.
+    AuthRefused,
 }
 
 impl CloseCause {
@@ -77,6 +92,7 @@ impl CloseCause {
             CloseCause::Kicked { .. } => "kicked",
             CloseCause::Disconnected { .. } => "api_disconnect",
             CloseCause::RateLimited => "rate_limited",
+            CloseCause::AuthRefused => "auth_refused",
         }
     }
 }
@@ -104,8 +120,13 @@ pub(crate) struct Client {
     transport: Transport,
     phase: Cell<Phase>,
     ws_form: Cell<WsForm>,
-    /// Whether the connection speaks the stelar envelope (false on raw bench endpoints).
+    /// Whether the connection speaks messages (false on raw bench endpoints).
     stelar: Cell<bool>,
+    /// The dialect it speaks (`dialect/`; stelar unless its path chose another).
+    dialect: Cell<DialectId>,
+    /// Where a dialect client is in its dialect's authentication (stelar clients authenticate
+    /// before they open, `conn/auth.rs`, and are always `Done`).
+    dialect_auth: Cell<DialectAuth>,
     /// Write queue. Mutated only through the hub, which keeps the shard's output budget.
     out: RefCell<OutQueue>,
     /// Shard time (ms, never 0) since which the backlog has been above the slow-consumer
@@ -160,6 +181,8 @@ impl Client {
             phase: Cell::new(Phase::Handshake),
             ws_form: Cell::new(WsForm::Plain),
             stelar: Cell::new(true),
+            dialect: Cell::new(DialectId::STELAR),
+            dialect_auth: Cell::new(DialectAuth::Done),
             out: RefCell::new(OutQueue::default()),
             behind_since: Cell::new(0),
             input_held: Cell::new(0),
@@ -231,9 +254,35 @@ impl Client {
         self.ws_form.set(form);
     }
     /// Whether this connection speaks stelar envelopes.
-    pub(crate) fn is_stelar(&self) -> bool {
-        self.stelar.get()
+    /// The dialect it speaks.
+    pub(crate) fn dialect(&self) -> DialectId {
+        self.dialect.get()
     }
+
+    /// Sets its dialect (at the upgrade); it then waits for the dialect's authentication.
+    pub(crate) fn set_dialect(&self, dialect: DialectId) {
+        self.dialect.set(dialect);
+        if !dialect.is_stelar() {
+            self.dialect_auth.set(DialectAuth::None);
+        }
+    }
+
+    /// Its dialect authentication.
+    pub(crate) fn dialect_auth(&self) -> DialectAuth {
+        self.dialect_auth.get()
+    }
+
+    /// Records its dialect authentication.
+    pub(crate) fn set_dialect_auth(&self, state: DialectAuth) {
+        self.dialect_auth.set(state);
+    }
+
+    /// Whether room, broadcast and user messages go to it: it speaks messages and, on a
+    /// dialect path, has authenticated.
+    pub(crate) fn receives_pushes(&self) -> bool {
+        self.stelar.get() && self.dialect_auth.get() == DialectAuth::Done
+    }
+
     /// Marks a raw bench-endpoint connection.
     pub(crate) fn set_stelar(&self, on: bool) {
         self.stelar.set(on);

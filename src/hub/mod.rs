@@ -38,10 +38,11 @@ use crate::protocol::ws::codec::Compressor;
 use crate::protocol::ws::deflate::Deflater;
 use crate::stats::{Counters, MemoryGauges, Snapshot, Transport};
 
+use crate::dialect::{Dialects, MAX_DIALECTS};
 use client::{Client, CloseCause, Phase};
 use id::ClientId;
 use memory::{Budget, ShardLimits};
-use outgoing::{Compressors, Outgoing, WsForm};
+use outgoing::{Body, Compressors, DialectForm, Outgoing};
 use outq::{OutQueue, FRAME_COST};
 use rooms::{Interest, Join, Leave, Rooms};
 use users::{UserCounts, UserIndex, UserRefusal, MAX_USER_ID};
@@ -300,6 +301,8 @@ pub(crate) struct Hub {
     cluster: Option<Arc<Cluster>>,
     /// The node tag this process's client ids carry (`id.rs`).
     node_tag: u16,
+    /// The dialects clients may speak (`dialect/`), shared by every shard's hub.
+    dialects: Arc<Dialects>,
 }
 
 impl Hub {
@@ -346,7 +349,19 @@ impl Hub {
             user_counts: Arc::default(),
             cluster: None,
             node_tag: 0,
+            dialects: Arc::default(),
         }
+    }
+
+    /// Shares the server's dialects (one registry per process).
+    pub(crate) fn with_dialects(mut self, dialects: Arc<Dialects>) -> Hub {
+        self.dialects = dialects;
+        self
+    }
+
+    /// The dialects clients may speak.
+    pub(crate) fn dialects(&self) -> &Arc<Dialects> {
+        &self.dialects
     }
 
     /// Gives the hub the process's node tag and, in a cluster, the link to the other nodes
@@ -615,6 +630,16 @@ impl Hub {
         true
     }
 
+    /// Queues a text message (a dialect's direct answer) on an open client, framed in its
+    /// compression form.
+    pub(crate) fn send_text(&self, client: &Client, text: &[u8]) -> bool {
+        let frame = {
+            let mut c = self.compressors.borrow_mut();
+            Outgoing::text_frame_in(text, client.ws_form(), &mut c)
+        };
+        self.send_frame(client, frame)
+    }
+
     /// Queues a frame whatever the phase (HTTP responses, handshake answers, close and
     /// heartbeat frames): one per request or state change, so never refused; counted in the
     /// output budget like the rest.
@@ -848,10 +873,24 @@ impl Hub {
         }
     }
 
-    /// `msg` in the wire form `client` takes, or `None` (counted) if its transport cannot
-    /// carry it.
+    /// `msg` in the wire form `client` takes (its transport, dialect and compression), or
+    /// `None` if it gets nothing (counted when its transport or dialect cannot carry it).
     fn form_for(&self, client: &Client, msg: &Outgoing) -> Option<Bytes> {
         let frame = match client.transport() {
+            Transport::Ws if !client.dialect().is_stelar() => {
+                if let Some(f) = self.transformed(client, msg) {
+                    return Some(f);
+                }
+                let mut c = self.compressors.borrow_mut();
+                match msg.for_dialect(&self.dialects, client.dialect(), client.ws_form(), &mut c) {
+                    DialectForm::Frame(f) => return Some(f),
+                    DialectForm::Silent => return None,
+                    DialectForm::Unsendable => {
+                        self.counters.drop_message("not_sendable_in_dialect");
+                        return None;
+                    }
+                }
+            }
             Transport::Ws => {
                 let mut c = self.compressors.borrow_mut();
                 msg.ws(client.ws_form(), &mut c).cloned()
@@ -867,6 +906,38 @@ impl Hub {
         frame
     }
 
+    /// The embedder's transform of an event for one client of a dialect
+    /// (`Builder::transform`), built for that client alone; `None` when there is no transform,
+    /// the message is not an event, or the transform keeps it.
+    fn transformed(&self, client: &Client, msg: &Outgoing) -> Option<Bytes> {
+        let transform = self.dialects.transform.as_ref()?;
+        let crate::dialect::Outbound::Event { event, data, room } = msg.outbound()? else {
+            return None;
+        };
+        let user = client.user();
+        let view = crate::dialect::Transforming {
+            client: client.id,
+            user: user.as_deref(),
+            dialect: self.dialects.name(client.dialect()),
+            event,
+            data,
+            room,
+        };
+        let (event, data) = transform(&view)?;
+        let one = Outgoing::new_in(
+            Body::Event {
+                event: event.into(),
+                data: Some(data.into_bytes()),
+            },
+            msg.room().cloned(),
+        );
+        let mut c = self.compressors.borrow_mut();
+        match one.for_dialect(&self.dialects, client.dialect(), client.ws_form(), &mut c) {
+            DialectForm::Frame(f) => Some(f),
+            DialectForm::Silent | DialectForm::Unsendable => None,
+        }
+    }
+
     /// Delivers to local clients by slot. `remote` says the message came from another
     /// shard, so frames are first copied into this shard's memory.
     fn deliver(
@@ -876,43 +947,64 @@ impl Hub {
         exclude: Option<ClientId>,
         remote: bool,
     ) -> usize {
-        // Frames in the forms actually needed, built on first need: plain, deflate, narrow, tcp.
-        let mut forms: [Option<Option<Bytes>>; 4] = [None, None, None, None];
+        // Frames in the forms actually needed, built on first need: stelar's plain, deflate,
+        // narrow and tcp, then each other dialect's three WebSocket forms.
+        let mut forms: [Option<Option<Bytes>>; 4 + 3 * (MAX_DIALECTS - 1)] =
+            std::array::from_fn(|_| None);
+        let transform = self.dialects.transform.is_some();
         let mut delivered = 0;
         let clients = self.clients.borrow();
         for slot in slots {
             let Some(Some(client)) = clients.get(slot as usize) else {
                 continue;
             };
-            if !client.is_open() || Some(client.id) == exclude || !client.is_stelar() {
+            if !client.is_open() || Some(client.id) == exclude || !client.receives_pushes() {
                 continue;
             }
+            let dialect = client.dialect();
             let i = match (client.transport(), client.ws_form()) {
-                (Transport::Ws, WsForm::Plain) => 0,
-                (Transport::Ws, WsForm::Deflate) => 1,
-                (Transport::Ws, WsForm::DeflateNarrow) => 2,
                 (Transport::Tcp, _) => 3,
+                (Transport::Ws, form) if dialect.is_stelar() => form as usize,
+                (Transport::Ws, form) => 4 + 3 * (dialect.0 as usize - 1) + form as usize,
             };
+            if transform && !dialect.is_stelar() {
+                if let Some(f) = self.transformed(client, msg) {
+                    if self.send_frame(client, f) {
+                        delivered += 1;
+                    }
+                    continue;
+                }
+            }
             let frame = forms[i].get_or_insert_with(|| {
                 let f = if i == 3 {
                     msg.tcp().cloned()
-                } else {
+                } else if i < 3 {
                     let mut c = self.compressors.borrow_mut();
                     msg.ws(client.ws_form(), &mut c).cloned()
+                } else {
+                    let mut c = self.compressors.borrow_mut();
+                    match msg.for_dialect(&self.dialects, dialect, client.ws_form(), &mut c) {
+                        DialectForm::Frame(f) => Some(f),
+                        DialectForm::Silent => Some(Bytes::new()),
+                        DialectForm::Unsendable => None,
+                    }
                 };
                 if remote {
-                    f.map(|f| Outgoing::local(&f))
+                    f.map(|f| if f.is_empty() { f } else { Outgoing::local(&f) })
                 } else {
                     f
                 }
             });
             match frame {
+                // A dialect with no such message: nothing to send.
+                Some(f) if f.is_empty() => {}
                 Some(f) => {
                     if self.send_frame(client, f.clone()) {
                         delivered += 1;
                     }
                 }
-                None => self.counters.drop_message("not_sendable_on_tcp"),
+                None if i < 4 => self.counters.drop_message("not_sendable_on_tcp"),
+                None => self.counters.drop_message("not_sendable_in_dialect"),
             }
         }
         delivered
@@ -1197,7 +1289,10 @@ impl Hub {
     /// `joined-room` / `left-room` with the room name, in the client's wire form
     /// (PROTOCOL.md §6: a JSON string on WebSocket and in a TCP JSON frame).
     fn confirm(&self, client: &Client, event: &str, room: &str) {
-        self.send_to(client, &Outgoing::event_string(event, room));
+        self.send_to(
+            client,
+            &Outgoing::room_confirmation(event == "joined-room", room),
+        );
     }
 
     /// Rooms this shard knows of (process-wide view).

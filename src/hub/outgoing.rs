@@ -22,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::{Bytes, BytesMut};
 
 use super::client::CloseCause;
+use crate::dialect::{DialectId, Dialects, Encoded, Outbound, MAX_DIALECTS};
 use crate::protocol::stelar::json::{quoted_len, write_quoted};
 use crate::protocol::stelar::{binary, names, OutFrame, TextEnvelope};
 use crate::protocol::ws::close::{CloseCode, CloseFrame};
@@ -84,6 +85,41 @@ pub(crate) enum Body {
     /// TCP CONNECT with the client's id, the server's first frame (§4.3). WebSocket clients
     /// get no id frame.
     Connect(Box<str>),
+    /// A non-fatal error about something the client sent: stelar's `server:error` event
+    /// (`data` is its JSON), a dialect's own error message.
+    Error {
+        /// Machine-readable code.
+        code: Box<str>,
+        /// Human-readable text.
+        message: Box<str>,
+        /// The event it is about.
+        about: Option<Box<str>>,
+        /// stelar's `data`: `{"code","message"[,"event"][,extra]}`.
+        data: Bytes,
+    },
+    /// A room confirmation: stelar's `joined-room` / `left-room` with the room as a JSON
+    /// string (`data`), a dialect's own (StellarStack `subscribed`, ...).
+    Room {
+        /// Joined (true) or left.
+        joined: bool,
+        /// The room.
+        room: Box<str>,
+        /// The room as a JSON string.
+        data: Bytes,
+    },
+    /// Authentication succeeded: stelar's `auth-ok` (`data` = `{"id","user"}`, sent only with
+    /// a user), a dialect's own answer.
+    Authenticated {
+        /// The client id.
+        id: Box<str>,
+        /// The user.
+        user: Option<Box<str>>,
+        /// stelar's `data`.
+        data: Bytes,
+    },
+    /// Authentication failed on a dialect path (stelar closes with 4003 instead; never sent
+    /// to stelar clients).
+    AuthFailed(Box<str>),
 }
 
 /// Which permessage-deflate form a WebSocket client takes.
@@ -101,10 +137,29 @@ pub(crate) enum WsForm {
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     body: Body,
+    /// The room it is published to (dialects that name it, e.g. StellarStack's `serverId`).
+    room: Option<Arc<str>>,
     ws: OnceLock<Option<Bytes>>,
     ws_deflate: OnceLock<Option<Bytes>>,
     ws_deflate_narrow: OnceLock<Option<Bytes>>,
     tcp: OnceLock<Option<Bytes>>,
+    /// Other dialects' WebSocket frames, per dialect and compression form; allocated when
+    /// the first recipient of another dialect needs one.
+    dialects: OnceLock<Box<DialectForms>>,
+}
+
+/// Frames for dialects 1.. (stelar's are the fields above), by [`WsForm`].
+type DialectForms = [[OnceLock<DialectForm>; 3]; MAX_DIALECTS - 1];
+
+/// A dialect's frame for one message, or why there is none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DialectForm {
+    /// Send this.
+    Frame(Bytes),
+    /// The dialect has no such message: nothing is sent, nothing counted.
+    Silent,
+    /// The dialect cannot carry it: dropped and counted.
+    Unsendable,
 }
 
 /// The per-shard compressors used to build deflated forms (no context takeover, so one
@@ -119,13 +174,47 @@ pub(crate) struct Compressors {
 impl Outgoing {
     /// Wraps a body.
     pub(crate) fn new(body: Body) -> Arc<Outgoing> {
+        Self::new_in(body, None)
+    }
+
+    /// Wraps a body published to `room`.
+    pub(crate) fn new_in(body: Body, room: Option<Arc<str>>) -> Arc<Outgoing> {
         Arc::new(Outgoing {
             body,
+            room,
             ws: OnceLock::new(),
             ws_deflate: OnceLock::new(),
             ws_deflate_narrow: OnceLock::new(),
             tcp: OnceLock::new(),
+            dialects: OnceLock::new(),
         })
+    }
+
+    /// An event published to `room`.
+    pub(crate) fn event_in(room: Arc<str>, event: &str, data: Option<Bytes>) -> Arc<Outgoing> {
+        Self::new_in(
+            Body::Event {
+                event: event.into(),
+                data,
+            },
+            Some(room),
+        )
+    }
+
+    /// A binary message published to `room`.
+    pub(crate) fn binary_in(room: Arc<str>, event: &str, payload: Bytes) -> Arc<Outgoing> {
+        Self::new_in(
+            Body::Binary {
+                event: event.into(),
+                payload,
+            },
+            Some(room),
+        )
+    }
+
+    /// The room it is published to, if any.
+    pub(crate) fn room(&self) -> Option<&Arc<str>> {
+        self.room.as_ref()
     }
 
     /// An event with JSON data.
@@ -136,11 +225,20 @@ impl Outgoing {
         })
     }
 
-    /// An event whose data is `value` as a JSON string (`joined-room` / `left-room`, §6).
-    pub(crate) fn event_string(event: &str, value: &str) -> Arc<Outgoing> {
-        let mut quoted = BytesMut::with_capacity(quoted_len(value));
-        write_quoted(&mut quoted, value);
-        Self::event(event, Some(quoted.freeze()))
+    /// A room confirmation: `joined-room` / `left-room` with the room as a JSON string (§6).
+    pub(crate) fn room_confirmation(joined: bool, room: &str) -> Arc<Outgoing> {
+        let mut quoted = BytesMut::with_capacity(quoted_len(room));
+        write_quoted(&mut quoted, room);
+        Self::new(Body::Room {
+            joined,
+            room: room.into(),
+            data: quoted.freeze(),
+        })
+    }
+
+    /// A failed authentication on a dialect path.
+    pub(crate) fn auth_failed(reason: &str) -> Arc<Outgoing> {
+        Self::new(Body::AuthFailed(reason.into()))
     }
 
     /// A binary message.
@@ -175,6 +273,22 @@ impl Outgoing {
         })
     }
 
+    /// [`Outgoing::closing_for`] with a dialect's own close code and reason for `cause`.
+    pub(crate) fn closing_in(
+        client: &super::client::Client,
+        cause: CloseCause,
+        own: Option<(u16, &'static str)>,
+    ) -> Arc<Outgoing> {
+        match own {
+            Some((code, reason)) => Self::new(Body::Close {
+                code: Some(CloseCode::new(code).unwrap_or(CloseCode::POLICY)),
+                reason: Cow::Borrowed(reason),
+                disconnect: false,
+            }),
+            None => Self::closing_for(client, cause),
+        }
+    }
+
     /// What the server sends when it closes a connection for `cause`: a WebSocket close
     /// frame with the cause's code and reason, a TCP ERROR with the reason (DISCONNECT for a
     /// shutdown).
@@ -186,7 +300,9 @@ impl Outgoing {
     /// client over the API.
     pub(crate) fn closing_for(client: &super::client::Client, cause: CloseCause) -> Arc<Outgoing> {
         match cause {
-            CloseCause::Disconnected { .. } => Self::closing_with(cause, client.close_reason()),
+            CloseCause::Disconnected { .. } | CloseCause::AuthRefused => {
+                Self::closing_with(cause, client.close_reason())
+            }
             _ => Self::closing(cause),
         }
     }
@@ -202,6 +318,7 @@ impl Outgoing {
             CloseCause::Shutdown => (CloseCode::AWAY, "Shutting down"),
             CloseCause::AuthTimeout => (CloseCode::AUTH_TIMEOUT, "Authentication timeout"),
             CloseCause::RateLimited => (CloseCode::POLICY, "Rate limit exceeded"),
+            CloseCause::AuthRefused => (CloseCode::AUTH_FAILED, "Authentication failed"),
             CloseCause::Kicked { code, reason } => {
                 (CloseCode::new(code).unwrap_or(CloseCode::POLICY), reason)
             }
@@ -221,15 +338,21 @@ impl Outgoing {
         })
     }
 
-    /// The answer to a successful authentication: `auth-ok` with `{"id":ID,"user":USER}`.
-    pub(crate) fn auth_ok(id: &str, user: &str) -> Arc<Outgoing> {
-        let mut data = BytesMut::with_capacity(20 + quoted_len(id) + quoted_len(user));
+    /// The answer to a successful authentication: `auth-ok` with `{"id":ID,"user":USER}`
+    /// (a dialect's own answer; stelar clients get it only with a user).
+    pub(crate) fn auth_ok(id: &str, user: Option<&str>) -> Arc<Outgoing> {
+        let u = user.unwrap_or("");
+        let mut data = BytesMut::with_capacity(20 + quoted_len(id) + quoted_len(u));
         data.extend_from_slice(b"{\"id\":");
         write_quoted(&mut data, id);
         data.extend_from_slice(b",\"user\":");
-        write_quoted(&mut data, user);
+        write_quoted(&mut data, u);
         data.extend_from_slice(b"}");
-        Self::event("auth-ok", Some(data.freeze()))
+        Self::new(Body::Authenticated {
+            id: id.into(),
+            user: user.map(Into::into),
+            data: data.freeze(),
+        })
     }
 
     /// A refused authentication: close 4003 with `reason` (TCP: ERROR with the reason).
@@ -267,7 +390,12 @@ impl Outgoing {
             write_quoted(&mut data, v);
         }
         data.extend_from_slice(b"}");
-        Self::event("server:error", Some(data.freeze()))
+        Self::new(Body::Error {
+            code: code.into(),
+            message: message.into(),
+            about: event.map(Into::into),
+            data: data.freeze(),
+        })
     }
 
     /// What is being sent.
@@ -284,10 +412,123 @@ impl Outgoing {
         )
     }
 
+    /// The stelar event this body is sent as (an error, a room confirmation and the
+    /// authentication answer are events to stelar clients), or `None`.
+    fn as_event(&self) -> Option<(&str, Option<&[u8]>)> {
+        match &self.body {
+            Body::Event { event, data } => Some((event, data.as_deref())),
+            Body::Error { data, .. } => Some(("server:error", Some(data))),
+            Body::Room { joined, data, .. } => Some((
+                if *joined { "joined-room" } else { "left-room" },
+                Some(data),
+            )),
+            Body::Authenticated { data, .. } => Some(("auth-ok", Some(data))),
+            _ => None,
+        }
+    }
+
+    /// The message as dialects see it (`None` for protocol control messages and raw bench
+    /// frames, which dialects never encode).
+    pub(crate) fn outbound(&self) -> Option<Outbound<'_>> {
+        let room = self.room.as_deref();
+        Some(match &self.body {
+            Body::Event { event, data } => Outbound::Event {
+                event,
+                data: data.as_deref(),
+                room,
+            },
+            Body::Binary { event, payload } => Outbound::Binary {
+                event,
+                payload,
+                room,
+            },
+            Body::AckReply {
+                ack_name, result, ..
+            } => Outbound::Reply {
+                request: ack_name,
+                result,
+            },
+            Body::Error {
+                code,
+                message,
+                about,
+                ..
+            } => Outbound::Error {
+                code,
+                message,
+                about: about.as_deref(),
+            },
+            Body::Room {
+                joined: true, room, ..
+            } => Outbound::Joined { room },
+            Body::Room { room, .. } => Outbound::Left { room },
+            Body::Authenticated { id, user, .. } => Outbound::Authenticated {
+                id,
+                user: user.as_deref(),
+            },
+            Body::AuthFailed(reason) => Outbound::AuthFailed { reason },
+            Body::RawWs { .. }
+            | Body::Ping
+            | Body::Pong(_)
+            | Body::Close { .. }
+            | Body::Connect(_) => return None,
+        })
+    }
+
+    /// The frame for a WebSocket client of dialect `id` in `form`: stelar's own forms for
+    /// stelar and for control messages, otherwise the dialect's encoding, built once per
+    /// (dialect, form) and shared by every recipient.
+    pub(crate) fn for_dialect(
+        &self,
+        dialects: &Dialects,
+        id: DialectId,
+        form: WsForm,
+        c: &mut Compressors,
+    ) -> DialectForm {
+        let stelar = |c: &mut Compressors| match self.ws(form, c) {
+            Some(f) => DialectForm::Frame(f.clone()),
+            None => DialectForm::Unsendable,
+        };
+        let Some(dialect) = dialects.get(id) else {
+            return stelar(c);
+        };
+        if self.is_control() {
+            return stelar(c);
+        }
+        let forms = self.dialects.get_or_init(Default::default);
+        let slot = &forms[id.0 as usize - 1][form as usize];
+        if let Some(f) = slot.get() {
+            return f.clone();
+        }
+        let built = match self.outbound().map(|o| dialect.encode(&o)) {
+            Some(Encoded::AsStelar) => stelar(c),
+            Some(Encoded::Text(text)) => DialectForm::Frame(Self::text_frame_in(&text, form, c)),
+            Some(Encoded::Nothing) => DialectForm::Silent,
+            Some(Encoded::Unsupported) | None => DialectForm::Unsendable,
+        };
+        slot.get_or_init(|| built).clone()
+    }
+
+    /// A text frame around `text` in `form`.
+    pub(crate) fn text_frame_in(text: &[u8], form: WsForm, c: &mut Compressors) -> Bytes {
+        match form {
+            WsForm::Plain => server_frame(OpCode::Text, text),
+            WsForm::Deflate => c.full.server_frame(OpCode::Text, text),
+            WsForm::DeflateNarrow => c.narrow.server_frame(OpCode::Text, text),
+        }
+    }
+
     /// Bytes of content this message carries (event name and data, or payload).
     pub(crate) fn payload_len(&self) -> usize {
+        if let Some((event, data)) = self.as_event() {
+            return event.len() + data.map_or(0, <[u8]>::len);
+        }
         match &self.body {
-            Body::Event { event, data } => event.len() + data.as_ref().map_or(0, Bytes::len),
+            Body::AuthFailed(reason) => reason.len(),
+            Body::Event { .. }
+            | Body::Error { .. }
+            | Body::Room { .. }
+            | Body::Authenticated { .. } => 0,
             Body::Binary { event, payload } => event.len() + payload.len(),
             Body::AckReply {
                 event,
@@ -308,8 +549,15 @@ impl Outgoing {
     }
 
     fn build_ws(&self) -> Option<Bytes> {
+        if let Some((event, data)) = self.as_event() {
+            return Some(text_frame(&TextEnvelope::event(event, data)));
+        }
         Some(match &self.body {
-            Body::Event { event, data } => text_frame(&TextEnvelope::event(event, data.as_deref())),
+            Body::Event { .. }
+            | Body::Error { .. }
+            | Body::Room { .. }
+            | Body::Authenticated { .. }
+            | Body::AuthFailed(_) => return None,
             Body::AckReply {
                 event,
                 correlation_id,
@@ -365,11 +613,16 @@ impl Outgoing {
     }
 
     fn compress(&self, c: &mut Compressor) -> Option<Bytes> {
+        if let Some((event, data)) = self.as_event() {
+            let payload = TextEnvelope::event(event, data).encode();
+            return Some(c.server_frame(OpCode::Text, &payload));
+        }
         Some(match &self.body {
-            Body::Event { event, data } => {
-                let payload = TextEnvelope::event(event, data.as_deref()).encode();
-                c.server_frame(OpCode::Text, &payload)
-            }
+            Body::Event { .. }
+            | Body::Error { .. }
+            | Body::Room { .. }
+            | Body::Authenticated { .. }
+            | Body::AuthFailed(_) => return None,
             Body::AckReply {
                 event,
                 correlation_id,
@@ -402,14 +655,21 @@ impl Outgoing {
     }
 
     fn build_tcp(&self) -> Option<Bytes> {
-        let frame = match &self.body {
-            Body::Event { event, data } => {
-                names::validate_outbound_event(event).ok()?;
-                OutFrame::Json {
-                    event,
-                    data: data.as_deref().unwrap_or(b"null"),
-                }
+        if let Some((event, data)) = self.as_event() {
+            names::validate_outbound_event(event).ok()?;
+            return OutFrame::Json {
+                event,
+                data: data.unwrap_or(b"null"),
             }
+            .encode()
+            .ok();
+        }
+        let frame = match &self.body {
+            Body::Event { .. }
+            | Body::Error { .. }
+            | Body::Room { .. }
+            | Body::Authenticated { .. }
+            | Body::AuthFailed(_) => return None,
             Body::Binary { event, payload } => {
                 names::validate_outbound_event(event).ok()?;
                 OutFrame::Binary { event, payload }
@@ -512,7 +772,7 @@ mod tests {
     #[test]
     fn confirmations_and_ack_replies() {
         // §6: joined-room with the room as a JSON string, on both transports.
-        let o = Outgoing::event_string("joined-room", "lo\"bby");
+        let o = Outgoing::room_confirmation(true, "lo\"bby");
         assert_eq!(
             &o.ws_plain().unwrap()[2..],
             br#"{"event":"joined-room","data":"lo\"bby"}"#
@@ -572,7 +832,7 @@ mod tests {
 
     #[test]
     fn auth_answers() {
-        let o = Outgoing::auth_ok("id-1", "al\"ice");
+        let o = Outgoing::auth_ok("id-1", Some("al\"ice"));
         assert_eq!(
             &o.ws_plain().unwrap()[2..],
             br#"{"event":"auth-ok","data":{"id":"id-1","user":"al\"ice"}}"#
