@@ -202,7 +202,8 @@ fn main() {
                 let _ = ctx.emit_value("chat:refused", &json!({"room": chat.room}));
                 return;
             }
-            let msg = json!({"room": chat.room, "from": me.id, "email": me.email, "text": chat.text});
+            let msg =
+                json!({"room": chat.room, "from": me.id, "email": me.email, "text": chat.text});
             let _ = ctx.to(&chat.room).emit("chat", &Json::from_value(&msg));
         })
         .on("dm", |ctx, data| async move {

@@ -106,17 +106,15 @@ const SERVERS: &[GameServer] = &[
 ];
 
 /// What changes at run time: each server's status and when it last changed (ms).
-static STATUS: LazyLock<Mutex<HashMap<&'static str, (&'static str, u64)>>> =
-    LazyLock::new(|| {
-        let now = now_ms();
-        Mutex::new(SERVERS.iter().map(|s| (s.id, ("running", now))).collect())
-    });
+static STATUS: LazyLock<Mutex<HashMap<&'static str, (&'static str, u64)>>> = LazyLock::new(|| {
+    let now = now_ms();
+    Mutex::new(SERVERS.iter().map(|s| (s.id, ("running", now))).collect())
+});
 
 /// Who is subscribed to which server, and which shard pushes its syncs. A room is pushed by
 /// one shard only (the one its first subscriber came to): a publish from any shard reaches
 /// the room's members on every shard.
-static SUBSCRIPTIONS: LazyLock<Mutex<HashMap<String, Subscribed>>> =
-    LazyLock::new(Mutex::default);
+static SUBSCRIPTIONS: LazyLock<Mutex<HashMap<String, Subscribed>>> = LazyLock::new(Mutex::default);
 
 struct Subscribed {
     clients: HashSet<ClientId>,
@@ -297,10 +295,7 @@ async fn power(ctx: Context, msg: Power) {
             return;
         }
     };
-    STATUS
-        .lock()
-        .unwrap()
-        .insert(server.id, (status, now_ms()));
+    STATUS.lock().unwrap().insert(server.id, (status, now_ms()));
     let _ = ctx.emit_value("power", &json!({"serverId": server.id, "status": status}));
 }
 
