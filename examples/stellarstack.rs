@@ -46,8 +46,8 @@
 //! };
 //! ```
 //!
-//! Another process can push too, over the HTTP API (start with `--api-key`, via
-//! `--config`): `POST /api/publish {"room":"srv_abc123","event":"server:sync","data":{...}}`
+//! Another process can push too, over the HTTP API (with an `api_key` in the `--config`
+//! file): `POST /api/publish {"room":"srv_abc123","event":"server:sync","data":{...}}`
 //! reaches the subscribers in the same shape.
 
 use std::cell::Cell;
@@ -385,17 +385,5 @@ fn main() {
     if let Err(e) = running.join() {
         eprintln!("stellarstack: {e}");
         std::process::exit(1);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn iso8601() {
-        assert_eq!(super::iso8601(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            super::iso8601(1_772_366_400_123),
-            "2026-03-01T12:00:00.123Z"
-        );
     }
 }

@@ -204,7 +204,27 @@ async fn stellarstack_example() {
     assert_eq!(data["node"]["location"]["name"], "US-East-1");
     assert_eq!(data["allocations"][0]["isPrimary"], true);
     assert_eq!(data["blueprint"]["name"], "Minecraft Java");
-    assert!(data["updatedAt"].as_str().unwrap().ends_with('Z'), "{data}");
+    // ISO 8601 in UTC with milliseconds, as the document's timestamps.
+    let updated = data["updatedAt"].as_str().unwrap().as_bytes();
+    assert_eq!(updated.len(), 24, "{data}");
+    for (i, c) in updated.iter().enumerate() {
+        let want = match i {
+            4 | 7 => b'-',
+            10 => b'T',
+            13 | 16 => b':',
+            19 => b'.',
+            23 => b'Z',
+            _ => b'0',
+        };
+        assert!(
+            if want == b'0' {
+                c.is_ascii_digit()
+            } else {
+                *c == want
+            },
+            "{data}"
+        );
+    }
     assert_eq!(
         sync.as_object().unwrap().len(),
         3,
