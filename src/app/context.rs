@@ -60,6 +60,12 @@ impl Context {
         self.client.transport()
     }
 
+    /// The dialect the client speaks (`stelar`, `stellarstack`, `ignis`, `stonyx`, or an
+    /// embedder's; README "Dialects").
+    pub fn dialect(&self) -> String {
+        self.hub.dialects().name(self.client.dialect()).to_owned()
+    }
+
     /// The peer's address.
     pub fn peer(&self) -> std::net::SocketAddr {
         self.client.peer

@@ -277,6 +277,12 @@ impl Client {
         self.dialect_auth.set(state);
     }
 
+    /// Whether a message to its id goes to it: it is open and, on a dialect path, has
+    /// authenticated (until then it is as good as absent: the sender is told).
+    pub(crate) fn takes_direct(&self) -> bool {
+        self.is_open() && self.dialect_auth.get() == DialectAuth::Done
+    }
+
     /// Whether room, broadcast and user messages go to it: it speaks messages and, on a
     /// dialect path, has authenticated.
     pub(crate) fn receives_pushes(&self) -> bool {

@@ -1129,7 +1129,7 @@ impl Hub {
         }
         if shard == self.shard {
             match self.client(to) {
-                Some(c) if c.is_open() => self.send_to(&c, &msg),
+                Some(c) if c.takes_direct() => self.send_to(&c, &msg),
                 _ => {
                     self.direct_failed(from, to);
                     false
@@ -1219,7 +1219,7 @@ impl Hub {
                 self.deliver(slots.into_iter().filter(keep), msg, None, true);
             }
             Target::Client(to) => match self.client(*to) {
-                Some(c) if c.is_open() && !exclude.contains(to) => {
+                Some(c) if c.takes_direct() && !exclude.contains(to) => {
                     self.send_to(&c, msg);
                 }
                 _ => self.counters.drop_message("direct_unknown_client"),
@@ -1461,7 +1461,7 @@ impl Hub {
                 self.deliver_all(&msg, exclude, true);
             }
             ShardMsg::Direct { to, msg, from } => match self.client(to) {
-                Some(c) if c.is_open() => {
+                Some(c) if c.takes_direct() => {
                     self.send_to(&c, &msg);
                 }
                 _ => self.direct_failed(from, to),

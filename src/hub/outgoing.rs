@@ -853,6 +853,82 @@ mod tests {
     }
 
     #[test]
+    fn dialect_forms_are_built_once_per_dialect_and_form() {
+        let dialects = Dialects::default();
+        let (ss, ignis, stonyx) = (
+            dialects.id("stellarstack").unwrap(),
+            dialects.id("ignis").unwrap(),
+            dialects.id("stonyx").unwrap(),
+        );
+        let mut c = compressors();
+        let o = Outgoing::event_in(
+            Arc::from("srv_1"),
+            "server:sync",
+            Some(Bytes::from_static(br#"{"id":"srv_1"}"#)),
+        );
+        let frame = |d, form, c: &mut Compressors| match o.for_dialect(&dialects, d, form, c) {
+            DialectForm::Frame(f) => f,
+            other => panic!("{other:?}"),
+        };
+        let a = frame(ss, WsForm::Plain, &mut c);
+        assert_eq!(
+            &a[2..],
+            br#"{"type":"server:sync","serverId":"srv_1","data":{"id":"srv_1"}}"#
+        );
+        assert_eq!(
+            a.as_ptr(),
+            frame(ss, WsForm::Plain, &mut c).as_ptr(),
+            "cached"
+        );
+        // ignis shares stelar's own frame.
+        let i = frame(ignis, WsForm::Plain, &mut c);
+        assert_eq!(i.as_ptr(), o.ws_plain().unwrap().as_ptr());
+        assert_eq!(
+            &frame(stonyx, WsForm::Plain, &mut c)[2..],
+            br#"{"request":"server:sync","data":{"id":"srv_1"}}"#
+        );
+        assert_eq!(
+            frame(DialectId::STELAR, WsForm::Plain, &mut c).as_ptr(),
+            o.ws_plain().unwrap().as_ptr()
+        );
+        // A deflate form of a large message is compressed (RSV1).
+        let big = Outgoing::event_in(
+            Arc::from("r"),
+            "e",
+            Some(Bytes::from(format!("\"{}\"", "ab".repeat(500)))),
+        );
+        match big.for_dialect(&dialects, stonyx, WsForm::Deflate, &mut c) {
+            DialectForm::Frame(f) => assert_eq!(f[0], 0xc1),
+            other => panic!("{other:?}"),
+        }
+        // Binary is not part of these dialects; an ignis join confirmation does not exist.
+        let bin = Outgoing::binary_in(Arc::from("r"), "b", Bytes::from_static(b"x"));
+        assert_eq!(
+            bin.for_dialect(&dialects, ss, WsForm::Plain, &mut c),
+            DialectForm::Unsendable
+        );
+        let joined = Outgoing::room_confirmation(true, "r");
+        assert_eq!(
+            joined.for_dialect(&dialects, ignis, WsForm::Plain, &mut c),
+            DialectForm::Silent
+        );
+        // Control frames are the engine's, whatever the dialect.
+        let ping = Outgoing::new(Body::Ping);
+        assert_eq!(
+            ping.for_dialect(&dialects, stonyx, WsForm::Plain, &mut c),
+            DialectForm::Frame(Bytes::from_static(b"\x89\x00"))
+        );
+        // The stelar forms of the new bodies are the events they replace.
+        let err = Outgoing::server_error("unknown_event", "m", Some("x"), None);
+        assert_eq!(
+            &err.ws_plain().unwrap()[2..],
+            br#"{"event":"server:error","data":{"code":"unknown_event","message":"m","event":"x"}}"#
+        );
+        assert!(Outgoing::auth_failed("no").ws_plain().is_none());
+        assert!(Outgoing::auth_failed("no").tcp().is_none());
+    }
+
+    #[test]
     fn forms_are_built_once() {
         let o = Outgoing::event("e", Some(Bytes::from_static(b"1")));
         let a = o.ws_plain().unwrap().as_ptr();
