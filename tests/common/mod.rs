@@ -68,7 +68,17 @@ impl ServerProc {
     // panics the test, and the process exits with the test binary.
     #[allow(clippy::zombie_processes)]
     pub fn start_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> ServerProc {
-        let bin = env!("CARGO_BIN_EXE_shardcast");
+        Self::start_program(env!("CARGO_BIN_EXE_shardcast").as_ref(), args, configure)
+    }
+
+    /// [`ServerProc::start_with`] for another program that takes `--host` and `--port` and
+    /// prints the `shardcast listening ...` line (an example built on the library).
+    #[allow(clippy::zombie_processes)]
+    pub fn start_program(
+        bin: &std::path::Path,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> ServerProc {
         let mut cmd = Command::new(bin);
         // With --port 0 the TCP port defaults to the WebSocket port + 1, as with any port.
         cmd.args(["--host", "127.0.0.1", "--port", "0"]);
@@ -77,7 +87,9 @@ impl ServerProc {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         configure(&mut cmd);
-        let mut child = cmd.spawn().expect("start shardcast");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
