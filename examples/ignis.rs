@@ -47,12 +47,12 @@
 //! setInterval(() => ws.send(JSON.stringify({event: 'heartbeat'})), 30000);
 //! ```
 
-use std::path::Path;
+mod support;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shardcast::app::{AuthReject, Context, Identity, Json, Server};
-use shardcast::config::{Config, DialectRoute};
+use shardcast::config::DialectRoute;
 use shardcast::dialect::Transforming;
 
 /// The WebSocket path ignis clients connect to (ignis' default).
@@ -126,53 +126,8 @@ fn redact(out: &Transforming<'_>) -> Option<(String, Json)> {
     Some((out.event.to_owned(), Json::from_value(&data)))
 }
 
-/// The server's configuration: defaults, then the TOML file, then the environment, then the
-/// arguments (as `examples/chat.rs`).
-fn config() -> Result<Config, String> {
-    const USAGE: &str = "usage: ignis [--config FILE] [--host ADDR] [--port PORT]";
-    let env = |name: &'static str| std::env::var(name).ok().map(|v| (v, name));
-    let (mut file, mut host, mut port) = (
-        env("SHARDCAST_CONFIG"),
-        env("SHARDCAST_HOST"),
-        env("SHARDCAST_PORT"),
-    );
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let slot = match arg.as_str() {
-            "--config" | "-c" => &mut file,
-            "--host" => &mut host,
-            "--port" | "-p" => &mut port,
-            "--help" | "-h" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        };
-        let value = args.next().ok_or(format!("{arg} needs a value\n{USAGE}"))?;
-        *slot = Some((value, "the command line"));
-    }
-    let mut config = match file {
-        Some((path, _)) => Config::from_file(Path::new(&path)).map_err(|e| e.to_string())?,
-        None => Config::default(),
-    };
-    if let Some((v, from)) = host {
-        config.host = v
-            .parse()
-            .map_err(|e| format!("invalid host '{v}' ({from}): {e}"))?;
-    }
-    if let Some((v, from)) = port {
-        config.port = v
-            .parse()
-            .map_err(|e| format!("invalid port '{v}' ({from}): {e}"))?;
-    }
-    Ok(config)
-}
-
 fn main() {
-    let config = match config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("ignis: {e}");
-            std::process::exit(2);
-        }
-    };
+    let config = support::config_or_exit("ignis");
     let started = Server::builder()
         .config(config)
         // The route with its default rooms (TOML: `[[dialect]] path = "/ws" name = "ignis"
@@ -226,17 +181,6 @@ fn main() {
             }
         })
         .start();
-    let running = match started {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ignis: cannot start: {e}");
-            std::process::exit(1);
-        }
-    };
-    shardcast::server::log_listening(&running);
     // Until SIGINT / SIGTERM.
-    if let Err(e) = running.join() {
-        eprintln!("ignis: {e}");
-        std::process::exit(1);
-    }
+    support::run("ignis", started);
 }

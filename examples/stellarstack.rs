@@ -50,16 +50,17 @@
 //! file): `POST /api/publish {"room":"srv_abc123","event":"server:sync","data":{...}}`
 //! reaches the subscribers in the same shape.
 
+mod support;
+
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shardcast::app::{AuthReject, ClientId, Context, Identity, Json, Server};
-use shardcast::config::Config;
+use shardcast::dialect::iso_utc;
 
 /// How often subscribers get `server:sync` (the doc's period).
 const SYNC_INTERVAL: Duration = Duration::from_secs(5);
@@ -132,28 +133,6 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `ms` since the epoch as `2026-03-01T12:00:00.000Z`.
-fn iso8601(ms: u64) -> String {
-    let (days, rest) = ((ms / 86_400_000) as i64, ms % 86_400_000);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3_600_000,
-        rest / 60_000 % 60,
-        rest / 1000 % 60,
-        rest % 1000
-    )
-}
-
 /// The complete state of the servers `ids`, read in one batch (the doc's `server:sync`
 /// data: the server, its node, allocations and blueprint).
 fn fetch_servers(ids: &[String]) -> Vec<(String, Value)> {
@@ -182,7 +161,7 @@ fn fetch_servers(ids: &[String]) -> Vec<(String, Value)> {
                 "blueprintId": "bp_789",
                 "ownerId": s.owner,
                 "createdAt": "2026-03-01T12:00:00.000Z",
-                "updatedAt": iso8601(changed),
+                "updatedAt": iso_utc(changed),
                 "node": {
                     "id": node_id,
                     "shortId": node_id.trim_start_matches("node_"),
@@ -299,53 +278,8 @@ async fn power(ctx: Context, msg: Power) {
     let _ = ctx.emit_value("power", &json!({"serverId": server.id, "status": status}));
 }
 
-/// The server's configuration: defaults, then the TOML file, then the environment, then the
-/// arguments (as `examples/chat.rs`).
-fn config() -> Result<Config, String> {
-    const USAGE: &str = "usage: stellarstack [--config FILE] [--host ADDR] [--port PORT]";
-    let env = |name: &'static str| std::env::var(name).ok().map(|v| (v, name));
-    let (mut file, mut host, mut port) = (
-        env("SHARDCAST_CONFIG"),
-        env("SHARDCAST_HOST"),
-        env("SHARDCAST_PORT"),
-    );
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let slot = match arg.as_str() {
-            "--config" | "-c" => &mut file,
-            "--host" => &mut host,
-            "--port" | "-p" => &mut port,
-            "--help" | "-h" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        };
-        let value = args.next().ok_or(format!("{arg} needs a value\n{USAGE}"))?;
-        *slot = Some((value, "the command line"));
-    }
-    let mut config = match file {
-        Some((path, _)) => Config::from_file(Path::new(&path)).map_err(|e| e.to_string())?,
-        None => Config::default(),
-    };
-    if let Some((v, from)) = host {
-        config.host = v
-            .parse()
-            .map_err(|e| format!("invalid host '{v}' ({from}): {e}"))?;
-    }
-    if let Some((v, from)) = port {
-        config.port = v
-            .parse()
-            .map_err(|e| format!("invalid port '{v}' ({from}): {e}"))?;
-    }
-    Ok(config)
-}
-
 fn main() {
-    let config = match config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("stellarstack: {e}");
-            std::process::exit(2);
-        }
-    };
+    let config = support::config_or_exit("stellarstack");
     let started = Server::builder()
         .config(config)
         .dialect(PATH, "stellarstack")
@@ -373,17 +307,6 @@ fn main() {
             }
         })
         .start();
-    let running = match started {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("stellarstack: cannot start: {e}");
-            std::process::exit(1);
-        }
-    };
-    shardcast::server::log_listening(&running);
     // Until SIGINT / SIGTERM.
-    if let Err(e) = running.join() {
-        eprintln!("stellarstack: {e}");
-        std::process::exit(1);
-    }
+    support::run("stellarstack", started);
 }

@@ -36,12 +36,11 @@
 //!
 //! or a stonyx client: `SOCKET_ADDRESS=ws://127.0.0.1:2667 SOCKET_ENCRYPTION=false`.
 
-use std::path::Path;
+mod support;
 
 use serde::Deserialize;
 use serde_json::json;
 use shardcast::app::{AckError, Json, Server};
-use shardcast::config::Config;
 use subtle::ConstantTimeEq;
 
 /// The path stonyx clients connect to (they dial the server's address as is).
@@ -61,53 +60,8 @@ struct Game {
     game: String,
 }
 
-/// The server's configuration: defaults, then the TOML file, then the environment, then the
-/// arguments (as `examples/chat.rs`).
-fn config() -> Result<Config, String> {
-    const USAGE: &str = "usage: stonyx [--config FILE] [--host ADDR] [--port PORT]";
-    let env = |name: &'static str| std::env::var(name).ok().map(|v| (v, name));
-    let (mut file, mut host, mut port) = (
-        env("SHARDCAST_CONFIG"),
-        env("SHARDCAST_HOST"),
-        env("SHARDCAST_PORT"),
-    );
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let slot = match arg.as_str() {
-            "--config" | "-c" => &mut file,
-            "--host" => &mut host,
-            "--port" | "-p" => &mut port,
-            "--help" | "-h" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        };
-        let value = args.next().ok_or(format!("{arg} needs a value\n{USAGE}"))?;
-        *slot = Some((value, "the command line"));
-    }
-    let mut config = match file {
-        Some((path, _)) => Config::from_file(Path::new(&path)).map_err(|e| e.to_string())?,
-        None => Config::default(),
-    };
-    if let Some((v, from)) = host {
-        config.host = v
-            .parse()
-            .map_err(|e| format!("invalid host '{v}' ({from}): {e}"))?;
-    }
-    if let Some((v, from)) = port {
-        config.port = v
-            .parse()
-            .map_err(|e| format!("invalid port '{v}' ({from}): {e}"))?;
-    }
-    Ok(config)
-}
-
 fn main() {
-    let config = match config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("stonyx: {e}");
-            std::process::exit(2);
-        }
-    };
+    let config = support::config_or_exit("stonyx");
     let key = std::env::var("SOCKET_AUTH_KEY").unwrap_or_else(|_| "AUTH_KEY".into());
     let started = Server::builder()
         .config(config)
@@ -161,17 +115,6 @@ fn main() {
             Ok(Json::null())
         })
         .start();
-    let running = match started {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("stonyx: cannot start: {e}");
-            std::process::exit(1);
-        }
-    };
-    shardcast::server::log_listening(&running);
     // Until SIGINT / SIGTERM.
-    if let Err(e) = running.join() {
-        eprintln!("stonyx: {e}");
-        std::process::exit(1);
-    }
+    support::run("stonyx", started);
 }
