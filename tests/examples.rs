@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const EXAMPLES: &[&str] = &["stellarstack", "ignis", "stonyx"];
 
@@ -99,18 +98,6 @@ fn start(name: &str, envs: &[(&str, &str)]) -> ServerProc {
     })
 }
 
-/// Connects with extra request headers.
-async fn connect_with(url: &str, headers: &[(&'static str, &str)]) -> Ws {
-    let mut req = url.into_client_request().unwrap();
-    for (k, v) in headers {
-        req.headers_mut().insert(*k, v.parse().unwrap());
-    }
-    let (inner, _) = within("ws connect", tokio_tungstenite::connect_async(req))
-        .await
-        .expect("ws connect");
-    Ws { inner }
-}
-
 /// Stops the example with SIGTERM and checks it exits cleanly and in time.
 fn stop(mut server: ServerProc) {
     let status = server.terminate().expect("the example exits on SIGTERM");
@@ -159,7 +146,7 @@ async fn stellarstack_example() {
     );
 
     // The cookie flow: authenticated on connection.
-    let mut b = connect_with(
+    let mut b = Ws::connect_with(
         &url,
         &[(
             "Cookie",

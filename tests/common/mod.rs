@@ -351,12 +351,17 @@ impl Ws {
     }
 
     /// Connects with `Authorization: Bearer token`.
-    #[allow(dead_code)] // Not every test binary authenticates.
     pub async fn connect_bearer(url: &str, token: &str) -> Ws {
+        Ws::connect_with(url, &[("Authorization", &format!("Bearer {token}"))]).await
+    }
+
+    /// Connects with extra request headers.
+    pub async fn connect_with(url: &str, headers: &[(&'static str, &str)]) -> Ws {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut req = url.into_client_request().unwrap();
-        req.headers_mut()
-            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        for (k, v) in headers {
+            req.headers_mut().insert(*k, v.parse().unwrap());
+        }
         let (inner, _) = within("ws connect", tokio_tungstenite::connect_async(req))
             .await
             .expect("ws connect");
