@@ -56,18 +56,8 @@ fn example(name: &str) -> PathBuf {
         });
         // Usually seconds (`cargo test` has built them already); a cold build on a loaded
         // machine takes minutes. Past this, something is stuck.
-        let deadline = Instant::now() + Duration::from_secs(30 * 60);
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait for cargo") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("cargo build --example did not finish within 30 minutes");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let within = Duration::from_secs(30 * 60);
+        let status = wait_exit(&mut child, "cargo build --example", within);
         assert!(status.success(), "cargo build --example failed: {status}");
         let out = reader.join().unwrap().expect("cargo's output");
         out.lines()

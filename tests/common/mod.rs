@@ -306,6 +306,23 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
     }
 }
 
+/// Waits (polling, without blocking past `within`) for `child` to exit; past the deadline
+/// kills it, reaps it and panics naming `what`.
+pub fn wait_exit(child: &mut Child, what: &str, within: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for a child process") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The Python with `websockets` the interop tests run: `$SHARDCAST_TEST_PYTHON`, else the
 /// venv `./test.sh` creates (`target/venv/bin/python`).
 pub fn python() -> String {
