@@ -1,4 +1,5 @@
-//! A chat server on the shardcast library API — copy it as a starting point.
+//! A chat server on the shardcast library API — copy it as a starting point, with
+//! `examples/support/mod.rs` (its command line and run loop, shared by the examples).
 //!
 //! Run: `cargo run --release --example chat [-- --config FILE] [--host ADDR] [--port PORT]`.
 //! It listens where the server would (`shardcast --help`): by default WebSocket on
