@@ -1,4 +1,5 @@
-//! A chat server on the shardcast library API — copy it as a starting point.
+//! A chat server on the shardcast library API — copy it as a starting point, with
+//! `examples/support/mod.rs` (its command line and run loop, shared by the examples).
 //!
 //! Run: `cargo run --release --example chat [-- --config FILE] [--host ADDR] [--port PORT]`.
 //! It listens where the server would (`shardcast --help`): by default WebSocket on
@@ -16,12 +17,11 @@
 //! - Everyone is told when someone connects (`joined`) and leaves (`left`); the newcomer
 //!   gets `welcome` with its id and name.
 
-use std::path::Path;
+mod support;
 
 use serde::Deserialize;
 use serde_json::json;
 use shardcast::app::{Json, Reject, Server};
-use shardcast::config::Config;
 
 #[derive(Deserialize)]
 struct Say {
@@ -35,53 +35,8 @@ struct Whisper {
     text: String,
 }
 
-/// The server's configuration: defaults, then the TOML file, then the environment, then the
-/// arguments (the same order as `shardcast`, for the settings the example takes).
-fn config() -> Result<Config, String> {
-    const USAGE: &str = "usage: chat [--config FILE] [--host ADDR] [--port PORT]";
-    let env = |name: &'static str| std::env::var(name).ok().map(|v| (v, name));
-    let (mut file, mut host, mut port) = (
-        env("SHARDCAST_CONFIG"),
-        env("SHARDCAST_HOST"),
-        env("SHARDCAST_PORT"),
-    );
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let slot = match arg.as_str() {
-            "--config" | "-c" => &mut file,
-            "--host" => &mut host,
-            "--port" | "-p" => &mut port,
-            "--help" | "-h" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        };
-        let value = args.next().ok_or(format!("{arg} needs a value\n{USAGE}"))?;
-        *slot = Some((value, "the command line"));
-    }
-    let mut config = match file {
-        Some((path, _)) => Config::from_file(Path::new(&path)).map_err(|e| e.to_string())?,
-        None => Config::default(),
-    };
-    if let Some((v, from)) = host {
-        config.host = v
-            .parse()
-            .map_err(|e| format!("invalid host '{v}' ({from}): {e}"))?;
-    }
-    if let Some((v, from)) = port {
-        config.port = v
-            .parse()
-            .map_err(|e| format!("invalid port '{v}' ({from}): {e}"))?;
-    }
-    Ok(config)
-}
-
 fn main() {
-    let config = match config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("chat: {e}");
-            std::process::exit(2);
-        }
-    };
+    let config = support::config_or_exit("chat");
     let started = Server::builder()
         .config(config)
         // Authentication: a name in the query string, or refuse (WebSocket close 4001,
@@ -142,17 +97,6 @@ fn main() {
             Ok(Json::from_value(&ctx.rooms()))
         })
         .start();
-    let running = match started {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("chat: cannot start: {e}");
-            std::process::exit(1);
-        }
-    };
-    shardcast::server::log_listening(&running);
     // Until SIGINT / SIGTERM.
-    if let Err(e) = running.join() {
-        eprintln!("chat: {e}");
-        std::process::exit(1);
-    }
+    support::run("chat", started);
 }

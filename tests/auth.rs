@@ -22,22 +22,8 @@ fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
 }
 
-/// An HS256 token for `sub` valid for a minute, with `extra` claims.
-fn token_with(secret: &str, sub: &str, extra: Value) -> String {
-    let mut claims = json!({"sub": sub, "exp": now() + 60});
-    for (k, v) in extra.as_object().unwrap() {
-        claims[k] = v.clone();
-    }
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn token(sub: &str) -> String {
-    token_with(SECRET, sub, json!({}))
+    hs256_token(SECRET, sub, json!({}))
 }
 
 fn start(mode: &str, extra: &[&str]) -> ServerProc {
@@ -125,16 +111,11 @@ async fn refusals_on_websocket() {
     let server = start("required", &["--auth-timeout-ms=400"]);
     let url = server.ws_url("/");
     // Expired (past the 30 s leeway).
-    let expired = encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": "a", "exp": now() - 120}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let expired = hs256_token(SECRET, "a", json!({"exp": now() - 120}));
     let mut ws = ws_bearer(&url, &expired).await;
     assert_eq!(expect_close(&mut ws).await, (4003, "Token expired".into()));
     // Signed with another key.
-    let wrong = token_with("another-secret-another-secret-another", "a", json!({}));
+    let wrong = hs256_token("another-secret-another-secret-another", "a", json!({}));
     let mut ws = Ws::connect(&format!("{url}?token={wrong}")).await;
     assert_eq!(
         expect_close(&mut ws).await,
@@ -192,7 +173,7 @@ async fn refusals_on_tcp() {
     let mut t = Tcp::connect(addr).await;
     t.emit(
         "auth",
-        &json!({"token": token_with("x-another-secret-another-secret-x", "a", json!({}))}),
+        &json!({"token": hs256_token("x-another-secret-another-secret-x", "a", json!({}))}),
     )
     .await;
     expect_tcp_error(&mut t, "Invalid token signature").await;
@@ -243,7 +224,7 @@ async fn recv_raw_type(t: &mut Tcp) -> FrameType {
 async fn claims_limit_rooms_publish_and_broadcast() {
     let server = start("required", &[]);
     let url = server.ws_url("/");
-    let limited = token_with(
+    let limited = hs256_token(
         SECRET,
         "lim",
         json!({"rooms": ["chat:*"], "publish": ["chat:1"], "broadcast": false}),
@@ -313,7 +294,7 @@ async fn claims_limit_rooms_publish_and_broadcast() {
     assert_eq!(c.recv().await["data"]["code"], "forbidden");
     let mut d = ws_bearer(
         &strict.ws_url("/"),
-        &token_with(SECRET, "d", json!({"rooms": ["lobby"]})),
+        &hs256_token(SECRET, "d", json!({"rooms": ["lobby"]})),
     )
     .await;
     expect_auth_ok(&mut d, "d").await;
@@ -566,13 +547,7 @@ async fn an_applications_async_authenticator() {
 /// sends none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_websockets_first_message_and_timeout() {
-    let python = std::env::var("SHARDCAST_TEST_PYTHON").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python").to_owned()
-    });
-    assert!(
-        Path::new(&python).exists(),
-        "Python with `websockets` not found: run ./test.sh once, or set SHARDCAST_TEST_PYTHON"
-    );
+    let python = python();
     let server = start("required", &["--auth-timeout-ms=300"]);
     const SCRIPT: &str = r#"
 import asyncio, json, sys, websockets

@@ -4,10 +4,13 @@
 //!
 //! Each test runs the real binary with a cleared environment and waits with a deadline.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::wait_exit;
 use shardcast::config::Config;
 
 /// `shardcast ARGS` with only `env` in its environment.
@@ -24,7 +27,7 @@ fn output(mut cmd: Command) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run shardcast");
-    let status = wait(&mut child, Duration::from_secs(30));
+    let status = wait_exit(&mut child, "shardcast", Duration::from_secs(30));
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
     child
@@ -43,21 +46,6 @@ fn output(mut cmd: Command) -> Output {
         status,
         stdout,
         stderr,
-    }
-}
-
-fn wait(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("shardcast did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -212,7 +200,7 @@ fn logs_in_a_pipe_have_no_colour_codes() {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
-    let status = wait(&mut child, Duration::from_secs(30));
+    let status = wait_exit(&mut child, "shardcast", Duration::from_secs(30));
     let mut stderr = String::new();
     child
         .stderr

@@ -11,7 +11,6 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::*;
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use shardcast::protocol::stelar::FrameType;
 use tokio_tungstenite::tungstenite::Message;
@@ -25,13 +24,8 @@ const QUIET: Duration = Duration::from_millis(150);
 
 /// An HS256 token for `sub`, valid for ten minutes.
 fn token(sub: &str) -> String {
-    let claims = json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 600});
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    hs256_token(SECRET, sub, json!({ "exp": exp }))
 }
 
 /// Flags that turn JWT authentication on (`required`): clients carry users.
@@ -241,19 +235,7 @@ impl Client {
     /// payload (TCP).
     async fn recv_raw(&mut self) -> String {
         match &mut self.conn {
-            Conn::Ws(ws) => {
-                within("ws recv", async {
-                    use futures_util::StreamExt;
-                    loop {
-                        match ws.inner.next().await {
-                            Some(Ok(Message::Text(t))) => return t.to_string(),
-                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                            other => panic!("expected a text message, got {other:?}"),
-                        }
-                    }
-                })
-                .await
-            }
+            Conn::Ws(ws) => ws.recv_text().await,
             Conn::Tcp(t) => {
                 let f = t.recv().await;
                 assert_eq!(f.frame_type, FrameType::Json, "{f:?}");

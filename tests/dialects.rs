@@ -22,11 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use futures_util::StreamExt;
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use shardcast::protocol::stelar::OutFrame;
-use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "dialect-test-secret-at-least-32-bytes!";
 const KEY: &str = "dialect-test-api-key";
@@ -41,40 +38,14 @@ const PY_DEADLINE: Duration = Duration::from_secs(20);
 /// that exists (and that the contract says to keep) is `shardcast_dropped_messages_total`.
 const DROPPED: &str = r#"shardcast_dropped_messages_total{reason="not_sendable_in_dialect"}"#;
 
-fn python() -> String {
-    if let Ok(p) = std::env::var("SHARDCAST_TEST_PYTHON") {
-        return p;
-    }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
-    assert!(
-        std::path::Path::new(venv).exists(),
-        "Python with `websockets` not found: run ./test.sh once (it creates target/venv), \
-         or set SHARDCAST_TEST_PYTHON"
-    );
-    venv.to_owned()
-}
-
-/// An HS256 token for `sub`, valid for a minute, with `extra` claims, signed with `secret`.
-fn token_signed(secret: &str, sub: &str, extra: Value) -> String {
-    let mut claims = json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 60});
-    for (k, v) in extra.as_object().unwrap() {
-        claims[k] = v.clone();
-    }
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
+/// A token of the tests' secret for `sub`.
 fn token(sub: &str) -> String {
-    token_signed(SECRET, sub, json!({}))
+    hs256_token(SECRET, sub, json!({}))
 }
 
 /// A well-formed token the server must refuse: signed with another secret.
 fn bad_token() -> String {
-    token_signed(
+    hs256_token(
         "not-the-servers-secret-not-the-servers!",
         "mallory",
         json!({}),
@@ -156,6 +127,16 @@ impl Py {
             lines,
             stderr: err,
         }
+    }
+
+    /// Runs `flow` as `user`, with a token of the tests' secret: the arguments
+    /// `{"url", "token", "user"}` and `more`.
+    fn as_user(client: &str, flow: &str, url: &str, user: &str, more: Value) -> Py {
+        let mut args = json!({"url": url, "token": token(user), "user": user});
+        for (k, v) in more.as_object().expect("more arguments: a JSON object") {
+            args[k] = v.clone();
+        }
+        Py::start(client, flow, args)
     }
 
     /// What the client said on stderr, once it has ended (for a failure message).
@@ -255,6 +236,81 @@ impl Py {
     }
 }
 
+/// Lets each client go on with its flow, then waits for each one's last line and exit.
+async fn finish<const N: usize>(mut clients: [Py; N]) {
+    for c in clients.iter_mut() {
+        c.cont();
+    }
+    for c in clients {
+        c.done().await;
+    }
+}
+
+/// A StellarStack, an ignis and a stonyx client on `server` (users `{prefix}_ss`, `_ig`,
+/// `_st`), each in `rooms` (subscribed, joined), at the `member` flow; the stonyx client
+/// offers permessage-deflate if `stonyx_deflate`.
+fn dialect_members(
+    server: &ServerProc,
+    prefix: &str,
+    rooms: &[&str],
+    stonyx_deflate: bool,
+) -> [Py; 3] {
+    [
+        Py::as_user(
+            "stellarstack",
+            "member",
+            &server.ws_url(SS),
+            &format!("{prefix}_ss"),
+            json!({ "servers": rooms }),
+        ),
+        Py::as_user(
+            "ignis",
+            "member",
+            &server.ws_url(IGNIS),
+            &format!("{prefix}_ig"),
+            json!({ "rooms": rooms }),
+        ),
+        Py::as_user(
+            "stonyx",
+            "member",
+            &server.ws_url(STONYX),
+            &format!("{prefix}_st"),
+            json!({ "rooms": rooms, "deflate": stonyx_deflate }),
+        ),
+    ]
+}
+
+/// An `auth-bad` flow's refusals, `hows` in order, then its end.
+async fn refusals(mut bad: Py, hows: &[&str]) {
+    for how in hows {
+        let v = bad.at("refused").await;
+        assert_eq!(v["how"], *how);
+        eprintln!("{} refused ({how}): {}", bad.name, v["reason"]);
+    }
+    bad.done().await;
+}
+
+/// `client`, at its `unauthenticated` step, gets none of a backend's pushes: a broadcast and
+/// a `server:sync` to each of `rooms`, which a stelar client in those rooms receives first
+/// (proof they went out); then `client` goes on.
+async fn nothing_before_auth(server: &ServerProc, client: &mut Py, rooms: &[&str]) {
+    client.at("unauthenticated").await;
+    let mut stelar = Ws::connect(&server.ws_url("/")).await;
+    for room in rooms {
+        stelar.join(room).await;
+    }
+    broadcast(server, "announce", json!(1)).await;
+    for room in rooms {
+        publish(server, room, "server:sync", server_state(room)).await;
+    }
+    assert_eq!(stelar.recv().await["event"], "announce");
+    for _ in rooms {
+        assert_eq!(stelar.recv().await["event"], "server:sync");
+    }
+    client.expect(0).await;
+    client.cont();
+}
+
 impl Drop for Py {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -287,6 +343,35 @@ async fn publish(server: &ServerProc, room: &str, event: &str, data: Value) {
         server,
         "/api/publish",
         json!({"room": room, "event": event, "data": data}),
+    )
+    .await;
+}
+
+async fn broadcast(server: &ServerProc, event: &str, data: Value) {
+    api_ok(
+        server,
+        "/api/broadcast",
+        json!({"event": event, "data": data}),
+    )
+    .await;
+}
+
+/// `POST /api/send` to the client `id`.
+async fn send_to_client(server: &ServerProc, id: &str, event: &str, data: Value) {
+    api_ok(
+        server,
+        "/api/send",
+        json!({"to": id, "event": event, "data": data}),
+    )
+    .await;
+}
+
+/// `POST /api/send` to every connection of `user`.
+async fn send_to_user(server: &ServerProc, user: &str, event: &str, data: Value) {
+    api_ok(
+        server,
+        "/api/send",
+        json!({"user": user, "event": event, "data": data}),
     )
     .await;
 }
@@ -346,20 +431,6 @@ fn server_state(id: &str) -> Value {
     })
 }
 
-/// The next text message of a stelar WebSocket client, as sent (pings skipped).
-async fn recv_text(ws: &mut Ws) -> String {
-    within("stelar ws text", async {
-        loop {
-            match ws.inner.next().await {
-                Some(Ok(Message::Text(t))) => return t.to_string(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a text message, got {other:?}"),
-            }
-        }
-    })
-    .await
-}
-
 // ---------------------------------------------------------------------------------------------
 // StellarStack (seed 002)
 
@@ -370,45 +441,17 @@ async fn recv_text(ws: &mut Ws) -> String {
 async fn stellarstack_authentication() {
     let server = start(&["--shards=1"]);
     let url = server.ws_url(SS);
-    let mut auth = Py::start(
-        "stellarstack",
-        "auth",
-        json!({"url": url, "token": token("user_ss"), "bad_token": bad_token(),
-               "user": "user_ss"}),
-    );
+    let more = json!({ "bad_token": bad_token() });
+    let mut auth = Py::as_user("stellarstack", "auth", &url, "user_ss", more);
 
-    auth.at("unauthenticated").await;
-    // A stelar client that is in the room proves each push went out.
-    let mut stelar = Ws::connect(&server.ws_url("/")).await;
-    stelar.join("srv_abc123").await;
-    api_ok(
-        &server,
-        "/api/broadcast",
-        json!({"event": "announce", "data": 1}),
-    )
-    .await;
-    publish(
-        &server,
-        "srv_abc123",
-        "server:sync",
-        server_state("srv_abc123"),
-    )
-    .await;
-    assert_eq!(stelar.recv().await["event"], "announce");
-    assert_eq!(stelar.recv().await["event"], "server:sync");
-    auth.expect(0).await;
-    auth.cont();
+    nothing_before_auth(&server, &mut auth, &["srv_abc123"]).await;
     let v = auth.at("auth_error").await;
     assert!(!v["error"].as_str().unwrap().is_empty(), "{v}");
     auth.at("authenticated").await;
     auth.done().await;
 
     // After the broadcast above, which these clients would get (they are authenticated).
-    let mut upgrade = Py::start(
-        "stellarstack",
-        "upgrade",
-        json!({"url": url, "token": token("user_up"), "user": "user_up"}),
-    );
+    let mut upgrade = Py::as_user("stellarstack", "upgrade", &url, "user_up", json!({}));
     for via in ["cookie", "bearer", "query"] {
         assert_eq!(upgrade.at("auto-auth").await["via"], via);
     }
@@ -422,7 +465,7 @@ async fn stellarstack_authentication() {
 async fn stellarstack_subscriptions_and_pushes() {
     let server = start(&["--shards=2"]);
     let user = "user_42";
-    let tok = token_signed(SECRET, user, json!({"rooms": ["srv_*"]}));
+    let tok = hs256_token(SECRET, user, json!({"rooms": ["srv_*"]}));
     let mut c = Py::start(
         "stellarstack",
         "session",
@@ -442,24 +485,9 @@ async fn stellarstack_subscriptions_and_pushes() {
         json!({"line": "Done (1.2s)!"}),
     )
     .await;
-    api_ok(
-        &server,
-        "/api/broadcast",
-        json!({"event": "maintenance", "data": {"in": 300}}),
-    )
-    .await;
-    api_ok(
-        &server,
-        "/api/send",
-        json!({"user": user, "event": "notify", "data": "hi"}),
-    )
-    .await;
-    api_ok(
-        &server,
-        "/api/send",
-        json!({"to": id, "event": "direct", "data": [1, 2]}),
-    )
-    .await;
+    broadcast(&server, "maintenance", json!({"in": 300})).await;
+    send_to_user(&server, user, "notify", json!("hi")).await;
+    send_to_client(&server, &id, "direct", json!([1, 2])).await;
     let got = c.expect(5).await;
     same_set(
         &got,
@@ -506,28 +534,14 @@ async fn stellarstack_subscriptions_and_pushes() {
 async fn ignis_authentication() {
     let server = start(&["--shards=1"]);
     let url = server.ws_url(IGNIS);
-    let mut ok = Py::start(
-        "ignis",
-        "auth",
-        json!({"url": url, "token": token("user_ig"), "user": "user_ig"}),
-    );
-    let mut bad = Py::start(
+    let mut ok = Py::as_user("ignis", "auth", &url, "user_ig", json!({}));
+    let bad = Py::start(
         "ignis",
         "auth-bad",
         json!({"url": url, "bad_token": bad_token()}),
     );
 
-    ok.at("unauthenticated").await;
-    let mut stelar = Ws::connect(&server.ws_url("/")).await;
-    api_ok(
-        &server,
-        "/api/broadcast",
-        json!({"event": "announce", "data": 1}),
-    )
-    .await;
-    assert_eq!(stelar.recv().await["event"], "announce");
-    ok.expect(0).await;
-    ok.cont();
+    nothing_before_auth(&server, &mut ok, &[]).await;
     let v = ok.at("connected").await;
     let id = v["id"].as_str().unwrap();
     assert_eq!(
@@ -539,12 +553,7 @@ async fn ignis_authentication() {
     assert_eq!(v["error"]["code"], "unknown_event", "{v}");
     ok.done().await;
 
-    for how in ["bad token", "no token", "no data"] {
-        let v = bad.at("refused").await;
-        assert_eq!(v["how"], how);
-        eprintln!("ignis refused ({how}): {}", v["reason"]);
-    }
-    bad.done().await;
+    refusals(bad, &["bad token", "no token", "no data"]).await;
 }
 
 /// Default rooms (the default pair, and a path's own list from the TOML file), the client-id
@@ -559,11 +568,12 @@ async fn ignis_rooms_and_pushes() {
     );
     let server = ServerProc::start_with_toml(&toml, &[]);
     let user = "user_ig";
-    let mut c = Py::start(
+    let mut c = Py::as_user(
         "ignis",
         "session",
-        json!({"url": server.ws_url(IGNIS), "token": token(user), "user": user,
-               "rooms": ["room-1", "room-2"]}),
+        &server.ws_url(IGNIS),
+        user,
+        json!({"rooms": ["room-1", "room-2"]}),
     );
     let id = c.at("connected").await["id"].as_str().unwrap().to_owned();
     assert_eq!(members(&server, "ws-default").await, vec![id.clone()]);
@@ -572,24 +582,9 @@ async fn ignis_rooms_and_pushes() {
     publish(&server, "ws-default", "d", json!(1)).await;
     publish(&server, "ws-notification", "n", json!({"k": "v"})).await;
     publish(&server, &id, "self", json!("room named by the id")).await;
-    api_ok(
-        &server,
-        "/api/send",
-        json!({"to": id, "event": "direct", "data": 2}),
-    )
-    .await;
-    api_ok(
-        &server,
-        "/api/send",
-        json!({"user": user, "event": "user", "data": 3}),
-    )
-    .await;
-    api_ok(
-        &server,
-        "/api/broadcast",
-        json!({"event": "all", "data": null}),
-    )
-    .await;
+    send_to_client(&server, &id, "direct", json!(2)).await;
+    send_to_user(&server, user, "user", json!(3)).await;
+    broadcast(&server, "all", json!(null)).await;
     same_set(
         &c.expect(6).await,
         &[
@@ -629,11 +624,12 @@ async fn ignis_rooms_and_pushes() {
     c.done().await;
 
     // A path with its own default rooms joins those instead of the default pair.
-    let mut custom = Py::start(
+    let mut custom = Py::as_user(
         "ignis",
         "member",
-        json!({"url": server.ws_url("/custom"), "token": token("u2"), "user": "u2",
-               "rooms": []}),
+        &server.ws_url("/custom"),
+        "u2",
+        json!({"rooms": []}),
     );
     let cid = custom.at("ready").await["id"].as_str().unwrap().to_owned();
     assert_eq!(members(&server, "lobby-x").await, vec![cid.clone()]);
@@ -648,7 +644,7 @@ async fn ignis_rooms_and_pushes() {
     custom.done().await;
 
     // The token's rooms claim: the allowed subset is joined, the rest skipped silently.
-    let tok = token_signed(SECRET, "u3", json!({"rooms": ["ok_*", "ws-*"]}));
+    let tok = hs256_token(SECRET, "u3", json!({"rooms": ["ok_*", "ws-*"]}));
     let mut limited = Py::start(
         "ignis",
         "member",
@@ -671,37 +667,18 @@ async fn ignis_rooms_and_pushes() {
 async fn stonyx_authentication() {
     let server = start(&["--shards=1"]);
     let url = server.ws_url(STONYX);
-    let mut ok = Py::start(
-        "stonyx",
-        "auth",
-        json!({"url": url, "token": token("user_st"), "user": "user_st"}),
-    );
-    let mut bad = Py::start(
+    let mut ok = Py::as_user("stonyx", "auth", &url, "user_st", json!({}));
+    let bad = Py::start(
         "stonyx",
         "auth-bad",
         json!({"url": url, "bad_token": bad_token()}),
     );
     let mut early = Py::start("stonyx", "before-auth", json!({ "url": url }));
 
-    ok.at("unauthenticated").await;
-    let mut stelar = Ws::connect(&server.ws_url("/")).await;
-    api_ok(
-        &server,
-        "/api/broadcast",
-        json!({"event": "announce", "data": 1}),
-    )
-    .await;
-    assert_eq!(stelar.recv().await["event"], "announce");
-    ok.expect(0).await;
-    ok.cont();
+    nothing_before_auth(&server, &mut ok, &[]).await;
     ok.done().await;
 
-    for how in ["bad token", "bad authKey", "no data"] {
-        let v = bad.at("refused").await;
-        assert_eq!(v["how"], how);
-        eprintln!("stonyx refused ({how}): {}", v["reason"]);
-    }
-    bad.done().await;
+    refusals(bad, &["bad token", "bad authKey", "no data"]).await;
     for request in ["echo", "join-room", "bogus"] {
         assert_eq!(early.at("refused").await["request"], request);
     }
@@ -714,35 +691,21 @@ async fn stonyx_authentication() {
 async fn stonyx_requests_rooms_and_pushes() {
     let server = start(&["--shards=2", "--relay-members"]);
     let user = "worker_7";
-    let mut c = Py::start(
+    let mut c = Py::as_user(
         "stonyx",
         "session",
-        json!({"url": server.ws_url(STONYX), "token": token(user), "user": user,
-               "room": "jobs", "members": true}),
+        &server.ws_url(STONYX),
+        user,
+        json!({"room": "jobs", "members": true}),
     );
     let m = c.at("members").await;
     assert_eq!(m["response"]["users"], json!([user]), "{m}");
     let id = c.at("joined").await["id"].as_str().unwrap().to_owned();
     assert_eq!(members(&server, "jobs").await, vec![id.clone()]);
     publish(&server, "jobs", "scanGames", json!({"games": ["a", "b"]})).await;
-    api_ok(
-        &server,
-        "/api/send",
-        json!({"user": user, "event": "toUser", "data": 1}),
-    )
-    .await;
-    api_ok(
-        &server,
-        "/api/send",
-        json!({"to": id, "event": "toClient", "data": 2}),
-    )
-    .await;
-    api_ok(
-        &server,
-        "/api/broadcast",
-        json!({"event": "announcement", "data": {"msg": "m"}}),
-    )
-    .await;
+    send_to_user(&server, user, "toUser", json!(1)).await;
+    send_to_client(&server, &id, "toClient", json!(2)).await;
+    broadcast(&server, "announcement", json!({"msg": "m"})).await;
     same_set(
         &c.expect(4).await,
         &[
@@ -756,12 +719,7 @@ async fn stonyx_requests_rooms_and_pushes() {
     c.at("left").await;
     assert!(members(&server, "jobs").await.is_empty());
     publish(&server, "jobs", "scanGames", json!("gone")).await;
-    api_ok(
-        &server,
-        "/api/send",
-        json!({"user": user, "event": "toUser", "data": "barrier"}),
-    )
-    .await;
+    send_to_user(&server, user, "toUser", json!("barrier")).await;
     assert_eq!(
         c.expect(1).await,
         vec![json!({"request": "toUser", "data": "barrier"})]
@@ -784,11 +742,12 @@ async fn auth_timeout_closes_4001_on_every_dialect() {
         c.env("SHARDCAST_DIALECT", &routes);
     });
     let mut stelar = Ws::connect(&server.ws_url("/")).await;
-    let mut member = Py::start(
+    let mut member = Py::as_user(
         "stonyx",
         "member",
-        json!({"url": server.ws_url(STONYX), "token": token("in"), "user": "in",
-               "rooms": []}),
+        &server.ws_url(STONYX),
+        "in",
+        json!({"rooms": []}),
     );
     let mut clients = [
         Py::start("stellarstack", "timeout", json!({"url": server.ws_url(SS)})),
@@ -826,23 +785,26 @@ async fn heartbeat_timeout_per_dialect() {
         "--heartbeat-interval-ms=200",
         "--heartbeat-timeout-ms=800",
     ]);
-    let mut ig = Py::start(
+    let mut ig = Py::as_user(
         "ignis",
         "heartbeat",
-        json!({"url": server.ws_url(IGNIS), "token": token("hb"), "user": "hb",
-               "wait_s": 6}),
+        &server.ws_url(IGNIS),
+        "hb",
+        json!({"wait_s": 6}),
     );
-    let mut ss = Py::start(
+    let mut ss = Py::as_user(
         "stellarstack",
         "silent",
-        json!({"url": server.ws_url(SS), "token": token("hb2"), "user": "hb2",
-               "wait_s": 6}),
+        &server.ws_url(SS),
+        "hb2",
+        json!({"wait_s": 6}),
     );
-    let mut st = Py::start(
+    let mut st = Py::as_user(
         "stonyx",
         "silent",
-        json!({"url": server.ws_url(STONYX), "token": token("hb3"), "user": "hb3",
-               "wait_s": 6}),
+        &server.ws_url(STONYX),
+        "hb3",
+        json!({"wait_s": 6}),
     );
     let v = ig.at("closed").await;
     assert_eq!(
@@ -882,24 +844,7 @@ async fn one_room_four_formats() {
     // stelar binary events name their room (`ROOM:NAME`) and cannot hold `_`: the binary
     // message goes to a second room everyone is in.
     let game = "game-1";
-    let mut ss = Py::start(
-        "stellarstack",
-        "member",
-        json!({"url": server.ws_url(SS), "token": token("u_ss"), "user": "u_ss",
-               "servers": [room, game]}),
-    );
-    let mut ig = Py::start(
-        "ignis",
-        "member",
-        json!({"url": server.ws_url(IGNIS), "token": token("u_ig"), "user": "u_ig",
-               "rooms": [room, game]}),
-    );
-    let mut st = Py::start(
-        "stonyx",
-        "member",
-        json!({"url": server.ws_url(STONYX), "token": token("u_st"), "user": "u_st",
-               "rooms": [room, game], "deflate": false}),
-    );
+    let [mut ss, mut ig, mut st] = dialect_members(&server, "u", &[room, game], false);
     let mut ws = Ws::connect(&server.ws_url("/")).await;
     ws.join(room).await;
     ws.join(game).await;
@@ -924,7 +869,7 @@ async fn one_room_four_formats() {
     // The backend's publish.
     let state = server_state(room);
     publish(&server, room, "server:sync", state.clone()).await;
-    let stelar_text = recv_text(&mut ws).await;
+    let stelar_text = ws.recv_text().await;
     let stelar: Value = serde_json::from_str(&stelar_text).unwrap();
     assert_eq!(stelar, json!({"event": "server:sync", "data": state}));
     assert_eq!(
@@ -1042,12 +987,7 @@ async fn one_room_four_formats() {
     assert_eq!(v["event"], "server:error", "{v}");
     assert_eq!(v["data"]["code"], "unknown_event", "{v}");
 
-    for c in [&mut ss, &mut ig, &mut st] {
-        c.cont();
-    }
-    ss.done().await;
-    ig.done().await;
-    st.done().await;
+    finish([ss, ig, st]).await;
     wait_members(&server, room, 2).await;
 }
 
@@ -1065,24 +1005,7 @@ async fn one_room_across_nodes() {
     a.wait_metric("shardcast_cluster_connected", 1).await;
     b.wait_metric("shardcast_cluster_connected", 1).await;
     let room = "srv_9";
-    let mut ss = Py::start(
-        "stellarstack",
-        "member",
-        json!({"url": b.ws_url(SS), "token": token("n_ss"), "user": "n_ss",
-               "servers": [room]}),
-    );
-    let mut ig = Py::start(
-        "ignis",
-        "member",
-        json!({"url": b.ws_url(IGNIS), "token": token("n_ig"), "user": "n_ig",
-               "rooms": [room]}),
-    );
-    let mut st = Py::start(
-        "stonyx",
-        "member",
-        json!({"url": b.ws_url(STONYX), "token": token("n_st"), "user": "n_st",
-               "rooms": [room]}),
-    );
+    let [mut ss, mut ig, mut st] = dialect_members(&b, "n", &[room], true);
     for c in [&mut ss, &mut ig, &mut st] {
         c.at("ready").await;
     }
@@ -1123,12 +1046,7 @@ async fn one_room_across_nodes() {
             json!({"request": "chat", "data": chat}),
         ]
     );
-    for c in [&mut ss, &mut ig, &mut st] {
-        c.cont();
-    }
-    ss.done().await;
-    ig.done().await;
-    st.done().await;
+    finish([ss, ig, st]).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1168,11 +1086,12 @@ async fn presence_events_and_members() {
     assert_eq!(b.recv().await, json!({"event": "plain", "data": 1}));
 
     // A stonyx member: its user in the events, and gone on disconnect.
-    let mut st = Py::start(
+    let mut st = Py::as_user(
         "stonyx",
         "member",
-        json!({"url": server.ws_url(STONYX), "token": token("sto"), "user": "sto",
-               "rooms": ["lobby1"]}),
+        &server.ws_url(STONYX),
+        "sto",
+        json!({"rooms": ["lobby1"]}),
     );
     let st_id = st.at("ready").await["id"].as_str().unwrap().to_owned();
     assert_eq!(

@@ -15,19 +15,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn python() -> String {
-    if let Ok(p) = std::env::var("SHARDCAST_TEST_PYTHON") {
-        return p;
-    }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
-    assert!(
-        std::path::Path::new(venv).exists(),
-        "Python with `websockets` not found: run ./test.sh once (it creates target/venv), \
-         or set SHARDCAST_TEST_PYTHON"
-    );
-    venv.to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_websockets_with_deflate_talks_to_a_tcp_client_through_a_room() {
     let server = ServerProc::start(&["--shards", "2"]);

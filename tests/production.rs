@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use futures_util::StreamExt;
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -15,13 +14,7 @@ const OLD_SECRET: &str = "production-old-secret-0123456789abcdef";
 const NEW_SECRET: &str = "production-new-secret-0123456789abcdef";
 
 fn token(secret: &str, sub: &str) -> String {
-    let claims = json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 60});
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    hs256_token(secret, sub, json!({}))
 }
 
 fn config(secret: &str, key: &str) -> String {

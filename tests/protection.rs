@@ -575,19 +575,6 @@ async def main(uri):
 asyncio.run(main(sys.argv[1]))
 "#;
 
-fn python() -> String {
-    if let Ok(p) = std::env::var("SHARDCAST_TEST_PYTHON") {
-        return p;
-    }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
-    assert!(
-        std::path::Path::new(venv).exists(),
-        "Python with `websockets` not found: run ./test.sh once (it creates target/venv), \
-         or set SHARDCAST_TEST_PYTHON"
-    );
-    venv.to_owned()
-}
-
 #[tokio::test]
 async fn python_websockets_sees_403_and_the_rate_limit_close() {
     let server = ServerProc::start(&[

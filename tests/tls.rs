@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use common::{within, ServerProc, Tcp, Ws, DEADLINE};
+use common::{python, within, ServerProc, Tcp, Ws, DEADLINE};
 use futures_util::{SinkExt, StreamExt};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SerialNumber};
 use serde_json::{json, Value};
@@ -714,13 +714,7 @@ async def main():
 
 asyncio.run(main())
 "#;
-    let python = std::env::var("SHARDCAST_TEST_PYTHON").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python").to_owned()
-    });
-    assert!(
-        Path::new(&python).exists(),
-        "no Python at {python}: run ./test.sh once (it makes the venv) or set SHARDCAST_TEST_PYTHON"
-    );
+    let python = python();
     let pki = Pki::new("py");
     let server = start(&pki, &["--shards", "2"]);
     let url = format!("wss://localhost:{}/", server.ws.port());

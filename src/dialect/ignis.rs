@@ -151,45 +151,16 @@ fn iso_now() -> String {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    iso(ms)
-}
-
-fn iso(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        ms % 1000
-    )
+    super::iso_utc(ms)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::tests::{parse_with, text};
 
     fn parse(s: &str) -> Inbound {
-        Ignis.parse(&Bytes::from(s.to_owned()))
-    }
-
-    fn text(e: Encoded) -> String {
-        match e {
-            Encoded::Text(b) => String::from_utf8(b.to_vec()).unwrap(),
-            other => panic!("{other:?}"),
-        }
+        parse_with(&Ignis, s)
     }
 
     #[test]
@@ -276,12 +247,5 @@ mod tests {
             Ignis.close_code(CloseCause::HeartbeatTimeout),
             Some((4002, "Heartbeat timeout"))
         );
-    }
-
-    #[test]
-    fn iso_dates() {
-        assert_eq!(iso(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso(1_772_366_400_123), "2026-03-01T12:00:00.123Z");
-        assert_eq!(iso(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }

@@ -399,6 +399,31 @@ impl Obj {
     }
 }
 
+/// `ms` since the epoch as `2026-12-06T04:00:00.000Z`, UTC with milliseconds (JavaScript's
+/// `Date.prototype.toISOString`, the form ignis' `connected` event and JSON APIs use).
+pub fn iso_utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
 /// The span of `inner` (a sub-slice of `outer`) as a range of `outer`.
 pub(crate) fn span(outer: &[u8], inner: &[u8]) -> std::ops::Range<usize> {
     let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
@@ -406,8 +431,28 @@ pub(crate) fn span(outer: &[u8], inner: &[u8]) -> std::ops::Range<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// `d`'s reading of the text `s`.
+    pub(crate) fn parse_with(d: &dyn Dialect, s: &str) -> Inbound {
+        d.parse(&Bytes::from(s.to_owned()))
+    }
+
+    /// The text of an [`Encoded::Text`].
+    pub(crate) fn text(e: Encoded) -> String {
+        match e {
+            Encoded::Text(b) => String::from_utf8(b.to_vec()).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso_utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso_utc(1_772_366_400_123), "2026-03-01T12:00:00.123Z");
+        assert_eq!(iso_utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
 
     #[test]
     fn registry_names_and_ids() {

@@ -180,16 +180,10 @@ fn invalid() -> Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::tests::{parse_with, text};
 
     fn parse(s: &str) -> Inbound {
-        StellarStack.parse(&Bytes::from(s.to_owned()))
-    }
-
-    fn text(e: Encoded) -> String {
-        match e {
-            Encoded::Text(b) => String::from_utf8(b.to_vec()).unwrap(),
-            other => panic!("{other:?}"),
-        }
+        parse_with(&StellarStack, s)
     }
 
     #[test]

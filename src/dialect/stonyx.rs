@@ -134,16 +134,10 @@ impl Dialect for Stonyx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::tests::{parse_with, text};
 
     fn parse(s: &str) -> Inbound {
-        Stonyx.parse(&Bytes::from(s.to_owned()))
-    }
-
-    fn text(e: Encoded) -> String {
-        match e {
-            Encoded::Text(b) => String::from_utf8(b.to_vec()).unwrap(),
-            other => panic!("{other:?}"),
-        }
+        parse_with(&Stonyx, s)
     }
 
     #[test]

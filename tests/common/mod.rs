@@ -68,7 +68,17 @@ impl ServerProc {
     // panics the test, and the process exits with the test binary.
     #[allow(clippy::zombie_processes)]
     pub fn start_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> ServerProc {
-        let bin = env!("CARGO_BIN_EXE_shardcast");
+        Self::start_program(env!("CARGO_BIN_EXE_shardcast").as_ref(), args, configure)
+    }
+
+    /// [`ServerProc::start_with`] for another program that takes `--host` and `--port` and
+    /// prints the `shardcast listening ...` line (an example built on the library).
+    #[allow(clippy::zombie_processes)]
+    pub fn start_program(
+        bin: &std::path::Path,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> ServerProc {
         let mut cmd = Command::new(bin);
         // With --port 0 the TCP port defaults to the WebSocket port + 1, as with any port.
         cmd.args(["--host", "127.0.0.1", "--port", "0"]);
@@ -77,7 +87,9 @@ impl ServerProc {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         configure(&mut cmd);
-        let mut child = cmd.spawn().expect("start shardcast");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
@@ -294,6 +306,54 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
     }
 }
 
+/// Waits (polling, without blocking past `within`) for `child` to exit; past the deadline
+/// kills it, reaps it and panics naming `what`.
+pub fn wait_exit(child: &mut Child, what: &str, within: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for a child process") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The Python with `websockets` the interop tests run: `$SHARDCAST_TEST_PYTHON`, else the
+/// venv `./test.sh` creates (`target/venv/bin/python`).
+pub fn python() -> String {
+    if let Ok(p) = std::env::var("SHARDCAST_TEST_PYTHON") {
+        return p;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
+    assert!(
+        std::path::Path::new(venv).exists(),
+        "Python with `websockets` not found: run ./test.sh once (it creates target/venv), \
+         or set SHARDCAST_TEST_PYTHON"
+    );
+    venv.to_owned()
+}
+
+/// An HS256 token for `sub` signed with `secret`, valid for a minute, with `extra` claims
+/// (which may replace `sub` and `exp`).
+pub fn hs256_token(secret: &str, sub: &str, extra: Value) -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let mut claims = json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 60});
+    for (k, v) in extra.as_object().expect("extra claims: a JSON object") {
+        claims[k] = v.clone();
+    }
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// A WebSocket client speaking stelar envelopes (tokio-tungstenite).
 pub struct Ws {
     pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -308,12 +368,17 @@ impl Ws {
     }
 
     /// Connects with `Authorization: Bearer token`.
-    #[allow(dead_code)] // Not every test binary authenticates.
     pub async fn connect_bearer(url: &str, token: &str) -> Ws {
+        Ws::connect_with(url, &[("Authorization", &format!("Bearer {token}"))]).await
+    }
+
+    /// Connects with extra request headers.
+    pub async fn connect_with(url: &str, headers: &[(&'static str, &str)]) -> Ws {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut req = url.into_client_request().unwrap();
-        req.headers_mut()
-            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        for (k, v) in headers {
+            req.headers_mut().insert(*k, v.parse().unwrap());
+        }
         let (inner, _) = within("ws connect", tokio_tungstenite::connect_async(req))
             .await
             .expect("ws connect");
@@ -323,14 +388,23 @@ impl Ws {
     /// Waits for the server's close frame (pings and pongs skipped): (code, reason).
     #[allow(dead_code)] // Not every test binary waits for a close frame.
     pub async fn close_frame(&mut self) -> (u16, String) {
-        within("close frame", async {
+        match self.next_message("close frame").await {
+            Some(Ok(Message::Close(Some(f)))) => (u16::from(f.code), f.reason.to_string()),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    /// The next message that is not a ping or a pong (`None`: the stream ended), with the
+    /// harness deadline (`what` names the wait).
+    async fn next_message(
+        &mut self,
+        what: &str,
+    ) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+        within(what, async {
             loop {
                 match self.inner.next().await {
-                    Some(Ok(Message::Close(Some(f)))) => {
-                        return (u16::from(f.code), f.reason.to_string())
-                    }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    other => panic!("expected a close frame, got {other:?}"),
+                    other => return other,
                 }
             }
         })
@@ -357,32 +431,24 @@ impl Ws {
 
     /// The next data message (text as JSON; pings/pongs skipped). Panics on close.
     pub async fn recv(&mut self) -> Value {
-        within("ws recv", async {
-            loop {
-                match self.inner.next().await {
-                    Some(Ok(Message::Text(t))) => {
-                        return serde_json::from_str(&t).expect("server sent JSON");
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    other => panic!("expected a text message, got {other:?}"),
-                }
-            }
-        })
-        .await
+        serde_json::from_str(&self.recv_text().await).expect("server sent JSON")
+    }
+
+    /// The next text message, as the server wrote it (pings/pongs skipped). Panics on
+    /// anything else.
+    pub async fn recv_text(&mut self) -> String {
+        match self.next_message("ws recv").await {
+            Some(Ok(Message::Text(t))) => t.to_string(),
+            other => panic!("expected a text message, got {other:?}"),
+        }
     }
 
     /// The next binary message.
     pub async fn recv_binary(&mut self) -> Vec<u8> {
-        within("ws recv binary", async {
-            loop {
-                match self.inner.next().await {
-                    Some(Ok(Message::Binary(b))) => return b.to_vec(),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    other => panic!("expected a binary message, got {other:?}"),
-                }
-            }
-        })
-        .await
+        match self.next_message("ws recv binary").await {
+            Some(Ok(Message::Binary(b))) => b.to_vec(),
+            other => panic!("expected a binary message, got {other:?}"),
+        }
     }
 
     /// Joins and waits for the confirmation.

@@ -292,6 +292,17 @@ class RawWs:
         self.w.close()
 
 
+async def auth_timeout(url, keep_alive):
+    """A client that keeps itself alive (`await keep_alive(ws)`) but never authenticates, and
+    waits for the close 4001 of the auth timeout: prints {"at":"closed", code, reason,
+    seconds}."""
+    ws = await connect(url)
+    await keep_alive(ws)
+    code, reason, waited = await expect_close(ws, 4001, "Authentication timeout",
+                                              "the auth timeout")
+    out("closed", code=code, reason=reason, seconds=round(waited, 3))
+
+
 async def silent(url, auth_msg, auth_ok, wait_s):
     """A client that authenticates by hand, then never sends a byte nor answers a ping, and
     waits for the server to close it: prints {"at":"closed", code, reason, pings, seconds}."""

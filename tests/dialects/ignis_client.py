@@ -28,8 +28,8 @@ import json
 import re
 import time
 
-from dialect_common import (RawWs, check, connect, exact, expect_close, extension, keys, out,
-                            recv, request, run, send, serve, within)
+from dialect_common import (RawWs, auth_timeout, check, connect, exact, expect_close, extension,
+                            keys, out, request, run, send, serve, within)
 
 NOT_AUTHENTICATED = {"event": "error", "data": {"message": "Not authenticated"}}
 INVALID = {"event": "error", "data": {"message": "Invalid message format"}}
@@ -111,11 +111,7 @@ async def flow_auth_bad(a):
 
 
 async def flow_timeout(a):
-    ws = await connect(a["url"])
-    await send(ws, {"event": "heartbeat"})
-    code, reason, waited = await expect_close(ws, 4001, "Authentication timeout",
-                                              "the auth timeout")
-    out("closed", code=code, reason=reason, seconds=round(waited, 3))
+    await auth_timeout(a["url"], lambda ws: send(ws, {"event": "heartbeat"}))
 
 
 async def flow_heartbeat(a):

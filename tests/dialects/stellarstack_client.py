@@ -25,7 +25,7 @@ Flows (what the document shows, message by message):
 import json
 import urllib.parse
 
-from dialect_common import (check, connect, exact, expect_close, extension, keys, out, recv,
+from dialect_common import (auth_timeout, check, connect, exact, extension, keys, out, recv,
                             request, run, serve, silent)
 
 REPLY_TYPES = {"auth_success", "auth_error", "subscribed", "unsubscribed", "pong", "error"}
@@ -150,11 +150,7 @@ async def flow_member(a):
 
 
 async def flow_timeout(a):
-    ws = await connect(a["url"])
-    await ping(ws, "ping before auth")
-    code, reason, waited = await expect_close(ws, 4001, "Authentication timeout",
-                                              "the auth timeout")
-    out("closed", code=code, reason=reason, seconds=round(waited, 3))
+    await auth_timeout(a["url"], lambda ws: ping(ws, "ping before auth"))
 
 
 async def flow_silent(a):

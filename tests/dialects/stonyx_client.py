@@ -27,8 +27,8 @@ Flows:
 import json
 import time
 
-from dialect_common import (check, connect, exact, expect_close, extension, keys, out, request,
-                            run, send, serve, silent)
+from dialect_common import (auth_timeout, check, connect, exact, expect_close, extension, keys,
+                            out, request, run, send, serve, silent)
 
 HEARTBEAT = {"request": "heartBeat", "response": True}
 SUCCESS = {"request": "auth", "response": "success"}
@@ -91,11 +91,7 @@ async def flow_before_auth(a):
 
 
 async def flow_timeout(a):
-    ws = await connect(a["url"])
-    await heartbeat(ws, "heartBeat before auth")
-    code, reason, waited = await expect_close(ws, 4001, "Authentication timeout",
-                                              "the auth timeout")
-    out("closed", code=code, reason=reason, seconds=round(waited, 3))
+    await auth_timeout(a["url"], lambda ws: heartbeat(ws, "heartBeat before auth"))
 
 
 async def flow_session(a):
