@@ -573,7 +573,7 @@ pub fn assemble(
         parameters,
         environment: Environment {
             loadgen_version: env!("CARGO_PKG_VERSION").to_string(),
-            command_line: std::env::args().collect(),
+            command_line: redact_secrets(std::env::args()),
             hostname,
             kernel,
             cpus_online: usage::cpus_online(),
@@ -593,6 +593,25 @@ pub fn assemble(
     })
 }
 
+/// The command line with the value of `--jwt-secret` replaced, for the report.
+pub fn redact_secrets(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut hide_next = false;
+    for a in args {
+        if std::mem::take(&mut hide_next) {
+            out.push("<redacted>".to_string());
+        } else if a == "--jwt-secret" {
+            hide_next = true;
+            out.push(a);
+        } else if a.starts_with("--jwt-secret=") {
+            out.push("--jwt-secret=<redacted>".to_string());
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
 fn cfg_server_pids(inv: &Invocation) -> Vec<u32> {
     inv.common.server_pids.clone()
 }
@@ -601,6 +620,32 @@ fn cfg_server_pids(inv: &Invocation) -> Vec<u32> {
 mod tests {
     use super::*;
     use crate::scenario::{build_plan, PlanOptions, Spec};
+
+    #[test]
+    fn reports_do_not_carry_the_jwt_secret() {
+        let args = [
+            "lg",
+            "fanout",
+            "--jwt-secret",
+            "s3cret",
+            "--jwt-secret=s3cret",
+            "-r",
+            "1",
+        ];
+        let out = redact_secrets(args.iter().map(|s| s.to_string()));
+        assert_eq!(
+            out,
+            [
+                "lg",
+                "fanout",
+                "--jwt-secret",
+                "<redacted>",
+                "--jwt-secret=<redacted>",
+                "-r",
+                "1"
+            ]
+        );
+    }
 
     #[test]
     fn auto_sources_only_past_the_per_source_limit_on_loopback() {

@@ -560,6 +560,10 @@ fn fanout_to_each_dialect_loses_nothing() {
         if dialect != "stelar" {
             assert_eq!(r.parameters.get("dialect"), Some(&dialect.into()));
         }
+        // The report keeps the command line, not the secret.
+        let cmd = &r.environment.command_line;
+        assert!(cmd.iter().any(|a| a == "<redacted>"), "{cmd:?}");
+        assert!(!cmd.iter().any(|a| a.contains(DIALECT_SECRET)), "{cmd:?}");
     }
 }
 
