@@ -601,6 +601,15 @@ mod tests {
         }
     }
 
+    /// Everything `c` decodes from `buf`.
+    fn decode_all(c: &mut ClientCodec, buf: &mut BytesMut) -> Vec<Inbound> {
+        let mut got = Vec::new();
+        while let Some(i) = c.decode(buf).unwrap() {
+            got.push(i);
+        }
+        got
+    }
+
     #[test]
     fn ws_relay_requests_are_masked_envelopes() {
         let mut c = ClientCodec::new(Dialect::WsRelay, 1, 50);
@@ -654,10 +663,7 @@ mod tests {
             buf.extend_from_slice(&server_frame(OpCode::Text, m));
         }
         buf.extend_from_slice(&server_frame(OpCode::Ping, b"hb"));
-        let mut got = Vec::new();
-        while let Some(i) = c.decode(&mut buf).unwrap() {
-            got.push(i);
-        }
+        let got = decode_all(&mut c, &mut buf);
         assert_eq!(
             got,
             vec![
@@ -760,10 +766,7 @@ mod tests {
         ] {
             f.encode_into(&mut inb).unwrap();
         }
-        let mut got = Vec::new();
-        while let Some(i) = c.decode(&mut inb).unwrap() {
-            got.push(i);
-        }
+        let got = decode_all(&mut c, &mut inb);
         assert_eq!(
             got,
             vec![
@@ -834,10 +837,7 @@ mod tests {
                 buf.extend_from_slice(&server_frame(OpCode::Text, m.as_bytes()));
             }
             buf.extend_from_slice(&server_frame(OpCode::Binary, b"\0\0\0\x02{}"));
-            let mut got = Vec::new();
-            while let Some(i) = c.decode(&mut buf).unwrap() {
-                got.push(i);
-            }
+            let got = decode_all(&mut c, &mut buf);
             assert_eq!(
                 got,
                 vec![
