@@ -233,3 +233,46 @@ async fn an_embedders_dialect_beside_stelar_and_stonyx() {
     .await;
     running.shutdown();
 }
+
+/// The rate limits count a dialect client's authentication attempts and joins as they count a
+/// stelar client's messages: past the rate, an attempt is dropped and answered (once) in the
+/// dialect's error shape, and it never reaches the authenticator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_count_dialect_authentication_attempts() {
+    let running = Server::builder()
+        .configure(|c| {
+            c.host = [127, 0, 0, 1].into();
+            c.port = 0;
+            c.shards = 1;
+            c.rate_limit.rate = Some(shardcast::config::Rate {
+                count: 2,
+                period_ms: 60_000,
+            });
+            c.rate_limit.burst = 2;
+            c.rate_limit.strikes = 100;
+        })
+        .handle_signals(false)
+        .dialect("/api/ws", "stellarstack")
+        .authenticate(|_ctx, _token| async move { Err(AuthReject::new("bad token")) })
+        .configure(|c| c.auth.mode = AuthMode::Off)
+        .start()
+        .expect("server starts");
+    let mut ws = open(&format!("ws://{}/api/ws", running.ws_addr())).await;
+    // One attempt at a time (an attempt while one is being checked is ignored anyway).
+    let auth_error = r#"{"type":"auth_error","error":"bad token"}"#;
+    for _ in 0..2 {
+        say(&mut ws, r#"{"type":"auth","token":"t"}"#).await;
+        assert_eq!(line(&mut ws).await, auth_error);
+    }
+    say(&mut ws, r#"{"type":"auth","token":"t"}"#).await;
+    let limited = line(&mut ws).await;
+    assert!(
+        limited.starts_with(r#"{"type":"error","error":"rate limit"#),
+        "{limited}"
+    );
+    say(&mut ws, r#"{"type":"auth","token":"t"}"#).await;
+    say(&mut ws, r#"{"type":"ping"}"#).await;
+    // The fourth attempt was dropped without a second answer; pings are not limited.
+    assert_eq!(line(&mut ws).await, r#"{"type":"pong"}"#);
+    running.shutdown();
+}

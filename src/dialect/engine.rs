@@ -57,6 +57,20 @@ fn authenticated(client: &Client) -> bool {
 
 fn act(env: &Env<'_>, d: &Arc<dyn Dialect>, inbound: Inbound) {
     let hub = env.hub;
+    // The rate limits count what the engine acts on, as for stelar clients (events and
+    // requests are counted in `dispatch::event`); answers and heartbeats are like pings.
+    let limited = match &inbound {
+        Inbound::Authenticate { .. } => Some("auth"),
+        Inbound::Join(_) => Some("join"),
+        Inbound::Leave(_) => Some("leave"),
+        Inbound::Invalid(_) => Some("invalid"),
+        _ => None,
+    };
+    if let Some(name) = limited {
+        if !crate::protect::admit_message(env, name) {
+            return;
+        }
+    }
     match inbound {
         Inbound::Alive => {}
         Inbound::Answer(text) => {
