@@ -63,16 +63,8 @@ done
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Every process started here, ended on exit (by PID).
-PIDS=()
-stop_all() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  PIDS=()
-}
-trap stop_all EXIT
-trap 'exit 130' INT TERM
+# Every process started here, ended on exit (by PID): PIDS, stop_all.
+source bench/lib.sh
 
 wait_until() { # wait_until SECONDS WHAT COMMAND...: poll COMMAND until it succeeds or time is up
   local deadline=$(( $(date +%s) + $1 )) what="$2"; shift 2

@@ -125,15 +125,8 @@ EOF
 }
 if [ "$TABLE_ONLY" = 1 ]; then table "$@"; exit 0; fi
 
-PIDS=()
-stop_all() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  PIDS=()
-}
-trap stop_all EXIT
-trap 'exit 130' INT TERM
+# Every process started here, ended on exit (by PID): PIDS, stop_all.
+source bench/lib.sh
 
 LOG="$OUT/server.log"
 taskset -c "$SERVER_CPUS" "$BIN/shardcast" --host 127.0.0.1 --port 0 --tcp-port 0 --shards 1 \

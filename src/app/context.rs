@@ -178,12 +178,12 @@ impl Context {
     /// Joins a room (the join hook may veto). The client is sent `joined-room` once the
     /// room is known to every shard.
     pub fn join(&self, room: &str) -> Result<(), JoinRefusal> {
-        self.hub.join(&self.client, room)
+        self.hub.join(&self.client, room).map(|_| ())
     }
 
     /// Leaves a room; the client is sent `left-room`.
     pub fn leave(&self, room: &str) {
-        self.hub.leave(&self.client, room);
+        let _ = self.hub.leave(&self.client, room);
     }
 
     /// Messages to a room, excluding this client.

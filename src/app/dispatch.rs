@@ -187,19 +187,16 @@ pub(crate) fn join(env: &Env<'_>, room: &str) {
             return;
         }
     }
-    let member = env.client.rooms().iter().any(|r| &**r == room);
     match env.hub.join(env.client, room) {
-        Ok(()) if !member => member_joined(env, room),
-        Ok(()) => {}
+        Ok(true) => member_joined(env, room),
+        Ok(false) => {}
         Err(refusal) => env.hub.counters.refuse(refusal.label()),
     }
 }
 
 /// A leave request (TCP LEAVE frame, or `leave-room`).
 pub(crate) fn leave(env: &Env<'_>, room: &str) {
-    let member = env.client.rooms().iter().any(|r| &**r == room);
-    env.hub.leave(env.client, room);
-    if member {
+    if env.hub.leave(env.client, room) {
         left(env.hub, env.app, env.client, room);
     }
 }

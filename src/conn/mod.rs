@@ -225,7 +225,10 @@ impl Accepted {
     /// opened, and closes the socket.
     pub(crate) fn finish(self, shared: &Shared, opened: bool) {
         shared.cancel_timer(&self.client);
-        let rooms: Vec<std::rc::Rc<str>> = if opened {
+        // Only when someone listens: the leave hooks, or member events for some rooms.
+        let listened =
+            !shared.app.on_leave.is_empty() || !shared.hub.config().relay.member_events.is_empty();
+        let rooms: Vec<std::rc::Rc<str>> = if opened && listened {
             self.client.rooms().clone()
         } else {
             Vec::new()

@@ -35,20 +35,16 @@ fn dialect_of(hub: &Hub, client: &Client) -> Option<Arc<dyn Dialect>> {
 
 /// One inbound text message from a client of dialect `id`.
 pub(crate) fn text(env: &Env<'_>, id: DialectId, msg: &Bytes) {
-    let Some(d) = env.hub.dialects().get(id).cloned() else {
-        return;
-    };
-    let inbound = d.parse(msg);
-    act(env, &d, inbound);
+    if let Some(d) = env.hub.dialects().get(id) {
+        act(env, d, d.parse(msg));
+    }
 }
 
 /// One inbound binary message from a client of dialect `id`.
 pub(crate) fn binary(env: &Env<'_>, id: DialectId, msg: &Bytes) {
-    let Some(d) = env.hub.dialects().get(id).cloned() else {
-        return;
-    };
-    let inbound = d.parse_binary(msg);
-    act(env, &d, inbound);
+    if let Some(d) = env.hub.dialects().get(id) {
+        act(env, d, d.parse_binary(msg));
+    }
 }
 
 fn authenticated(client: &Client) -> bool {
@@ -337,7 +333,8 @@ fn succeeded(env: &Env<'_>, d: &Arc<dyn Dialect>, reply: Option<Arc<Outgoing>>) 
     for room in &rooms {
         // Rooms the server gives; not the client's asking, so no permission check.
         match hub.join(client, room) {
-            Ok(()) => dispatch::member_joined(env, room),
+            Ok(true) => dispatch::member_joined(env, room),
+            Ok(false) => {}
             Err(refusal) => hub.counters.refuse(refusal.label()),
         }
     }

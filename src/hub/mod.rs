@@ -1245,7 +1245,8 @@ impl Hub {
 
     /// Joins `client` to `room`. On success the confirmation (`joined-room`) is sent now, or
     /// once every other shard has acknowledged the room (see `rooms.rs`).
-    pub(crate) fn join(&self, client: &Rc<Client>, room: &str) -> Result<(), JoinRefusal> {
+    /// `Ok(true)` when the client was not a member before.
+    pub(crate) fn join(&self, client: &Rc<Client>, room: &str) -> Result<bool, JoinRefusal> {
         let member = client.rooms().iter().any(|r| &**r == room);
         if !member && client.rooms().len() >= self.config().limits.max_rooms_per_client {
             return Err(JoinRefusal::ClientRoomLimit);
@@ -1265,16 +1266,18 @@ impl Hub {
             self.presence(client, room, true);
         }
         self.announce(announce);
-        Ok(())
+        Ok(!member)
     }
 
     /// Removes `client` from `room` and confirms (`left-room`), member or not, as stelar does.
-    pub(crate) fn leave(&self, client: &Rc<Client>, room: &str) {
+    /// Returns whether it was a member.
+    pub(crate) fn leave(&self, client: &Rc<Client>, room: &str) -> bool {
         let mut announce = Vec::new();
         let outcome = self
             .rooms
             .borrow_mut()
             .leave(room, client.slot, &mut announce);
+        let was_member = matches!(outcome, Leave::Left { .. });
         if let Leave::Left { was_pending } = outcome {
             if was_pending {
                 self.confirm(client, "joined-room", room);
@@ -1284,6 +1287,7 @@ impl Hub {
         }
         self.confirm(client, "left-room", room);
         self.announce(announce);
+        was_member
     }
 
     /// `joined-room` / `left-room` with the room name, in the client's wire form
