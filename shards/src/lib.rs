@@ -104,6 +104,7 @@ mod shutdown;
 mod signals;
 mod sys;
 pub mod timer;
+pub mod uring;
 
 pub use glommio;
 pub use listener::{AcceptCounters, AcceptError, BoundListener, Listener};

@@ -8,10 +8,10 @@
 //! - [`drive`]: the open phase shared by both: one future that flushes the write queue,
 //!   reads and decodes, acts on timers and close requests, until the connection ends.
 //!
-//! Reads land in a per-shard 64 KiB scratch buffer (borrowed only inside one `poll`, since
-//! glommio's read never holds the caller's buffer while pending) and are appended to the
-//! connection's own buffer, which is dropped whenever it is drained: an idle connection holds
-//! no read buffer. Codecs parse and unmask in place in that buffer and hand payloads out as
+//! Sockets are driven by the shard's own io_uring (`shardcast_shards::uring`): one multishot
+//! recv per socket for its life fills the shard's provided buffers, whose bytes are copied
+//! into the socket's inbox and moved into the connection's own buffer when it polls; that
+//! buffer is dropped whenever it is drained, so an idle connection holds no read buffer. Codecs parse and unmask in place in that buffer and hand payloads out as
 //! `Bytes` views of it. Writes are queued as `Bytes` (`hub/outq.rs`, through the hub, which
 //! keeps the shard's memory budgets) and leave in one `sendmsg` per turn.
 //!
@@ -29,15 +29,14 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
+use shardcast_shards::uring::{Ring, Socket};
 use shardcast_shards::TimerId;
 
 use crate::app::App;
@@ -48,8 +47,6 @@ use crate::protocol::http::Limits as HttpLimits;
 use crate::protocol::ws::handshake::{DeflateConfig, ServerConfig};
 use crate::stats::Counters;
 
-/// Size of the per-shard read scratch buffer (one `recv` at most).
-const SCRATCH: usize = 64 * 1024;
 /// Most reads handled in one poll before the task yields to others.
 const READ_BUDGET: usize = 16;
 /// How long a closing connection waits for its close frame to go out and for the peer's
@@ -61,7 +58,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct Shared {
     pub hub: Rc<Hub>,
     pub app: Arc<App>,
-    scratch: RefCell<Box<[u8]>>,
     /// Connection tasks alive on this shard (for the shutdown drain).
     live: Cell<usize>,
     drained: RefCell<Option<Waker>>,
@@ -76,7 +72,6 @@ impl Shared {
         Shared {
             hub,
             app,
-            scratch: RefCell::new(vec![0u8; SCRATCH].into_boxed_slice()),
             live: Cell::new(0),
             drained: RefCell::new(None),
             timers: RefCell::new(Vec::new()),
@@ -203,7 +198,12 @@ impl Accepted {
             .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         // Latency over throughput for small frames; writes are coalesced anyway.
         let _ = stream.set_nodelay(true);
-        let mut io = Io::new(stream);
+        let mut io = Io::new(stream).unwrap_or_else(|e| {
+            // Only when the shard cannot create its ring or the process is out of
+            // descriptors; the connection then fails at its first read.
+            tracing::warn!(error = %e, "connection not adopted by the shard's ring");
+            Io::failed()
+        });
         if tls {
             // Without an acceptor or with a configuration rustls refuses, the session is
             // missing and the handshake fails at once (counted).
@@ -261,7 +261,8 @@ impl Accepted {
 
 /// A socket with its read buffer.
 pub(crate) struct Io {
-    stream: TcpStream,
+    /// The socket on the shard's ring (`None` if it could not be adopted).
+    sock: Option<Socket>,
     fd: RawFd,
     /// Bytes read and not yet consumed. Empty (and unallocated) while idle.
     pub rbuf: BytesMut,
@@ -272,19 +273,47 @@ pub(crate) struct Io {
 }
 
 impl Io {
-    pub(crate) fn new(stream: TcpStream) -> Io {
-        let fd = stream.as_raw_fd();
+    /// Hands the accepted socket to the shard's ring (multishot receive, no glommio source).
+    pub(crate) fn new(stream: TcpStream) -> io::Result<Io> {
+        // glommio's stream keeps its own descriptor (closed when it drops); the ring gets a
+        // duplicate of the same socket.
+        let owned = std::os::fd::AsFd::as_fd(&BorrowFd(stream.as_raw_fd())).try_clone_to_owned();
+        drop(stream);
+        let sock = Ring::get()?.adopt(owned?);
+        Ok(Io {
+            fd: sock.as_raw_fd(),
+            sock: Some(sock),
+            rbuf: BytesMut::new(),
+            tls: None,
+            tls_wanted: false,
+        })
+    }
+
+    /// An `Io` whose reads and writes fail (the socket could not be adopted).
+    fn failed() -> Io {
         Io {
-            stream,
-            fd,
+            sock: None,
+            fd: -1,
             rbuf: BytesMut::new(),
             tls: None,
             tls_wanted: false,
         }
     }
 
-    /// Reads once into the shard's scratch buffer and appends to `rbuf`. `Ready(Ok(0))` is
-    /// end of stream.
+    /// What arrived, as its own buffer (TLS: ciphertext). `Ready(Ok(empty))` is end of stream.
+    fn poll_recv_owned(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<BytesMut>> {
+        let Some(sock) = self.sock.as_ref() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        let mut got = BytesMut::new();
+        match sock.poll_recv(cx, &mut got) {
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(got)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Reads what arrived and appends it to `rbuf`. `Ready(Ok(0))` is end of stream.
     pub(crate) fn poll_fill(
         &mut self,
         cx: &mut TaskContext<'_>,
@@ -293,22 +322,33 @@ impl Io {
         if self.tls_wanted {
             return self.poll_fill_tls(cx, shared);
         }
-        let mut scratch = shared.scratch.borrow_mut();
-        match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
+        let Some(sock) = self.sock.as_ref() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        match sock.poll_recv(cx, &mut self.rbuf) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    let data = &scratch[..n];
-                    if self.rbuf.is_empty() {
-                        // Exactly what arrived; a frame split off it later is zero-copy.
-                        self.rbuf = BytesMut::from(data);
-                    } else {
-                        self.rbuf.extend_from_slice(data);
-                    }
                     Counters::add(&shared.hub.counters.bytes_received, n as u64);
                 }
                 Poll::Ready(Ok(n))
             }
             other => other,
+        }
+    }
+
+    /// `Ready` once the socket takes bytes again (after `EAGAIN`); `Pending` registers the
+    /// task.
+    fn poll_writable(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.sock.as_ref() {
+            Some(sock) => sock.poll_writable(cx).map(Ok),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    /// Stops receiving until the next read (backpressure).
+    pub(crate) fn pause_reading(&self) {
+        if let Some(sock) = self.sock.as_ref() {
+            sock.pause_recv();
         }
     }
 
@@ -339,13 +379,9 @@ impl Io {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
-            // The socket is full: let glommio arm a write-readiness poll (its send attempt
-            // may also succeed now, in which case we account for what it wrote).
-            let Some(front) = hub.queue_front(client) else {
-                return Poll::Ready(Ok(()));
-            };
-            match Pin::new(&mut self.stream).poll_write(cx, &front) {
-                Poll::Ready(Ok(n)) => hub.written(client, n),
+            // The socket is full: wait for write readiness (a poll on the shard's ring).
+            match self.poll_writable(cx) {
+                Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -360,11 +396,23 @@ impl Io {
     /// Shuts down the write side and drops the socket.
     pub(crate) fn close(mut self) {
         self.close_tls();
-        // SAFETY: `fd` is this stream's descriptor, still open (the stream is alive).
-        unsafe {
-            libc::shutdown(self.fd, libc::SHUT_WR);
+        if self.sock.is_some() {
+            // SAFETY: `fd` is the socket's descriptor, still open (the handle is alive).
+            unsafe {
+                libc::shutdown(self.fd, libc::SHUT_WR);
+            }
         }
-        drop(self.stream);
+        drop(self.sock.take());
+    }
+}
+
+/// A borrowed descriptor, to duplicate it.
+struct BorrowFd(RawFd);
+
+impl std::os::fd::AsFd for BorrowFd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: only used while the stream that owns the descriptor is alive.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) }
     }
 }
 
@@ -518,6 +566,7 @@ pub(crate) async fn drive<S: Session>(
             }
             if hub.should_pause_reading(client) {
                 // Woken when the socket drains (flush above) or the mesh overflow does.
+                io.pause_reading();
                 break;
             }
             budget -= 1;

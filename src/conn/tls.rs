@@ -2,7 +2,7 @@
 //! handshake, and the record layer under [`super::Io`].
 //!
 //! A TLS connection is a plain [`super::Io`] with a sans-IO `rustls::ServerConnection` in it:
-//! ciphertext is read into the shard's scratch buffer, fed to rustls, and the plaintext is
+//! ciphertext arrives from the shard ring (the socket's inbox), is fed to rustls, and the plaintext is
 //! appended to the connection's read buffer where plain bytes would go; the write queue's
 //! frames are handed to rustls' plaintext writer as one vectored write (rustls packs them into
 //! full-size records) and the records leave in one `sendmsg`. So the codecs, `drive`, the
@@ -21,13 +21,10 @@ use std::future::poll_fn;
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::RawFd;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use arc_swap::ArcSwap;
-use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
@@ -198,25 +195,6 @@ impl Write for FdWriter {
     }
 }
 
-/// Writes through glommio, which arms a write-readiness poll when the socket is full.
-struct PollWriter<'a, 'b> {
-    stream: &'a mut TcpStream,
-    cx: &'a mut TaskContext<'b>,
-}
-
-impl Write for PollWriter<'_, '_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match Pin::new(&mut *self.stream).poll_write(self.cx, buf) {
-            Poll::Ready(r) => r,
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 impl Io {
     /// Sends close_notify if the socket takes it (best effort: the socket closes next).
     pub(super) fn close_tls(&mut self) {
@@ -240,16 +218,20 @@ impl Io {
         if tls.closed {
             return Poll::Ready(Ok(0));
         }
-        let mut scratch = shared.scratch.borrow_mut();
-        let n = match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
-            Poll::Ready(Ok(n)) => n,
-            other => return other,
+        let cipher = match self.poll_recv_owned(cx) {
+            Poll::Ready(Ok(b)) => b,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
         };
+        let n = cipher.len();
         if n == 0 {
             return Poll::Ready(Ok(0));
         }
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::InvalidInput.into()));
+        };
         Counters::add(&shared.hub.counters.bytes_received, n as u64);
-        let mut input = &scratch[..n];
+        let mut input = &cipher[..];
         let mut got_plaintext = false;
         while !input.is_empty() {
             // rustls takes up to one buffer's worth per call.
@@ -313,21 +295,11 @@ impl Io {
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         hub.tls_blocked(client);
-                        // Let glommio arm a write-readiness poll (its own send attempt may
-                        // succeed now).
-                        let mut w = PollWriter {
-                            stream: &mut self.stream,
-                            cx,
-                        };
-                        match tls.conn.write_tls(&mut w) {
-                            Ok(n) => {
-                                hub.tls_sent(client, n);
-                                continue;
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                return Poll::Pending
-                            }
-                            Err(e) => return Poll::Ready(Err(e)),
+                        // Wait for write readiness (a poll on the shard's ring).
+                        match self.sock.as_ref().map(|s| s.poll_writable(cx)) {
+                            Some(Poll::Ready(())) => continue,
+                            Some(Poll::Pending) => return Poll::Pending,
+                            None => return Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
                         }
                     }
                     Err(e) => return Poll::Ready(Err(e)),

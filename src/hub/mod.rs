@@ -717,18 +717,6 @@ impl Hub {
         self.note_backlog(client);
     }
 
-    /// A handle on the frame that goes out next (for the readiness probe on a full socket).
-    pub(crate) fn queue_front(&self, client: &Client) -> Option<Bytes> {
-        client.out().borrow().front().cloned()
-    }
-
-    /// Records `n` bytes of the queue written by some other path (the readiness probe).
-    pub(crate) fn written(&self, client: &Client, n: usize) {
-        self.with_queue(client, |q| q.consume(n));
-        Counters::add(&self.counters.bytes_sent, n as u64);
-        Counters::add(&self.counters.writes, 1);
-    }
-
     /// The socket would not take everything: is the client behind, and for how long?
     fn note_backlog(&self, client: &Client) {
         self.sync_config();

@@ -119,7 +119,8 @@ impl OutQueue {
         }
     }
 
-    /// The frame that goes out next, for the readiness probe when the socket is full.
+    /// The frame that goes out next.
+    #[cfg(test)]
     pub(crate) fn front(&self) -> Option<&Bytes> {
         if self.front_started {
             return self.frames.front();

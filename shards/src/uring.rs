@@ -1,0 +1,723 @@
+//! The shard's own io_uring for connection sockets: multishot receives into a ring of
+//! provided buffers, write-readiness polls, and one `io_uring_enter` per turn for all of them.
+//!
+//! glommio 0.9 reads a socket with a plain `recv` and, whenever that does not fill the buffer,
+//! allocates a new poll request on its main ring to learn when the next bytes come: one
+//! syscall plus one submission per read, and one pending poll (with its allocation) per idle
+//! socket. Here each socket has **one multishot receive for its life**: the kernel picks a
+//! buffer from the shard's provided-buffer ring whenever bytes arrive and posts a completion,
+//! so a read costs no syscall at all and an idle socket costs no user memory beyond its slot.
+//!
+//! - [`Ring::get`] gives the shard's ring (created on first use on the shard's thread, with its
+//!   driver task); [`Ring::adopt`] takes a connected socket and returns its [`Socket`].
+//! - **The driver** is a glommio task. Whenever it runs it submits what the sockets queued
+//!   (every socket's requests of the turn in one `io_uring_enter`), reaps the completion queue
+//!   (no syscall), copies received bytes into the socket's inbox, gives the buffer back to
+//!   the kernel at once and wakes the socket's task. With nothing to do it parks: it enables
+//!   the ring's eventfd, looks at the completion queue once more (so a completion posted in
+//!   between is not missed: the kernel posts, then checks the flag; the driver sets the flag,
+//!   then checks the queue) and waits on the eventfd through glommio, so the shard sleeps
+//!   until the kernel has something for it. While the driver is awake the eventfd stays
+//!   disabled and completions cost no wake-up.
+//! - **Bounds.** A socket's inbox holds at most [`INBOX_MAX`] bytes plus one buffer: past that
+//!   its receive is cancelled, the kernel's socket buffer fills and TCP pushes back, and it is
+//!   re-armed once the task has taken the inbox. So a connection that is not read (paused under
+//!   backpressure) holds no more than that here. The provided buffers are
+//!   [`BUFFERS`] × [`BUFFER_SIZE`] bytes per shard, given back as soon as copied; when they run
+//!   out the kernel ends the affected receives (`ENOBUFS`) and they are re-armed.
+//!
+//! **Architecture invariant:** like the rest of this crate, nothing here knows what the bytes
+//! mean.
+
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{fence, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+/// Submission queue entries (the completion queue is four times larger; the kernel keeps
+/// overflowing completions on a list rather than dropping them).
+const SQ_ENTRIES: u32 = 1024;
+/// Provided buffers per shard (a power of two).
+pub const BUFFERS: u16 = 256;
+/// Bytes per provided buffer.
+pub const BUFFER_SIZE: usize = 4096;
+/// Received bytes a socket holds before its receive is paused until they are taken.
+pub const INBOX_MAX: usize = 64 * 1024;
+/// The buffer group id of the provided buffers.
+const BGID: u16 = 0;
+/// Completions handled per driver poll before it lets other tasks run.
+const REAP_BUDGET: usize = 4096;
+
+/// `io_uring_enter` flag: process completions (the crate does not export it).
+const IORING_ENTER_GETEVENTS: u32 = 1;
+
+const OP_RECV: u64 = 1;
+const OP_POLLOUT: u64 = 2;
+const OP_CANCEL: u64 = 3;
+
+fn user_data(slot: u32, gen: u32, op: u64) -> u64 {
+    (op << 56) | (((gen & 0x00ff_ffff) as u64) << 32) | slot as u64
+}
+
+fn split(data: u64) -> (u32, u32, u64) {
+    (data as u32, ((data >> 32) & 0x00ff_ffff) as u32, data >> 56)
+}
+
+/// What the shard's ring did, for the metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RingStats {
+    /// `io_uring_enter` calls that submitted requests.
+    pub submits: u64,
+    /// Requests submitted.
+    pub submitted: u64,
+    /// Completions reaped.
+    pub completions: u64,
+    /// Receives re-armed after the kernel ended them (buffers ran out, inbox full).
+    pub rearms: u64,
+    /// Times the provided buffers ran out.
+    pub no_buffers: u64,
+    /// Times the driver parked on its eventfd.
+    pub parks: u64,
+    /// Sockets adopted and not yet released.
+    pub sockets: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recv {
+    /// No receive in flight.
+    Idle,
+    /// The multishot receive is in flight.
+    Armed,
+    /// Its cancellation was asked; it ends with its next final completion.
+    Cancelling,
+}
+
+struct Slot {
+    gen: u32,
+    fd: RawFd,
+    inbox: BytesMut,
+    /// The peer closed its side (after what the inbox holds).
+    eof: bool,
+    /// The socket failed (errno), after what the inbox holds.
+    error: Option<i32>,
+    recv: Recv,
+    /// The task wants bytes (it polled and found none).
+    reader: Option<Waker>,
+    pollout_armed: bool,
+    writable: bool,
+    writer: Option<Waker>,
+    /// Requests in flight (receive, poll, cancel): the slot is reused only once this is 0.
+    in_flight: u32,
+    /// The socket handle was dropped.
+    released: bool,
+}
+
+impl Slot {
+    fn new(gen: u32, fd: RawFd) -> Slot {
+        Slot {
+            gen,
+            fd,
+            inbox: BytesMut::new(),
+            eof: false,
+            error: None,
+            recv: Recv::Idle,
+            reader: None,
+            pollout_armed: false,
+            writable: false,
+            writer: None,
+            in_flight: 0,
+            released: false,
+        }
+    }
+}
+
+/// The provided buffers: the ring the kernel takes them from, and their memory.
+struct Buffers {
+    /// `BUFFERS` ring entries (16 bytes each), page-aligned as the kernel requires.
+    ring: *mut types::BufRingEntry,
+    ring_len: usize,
+    data: Box<[u8]>,
+    /// Our copy of the ring's tail (published to the kernel by `publish`).
+    tail: Cell<u16>,
+}
+
+impl Buffers {
+    fn new() -> io::Result<Buffers> {
+        let ring_len = BUFFERS as usize * std::mem::size_of::<types::BufRingEntry>();
+        // SAFETY: an anonymous private mapping; checked for failure below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ring_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let b = Buffers {
+            ring: ptr.cast(),
+            ring_len,
+            data: vec![0u8; BUFFERS as usize * BUFFER_SIZE].into_boxed_slice(),
+            tail: Cell::new(0),
+        };
+        for bid in 0..BUFFERS {
+            b.give_back(bid);
+        }
+        b.publish();
+        Ok(b)
+    }
+
+    /// Puts buffer `bid` back at the ring's tail (visible to the kernel after `publish`).
+    fn give_back(&self, bid: u16) {
+        let tail = self.tail.get();
+        let idx = (tail & (BUFFERS - 1)) as usize;
+        // SAFETY: idx < BUFFERS entries of the mapping; only this thread writes entries, and
+        // the kernel reads only entries before the published tail, which this one is not.
+        unsafe {
+            let e = &mut *self.ring.add(idx);
+            e.set_addr(self.data.as_ptr().add(bid as usize * BUFFER_SIZE) as u64);
+            e.set_len(BUFFER_SIZE as u32);
+            e.set_bid(bid);
+        }
+        self.tail.set(tail.wrapping_add(1));
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail field lives in the mapping; a release store orders the entries
+        // written before it.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.ring) as *const std::sync::atomic::AtomicU16;
+            (*tail).store(self.tail.get(), Ordering::Release);
+        }
+    }
+
+    fn bytes(&self, bid: u16, len: usize) -> &[u8] {
+        let start = bid as usize * BUFFER_SIZE;
+        &self.data[start..start + len.min(BUFFER_SIZE)]
+    }
+}
+
+impl Drop for Buffers {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once (the ring was dropped before: see
+        // `Inner`'s field order).
+        unsafe {
+            libc::munmap(self.ring.cast(), self.ring_len);
+        }
+    }
+}
+
+struct Inner {
+    // Field order matters: the ring (and its registration of the buffers) goes first.
+    uring: RefCell<IoUring>,
+    buffers: Buffers,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<u32>>,
+    driver: RefCell<Option<Waker>>,
+    /// Requests were queued since the last submit.
+    queued: Cell<bool>,
+    /// Registered with the ring (glommio owns a duplicate it reads).
+    _eventfd: OwnedFd,
+    stats: Cell<RingStats>,
+}
+
+/// The shard's ring. Cheap to clone; one per shard thread.
+#[derive(Clone)]
+pub struct Ring(Rc<Inner>);
+
+thread_local! {
+    static RING: RefCell<Option<Ring>> = const { RefCell::new(None) };
+}
+
+impl Ring {
+    /// The ring of the current shard, created (with its driver task) on first use. Must be
+    /// called on a glommio executor.
+    pub fn get() -> io::Result<Ring> {
+        RING.with(|r| {
+            if let Some(ring) = r.borrow().as_ref() {
+                return Ok(ring.clone());
+            }
+            let ring = Ring::new()?;
+            *r.borrow_mut() = Some(ring.clone());
+            Ok(ring)
+        })
+    }
+
+    fn new() -> io::Result<Ring> {
+        let uring = IoUring::builder()
+            .setup_cqsize(SQ_ENTRIES * 4)
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(SQ_ENTRIES)?;
+        let buffers = Buffers::new()?;
+        // SAFETY: the ring entries stay mapped for as long as the ring exists (field order).
+        unsafe {
+            uring
+                .submitter()
+                .register_buf_ring_with_flags(buffers.ring as u64, BUFFERS, BGID, 0)?;
+        }
+        // SAFETY: eventfd returns a new descriptor or -1.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just created, owned here.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
+        uring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let mut uring = uring;
+        uring.completion().disable_eventfd();
+        // glommio reads the eventfd through its own ring; it gets a duplicate to own.
+        let dup = eventfd.try_clone()?;
+        let inner = Rc::new(Inner {
+            uring: RefCell::new(uring),
+            buffers,
+            slots: RefCell::new(Vec::new()),
+            free: RefCell::new(Vec::new()),
+            driver: RefCell::new(None),
+            queued: Cell::new(false),
+            _eventfd: eventfd,
+            stats: Cell::new(RingStats::default()),
+        });
+        glommio::spawn_local(drive(Rc::downgrade(&inner), dup)).detach();
+        Ok(Ring(inner))
+    }
+
+    /// Takes a connected, non-blocking socket; the returned handle closes it when dropped.
+    pub fn adopt(&self, fd: OwnedFd) -> Socket {
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(fd);
+        let mut slots = self.0.slots.borrow_mut();
+        let slot = match self.0.free.borrow_mut().pop() {
+            Some(i) => {
+                let s = &mut slots[i as usize];
+                let gen = s.gen.wrapping_add(1) & 0x00ff_ffff;
+                *s = Slot::new(gen, fd);
+                i
+            }
+            None => {
+                slots.push(Slot::new(0, fd));
+                (slots.len() - 1) as u32
+            }
+        };
+        self.0.bump(|s| s.sockets += 1);
+        Socket {
+            ring: self.clone(),
+            slot,
+            fd,
+        }
+    }
+
+    /// What this ring did so far.
+    pub fn stats(&self) -> RingStats {
+        self.0.stats.get()
+    }
+}
+
+impl Inner {
+    fn bump(&self, f: impl FnOnce(&mut RingStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+
+    /// Queues one request; the driver submits it with the rest of the turn's.
+    fn push(&self, entry: squeue::Entry) {
+        let mut uring = self.uring.borrow_mut();
+        // SAFETY: every entry pushed here refers only to a socket descriptor and, for the
+        // receive, to the provided buffers, which outlive the ring.
+        while unsafe { uring.submission().push(&entry) }.is_err() {
+            // The queue is full: hand it to the kernel now.
+            let n = uring.submit().unwrap_or(0);
+            let mut s = self.stats.get();
+            s.submits += 1;
+            s.submitted += n as u64;
+            self.stats.set(s);
+        }
+        drop(uring);
+        if !self.queued.replace(true) {
+            if let Some(w) = self.driver.borrow().as_ref() {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    fn arm_recv(&self, slot: u32, s: &mut Slot) {
+        let e = opcode::RecvMulti::new(types::Fd(s.fd), BGID)
+            .build()
+            .user_data(user_data(slot, s.gen, OP_RECV));
+        s.recv = Recv::Armed;
+        s.in_flight += 1;
+        self.push(e);
+    }
+
+    fn cancel_recv(&self, slot: u32, s: &mut Slot) {
+        let e = opcode::AsyncCancel::new(user_data(slot, s.gen, OP_RECV))
+            .build()
+            .user_data(user_data(slot, s.gen, OP_CANCEL));
+        s.recv = Recv::Cancelling;
+        s.in_flight += 1;
+        self.push(e);
+    }
+
+    /// Submits what was queued. Returns whether anything was.
+    fn submit(&self) -> bool {
+        if !self.queued.replace(false) {
+            return false;
+        }
+        let mut uring = self.uring.borrow_mut();
+        if uring.submission().is_empty() {
+            return false;
+        }
+        match uring.submit() {
+            Ok(n) => {
+                drop(uring);
+                self.bump(|s| {
+                    s.submits += 1;
+                    s.submitted += n as u64;
+                });
+            }
+            Err(e) => {
+                // EBUSY/EAGAIN: the completion queue is backed up; reap first, retry next turn.
+                drop(uring);
+                self.queued.set(true);
+                tracing::trace!(error = %e, "io_uring submit deferred");
+            }
+        }
+        true
+    }
+
+    /// Runs the ring's pending task work (completions the kernel has not posted yet: with
+    /// cooperative task running it waits for our next syscall). Returns whether there was any.
+    fn run_task_work(&self) -> bool {
+        let mut uring = self.uring.borrow_mut();
+        if !uring.submission().taskrun() {
+            return false;
+        }
+        // SAFETY: no submission, no argument: only processes pending completions.
+        let _ = unsafe {
+            uring
+                .submitter()
+                .enter::<libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None)
+        };
+        true
+    }
+
+    /// Handles up to `budget` completions. Returns how many.
+    fn reap(&self, budget: usize) -> usize {
+        let mut done = Vec::with_capacity(64);
+        let mut handled = 0;
+        loop {
+            done.clear();
+            {
+                let mut uring = self.uring.borrow_mut();
+                let mut cq = uring.completion();
+                for c in &mut cq {
+                    done.push((c.user_data(), c.result(), c.flags()));
+                    if done.len() == 64 {
+                        break;
+                    }
+                }
+            }
+            if done.is_empty() {
+                break;
+            }
+            let mut gave_back = false;
+            for &(data, res, flags) in &done {
+                gave_back |= self.complete(data, res, flags);
+            }
+            if gave_back {
+                self.buffers.publish();
+            }
+            handled += done.len();
+            if handled >= budget {
+                break;
+            }
+        }
+        if handled > 0 {
+            self.bump(|s| s.completions += handled as u64);
+        }
+        handled
+    }
+
+    /// One completion. Returns whether a buffer went back to the ring.
+    fn complete(&self, data: u64, res: i32, flags: u32) -> bool {
+        let (slot, gen, op) = split(data);
+        let mut slots = self.slots.borrow_mut();
+        let Some(s) = slots.get_mut(slot as usize) else {
+            return false;
+        };
+        let mut gave_back = false;
+        if s.gen != gen {
+            // A request of a slot's earlier life; only its buffer matters.
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                self.buffers.give_back(bid);
+                gave_back = true;
+            }
+            return gave_back;
+        }
+        let last = op != OP_RECV || !cqueue::more(flags);
+        match op {
+            OP_RECV => {
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    if res > 0 && !s.released {
+                        s.inbox
+                            .extend_from_slice(self.buffers.bytes(bid, res as usize));
+                    }
+                    self.buffers.give_back(bid);
+                    gave_back = true;
+                }
+                if res == 0 {
+                    s.eof = true;
+                } else if res < 0 {
+                    match -res {
+                        libc::ECANCELED => {}
+                        libc::ENOBUFS => self.bump(|st| st.no_buffers += 1),
+                        e => s.error = Some(e),
+                    }
+                }
+                if last {
+                    s.recv = Recv::Idle;
+                } else if s.recv == Recv::Armed && s.inbox.len() >= INBOX_MAX {
+                    self.cancel_recv(slot, s);
+                }
+                if let Some(w) = s.reader.take() {
+                    w.wake();
+                }
+            }
+            OP_POLLOUT => {
+                s.pollout_armed = false;
+                s.writable = true;
+                if let Some(w) = s.writer.take() {
+                    w.wake();
+                }
+            }
+            _ => {}
+        }
+        if last {
+            s.in_flight -= 1;
+            if s.released && s.in_flight == 0 {
+                self.free_slot(slot, s);
+            }
+        }
+        gave_back
+    }
+
+    fn free_slot(&self, slot: u32, s: &mut Slot) {
+        s.inbox = BytesMut::new();
+        s.reader = None;
+        s.writer = None;
+        s.fd = -1;
+        self.free.borrow_mut().push(slot);
+    }
+}
+
+/// The driver task: submits, reaps, and parks on the eventfd when there is nothing to do.
+async fn drive(inner: std::rc::Weak<Inner>, eventfd: OwnedFd) {
+    use glommio::io::BufferedFile;
+    // SAFETY: `eventfd` is owned and handed over; the file closes it.
+    let file = Rc::new(unsafe {
+        BufferedFile::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(eventfd))
+    });
+    type Wait = Pin<Box<dyn Future<Output = ()>>>;
+    let mut wait: Option<Wait> = None;
+    poll_fn(move |cx| {
+        let Some(inner) = inner.upgrade() else {
+            return Poll::Ready(());
+        };
+        inner.uring.borrow_mut().completion().disable_eventfd();
+        if let Some(w) = wait.as_mut() {
+            if w.as_mut().poll(cx).is_ready() {
+                wait = None;
+            }
+        }
+        let mut work = 0usize;
+        loop {
+            let submitted = inner.submit();
+            let mut reaped = inner.reap(REAP_BUDGET - work.min(REAP_BUDGET - 1));
+            if reaped == 0 && inner.run_task_work() {
+                reaped = inner.reap(REAP_BUDGET - work.min(REAP_BUDGET - 1));
+            }
+            work += reaped;
+            if !submitted && reaped == 0 {
+                break;
+            }
+            if work >= REAP_BUDGET {
+                // Let the woken tasks run; come back in this same turn.
+                *inner.driver.borrow_mut() = Some(cx.waker().clone());
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+        *inner.driver.borrow_mut() = Some(cx.waker().clone());
+        if work > 0 || inner.queued.get() {
+            // The tasks just woken will queue more (their wakes of the driver are no-ops while
+            // `queued` is already set, so look again after them).
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        // Park: enable the eventfd, then look once more (see the module doc).
+        inner.uring.borrow_mut().completion().enable_eventfd();
+        fence(Ordering::SeqCst);
+        let pending = !inner.uring.borrow_mut().completion().is_empty();
+        if pending {
+            inner.uring.borrow_mut().completion().disable_eventfd();
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        inner.bump(|s| s.parks += 1);
+        loop {
+            let w = wait.get_or_insert_with(|| {
+                let f = Rc::clone(&file);
+                Box::pin(async move {
+                    let _ = f.read_at(0, 8).await;
+                })
+            });
+            match w.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    wait = None;
+                    // The eventfd had been signalled: there is work.
+                    inner.uring.borrow_mut().completion().disable_eventfd();
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+}
+
+/// A connected socket on the shard's ring. Dropping it cancels its requests and closes it.
+pub struct Socket {
+    ring: Ring,
+    slot: u32,
+    fd: RawFd,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket").field("fd", &self.fd).finish()
+    }
+}
+
+impl AsRawFd for Socket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
+impl Socket {
+    /// Moves what was received into `out` (appended; moved without a copy when `out` is
+    /// empty). `Ready(Ok(0))` is the end of the stream; `Pending` registers the task.
+    pub fn poll_recv(&self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<io::Result<usize>> {
+        let inner = &self.ring.0;
+        let mut slots = inner.slots.borrow_mut();
+        let s = &mut slots[self.slot as usize];
+        let n = s.inbox.len();
+        if n > 0 {
+            if out.is_empty() {
+                *out = std::mem::take(&mut s.inbox);
+            } else {
+                out.extend_from_slice(&s.inbox);
+                s.inbox = BytesMut::new();
+            }
+            if s.recv == Recv::Idle && !s.eof && s.error.is_none() {
+                inner.bump(|st| st.rearms += 1);
+                inner.arm_recv(self.slot, s);
+            }
+            return Poll::Ready(Ok(n));
+        }
+        if let Some(e) = s.error {
+            return Poll::Ready(Err(io::Error::from_raw_os_error(e)));
+        }
+        if s.eof {
+            return Poll::Ready(Ok(0));
+        }
+        if s.recv == Recv::Idle {
+            inner.arm_recv(self.slot, s);
+        }
+        match &s.reader {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => s.reader = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Stops receiving until the next [`Socket::poll_recv`] (backpressure: the kernel's socket
+    /// buffer fills and TCP pushes back). What already arrived stays in the inbox.
+    pub fn pause_recv(&self) {
+        let inner = &self.ring.0;
+        let mut slots = inner.slots.borrow_mut();
+        let s = &mut slots[self.slot as usize];
+        if s.recv == Recv::Armed {
+            inner.cancel_recv(self.slot, s);
+        }
+    }
+
+    /// `Ready` once the socket can take more bytes (after a write returned `EAGAIN`).
+    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let inner = &self.ring.0;
+        let mut slots = inner.slots.borrow_mut();
+        let s = &mut slots[self.slot as usize];
+        if s.writable {
+            s.writable = false;
+            return Poll::Ready(());
+        }
+        if !s.pollout_armed {
+            let e = opcode::PollAdd::new(types::Fd(s.fd), libc::POLLOUT as u32)
+                .build()
+                .user_data(user_data(self.slot, s.gen, OP_POLLOUT));
+            s.pollout_armed = true;
+            s.in_flight += 1;
+            inner.push(e);
+        }
+        match &s.writer {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => s.writer = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        let inner = &self.ring.0;
+        let mut slots = inner.slots.borrow_mut();
+        let s = &mut slots[self.slot as usize];
+        s.released = true;
+        s.inbox = BytesMut::new();
+        s.reader = None;
+        s.writer = None;
+        if s.recv == Recv::Armed {
+            inner.cancel_recv(self.slot, s);
+        }
+        if s.pollout_armed {
+            let e = opcode::PollRemove::new(user_data(self.slot, s.gen, OP_POLLOUT))
+                .build()
+                .user_data(user_data(self.slot, s.gen, OP_CANCEL));
+            s.in_flight += 1;
+            inner.push(e);
+        }
+        // In-flight requests hold their own reference to the socket; it is really closed
+        // when they end.
+        // SAFETY: the descriptor adopted by this handle, closed once here.
+        unsafe {
+            libc::close(self.fd);
+        }
+        if s.in_flight == 0 {
+            inner.free_slot(self.slot, s);
+        }
+        inner.bump(|st| st.sockets -= 1);
+    }
+}
