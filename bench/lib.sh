@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the bench scripts (source it): every process a script starts goes into PIDS and is
 # ended on exit, by PID.
 PIDS=()
@@ -9,3 +10,26 @@ stop_all() {
 }
 trap stop_all EXIT
 trap 'exit 130' INT TERM
+
+# stop_pid PID: end one process started here (TERM, then KILL after 10 s), reap it, and drop
+# it from PIDS so that nothing here signals its number again (the kernel may reuse it). Only a
+# child this shell still sees running is signalled: one that already exited is only reaped.
+stop_pid() {
+  local pid="$1" p kept=() deadline=$((SECONDS + 10))
+  if jobs -pr | grep -qx "$pid"; then
+    kill "$pid" 2>/dev/null || true
+    while jobs -pr | grep -qx "$pid"; do
+      if [ "$SECONDS" -ge "$deadline" ]; then kill -KILL "$pid" 2>/dev/null || true; break; fi
+      sleep 0.05
+    done
+  fi
+  wait "$pid" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
+  PIDS=("${kept[@]+"${kept[@]}"}")
+}
+
+# runq_wait PID: seconds the process has spent runnable but waiting for a CPU (all its threads,
+# /proc/PID/task/*/schedstat): how much other processes on its CPU held it back.
+runq_wait() {
+  cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s+=$2} END {printf "%.3f\n", s/1e9}'
+}
