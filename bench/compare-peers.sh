@@ -127,15 +127,19 @@ count() { # count 10k → 10000, 1.5m → 1500000, 200000 → 200000; fails on a
 }
 
 # The open-file limit caps one process: the server holds idle-N alone, so N stays 1 000 below it.
-NOFILE=$(ulimit -Hn); [ "$NOFILE" = unlimited ] && NOFILE=1048576
+# Every process started here gets the hard limit as its soft one.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n); [ "$NOFILE" = unlimited ] && NOFILE=1048576
+positive() { local n; n=$(count "$1") && [ "$n" -gt 0 ]; }
 check_scenario() { # check_scenario NAME: exits 2 unless the harness knows how to run NAME
   local s="$1" n
   case "$s" in
-    echo-*x*@*) [[ "$s" =~ ^echo-([0-9]+)x([0-9]+)@([0-9.]+[kKmM]?)$ ]] && count "${BASH_REMATCH[3]}" >/dev/null ;;
-    echo-*x*) [[ "$s" =~ ^echo-([0-9]+)x([0-9]+)$ ]] ;;
-    fanout-*) count "${s#fanout-}" >/dev/null ;;
+    echo-*x*@*) [[ "$s" =~ ^echo-([1-9][0-9]*)x([1-9][0-9]*)@([0-9.]+[kKmM]?)$ ]] && positive "${BASH_REMATCH[3]}" ;;
+    echo-*x*) [[ "$s" =~ ^echo-([1-9][0-9]*)x([1-9][0-9]*)$ ]] ;;
+    fanout-*) positive "${s#fanout-}" ;;
     idle-*)
-      n=$(count "${s#idle-}") || { echo "bad scenario $s" >&2; exit 2; }
+      positive "${s#idle-}" || { echo "bad scenario $s" >&2; exit 2; }
+      n=$(count "${s#idle-}")
       [ "$n" -le $(( NOFILE - 1000 )) ] \
         || { echo "$s: a server process may hold at most $(( NOFILE - 1000 )) connections here (open files capped at $NOFILE)" >&2; exit 2; } ;;
     capacity-echo|capacity-fanout) ;;
