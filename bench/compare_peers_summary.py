@@ -16,8 +16,9 @@ server (native uWebSockets) of the same scenario, medians against medians:
   over N; a ratio < 1 means less memory than the baseline;
 - capacity: the highest offered rate that passed `verdict`; the limit names what was at
   (about) 100 % CPU at the first rate that failed.
-`CPU wait` is the share of the run the server spent runnable but waiting for its CPU
-(schedstat): other processes on the machine held it back, so its figures are less reliable.
+`CPU wait s/lg` is the share of the run the server / the load generator spent runnable but
+waiting for its CPU (schedstat): other processes on the machine held it back, so the figures of
+that run (latency and capacity above all) are less reliable.
 
 `--check` (the harness's --short mode) exits 1 when shardcast lost messages, saw errors or
 failed connections, died, or delivered < 90 % of the offered deliveries in a fanout scenario,
