@@ -215,7 +215,9 @@ def run_figures(kind, row, report):
 
 
 def capacity_figures(steps, p99_ms):
-    """Capacity of one search (the runs.tsv lines of one server in one round)."""
+    """Capacity of one search (the runs.tsv lines of one server in one round): the highest rate
+    any run passed at (the harness runs a rate again after a failure on latency alone), and the
+    lowest rate above it where every run failed, with what limited that run."""
     out = {"round": int(steps[0]["round"]), "steps": []}
     best, first_fail = None, None
     for row in steps:
