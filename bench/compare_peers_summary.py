@@ -230,8 +230,13 @@ def capacity_figures(steps, p99_ms):
             best = (rate, fig)
     above = [s for s in out["steps"] if not s["passed"] and (best is None or s["offered_per_s"] > best[0])]
     if above:
-        first_fail = min(above, key=lambda s: s["offered_per_s"])
+        # The lowest rate where every run failed; of its runs, the last (the confirmation).
+        lowest = min(s["offered_per_s"] for s in above)
+        first_fail = [s for s in above if s["offered_per_s"] == lowest][-1]
     out["capacity_per_s"] = best[0] if best else 0.0
+    if best is None:
+        # Nothing passed: the capacity is below the lowest rate tried, not zero.
+        out["below_per_s"] = min(s["offered_per_s"] for s in out["steps"])
     out["server_cpu_percent_at_capacity"] = best[1]["server_cpu_percent"] if best else None
     out["first_failing_per_s"] = first_fail["offered_per_s"] if first_fail else None
     out["first_failure"] = "; ".join(first_fail["reasons"]) if first_fail else None
@@ -320,6 +325,9 @@ def summarise(run_dir, check, baseline):
                           ("capacity_per_s", "server_cpu_percent_at_capacity", "first_failing_per_s",
                            "server_cpu_percent_at_failure", "loadgen_cpu_percent_at_failure")}
                 median["limit"] = max(set(limits), key=limits.count)
+                below = [x["below_per_s"] for x in runs if "below_per_s" in x]
+                if len(below) * 2 > len(runs):  # most rounds found no passing rate
+                    median["below_per_s"] = max(below)
                 for k in ("cpu_wait_percent", "loadgen_cpu_wait_percent"):
                     median[k] = med([st.get(k) for x in runs for st in x["steps"]])
             else:
@@ -352,6 +360,9 @@ def summarise(run_dir, check, baseline):
                     else:
                         notes.append(what)
             entry["peers"][peer] = {"rounds": len(runs), "median": median, "runs": runs}
+        for v in entry["peers"].values():
+            if "below_per_s" in v["median"]:
+                v["median"]["capacity_per_s"] = None  # unknown, below the lowest rate tried
         base = entry["peers"].get(baseline, {}).get("median", {}).get(HEADLINE.get(kind))
         entry["vs_" + baseline] = {
             p: (v["median"].get(HEADLINE.get(kind)) / base
@@ -409,7 +420,10 @@ def print_tables(entries, peers, baseline, meta):
                 row = [e["scenario"], peer]
                 for _, key, fmt in cols:
                     v = m.get(key)
-                    row.append(fmt(v) if v is not None else "-")
+                    if key == "capacity_per_s" and "below_per_s" in m:
+                        row.append("< " + si(m["below_per_s"]))  # no rate passed
+                    else:
+                        row.append(fmt(v) if v is not None else "-")
                 if kind not in ("capacity", "idle"):
                     row.append(str(m.get("lost_total", "-")))
                 w, lw = m.get("cpu_wait_percent"), m.get("loadgen_cpu_wait_percent")
