@@ -38,12 +38,13 @@
 #   CAP_STEPS, CAP_BUDGET_S, OUT (target/peers).
 #
 # Needs release builds (`cargo build --release -p shardcast -p shardcast-loadgen`), python3,
-# taskset and 2 cores. Each invocation writes to OUT/<date-time>[-short]/: one loadgen report
-# (JSON and table) per run, runs.tsv (one line per run: the server's CPU wait from schedstat,
-# VmRSS and sockstat readings, capacity verdicts) and the summary (bench/compare_peers_summary.py:
-# medians of the rounds, ratios against uws-native), summary.json also copied to
-# OUT/summary.json. On a shared machine run it under the bench lock: `flock /tmp/bench.lock
-# bench/compare-peers.sh`. Every process started here is ended here, by PID.
+# taskset and 2 cores. Each invocation writes to OUT/<date-time>[-short]/ (the five newest
+# -short ones are kept): one loadgen report (JSON and table) per run, runs.tsv (one line per
+# run: the CPU wait of server and load generator from schedstat, VmRSS, sockstat and slab
+# readings, capacity verdicts) and the summary (bench/compare_peers_summary.py: medians of the
+# rounds, ratios against uws-native), summary.json also copied to OUT/summary.json. On a
+# shared machine run it under the bench lock: `flock /tmp/bench.lock bench/compare-peers.sh`.
+# Every process started here is ended here, by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,7 +53,7 @@ ARGS=()
 for a in "$@"; do
   case "$a" in
     --short) SHORT=1 ;;
-    -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
     -*) echo "unknown option $a (see --help)" >&2; exit 2 ;;
     *) ARGS+=("$a") ;;
   esac
@@ -361,6 +362,12 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 printf 'loadavg_after\t%s\nseconds\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" $(( SECONDS - T0 )) >>"$RUN/meta.tsv"
+
+# test.sh makes a --short run each time: keep the five newest (names sort by date and time).
+if [ "$SHORT" = 1 ]; then
+  shorts=("$OUT"/[0-9]*-short)
+  [ ${#shorts[@]} -le 5 ] || rm -rf -- "${shorts[@]:0:${#shorts[@]}-5}"
+fi
 
 check=(); [ "$SHORT" = 1 ] && check=(--check)
 rc=0
