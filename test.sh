@@ -3,7 +3,9 @@
 #   formatting, clippy (warnings are errors), the architecture invariants,
 #   `cargo test --workspace` (unit, property and integration tests against real server
 #   processes), the Autobahn conformance run (PyPI `kosoku`) and interop tests with
-#   third-party clients (Python `websockets`).
+#   third-party clients (Python `websockets`), then a release build and a ~30 s peer
+#   comparison (bench/compare-peers.sh --short: nothing lost, no errors, no fan-out cliff;
+#   against native uWebSockets too when ../shared/peers/uws-peer is there).
 # Installs what it needs: Python packages go into a venv under target/.
 # Prints a summary; exits non-zero if anything failed.
 set -uo pipefail
@@ -81,6 +83,21 @@ autobahn() {
   "$VENV/bin/python" tests/autobahn/run.py --server "$TARGET_DIR/debug/shardcast" --outdir target/autobahn
 }
 step "Autobahn TestSuite (kosoku, all 517 cases, /echo)" autobahn
+
+step "cargo build --release -p shardcast -p shardcast-loadgen" \
+  cargo build --release -p shardcast -p shardcast-loadgen --quiet
+# The native uWebSockets peer, when this checkout sits beside shared/peers/ (bench/compare-peers.sh).
+UWS_BESIDE="$(dirname "$PWD")/shared/peers/uws-peer"
+if [ -z "${UWS_PEER:-}" ] && [ -x "$UWS_BESIDE" ]; then export UWS_PEER="$UWS_BESIDE"; fi
+peer_comparison() {
+  # Under the bench lock, as every measurement on a shared machine (PERF.md, "Method").
+  if command -v flock >/dev/null 2>&1; then
+    flock /tmp/bench.lock bench/compare-peers.sh --short
+  else
+    bench/compare-peers.sh --short
+  fi
+}
+step "peer comparison, short (bench/compare-peers.sh --short: shardcast${UWS_PEER:+, uws-native})" peer_comparison
 
 echo
 echo "==================== summary ===================="

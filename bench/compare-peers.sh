@@ -1,115 +1,377 @@
 #!/usr/bin/env bash
-# Side by side: shardcast (`--bench-endpoints`, one shard) against uWebSockets.js and the Node
-# `ws` library, each serving the same raw /echo and /broadcast paths (bench/peers/*.mjs), each
-# on CPU 0, driven by the same shardcast-loadgen commands on CPU 1. Rounds are interleaved
-# (every server once per round) so that a noisy neighbour hurts all of them alike.
+# Side by side: shardcast (`--bench-endpoints`, one shard) against native uWebSockets (the C++
+# library, $UWS_PEER) and optionally the Node peers (bench/peers/*.mjs), all serving the same
+# raw /echo and /broadcast paths. Each server runs alone on SERVER_CPU (default 0), started
+# fresh for every scenario run; the same shardcast-loadgen commands run on LOAD_CPU (default 1).
+# Rounds are interleaved (every scenario and server once per round) so that a noisy neighbour
+# hurts all of them alike. 64-byte messages.
 #
-#   bench/compare-peers.sh [ROUNDS] [SCENARIO...]     (defaults: 3 rounds, every scenario)
+#   bench/compare-peers.sh [ROUNDS] [SCENARIO...]   (default: 3 rounds, the full list below)
+#   bench/compare-peers.sh --short                  (or SHORT=1: ~30 s, a pass/fail check)
 #
-# Needs: release builds (`cargo build --release -p shardcast -p shardcast-loadgen`), Node.js
-# with npm (the peers are installed into bench/peers/node_modules from package-lock.json),
-# python3 for the summary, and 2 cores. Reports go to target/peers/; the summary prints the
-# median of the rounds for each scenario and server. Processes started here are ended here.
+# Scenarios (names are parsed: 10k = 10 000, 1m = 1 000 000):
+#   echo-CxD         C connections x D in flight, closed loop: round trips per server CPU-s
+#   echo-CxD@RATE    the same connections, open loop at RATE round trips/s: the server's idle
+#                    share (100 % - its CPU %) at a fixed load
+#   fanout-RATE      1 publisher + FANOUT_SUBS (1000) subscribers on /broadcast, RATE
+#                    deliveries/s offered (publishes/s = RATE / subscribers)
+#   idle-N           N idle connections: server VmRSS after one warm-up connection and with all
+#                    N open, bytes per connection; beside it, host-wide kernel figures (both ends
+#                    of every connection): TCP buffer pages (/proc/net/sockstat) and
+#                    unreclaimable slab (/proc/meminfo SUnreclaim: socket structures)
+#   capacity-echo    the highest open-loop echo rate (100 connections), and
+#   capacity-fanout  the highest fan-out rate, with nothing lost and p99 <= P99_MS (50): double,
+#                    then bisect, at most CAP_STEPS (8) runs and CAP_BUDGET_S (120) s per server;
+#                    a rate that failed on latency alone gets a second run
+# Full list: echo-100x16 echo-100x16@200k echo-1000x1 fanout-1m fanout-4m idle-10k
+#            capacity-echo capacity-fanout
+# --short: echo-100x16 echo-100x16@200k fanout-1m idle-2k, one round, 2 s windows; exits 1 if
+#   shardcast lost anything, saw errors or delivered < 90 % of fanout-1m, or a peer could not
+#   be run at all (peers' own losses are reported, not failed on).
+#
+# Servers: PEERS (space- or comma-separated) from shardcast, uws-native, uws-js, node-ws.
+#   Default: shardcast, plus uws-native when UWS_PEER is an executable (e.g.
+#   UWS_PEER=../shared/peers/uws-peer). The Node peers (uWebSockets.js, `ws`) run only when
+#   PEERS names them; they need Node.js and npm (installed from bench/peers/package-lock.json).
+# Other settings (environment): DURATION (5s; short 2s), WARMUP (1s; short 0.5s), HOLD (3s;
+#   short 1s) for idle-N, CAP_DURATION (3s), SERVER_CPU, LOAD_CPU, FANOUT_SUBS, P99_MS,
+#   CAP_STEPS, CAP_BUDGET_S, OUT (target/peers).
+#
+# Needs release builds (`cargo build --release -p shardcast -p shardcast-loadgen`), python3,
+# taskset and 2 cores. Each invocation writes to OUT/<date-time>[-short]/ (the five newest
+# -short ones are kept): one loadgen report (JSON and table) per run, runs.tsv (one line per
+# run: the CPU wait of server and load generator from schedstat, VmRSS, sockstat and slab
+# readings, capacity verdicts) and the summary (bench/compare_peers_summary.py: medians of the
+# rounds, ratios against uws-native), summary.json also copied to OUT/summary.json. On a
+# shared machine run it under the bench lock: `flock /tmp/bench.lock bench/compare-peers.sh`.
+# Every process started here is ended here, by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS="${1:-3}"; shift || true
+SHORT="${SHORT:-0}"
+ARGS=()
+for a in "$@"; do
+  case "$a" in
+    --short) SHORT=1 ;;
+    -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
+    -*) echo "unknown option $a (see --help)" >&2; exit 2 ;;
+    *) ARGS+=("$a") ;;
+  esac
+done
+set -- "${ARGS[@]+"${ARGS[@]}"}"
+ROUNDS=3
+if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then ROUNDS="$1"; shift; fi
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(echo-pipelined echo-thin broadcast-thick broadcast-thin)
+if [ "$SHORT" = 1 ]; then
+  ROUNDS=1
+  [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(echo-100x16 echo-100x16@200k fanout-1m idle-2k)
+  DURATION="${DURATION:-2s}"; WARMUP="${WARMUP:-0.5s}"; HOLD="${HOLD:-1s}"
+else
+  [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(echo-100x16 echo-100x16@200k echo-1000x1 fanout-1m
+                                            fanout-4m idle-10k capacity-echo capacity-fanout)
+  DURATION="${DURATION:-5s}"; WARMUP="${WARMUP:-1s}"; HOLD="${HOLD:-3s}"
+fi
+CAP_DURATION="${CAP_DURATION:-3s}"
+SERVER_CPU="${SERVER_CPU:-0}"
+LOAD_CPU="${LOAD_CPU:-1}"
+FANOUT_SUBS="${FANOUT_SUBS:-1000}"
+P99_MS="${P99_MS:-50}"
+CAP_STEPS="${CAP_STEPS:-8}"
+CAP_BUDGET_S="${CAP_BUDGET_S:-120}"
+SIZE=64
 BIN="${CARGO_TARGET_DIR:-target}/release"
-OUT="target/peers"
-SERVER_CPU=0
-LOAD_CPU=1
-mkdir -p "$OUT"
+OUT="${OUT:-target/peers}"
+SUMMARY=bench/compare_peers_summary.py
 
 for b in shardcast shardcast-loadgen; do
   [ -x "$BIN/$b" ] || { echo "missing $BIN/$b: run cargo build --release -p shardcast -p shardcast-loadgen" >&2; exit 2; }
 done
-command -v node >/dev/null || { echo "Node.js is needed for the peers (apt-get install nodejs npm)" >&2; exit 2; }
-[ -d bench/peers/node_modules/uws-pack ] && [ -d bench/peers/node_modules/ws ] \
-  || (cd bench/peers && npm ci --no-audit --no-fund)
+for t in python3 taskset awk; do
+  command -v "$t" >/dev/null || { echo "$t is needed" >&2; exit 2; }
+done
+
+# --- servers -------------------------------------------------------------------------------
+
+if [ -n "${PEERS:-}" ]; then
+  read -ra PEER_LIST <<<"${PEERS//,/ }"
+else
+  PEER_LIST=(shardcast)
+  [ -n "${UWS_PEER:-}" ] && [ -x "$UWS_PEER" ] && PEER_LIST+=(uws-native)
+fi
+NEED_NODE=0
+for p in "${PEER_LIST[@]}"; do
+  case "$p" in
+    shardcast) ;;
+    uws-native)
+      if [ -z "${UWS_PEER:-}" ] || [ ! -x "$UWS_PEER" ]; then
+        echo "uws-native needs UWS_PEER=path/to/uws-peer (an executable)" >&2; exit 2
+      fi ;;
+    uws-js|node-ws) NEED_NODE=1 ;;
+    *) echo "unknown peer $p (shardcast, uws-native, uws-js, node-ws)" >&2; exit 2 ;;
+  esac
+done
+if [ "$NEED_NODE" = 1 ]; then
+  command -v node >/dev/null || { echo "Node.js is needed for uws-js and node-ws (apt-get install nodejs npm)" >&2; exit 2; }
+  if [ ! -d bench/peers/node_modules/uws-pack ] || [ ! -d bench/peers/node_modules/ws ]; then
+    (cd bench/peers && npm ci --no-audit --no-fund)
+  fi
+fi
+
+# --- scenarios -----------------------------------------------------------------------------
+
+count() { # count 10k → 10000, 1.5m → 1500000, 200000 → 200000; fails on anything else
+  awk -v s="$1" 'BEGIN {
+    m = 1; u = tolower(substr(s, length(s)))
+    if (u == "k") { m = 1e3; s = substr(s, 1, length(s) - 1) }
+    else if (u == "m") { m = 1e6; s = substr(s, 1, length(s) - 1) }
+    if (s !~ /^[0-9]+(\.[0-9]+)?$/) exit 1
+    printf "%d\n", s * m }'
+}
+
+# The open-file limit caps one process: the server holds idle-N alone, so N stays 1 000 below it.
+# Every process started here gets the hard limit as its soft one.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n); [ "$NOFILE" = unlimited ] && NOFILE=1048576
+positive() { local n; n=$(count "$1") && [ "$n" -gt 0 ]; }
+check_scenario() { # check_scenario NAME: exits 2 unless the harness knows how to run NAME
+  local s="$1" n
+  case "$s" in
+    echo-*x*@*) [[ "$s" =~ ^echo-([1-9][0-9]*)x([1-9][0-9]*)@([0-9.]+[kKmM]?)$ ]] && positive "${BASH_REMATCH[3]}" ;;
+    echo-*x*) [[ "$s" =~ ^echo-([1-9][0-9]*)x([1-9][0-9]*)$ ]] ;;
+    fanout-*) positive "${s#fanout-}" ;;
+    idle-*)
+      positive "${s#idle-}" || { echo "bad scenario $s" >&2; exit 2; }
+      n=$(count "${s#idle-}")
+      [ "$n" -le $(( NOFILE - 1000 )) ] \
+        || { echo "$s: a server process may hold at most $(( NOFILE - 1000 )) connections here (open files capped at $NOFILE)" >&2; exit 2; } ;;
+    capacity-echo|capacity-fanout) ;;
+    *) false ;;
+  esac || { echo "unknown scenario $s (see --help)" >&2; exit 2; }
+}
+for s in "${SCENARIOS[@]}"; do check_scenario "$s"; done
+
+# --- processes -----------------------------------------------------------------------------
+
+# Every process started here, ended on exit (by PID): PIDS, stop_all, stop_pid; runq_wait PID.
+source bench/lib.sh
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-SERVER_PID=""
-stop_server() {
-  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-  SERVER_PID=""
+SERVER=""; PORT=""
+start_server() { # start_server PEER LOG: PEER on a free port, pinned; sets SERVER and PORT
+  local peer="$1" log="$2" deadline
+  for _ in 1 2 3; do
+    PORT=$(free_port)
+    case "$peer" in
+      shardcast)  taskset -c "$SERVER_CPU" "$BIN/shardcast" --host 127.0.0.1 --port "$PORT" \
+                    --tcp-port 0 --shards 1 --bench-endpoints >"$log" 2>&1 & ;;
+      uws-native) taskset -c "$SERVER_CPU" "$UWS_PEER" "$PORT" >"$log" 2>&1 & ;;
+      uws-js)     taskset -c "$SERVER_CPU" node bench/peers/uws.mjs "$PORT" >"$log" 2>&1 & ;;
+      node-ws)    taskset -c "$SERVER_CPU" node bench/peers/ws.mjs "$PORT" >"$log" 2>&1 & ;;
+    esac
+    SERVER=$!; PIDS+=("$SERVER")
+    deadline=$(( SECONDS + 10 ))
+    until grep -q "listening" "$log" 2>/dev/null; do
+      if [ "$SECONDS" -gt "$deadline" ] || ! kill -0 "$SERVER" 2>/dev/null; then break; fi
+      sleep 0.05
+    done
+    grep -q "listening" "$log" 2>/dev/null && kill -0 "$SERVER" 2>/dev/null && return 0
+    stop_pid "$SERVER"   # the port was taken between free_port and bind, or worse: try again
+  done
+  echo "$peer did not start:" >&2; cat "$log" >&2; exit 1
 }
-trap stop_server EXIT
+stop_server() { stop_pid "$SERVER"; SERVER=""; }
 
-start_server() { # start_server NAME PORT
-  local name="$1" port="$2" log="$OUT/$1.log"
-  case "$name" in
-    shardcast) taskset -c $SERVER_CPU "$BIN/shardcast" --host 127.0.0.1 --port "$port" --tcp-port 0 \
-                 --shards 1 --bench-endpoints >"$log" 2>&1 & ;;
-    uws)       taskset -c $SERVER_CPU node bench/peers/uws.mjs "$port" >"$log" 2>&1 & ;;
-    node-ws)   taskset -c $SERVER_CPU node bench/peers/ws.mjs "$port" >"$log" 2>&1 & ;;
-  esac
-  SERVER_PID=$!
-  local deadline=$(( $(date +%s) + 10 ))
-  until grep -q "listening" "$log"; do
-    if [ "$(date +%s)" -gt "$deadline" ] || ! kill -0 "$SERVER_PID" 2>/dev/null; then
-      echo "$name did not start:" >&2; cat "$log" >&2; exit 1
+# memory_readings: READINGS=(server VmRSS kB, TCP sockets in use, TCP buffer pages, unreclaimable
+# slab kB), from /proc/PID/status, /proc/net/sockstat and /proc/meminfo, with shell builtins only.
+READINGS=()
+memory_readings() {
+  local k v f i rss=0 inuse=0 mem=0 slab=0
+  while read -r k v _; do [ "$k" = VmRSS: ] && rss=$v; done 2>/dev/null <"/proc/$SERVER/status"
+  while read -ra f; do   # TCP: inuse N orphan N tw N alloc N mem PAGES
+    [ "${f[0]}" = TCP: ] || continue
+    for (( i = 1; i + 1 < ${#f[@]}; i += 2 )); do
+      case "${f[i]}" in inuse) inuse=${f[i+1]} ;; mem) mem=${f[i+1]} ;; esac
+    done
+  done </proc/net/sockstat
+  while read -r k v _; do [ "$k" = SUnreclaim: ] && slab=$v; done </proc/meminfo
+  READINGS=("$rss" "$inuse" "$mem" "$slab")
+}
+elapsed_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN {printf "%.3f\n", b - a}'; }
+
+RUN="$OUT/$(date +%Y%m%d-%H%M%S)"; [ "$SHORT" = 1 ] && RUN="$RUN-short"
+mkdir -p "$RUN"
+RUNS="$RUN/runs.tsv"
+printf 'round\tscenario\tpeer\tstep\trate\treport\trc\tserver_alive\twall_s\trunq_wait_s\tloadgen_runq_wait_s\trss_before_kb\trss_after_kb\ttcp_inuse_before\ttcp_inuse_after\ttcp_mem_before\ttcp_mem_after\tslab_before_kb\tslab_after_kb\tverdict\n' >"$RUNS"
+
+# measure ROUND SCENARIO PEER STEP RATE JSON ARGS...: one run of `shardcast-loadgen ARGS` on
+# LOAD_CPU against the current server (its table beside JSON), recorded as a line of runs.tsv:
+# exit code, whether the server survived, and how long the server and the load generator waited
+# for their CPUs (schedstat) during the run. With MEMORY=1 (idle-N) also the memory readings
+# before the run and their largest values during it, sampled every 0.2 s (otherwise every
+# 0.5 s, the load generator's CPU wait only). Sets RC and ALIVE (1: the server survived).
+RC=0; ALIVE=1; MEMORY=0
+measure() {
+  local round="$1" scenario="$2" peer="$3" step="$4" rate="$5" json="$6"; shift 6
+  local txt="${json%.json}.txt" wait0 t0 lg w lgwait=0 tick=0.5 i
+  local before=("" "" "" "") peak=("" "" "" "")
+  if [ "$MEMORY" = 1 ]; then memory_readings; before=("${READINGS[@]}"); peak=("${READINGS[@]}"); tick=0.2; fi
+  wait0=$(runq_wait "$SERVER"); t0=$(date +%s.%N)
+  taskset -c "$LOAD_CPU" "$BIN/shardcast-loadgen" "$@" --target raw -s "$SIZE" \
+    --server-pid "$SERVER" --no-progress --label "$peer" --json "$json" >"$txt" 2>&1 &
+  lg=$!; PIDS+=("$lg")
+  # kill -0 also holds for a zombie, but the shell reaps its children as they exit.
+  while kill -0 "$lg" 2>/dev/null; do
+    w=$(runq_wait "$lg"); [ "$w" = 0.000 ] || lgwait=$w   # it only grows; 0 once the process is gone
+    if [ "$MEMORY" = 1 ]; then
+      memory_readings
+      for i in 0 1 2 3; do [ "${READINGS[i]}" -le "${peak[i]}" ] || peak[i]=${READINGS[i]}; done
     fi
-    sleep 0.05
+    sleep "$tick"
+  done
+  RC=0; wait "$lg" || RC=$?
+  stop_pid "$lg"
+  ALIVE=1; kill -0 "$SERVER" 2>/dev/null || ALIVE=0
+  printf '%s\t' "$round" "$scenario" "$peer" "$step" "$rate" "$json" "$RC" "$ALIVE" \
+    "$(elapsed_since "$t0")" \
+    "$(awk -v a="$wait0" -v b="$(runq_wait "$SERVER")" 'BEGIN {printf "%.3f", b - a}')" "$lgwait" \
+    "${before[0]}" "${peak[0]}" "${before[1]}" "${peak[1]}" "${before[2]}" "${peak[2]}" \
+    "${before[3]}" "${peak[3]}" >>"$RUNS"
+  echo >>"$RUNS"   # the verdict column stays empty here (run_capacity fills it in)
+  grep -E "^(connections|throughput|latency|messages|errors|server|loadgen|WARNING)" "$txt" \
+    | sed 's/^/   /' || true
+  if [ "$MEMORY" = 1 ]; then
+    echo "   server VmRSS ${before[0]} kB before → ${peak[0]} kB with the connections open;" \
+         "host: TCP sockets ${before[1]} → ${peak[1]}, TCP buffer pages ${before[2]} → ${peak[2]}," \
+         "unreclaimable slab ${before[3]} → ${peak[3]} kB"
+  fi
+  [ "$RC" = 0 ] || { echo "   load generator exit code $RC:"; tail -3 "$txt" | sed 's/^/   /'; }
+  [ "$ALIVE" = 1 ] || echo "   the server died: see ${json%.json}.server.log"
+}
+
+# One run of a message scenario on a fresh server.
+run_messages() { # run_messages ROUND SCENARIO PEER
+  local round="$1" s="$2" peer="$3" base="$RUN/$2-$3-r$1"
+  local args=() rate=""
+  if [[ "$s" =~ ^echo-([0-9]+)x([0-9]+)(@(.+))?$ ]]; then
+    args=(echo -c "${BASH_REMATCH[1]}" -D "${BASH_REMATCH[2]}")
+    [ -z "${BASH_REMATCH[4]}" ] || { rate=$(count "${BASH_REMATCH[4]}"); args+=(--rate "$rate"); }
+  else
+    rate=$(count "${s#fanout-}")
+    args=(broadcast -c $(( FANOUT_SUBS + 1 )) -P 1
+          --rate "$(awk -v r="$rate" -v n="$FANOUT_SUBS" 'BEGIN {printf "%.3f", r / n}')")
+  fi
+  start_server "$peer" "$base.server.log"
+  echo "== round $round/$ROUNDS  $s  $peer (pid $SERVER, port $PORT)"
+  local url="ws://127.0.0.1:$PORT"; [ "${args[0]}" = echo ] && url="$url/echo"
+  measure "$round" "$s" "$peer" 0 "$rate" "$base.json" "${args[@]}" --url "$url" \
+    --duration "$DURATION" --warmup "$WARMUP"
+  stop_server
+}
+
+# idle-N: one warm-up connection (a short echo run: the server's read and write paths have
+# run once), then N idle connections held by ceil(N / (NOFILE - 1000)) load generator processes
+# (one process's open files are capped too) while measure samples the memory readings.
+run_idle() { # run_idle ROUND SCENARIO PEER
+  local round="$1" s="$2" peer="$3" base="$RUN/$2-$3-r$1" n procs
+  n=$(count "${s#idle-}")
+  procs=$(( (n + NOFILE - 1001) / (NOFILE - 1000) ))
+  start_server "$peer" "$base.server.log"
+  echo "== round $round/$ROUNDS  $s  $peer (pid $SERVER, port $PORT)"
+  taskset -c "$LOAD_CPU" "$BIN/shardcast-loadgen" echo -c 1 -D 1 --target raw \
+    --url "ws://127.0.0.1:$PORT/echo" --duration 0.3s --warmup 0s --no-progress \
+    >"$base.warmup.txt" 2>&1 || { echo "   the warm-up connection failed:"; tail -3 "$base.warmup.txt"; }
+  sleep 0.2
+  MEMORY=1
+  measure "$round" "$s" "$peer" 0 "$n" "$base.json" hold -c "$n" --procs "$procs" \
+    --url "ws://127.0.0.1:$PORT/echo" --hold "$HOLD" --connect-rate 5000
+  MEMORY=0
+  stop_server
+}
+
+# capacity-echo / capacity-fanout: open-loop runs at a rising offered rate on a fresh server
+# each, doubling from a start rate until one fails (anything lost, an error, p99 > P99_MS: the
+# summary script's `verdict`), halving if the first fails, then bisecting (geometric mean)
+# until the bounds are within 10 %, CAP_STEPS runs or CAP_BUDGET_S seconds, whichever first.
+# A rate that failed on latency alone is run once more before it counts as failed: on a shared
+# machine one scheduling hiccup of a neighbour is enough to push a p99 past the bound.
+run_capacity() { # run_capacity ROUND SCENARIO PEER
+  local round="$1" s="$2" peer="$3" rate lo=0 hi=0 step=0 t0=$SECONDS json verdict args url
+  local retried=0 latency_only='^fail: p99 [0-9.]+ ms > [0-9.]+ ms \('
+  case "$s" in
+    capacity-echo) rate=250000 ;;
+    capacity-fanout) rate=500000 ;;
+  esac
+  while [ "$step" -lt "$CAP_STEPS" ] && [ $(( SECONDS - t0 )) -lt "$CAP_BUDGET_S" ]; do
+    step=$(( step + 1 ))
+    json="$RUN/$s-$peer-r$round-s$step.json"
+    start_server "$peer" "${json%.json}.server.log"
+    echo "== round $round/$ROUNDS  $s  $peer  step $step: $rate/s offered (pid $SERVER, port $PORT)"
+    if [ "$s" = capacity-echo ]; then
+      args=(echo -c 100 -D 16 --rate "$rate"); url="ws://127.0.0.1:$PORT/echo"
+    else
+      args=(broadcast -c $(( FANOUT_SUBS + 1 )) -P 1
+            --rate "$(awk -v r="$rate" -v n="$FANOUT_SUBS" 'BEGIN {printf "%.3f", r / n}')")
+      url="ws://127.0.0.1:$PORT"
+    fi
+    measure "$round" "$s" "$peer" "$step" "$rate" "$json" "${args[@]}" --url "$url" \
+      --duration "$CAP_DURATION" --warmup 1s
+    stop_server
+    verdict=$(python3 "$SUMMARY" verdict --p99-ms "$P99_MS" --rc "$RC" --alive "$ALIVE" "$json" || true)
+    echo "   verdict: $verdict"
+    # The verdict goes on the line measure just wrote (the last one).
+    awk -v v="$verdict" 'BEGIN {FS = OFS = "\t"} NR == n {$NF = v} {print}' n="$(wc -l <"$RUNS")" \
+      "$RUNS" >"$RUNS.tmp" && mv "$RUNS.tmp" "$RUNS"
+    if [[ "$verdict" == pass* ]]; then lo=$rate
+    elif [ "$retried" != "$rate" ] && [[ "$verdict" =~ $latency_only ]]; then
+      retried=$rate; echo "   latency alone: once more at $rate/s"; continue
+    else hi=$rate
+    fi
+    if [ "$hi" = 0 ]; then rate=$(( rate * 2 ))
+    elif [ "$lo" = 0 ]; then rate=$(( rate / 2 )); [ "$rate" -ge 1000 ] || break
+    else
+      awk -v l="$lo" -v h="$hi" 'BEGIN {exit !(h <= l * 1.1)}' && break
+      # The geometric mean, to three significant digits.
+      rate=$(awk -v l="$lo" -v h="$hi" 'BEGIN {g = sqrt(l * h); p = 10 ^ (int(log(g) / log(10)) - 2); printf "%d\n", int(g / p + 0.5) * p}')
+    fi
   done
 }
 
-run_scenario() { # run_scenario SCENARIO PORT JSON LABEL
-  local lg=(taskset -c $LOAD_CPU "$BIN/shardcast-loadgen")
-  local common=(--target raw --duration 5s --warmup 1s --server-pid "$SERVER_PID" --json "$3" --label "$4" --no-progress)
-  case "$1" in
-    # Closed loop, 32 connections x 64 in flight, 64-byte messages: throughput at saturation.
-    echo-pipelined)  "${lg[@]}" echo --url "ws://127.0.0.1:$2/echo" -c 32 -D 64 -s 64 "${common[@]}" ;;
-    # 1000 connections, one message in flight each: one read and one write per message.
-    echo-thin)       "${lg[@]}" echo --url "ws://127.0.0.1:$2/echo" -c 1000 -D 1 -s 64 "${common[@]}" ;;
-    # 1 publisher, 20 receivers, 25 000 msgs/s: 500 000 deliveries/s, several per write.
-    broadcast-thick) "${lg[@]}" broadcast --url "ws://127.0.0.1:$2" -c 21 --rate 25000 -s 64 "${common[@]}" ;;
-    # 1 publisher, 999 receivers, 100 msgs/s: 99 900 deliveries/s, one write each.
-    broadcast-thin)  "${lg[@]}" broadcast --url "ws://127.0.0.1:$2" -c 1000 --rate 100 -s 64 "${common[@]}" ;;
-    *) echo "unknown scenario $1" >&2; exit 2 ;;
-  esac
-}
+echo "servers: ${PEER_LIST[*]} on CPU $SERVER_CPU; load generator on CPU $LOAD_CPU; $ROUNDS round(s): ${SCENARIOS[*]}"
+echo "reports: $RUN"
+{
+  printf 'started\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  printf 'loadavg_before\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+  printf 'shardcast_commit\t%s\n' "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  printf 'uws_peer\t%s\n' "${UWS_PEER:-}"
+  printf 'short\t%s\nrounds\t%s\npeers\t%s\nscenarios\t%s\n' "$SHORT" "$ROUNDS" "${PEER_LIST[*]}" "${SCENARIOS[*]}"
+  printf 'duration\t%s\nwarmup\t%s\nhold\t%s\ncap_duration\t%s\np99_ms\t%s\nfanout_subs\t%s\n' \
+    "$DURATION" "$WARMUP" "$HOLD" "$CAP_DURATION" "$P99_MS" "$FANOUT_SUBS"
+} >"$RUN/meta.tsv"
 
-SERVERS=(shardcast uws node-ws)
+T0=$SECONDS
 for round in $(seq 1 "$ROUNDS"); do
-  for scenario in "${SCENARIOS[@]}"; do
-    for server in "${SERVERS[@]}"; do
-      port=$(free_port)
-      start_server "$server" "$port"
-      echo "== round $round/$ROUNDS  $scenario  $server (pid $SERVER_PID, port $port)"
-      run_scenario "$scenario" "$port" "$OUT/$scenario-$server-$round.json" "$server" \
-        | grep -E "^(throughput|latency|messages|server|loadgen)" || true
-      stop_server
+  for s in "${SCENARIOS[@]}"; do
+    for peer in "${PEER_LIST[@]}"; do
+      case "$s" in
+        idle-*) run_idle "$round" "$s" "$peer" ;;
+        capacity-*) run_capacity "$round" "$s" "$peer" ;;
+        *) run_messages "$round" "$s" "$peer" ;;
+      esac
     done
   done
 done
+printf 'loadavg_after\t%s\nseconds\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" $(( SECONDS - T0 )) >>"$RUN/meta.tsv"
 
-python3 - "$OUT" "$ROUNDS" "${SCENARIOS[@]}" <<'EOF'
-import json, statistics, sys
-out, rounds, scenarios = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-servers = ["shardcast", "uws", "node-ws"]
-def med(xs): return statistics.median(xs) if xs else float("nan")
-print(f"\nmedians of {rounds} round(s); per server CPU-s = messages received by the load generator "
-      "per second of the server's CPU time")
-print(f"{'scenario':17} {'server':10} {'received/s':>12} {'per server CPU-s':>17} {'server CPU':>10} "
-      f"{'p50 ms':>8} {'p99 ms':>8} {'lost':>6}  vs shardcast (per CPU-s)")
-for sc in scenarios:
-    base = None
-    for sv in servers:
-        rs = []
-        for r in range(1, rounds + 1):
-            try: rs.append(json.load(open(f"{out}/{sc}-{sv}-{r}.json"))["results"])
-            except FileNotFoundError: pass
-        if not rs: continue
-        rx = med([x["throughput"]["received_per_s"] for x in rs])
-        eff = med([x["server"]["messages_per_cpu_second"] for x in rs])
-        cpu = med([x["server"]["cpu_percent"] for x in rs])
-        p50 = med([x["latency"]["p50_us"] for x in rs]) / 1000
-        p99 = med([x["latency"]["p99_us"] for x in rs]) / 1000
-        lost = sum(x["messages"]["lost"] for x in rs)
-        if sv == "shardcast": base = eff
-        ratio = f"{base / eff:.2f}x" if base and eff and sv != "shardcast" else ""
-        print(f"{sc:17} {sv:10} {rx:12,.0f} {eff:17,.0f} {cpu:9.0f}% {p50:8.2f} {p99:8.2f} {lost:6}  {ratio}")
-EOF
+# test.sh makes a --short run each time: keep the five newest (names sort by date and time).
+if [ "$SHORT" = 1 ]; then
+  shorts=("$OUT"/[0-9]*-short)
+  [ ${#shorts[@]} -le 5 ] || rm -rf -- "${shorts[@]:0:${#shorts[@]}-5}"
+fi
+
+check=(); [ "$SHORT" = 1 ] && check=(--check)
+rc=0
+python3 "$SUMMARY" summary "$RUN" "${check[@]+"${check[@]}"}" || rc=$?
+[ -f "$RUN/summary.json" ] && cp "$RUN/summary.json" "$OUT/summary.json"
+echo "took $(( SECONDS - T0 )) s; reports in $RUN, summary in $OUT/summary.json"
+exit "$rc"

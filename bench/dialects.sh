@@ -56,12 +56,6 @@ for t in python3 taskset; do
   command -v "$t" >/dev/null || { echo "$t is needed" >&2; exit 2; }
 done
 
-# The server's time waiting for a CPU while runnable, seconds (all its threads, from
-# /proc/PID/task/*/schedstat): how much other processes on its CPU held it back.
-runq_wait() {
-  cat /proc/"$SERVER"/task/*/schedstat 2>/dev/null | awk '{s+=$2} END {printf "%.3f\n", s/1e9}'
-}
-
 RESULTS="$OUT/results.tsv"
 table() { # table [RESULTS.tsv ...]: the table from these runs (default: this run's)
   [ $# -gt 0 ] || set -- "$RESULTS"
@@ -125,7 +119,7 @@ EOF
 }
 if [ "$TABLE_ONLY" = 1 ]; then table "$@"; exit 0; fi
 
-# Every process started here, ended on exit (by PID): PIDS, stop_all.
+# Every process started here, ended on exit (by PID): PIDS, stop_all; runq_wait PID.
 source bench/lib.sh
 
 LOG="$OUT/server.log"
@@ -156,7 +150,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for rate in $RATES; do
     for dialect in $DIALECTS; do
       json="$OUT/r$round-$dialect-$rate.json"
-      wait0=$(runq_wait); t0=$(date +%s.%N)
+      wait0=$(runq_wait "$SERVER"); t0=$(date +%s.%N)
       echo "== round $round, $dialect, $rate publishes/s ($(( rate * (ROOM_SIZE - 1) )) deliveries/s)" >&2
       taskset -c "$LOAD_CPUS" "$BIN/shardcast-loadgen" fanout \
         --url "ws://$WS$(path_of "$dialect")" --dialect "$dialect" --jwt-secret "$SECRET" \
@@ -165,7 +159,7 @@ for round in $(seq 1 "$ROUNDS"); do
         --label "$dialect-$rate" --json "$json" >"$OUT/r$round-$dialect-$rate.txt" 2>&1 \
         || { cat "$OUT/r$round-$dialect-$rate.txt" >&2; exit 1; }
       wall=$(python3 -c "print(round($(date +%s.%N) - $t0, 3))")
-      waited=$(python3 -c "print(round($(runq_wait) - $wait0, 3))")
+      waited=$(python3 -c "print(round($(runq_wait "$SERVER") - $wait0, 3))")
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$dialect" "$rate" "$json" "$wall" "$waited" >>"$RESULTS"
     done
   done
