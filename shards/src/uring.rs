@@ -19,9 +19,12 @@
 //!   then checks the queue) and waits on the eventfd through glommio, so the shard sleeps
 //!   until the kernel has something for it. While the driver is awake the eventfd stays
 //!   disabled and completions cost no wake-up.
-//! - **Bounds.** A socket's inbox holds at most [`INBOX_MAX`] bytes plus one buffer: past that
-//!   its receive is cancelled, the kernel's socket buffer fills and TCP pushes back, and it is
-//!   re-armed once the task has taken the inbox. So a connection that is not read (paused under
+//! - **Bounds.** Once a socket's inbox holds [`INBOX_MAX`] bytes its receive is cancelled, the
+//!   kernel's socket buffer fills and TCP pushes back, and it is re-armed once the task has
+//!   taken the inbox. What the kernel posted before the cancel took effect still lands in the
+//!   inbox, and that is bounded by the provided buffers (the kernel fills no more than
+//!   [`BUFFERS`] × [`BUFFER_SIZE`] between two reaps): an inbox holds at most `INBOX_MAX` +
+//!   1 MiB. So a connection that is not read (paused under
 //!   backpressure) holds no more than that here. The provided buffers are
 //!   [`BUFFERS`] × [`BUFFER_SIZE`] bytes per shard, given back as soon as copied; when they run
 //!   out the kernel ends the affected receives (`ENOBUFS`) and they are re-armed.

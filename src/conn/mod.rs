@@ -574,6 +574,9 @@ pub(crate) async fn drive<S: Session>(
                 Poll::Ready(Ok(0)) => return Poll::Ready(End::Closed),
                 Poll::Ready(Ok(_)) => {
                     client.seen(hub.now_ms());
+                    // What arrived counts against the input budget before it is decoded: a
+                    // read can bring a whole large message at once.
+                    hub.set_input_held(client, io.rbuf.len() + session.buffered());
                     if session.handle_input(&mut io.rbuf, shared, client) == Flow::Stop {
                         reading = false;
                         if deadline.is_none() {
