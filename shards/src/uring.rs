@@ -267,9 +267,12 @@ impl Ring {
         let buffers = Buffers::new()?;
         // SAFETY: the ring entries stay mapped for as long as the ring exists (field order).
         unsafe {
-            uring
-                .submitter()
-                .register_buf_ring_with_flags(buffers.ring as u64, BUFFERS, BGID, 0)?;
+            uring.submitter().register_buf_ring_with_flags(
+                buffers.ring as u64,
+                BUFFERS,
+                BGID,
+                0,
+            )?;
         }
         // SAFETY: eventfd returns a new descriptor or -1.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -529,9 +532,8 @@ impl Inner {
 async fn drive(inner: std::rc::Weak<Inner>, eventfd: OwnedFd) {
     use glommio::io::BufferedFile;
     // SAFETY: `eventfd` is owned and handed over; the file closes it.
-    let file = Rc::new(unsafe {
-        BufferedFile::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(eventfd))
-    });
+    let file =
+        Rc::new(unsafe { BufferedFile::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(eventfd)) });
     type Wait = Pin<Box<dyn Future<Output = ()>>>;
     let mut wait: Option<Wait> = None;
     poll_fn(move |cx| {
@@ -579,24 +581,19 @@ async fn drive(inner: std::rc::Weak<Inner>, eventfd: OwnedFd) {
             return Poll::Pending;
         }
         inner.bump(|s| s.parks += 1);
-        loop {
-            let w = wait.get_or_insert_with(|| {
-                let f = Rc::clone(&file);
-                Box::pin(async move {
-                    let _ = f.read_at(0, 8).await;
-                })
-            });
-            match w.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    wait = None;
-                    // The eventfd had been signalled: there is work.
-                    inner.uring.borrow_mut().completion().disable_eventfd();
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                Poll::Pending => return Poll::Pending,
-            }
+        let w = wait.get_or_insert_with(|| {
+            let f = Rc::clone(&file);
+            Box::pin(async move {
+                let _ = f.read_at(0, 8).await;
+            })
+        });
+        if w.as_mut().poll(cx).is_ready() {
+            wait = None;
+            // The eventfd had been signalled: there is work.
+            inner.uring.borrow_mut().completion().disable_eventfd();
+            cx.waker().wake_by_ref();
         }
+        Poll::Pending
     })
     .await;
 }

@@ -23,26 +23,47 @@ use crate::protocol::ws::close::CloseCode;
 use crate::stats::Transport;
 
 /// Serves one socket accepted on the TCP port (over TLS with `tls`).
-pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>, tls: bool) {
+pub(crate) fn serve(
+    stream: TcpStream,
+    shared: Rc<Shared>,
+    tls: bool,
+) -> impl std::future::Future<Output = ()> {
     // Protection, before any client state: handshake rate and connections per IP. The slot
     // holds this client's place in the per-IP count until the task ends.
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let _ip_slot = match crate::protect::admit_tcp(&shared.hub, &shared.app, peer) {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            refuse_unregistered(stream, &shared, &refusal.reason).await;
-            return;
-        }
+    // The socket goes to the shard's ring before the task's future is made: an `async fn`'s
+    // arguments stay in its future for its whole life, and an idle connection's memory is
+    // mostly that future (see `ws::serve`).
+    let admitted = match crate::protect::admit_tcp(&shared.hub, &shared.app, peer) {
+        Ok(slot) => Ok((slot, Accepted::new(stream, &shared, Transport::Tcp, tls))),
+        Err(refusal) => Err(Box::pin(refuse_unregistered(
+            stream,
+            shared.clone(),
+            refusal.reason.into_owned(),
+        ))),
     };
-    let mut conn = Accepted::new(stream, &shared, Transport::Tcp, tls);
+    async move {
+        match admitted {
+            Ok((slot, conn)) => serve_accepted(conn, slot, shared, tls).await,
+            Err(refusing) => refusing.await,
+        }
+    }
+}
+
+async fn serve_accepted(
+    mut conn: Accepted,
+    _ip_slot: crate::protect::IpSlot,
+    shared: Rc<Shared>,
+    tls: bool,
+) {
     let hub = shared.hub.clone();
     let client = conn.client.clone();
     if tls {
         // Before CONNECT: the client's first frame comes after the handshake.
         shared.arm_timer(&client, hub.config().handshake_timeout());
-        if !super::tls::handshake(&mut conn.io, &shared, &client).await {
+        if !Box::pin(super::tls::handshake(&mut conn.io, &shared, &client)).await {
             conn.finish(&shared, false);
             return;
         }
@@ -55,7 +76,7 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>, tls: bool) {
     let mut opened = false;
     if hub.at_capacity() {
         hub.counters.refuse("server_full");
-        refuse(io, &client, &shared, "Server full").await;
+        Box::pin(refuse(io, &client, &shared, "Server full")).await;
     } else {
         let mut session = TcpSession {
             decoder: FrameDecoder::new(config.limits.max_frame_size),
@@ -66,14 +87,21 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>, tls: bool) {
         // Authentication (`conn/auth.rs`): TCP clients present their token in a first JSON
         // frame `auth` (required mode); in optional mode they are anonymous.
         let outcome = if config.auth.mode != crate::config::AuthMode::Off {
-            super::auth::authenticate(io, &mut session, &shared, &client, None).await
+            Box::pin(super::auth::authenticate(
+                io,
+                &mut session,
+                &shared,
+                &client,
+                None,
+            ))
+            .await
         } else {
             Outcome::Open(None)
         };
         if let Outcome::Open(user) = outcome {
-            if let Err(reject) = dispatch::connect(&hub, &shared.app, &client).await {
+            if let Err(reject) = Box::pin(dispatch::connect(&hub, &shared.app, &client)).await {
                 hub.counters.refuse("middleware");
-                refuse(io, &client, &shared, &reject.reason).await;
+                Box::pin(refuse(io, &client, &shared, &reject.reason)).await;
             } else {
                 hub.open(&client);
                 opened = true;
@@ -104,10 +132,10 @@ pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>, tls: bool) {
 
 /// An ERROR frame with `reason`, then the close, for a connection refused before it became
 /// a client (no CONNECT, no id).
-async fn refuse_unregistered(mut stream: TcpStream, shared: &Rc<Shared>, reason: &str) {
+async fn refuse_unregistered(mut stream: TcpStream, shared: Rc<Shared>, reason: String) {
     use futures_lite::AsyncWriteExt;
-    let _live = super::Live::new(shared);
-    if let Ok(frame) = (OutFrame::Error { text: reason }).encode() {
+    let _live = super::Live::new(&shared);
+    if let Ok(frame) = (OutFrame::Error { text: &reason }).encode() {
         // A few dozen bytes into an empty socket buffer: this does not wait on the peer.
         let _ = stream.write_all(&frame).await;
         crate::stats::Counters::add(&shared.hub.counters.bytes_sent, frame.len() as u64);

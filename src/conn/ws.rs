@@ -22,7 +22,7 @@ use super::{drive, fill, http, Accepted, End, Flow, Interrupted, Io, Session, Sh
 use crate::app::dispatch::{self, AckRequest, Data, Env};
 use crate::app::error::ClientError;
 use crate::dialect::DialectId;
-use crate::hub::client::{Client, CloseCause, RequestInfo};
+use crate::hub::client::{Client, CloseCause};
 use crate::hub::outgoing::{Body, Outgoing, WsForm};
 use crate::hub::Hub;
 use crate::protocol::http::{parse_request, BodyDecoder, BodyKind, Request, CONTINUE_RESPONSE};
@@ -48,21 +48,51 @@ enum Mode {
 }
 
 /// Serves one socket accepted on the WebSocket/HTTP port (over TLS with `tls`).
-pub(crate) async fn serve(stream: TcpStream, shared: Rc<Shared>, tls: bool) {
+///
+/// An idle connection's memory is mostly its task's future, so that future holds only what the
+/// open phase needs: the socket is handed to the shard's ring before the future is made (an
+/// `async fn`'s arguments stay in its future for its whole life), and the TLS handshake, the
+/// HTTP phase and the upgrade run as boxed futures of their own, freed once the connection is
+/// open.
+pub(crate) fn serve(
+    stream: TcpStream,
+    shared: Rc<Shared>,
+    tls: bool,
+) -> impl std::future::Future<Output = ()> {
     let accepted = std::time::Instant::now();
-    let mut conn = Accepted::new(stream, &shared, Transport::Ws, tls);
+    let conn = Accepted::new(stream, &shared, Transport::Ws, tls);
+    serve_accepted(conn, shared, tls, accepted)
+}
+
+async fn serve_accepted(
+    mut conn: Accepted,
+    shared: Rc<Shared>,
+    tls: bool,
+    accepted: std::time::Instant,
+) {
     let client = conn.client.clone();
     shared.arm_timer(&client, shared.hub.config().handshake_timeout());
     // The TLS handshake and the HTTP phase share the handshake timeout.
-    if tls && !super::tls::handshake(&mut conn.io, &shared, &client).await {
+    if tls && !Box::pin(super::tls::handshake(&mut conn.io, &shared, &client)).await {
         conn.finish(&shared, false);
         return;
     }
     let mut opened = false;
-    if let Some(req) = http_phase(&mut conn.io, &shared, &client).await {
-        opened = websocket(&mut conn.io, &shared, &client, req, accepted).await;
+    if let Some(req) = Box::pin(http_phase(&mut conn.io, &shared, &client)).await {
+        let upgraded = Box::pin(upgrade(&mut conn.io, &shared, &client, req, accepted)).await;
+        if let Some(mut open) = upgraded {
+            opened = true;
+            run(&mut conn.io, &mut open.session, &shared, &client).await;
+        }
     }
     conn.finish(&shared, opened);
+}
+
+/// An upgraded, open WebSocket connection.
+struct Opened {
+    session: WsSession,
+    /// This client's place in the per-IP count, held until the connection ends.
+    _ip_slot: crate::protect::IpSlot,
 }
 
 /// Answers plain HTTP requests until one asks to upgrade (returned) or the connection ends.
@@ -162,15 +192,15 @@ async fn respond_error(
     let _ = io.flush(client, &shared.hub).await;
 }
 
-/// Completes the upgrade and runs the WebSocket until it ends. Returns whether the client was
-/// opened (so disconnect hooks are due).
-async fn websocket(
+/// Completes the upgrade (protection, the 101, limits, authentication, middleware) and opens
+/// the client. `None` when it was refused or went away (no disconnect hooks are due then).
+async fn upgrade(
     io: &mut Io,
     shared: &Rc<Shared>,
     client: &Rc<Client>,
     req: Request<Bytes>,
     accepted: std::time::Instant,
-) -> bool {
+) -> Option<Opened> {
     let hub = &shared.hub;
     let config = hub.config();
     let mode = match req.path() {
@@ -190,13 +220,13 @@ async fn websocket(
     // Protection, before the 101 and before any client state: handshake rate, origin,
     // connections per IP, the application's vetoes. The slot holds this client's place in
     // the per-IP count until the connection ends.
-    let _ip_slot = match crate::protect::admit_ws(hub, &shared.app, client.peer, &req) {
+    let ip_slot = match crate::protect::admit_ws(hub, &shared.app, client.peer, &req) {
         Ok(slot) => slot,
         Err(refusal) => {
             crate::protect::write_refusal(&refusal, &mut out);
             hub.queue_control(client, out.freeze());
             let _ = io.flush(client, hub).await;
-            return false;
+            return None;
         }
     };
     let offer = shared.handshake();
@@ -207,7 +237,7 @@ async fn websocket(
             e.write_response(&mut out);
             hub.queue_control(client, out.freeze());
             let _ = io.flush(client, hub).await;
-            return false;
+            return None;
         }
     };
     io.rbuf.advance(negotiated.consumed);
@@ -216,7 +246,7 @@ async fn websocket(
     // The 101 goes out now, so that the handshake histogram measures it written (and the
     // client learns of the upgrade before the checks and hooks that follow).
     if io.flush(client, hub).await.is_err() {
-        return false;
+        return None;
     }
     let micros = u64::try_from(accepted.elapsed().as_micros()).unwrap_or(u64::MAX);
     hub.counters.observe_handshake_micros(micros);
@@ -225,17 +255,9 @@ async fn websocket(
     if hub.at_capacity() {
         hub.counters.refuse("server_full");
         refuse(io, client, hub, 1008, Cow::Borrowed("Server full")).await;
-        return false;
+        return None;
     }
-    client.set_request(RequestInfo {
-        path: req.path().to_owned(),
-        query: req.query().map(str::to_owned),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
-            .collect(),
-    });
+    client.set_request(req.head());
     if let Some(d) = deflate {
         client.set_ws_form(if d.server_to_client().max_window_bits < 15 {
             WsForm::DeflateNarrow
@@ -264,7 +286,7 @@ async fn websocket(
         let presented = crate::auth::token_from_request(&req);
         match super::auth::authenticate(io, &mut session, shared, client, presented).await {
             Outcome::Open(u) => user = u,
-            Outcome::Refused | Outcome::Gone => return false,
+            Outcome::Refused | Outcome::Gone => return None,
         }
     }
     if let Mode::Dialect(id) = mode {
@@ -276,7 +298,7 @@ async fn websocket(
     } else if let Err(reject) = dispatch::connect(hub, &shared.app, client).await {
         hub.counters.refuse("middleware");
         refuse(io, client, hub, reject.code, Cow::Owned(reject.reason)).await;
-        return false;
+        return None;
     }
     shared.cancel_timer(client);
     hub.open(client);
@@ -301,6 +323,14 @@ async fn websocket(
         };
         crate::dialect::engine::opened(&env);
     }
+    Some(Opened {
+        session,
+        _ip_slot: ip_slot,
+    })
+}
+
+/// The open WebSocket, until it ends.
+async fn run(io: &mut Io, session: &mut WsSession, shared: &Shared, client: &Rc<Client>) {
     if !io.rbuf.is_empty() {
         // Frames that arrived with the upgrade request (or behind the `auth` message).
         let mut buf = std::mem::take(&mut io.rbuf);
@@ -309,13 +339,12 @@ async fn websocket(
         }
         io.rbuf = buf;
     }
-    match drive(io, &mut session, shared, client).await {
+    match drive(io, session, shared, client).await {
         End::Closed | End::Abandoned => {}
         End::Failed(e) => {
             tracing::debug!(client = %client.id, error = %e, "websocket connection failed");
         }
     }
-    true
 }
 
 /// Sends a close frame with `code` and `reason` after the 101 and flushes it.

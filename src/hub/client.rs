@@ -152,8 +152,8 @@ pub(crate) struct Client {
     rooms: RefCell<Vec<Rc<str>>>,
     /// Application metadata.
     meta: RefCell<Vec<(String, String)>>,
-    /// The WebSocket upgrade request, when there was one.
-    request: RefCell<Option<Rc<RequestInfo>>>,
+    /// The head of the WebSocket upgrade request, when there was one.
+    request: RefCell<Option<Box<[u8]>>>,
     /// The authenticated user, once known (set through `Hub::set_user`).
     user: RefCell<Option<Rc<str>>>,
     /// The reason a backend gave with `POST /api/disconnect` ([`CloseCause::Disconnected`]).
@@ -411,13 +411,30 @@ impl Client {
         }
     }
 
-    /// The upgrade request (WebSocket clients).
+    /// The upgrade request (WebSocket clients), built from its stored head at each call (it is
+    /// asked for rarely: by hooks and at a dialect's authentication).
     pub(crate) fn request(&self) -> Option<Rc<RequestInfo>> {
-        self.request.borrow().clone()
+        let head = self.request.borrow();
+        let head = head.as_deref()?;
+        let limits = crate::protocol::http::Limits {
+            max_head_size: head.len(),
+            ..Default::default()
+        };
+        let req = crate::protocol::http::parse_request(head, &limits).ok()??;
+        Some(Rc::new(RequestInfo {
+            path: req.path().to_owned(),
+            query: req.query().map(str::to_owned),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
+                .collect(),
+        }))
     }
 
-    /// Stores the upgrade request.
-    pub(crate) fn set_request(&self, req: RequestInfo) {
-        *self.request.borrow_mut() = Some(Rc::new(req));
+    /// Stores the upgrade request's head (one allocation of its size: an idle connection's
+    /// memory counts).
+    pub(crate) fn set_request(&self, head: &[u8]) {
+        *self.request.borrow_mut() = Some(head.into());
     }
 }

@@ -695,6 +695,11 @@ impl<B: AsRef<[u8]>> Request<B> {
         self.head.as_ref()
     }
 
+    /// The head as it arrived (request line through the blank line).
+    pub fn head(&self) -> &[u8] {
+        self.bytes()
+    }
+
     /// Validates the framing headers and records body kind, keep-alive and `Expect`.
     fn check_framing(&mut self) -> Result<(), HttpError> {
         let headers = self.headers();
