@@ -77,15 +77,23 @@ async fn serve_accepted(
         conn.finish(&shared, false);
         return;
     }
-    let mut opened = false;
-    if let Some(req) = Box::pin(http_phase(&mut conn.io, &shared, &client)).await {
-        let upgraded = Box::pin(upgrade(&mut conn.io, &shared, &client, req, accepted)).await;
-        if let Some(mut open) = upgraded {
-            opened = true;
-            run(&mut conn.io, &mut open.session, &shared, &client).await;
-        }
+    let upgraded = Box::pin(http_then_upgrade(&mut conn.io, &shared, &client, accepted)).await;
+    let opened = upgraded.is_some();
+    if let Some(mut open) = upgraded {
+        run(&mut conn.io, &mut open.session, &shared, &client).await;
     }
     conn.finish(&shared, opened);
+}
+
+/// The HTTP phase, then the upgrade when a request asks for it.
+async fn http_then_upgrade(
+    io: &mut Io,
+    shared: &Rc<Shared>,
+    client: &Rc<Client>,
+    accepted: std::time::Instant,
+) -> Option<Opened> {
+    let req = http_phase(io, shared, client).await?;
+    upgrade(io, shared, client, req, accepted).await
 }
 
 /// An upgraded, open WebSocket connection.
