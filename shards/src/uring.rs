@@ -258,7 +258,7 @@ impl Ring {
     }
 
     fn new() -> io::Result<Ring> {
-        let uring = IoUring::builder()
+        let mut uring = IoUring::builder()
             .setup_cqsize(SQ_ENTRIES * 4)
             .setup_single_issuer()
             .setup_coop_taskrun()
@@ -282,7 +282,6 @@ impl Ring {
         // SAFETY: just created, owned here.
         let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
         uring.submitter().register_eventfd(eventfd.as_raw_fd())?;
-        let mut uring = uring;
         uring.completion().disable_eventfd();
         // glommio reads the eventfd through its own ring; it gets a duplicate to own.
         let dup = eventfd.try_clone()?;
@@ -345,10 +344,10 @@ impl Inner {
         while unsafe { uring.submission().push(&entry) }.is_err() {
             // The queue is full: hand it to the kernel now.
             let n = uring.submit().unwrap_or(0);
-            let mut s = self.stats.get();
-            s.submits += 1;
-            s.submitted += n as u64;
-            self.stats.set(s);
+            self.bump(|s| {
+                s.submits += 1;
+                s.submitted += n as u64;
+            });
         }
         drop(uring);
         if !self.queued.replace(true) {
@@ -549,9 +548,10 @@ async fn drive(inner: std::rc::Weak<Inner>, eventfd: OwnedFd) {
         let mut work = 0usize;
         loop {
             let submitted = inner.submit();
-            let mut reaped = inner.reap(REAP_BUDGET - work.min(REAP_BUDGET - 1));
+            let budget = REAP_BUDGET - work.min(REAP_BUDGET - 1);
+            let mut reaped = inner.reap(budget);
             if reaped == 0 && inner.run_task_work() {
-                reaped = inner.reap(REAP_BUDGET - work.min(REAP_BUDGET - 1));
+                reaped = inner.reap(budget);
             }
             work += reaped;
             if !submitted && reaped == 0 {

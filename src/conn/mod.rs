@@ -11,8 +11,8 @@
 //! Sockets are driven by the shard's own io_uring (`shardcast_shards::uring`): one multishot
 //! recv per socket for its life fills the shard's provided buffers, whose bytes are copied
 //! into the socket's inbox and moved into the connection's own buffer when it polls; that
-//! buffer is dropped whenever it is drained, so an idle connection holds no read buffer. Codecs parse and unmask in place in that buffer and hand payloads out as
-//! `Bytes` views of it. Writes are queued as `Bytes` (`hub/outq.rs`, through the hub, which
+//! buffer is dropped whenever it is drained, so an idle connection holds no read buffer. Codecs
+//! parse and unmask in place in that buffer and hand payloads out as `Bytes` views of it. Writes are queued as `Bytes` (`hub/outq.rs`, through the hub, which
 //! keeps the shard's memory budgets) and leave in one `sendmsg` per turn.
 //!
 //! Backpressure: a connection whose own queue is above the read-pause mark, or whose shard
@@ -277,7 +277,9 @@ impl Io {
     pub(crate) fn new(stream: TcpStream) -> io::Result<Io> {
         // glommio's stream keeps its own descriptor (closed when it drops); the ring gets a
         // duplicate of the same socket.
-        let owned = std::os::fd::AsFd::as_fd(&BorrowFd(stream.as_raw_fd())).try_clone_to_owned();
+        // SAFETY: the stream owns the descriptor and is alive until after the duplicate.
+        let owned =
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
         drop(stream);
         let sock = Ring::get()?.adopt(owned?);
         Ok(Io {
@@ -306,11 +308,7 @@ impl Io {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         let mut got = BytesMut::new();
-        match sock.poll_recv(cx, &mut got) {
-            Poll::Ready(Ok(_)) => Poll::Ready(Ok(got)),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        sock.poll_recv(cx, &mut got).map_ok(|_| got)
     }
 
     /// Reads what arrived and appends it to `rbuf`. `Ready(Ok(0))` is end of stream.
@@ -337,9 +335,10 @@ impl Io {
     }
 
     /// `Ready` once the socket takes bytes again (after `EAGAIN`); `Pending` registers the
-    /// task.
-    fn poll_writable(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        match self.sock.as_ref() {
+    /// task. Takes the field, not `self`, so that the TLS path can call it while it holds its
+    /// session.
+    fn poll_writable(sock: &Option<Socket>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match sock {
             Some(sock) => sock.poll_writable(cx).map(Ok),
             None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
@@ -380,7 +379,7 @@ impl Io {
                 Err(e) => return Poll::Ready(Err(e)),
             }
             // The socket is full: wait for write readiness (a poll on the shard's ring).
-            match self.poll_writable(cx) {
+            match Io::poll_writable(&self.sock, cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
@@ -403,16 +402,6 @@ impl Io {
             }
         }
         drop(self.sock.take());
-    }
-}
-
-/// A borrowed descriptor, to duplicate it.
-struct BorrowFd(RawFd);
-
-impl std::os::fd::AsFd for BorrowFd {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        // SAFETY: only used while the stream that owns the descriptor is alive.
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) }
     }
 }
 

@@ -2,12 +2,12 @@
 //! handshake, and the record layer under [`super::Io`].
 //!
 //! A TLS connection is a plain [`super::Io`] with a sans-IO `rustls::ServerConnection` in it:
-//! ciphertext arrives from the shard ring (the socket's inbox), is fed to rustls, and the plaintext is
-//! appended to the connection's read buffer where plain bytes would go; the write queue's
-//! frames are handed to rustls' plaintext writer as one vectored write (rustls packs them into
-//! full-size records) and the records leave in one `sendmsg`. So the codecs, `drive`, the
-//! budgets and the slow-consumer rule are the same for plain and TLS connections; a plain
-//! connection pays one `Option` test per read and per flush.
+//! ciphertext arrives from the shard's ring (the socket's inbox), is fed to rustls, and the
+//! plaintext is appended to the connection's read buffer where plain bytes would go; the write
+//! queue's frames are handed to rustls' plaintext writer as one vectored write (rustls packs
+//! them into full-size records) and the records leave in one `sendmsg`. So the codecs,
+//! `drive`, the budgets and the slow-consumer rule are the same for plain and TLS connections;
+//! a plain connection pays one `Option` test per read and per flush.
 //!
 //! Bounds per connection: rustls holds at most [`TLS_BUFFER`] of encrypted output (frames
 //! stay in the write queue, and in the output budget, until rustls takes them), one record of
@@ -296,10 +296,10 @@ impl Io {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         hub.tls_blocked(client);
                         // Wait for write readiness (a poll on the shard's ring).
-                        match self.sock.as_ref().map(|s| s.poll_writable(cx)) {
-                            Some(Poll::Ready(())) => continue,
-                            Some(Poll::Pending) => return Poll::Pending,
-                            None => return Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+                        match Io::poll_writable(&self.sock, cx) {
+                            Poll::Ready(Ok(())) => continue,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => return Poll::Pending,
                         }
                     }
                     Err(e) => return Poll::Ready(Err(e)),
