@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use ahash::AHashMap;
 use bytes::{Buf, BytesMut};
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncWrite, AsyncWriteExt};
 use glommio::timer::Timer;
 use shardcast::protocol::ws::handshake::{ClientRequest, HandshakeError};
 
@@ -68,27 +68,14 @@ fn tls_fault(e: &io::Error) -> Fault {
     }
 }
 
-/// Reads once into the shard scratch buffer and appends to `rbuf`.
+/// Reads once and appends to `rbuf` (TLS decrypts through the shard's scratch buffer).
 fn poll_read_into(
     stream: &mut Stream,
     rbuf: &mut BytesMut,
     ctx: &ShardCtx,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    let mut scratch = ctx.scratch.borrow_mut();
-    match Pin::new(stream).poll_read(cx, &mut scratch[..]) {
-        Poll::Ready(Ok(n)) => {
-            if n > 0 {
-                if rbuf.is_empty() {
-                    *rbuf = BytesMut::from(&scratch[..n]);
-                } else {
-                    rbuf.extend_from_slice(&scratch[..n]);
-                }
-            }
-            Poll::Ready(Ok(n))
-        }
-        other => other,
-    }
+    stream.poll_read_buf(cx, rbuf, &mut ctx.scratch.borrow_mut()[..])
 }
 
 /// TCP connect, TLS, then the WebSocket upgrade (verified per RFC 6455 §4.1) or the stelar

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::{Buf, Bytes, BytesMut};
-use futures_lite::{AsyncRead, AsyncWrite};
+use futures_lite::AsyncWrite;
 use glommio::net::TcpStream;
 use shardcast::protocol::http::{parse_request, Limits};
 use shardcast::protocol::stelar::envelope::{self, parse_ack_payload};
@@ -45,6 +45,7 @@ use shardcast::protocol::ws::handshake::{accept, DeflateConfig, ServerConfig};
 use shardcast_shards::{Runtime, Shard};
 
 use crate::cli::SinkArgs;
+use crate::net::tcp::Tcp;
 use crate::net::{tls, Stream};
 
 /// Output bytes beyond which a client is cut off (slow consumer).
@@ -219,6 +220,7 @@ async fn shard_main(shard: Shard<SinkMsg>, tls: Option<Arc<rustls::ServerConfig>
 
 async fn wrap(ctx: &SinkShard, tcp: TcpStream) -> Option<Stream> {
     let _ = tcp.set_nodelay(true);
+    let tcp = Tcp::from_glommio(tcp).ok()?;
     match &ctx.tls {
         Some(cfg) => {
             let s = futures_rustls::TlsAcceptor::from(cfg.clone())
@@ -237,18 +239,7 @@ fn poll_read_into(
     ctx: &SinkShard,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
-    let mut scratch = ctx.scratch.borrow_mut();
-    match Pin::new(stream).poll_read(cx, &mut scratch[..]) {
-        Poll::Ready(Ok(n)) => {
-            if rbuf.is_empty() {
-                *rbuf = BytesMut::from(&scratch[..n]);
-            } else {
-                rbuf.extend_from_slice(&scratch[..n]);
-            }
-            Poll::Ready(Ok(n))
-        }
-        other => other,
-    }
+    stream.poll_read_buf(cx, rbuf, &mut ctx.scratch.borrow_mut()[..])
 }
 
 /// Writes the outbox; Ready(Ok) when empty.

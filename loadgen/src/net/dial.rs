@@ -1,11 +1,10 @@
 //! Opening a client socket: non-blocking, optionally bound to a source address, connect
-//! started, then handed to glommio.
+//! started, then put on the thread's ring ([`Tcp`]).
 //!
-//! glommio's own `TcpStream::connect` cannot bind a source address, so the socket is made
-//! here with libc. The connect is left in flight (`EINPROGRESS`): glommio's first send
-//! finds the socket not yet writable and arms a write-readiness poll, which fires when the
-//! connection is established (or fails, and the send reports why); a first read likewise
-//! waits. So the caller simply starts its handshake and times the whole of it.
+//! The socket is made here with libc (glommio's `TcpStream::connect` cannot bind a source
+//! address). The connect is left in flight (`EINPROGRESS`): the first send finds the socket
+//! not yet writable and waits for a write-readiness poll, which fires when the connection is
+//! established (or fails, and the send reports why); a first read likewise waits. So the caller simply starts its handshake and times the whole of it.
 //!
 //! `IP_BIND_ADDRESS_NO_PORT` (Linux ≥ 4.2) defers the choice of source port to `connect`,
 //! where the kernel only needs the full 4-tuple to be unique: every source address then
@@ -13,9 +12,9 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use glommio::net::TcpStream;
+use super::tcp::Tcp;
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -103,10 +102,10 @@ pub struct DialOptions {
     pub linger_zero: bool,
 }
 
-/// Creates a socket, binds it, starts connecting to `addr` and wraps it for glommio. Must
+/// Creates a socket, binds it, starts connecting to `addr` and puts it on the ring. Must
 /// run on a glommio executor. Errors are the socket calls' (`EMFILE`, `EADDRNOTAVAIL`,
 /// `ECONNREFUSED` when the kernel knows at once, …).
-pub fn open(addr: SocketAddr, opts: DialOptions) -> io::Result<TcpStream> {
+pub fn open(addr: SocketAddr, opts: DialOptions) -> io::Result<Tcp> {
     let domain = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -158,7 +157,7 @@ pub fn open(addr: SocketAddr, opts: DialOptions) -> io::Result<TcpStream> {
     }
     std::mem::forget(guard);
     // SAFETY: `fd` is a valid, open, non-blocking TCP socket that nothing else owns.
-    Ok(unsafe { TcpStream::from_raw_fd(fd) })
+    Tcp::adopt(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

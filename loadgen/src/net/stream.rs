@@ -1,20 +1,23 @@
-//! [`Stream`]: a glommio TCP stream, plain or wrapped in TLS (either role), behind one
-//! `AsyncRead + AsyncWrite` type so the codecs and drivers above never ask which.
+//! [`Stream`]: a TCP socket on the thread's ring ([`Tcp`]), plain or wrapped in TLS (either
+//! role), behind one `AsyncRead + AsyncWrite` type so the codecs and drivers above never ask
+//! which.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+
+use super::tcp::Tcp;
 
 /// A connection's byte stream.
 pub enum Stream {
     /// Plain TCP.
-    Plain(TcpStream),
+    Plain(Tcp),
     /// TLS over TCP (client or server side).
-    Tls(Box<futures_rustls::TlsStream<TcpStream>>),
+    Tls(Box<futures_rustls::TlsStream<Tcp>>),
 }
 
 impl Stream {
@@ -23,6 +26,31 @@ impl Stream {
         match self {
             Stream::Plain(s) => s.as_raw_fd(),
             Stream::Tls(s) => s.get_ref().0.as_raw_fd(),
+        }
+    }
+
+    /// Reads once and appends to `rbuf`. Plain sockets hand over what the ring received
+    /// without a copy when `rbuf` is empty; TLS decrypts through `scratch`. `Ok(0)` is the end
+    /// of the stream.
+    pub fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        rbuf: &mut BytesMut,
+        scratch: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Plain(s) => s.poll_read_buf(cx, rbuf),
+            Stream::Tls(s) => match Pin::new(s.as_mut()).poll_read(cx, scratch) {
+                Poll::Ready(Ok(n)) => {
+                    if rbuf.is_empty() {
+                        *rbuf = BytesMut::from(&scratch[..n]);
+                    } else {
+                        rbuf.extend_from_slice(&scratch[..n]);
+                    }
+                    Poll::Ready(Ok(n))
+                }
+                other => other,
+            },
         }
     }
 
