@@ -18,7 +18,9 @@
 //!   between is not missed: the kernel posts, then checks the flag; the driver sets the flag,
 //!   then checks the queue) and waits on the eventfd through glommio, so the shard sleeps
 //!   until the kernel has something for it. While the driver is awake the eventfd stays
-//!   disabled and completions cost no wake-up.
+//!   disabled and completions cost no wake-up. A socket's task also reaps what is waiting
+//!   when it looks for bytes ([`Socket::poll_recv`]), so buffers go back to the kernel
+//!   between the tasks of a turn, not only once per turn.
 //! - **Bounds.** Once a socket's inbox holds [`INBOX_MAX`] bytes its receive is cancelled, the
 //!   kernel's socket buffer fills and TCP pushes back, and it is re-armed once the task has
 //!   taken the inbox. What the kernel posted before the cancel took effect still lands in the
@@ -57,6 +59,8 @@ pub const INBOX_MAX: usize = 64 * 1024;
 const BGID: u16 = 0;
 /// Completions handled per driver poll before it lets other tasks run.
 const REAP_BUDGET: usize = 4096;
+/// Completions a socket's task reaps when it looks for bytes ([`Socket::poll_recv`]).
+const TASK_REAP_BUDGET: usize = 64;
 
 /// `io_uring_enter` flag: process completions (the crate does not export it).
 const IORING_ENTER_GETEVENTS: u32 = 1;
@@ -375,6 +379,11 @@ impl Inner {
         self.push(e);
     }
 
+    /// Whether the completion queue holds anything (no syscall).
+    fn completions_waiting(&self) -> bool {
+        !self.uring.borrow_mut().completion().is_empty()
+    }
+
     /// Submits what was queued. Returns whether anything was.
     fn submit(&self) -> bool {
         if !self.queued.replace(false) {
@@ -420,31 +429,33 @@ impl Inner {
 
     /// Handles up to `budget` completions. Returns how many.
     fn reap(&self, budget: usize) -> usize {
-        let mut done = Vec::with_capacity(64);
+        // Copied out in batches so that no borrow of the ring is held while tasks are woken.
+        let mut done = [(0u64, 0i32, 0u32); 64];
         let mut handled = 0;
         loop {
-            done.clear();
+            let mut len = 0;
             {
                 let mut uring = self.uring.borrow_mut();
                 let mut cq = uring.completion();
                 for c in &mut cq {
-                    done.push((c.user_data(), c.result(), c.flags()));
-                    if done.len() == 64 {
+                    done[len] = (c.user_data(), c.result(), c.flags());
+                    len += 1;
+                    if len == done.len() {
                         break;
                     }
                 }
             }
-            if done.is_empty() {
+            if len == 0 {
                 break;
             }
             let mut gave_back = false;
-            for &(data, res, flags) in &done {
+            for &(data, res, flags) in &done[..len] {
                 gave_back |= self.complete(data, res, flags);
             }
             if gave_back {
                 self.buffers.publish();
             }
-            handled += done.len();
+            handled += len;
             if handled >= budget {
                 break;
             }
@@ -622,6 +633,21 @@ impl Socket {
     /// empty). `Ready(Ok(0))` is the end of the stream; `Pending` registers the task.
     pub fn poll_recv(&self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<io::Result<usize>> {
         let inner = &self.ring.0;
+        if inner.completions_waiting() {
+            // Completions posted since the driver last ran (the kernel posts them when this
+            // thread returns from any syscall, e.g. the previous task's send). Reaping them
+            // here gives their buffers back now rather than after every task of the turn,
+            // so the buffers last: left to the driver alone, a shard with a thousand busy
+            // sockets ran out of them several times per message. This task's own waker is
+            // kept out of the way: its inbox is looked at right below.
+            let mine = inner.slots.borrow_mut()[self.slot as usize].reader.take();
+            inner.reap(TASK_REAP_BUDGET);
+            let mut slots = inner.slots.borrow_mut();
+            let s = &mut slots[self.slot as usize];
+            if s.reader.is_none() {
+                s.reader = mine;
+            }
+        }
         let mut slots = inner.slots.borrow_mut();
         let s = &mut slots[self.slot as usize];
         let n = s.inbox.len();
