@@ -502,6 +502,9 @@ pub(crate) async fn drive<S: Session>(
     shared.arm_timer(client, interval);
     poll_fn(|cx| {
         let mut budget = READ_BUDGET;
+        // Every way out of the loop below flushes first, so a frame this poll queues for its
+        // own client needs no wake-up.
+        let parked = client.unpark();
         loop {
             if let Some(cause) = client.close_requested() {
                 if !closing {
@@ -580,7 +583,7 @@ pub(crate) async fn drive<S: Session>(
                 Poll::Pending => break,
             }
         }
-        client.register(cx.waker());
+        client.park(parked, cx.waker());
         Poll::Pending
     })
     .await

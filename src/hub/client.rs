@@ -340,6 +340,27 @@ impl Client {
         }
     }
 
+    /// Takes the task's waker while the task itself runs: what it queues for itself then
+    /// wakes nobody (it flushes before it parks), instead of scheduling it to run once more
+    /// for nothing. Give it back with [`Client::park`].
+    pub(crate) fn unpark(&self) -> Option<Waker> {
+        self.waker.borrow_mut().take()
+    }
+
+    /// Stores the task's waker before it parks, reusing `prev` (from [`Client::unpark`])
+    /// when it wakes the same task.
+    pub(crate) fn park(&self, prev: Option<Waker>, waker: &Waker) {
+        let mut slot = self.waker.borrow_mut();
+        if slot.is_none() {
+            *slot = match prev {
+                Some(w) if w.will_wake(waker) => Some(w),
+                _ => Some(waker.clone()),
+            };
+        } else if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+
     /// Stores the task's waker (called by the task before it parks).
     pub(crate) fn register(&self, waker: &Waker) {
         let mut slot = self.waker.borrow_mut();
