@@ -500,6 +500,9 @@ pub(crate) async fn drive<S: Session>(
     let mut reading = true;
     let mut deadline: Option<std::time::Instant> = None;
     shared.arm_timer(client, interval);
+    // What the handshake left in the read buffer has been handled: an idle connection keeps
+    // no buffer (the upgrade request's ~160 bytes otherwise stay allocated).
+    io.release_if_empty();
     poll_fn(|cx| {
         let mut budget = READ_BUDGET;
         // Every way out of the loop below flushes first, so a frame this poll queues for its

@@ -49,9 +49,6 @@ const MAX_IOV: usize = 512;
 /// shared by many queues are charged in full to each: the bound errs on the safe side.
 pub(crate) const FRAME_COST: usize = 64;
 
-/// A deque that grew past this many slots is given back once it empties (after a burst).
-const SHRINK_SLOTS: usize = 1024;
-
 /// Most pongs waiting at once; a pong beyond them replaces the newest.
 pub(crate) const MAX_PONGS: usize = 16;
 
@@ -126,10 +123,16 @@ impl OutQueue {
         }
     }
 
-    /// Gives back a deque that grew large once it is empty.
+    /// A drained queue holds no allocation: an idle connection costs nothing here (a deque
+    /// keeps its slots otherwise: 128 bytes after a single frame, and whatever a burst grew
+    /// it to). Giving it back costs an allocation on the next push, one per write at most,
+    /// against a `sendmsg` of microseconds.
     fn shrink(&mut self) {
-        if self.frames.is_empty() && self.frames.capacity() > SHRINK_SLOTS {
+        if self.frames.is_empty() && self.frames.capacity() > 0 {
             self.frames = VecDeque::new();
+        }
+        if self.pongs.is_empty() && self.pongs.capacity() > 0 {
+            self.pongs = VecDeque::new();
         }
     }
 
@@ -414,13 +417,18 @@ mod tests {
     }
 
     #[test]
-    fn a_deque_grown_by_a_burst_is_given_back() {
+    fn a_drained_queue_holds_no_allocation() {
         let mut q = OutQueue::default();
         for _ in 0..10_000 {
             q.push(Bytes::from_static(b"x"));
         }
-        q.consume(10_000);
-        assert!(q.frames.capacity() <= SHRINK_SLOTS);
+        q.push_pong(Bytes::from_static(b"P"));
+        q.consume(5_000);
+        assert!(q.frames.capacity() > 0, "not drained yet");
+        q.consume(5_001);
+        assert!(q.is_empty());
+        assert_eq!(q.frames.capacity(), 0);
+        assert_eq!(q.pongs.capacity(), 0);
     }
 
     /// Takes at most `cap` bytes per write, like a TLS writer with little room left.
