@@ -327,6 +327,17 @@ impl Ring {
         }
     }
 
+    /// Takes an accepted glommio stream's socket. glommio's stream has no `into_raw_fd`, so
+    /// the ring adopts a duplicate of the descriptor and the stream, dropped here, closes its
+    /// own.
+    pub fn adopt_glommio(&self, stream: glommio::net::TcpStream) -> io::Result<Socket> {
+        // SAFETY: the stream owns the descriptor and is alive until after the duplicate.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) }
+            .try_clone_to_owned()?;
+        drop(stream);
+        Ok(self.adopt(fd))
+    }
+
     /// What this ring did so far.
     pub fn stats(&self) -> RingStats {
         self.0.stats.get()

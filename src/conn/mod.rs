@@ -12,8 +12,9 @@
 //! recv per socket for its life fills the shard's provided buffers, whose bytes are copied
 //! into the socket's inbox and moved into the connection's own buffer when it polls; that
 //! buffer is dropped whenever it is drained, so an idle connection holds no read buffer. Codecs
-//! parse and unmask in place in that buffer and hand payloads out as `Bytes` views of it. Writes are queued as `Bytes` (`hub/outq.rs`, through the hub, which
-//! keeps the shard's memory budgets) and leave in one `sendmsg` per turn.
+//! parse and unmask in place in that buffer and hand payloads out as `Bytes` views of it.
+//! Writes are queued as `Bytes` (`hub/outq.rs`, through the hub, which keeps the shard's
+//! memory budgets) and leave in one `sendmsg` per turn.
 //!
 //! Backpressure: a connection whose own queue is above the read-pause mark, or whose shard
 //! cannot hand messages to another shard, is not read until that clears; what it holds of
@@ -275,13 +276,7 @@ pub(crate) struct Io {
 impl Io {
     /// Hands the accepted socket to the shard's ring (multishot receive, no glommio source).
     pub(crate) fn new(stream: TcpStream) -> io::Result<Io> {
-        // glommio's stream keeps its own descriptor (closed when it drops); the ring gets a
-        // duplicate of the same socket.
-        // SAFETY: the stream owns the descriptor and is alive until after the duplicate.
-        let owned =
-            unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
-        drop(stream);
-        let sock = Ring::get()?.adopt(owned?);
+        let sock = Ring::get()?.adopt_glommio(stream)?;
         Ok(Io {
             fd: sock.as_raw_fd(),
             sock: Some(sock),

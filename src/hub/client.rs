@@ -350,15 +350,16 @@ impl Client {
     /// Stores the task's waker before it parks, reusing `prev` (from [`Client::unpark`])
     /// when it wakes the same task.
     pub(crate) fn park(&self, prev: Option<Waker>, waker: &Waker) {
-        let mut slot = self.waker.borrow_mut();
-        if slot.is_none() {
-            *slot = match prev {
-                Some(w) if w.will_wake(waker) => Some(w),
-                _ => Some(waker.clone()),
-            };
-        } else if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *slot = Some(waker.clone());
+        {
+            let mut slot = self.waker.borrow_mut();
+            if slot.is_none() {
+                if let Some(w) = prev.filter(|w| w.will_wake(waker)) {
+                    *slot = Some(w);
+                    return;
+                }
+            }
         }
+        self.register(waker);
     }
 
     /// Stores the task's waker (called by the task before it parks).

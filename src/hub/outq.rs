@@ -2,9 +2,9 @@
 //! memory cost counted.
 //!
 //! Everything queued for a socket during a loop turn goes out in one `sendmsg(2)`: runs of
-//! small frames copied into one buffer, larger frames with an iovec each (DESIGN.md: a `send` costs about 5 µs on
-//! these VMs, so the number of sends decides fan-out speed). Frames are `Bytes`, so a
-//! fan-out frame shared by thousands of sockets is never copied.
+//! small frames copied into one buffer, larger frames with an iovec each (DESIGN.md: a `send`
+//! costs about 5 µs on these VMs, so the number of sends decides fan-out speed). Frames are
+//! `Bytes`, so a large fan-out frame shared by thousands of sockets is never copied.
 //!
 //! **Pongs.** At most [`MAX_PONGS`] pongs wait at a time: each ping is answered (Autobahn
 //! 2.10 checks that ten pings in a row get ten pongs), but past that bound a new pong

@@ -4,7 +4,8 @@
 //! The socket is made here with libc (glommio's `TcpStream::connect` cannot bind a source
 //! address). The connect is left in flight (`EINPROGRESS`): the first send finds the socket
 //! not yet writable and waits for a write-readiness poll, which fires when the connection is
-//! established (or fails, and the send reports why); a first read likewise waits. So the caller simply starts its handshake and times the whole of it.
+//! established (or fails, and the send reports why); a first read likewise waits. So the
+//! caller simply starts its handshake and times the whole of it.
 //!
 //! `IP_BIND_ADDRESS_NO_PORT` (Linux ≥ 4.2) defers the choice of source port to `connect`,
 //! where the kernel only needs the full 4-tuple to be unique: every source address then

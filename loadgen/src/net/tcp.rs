@@ -14,7 +14,7 @@
 //! (or a remote client behind a NIC) costs the sender nothing beyond the socket's own work.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -42,11 +42,10 @@ impl Tcp {
 
     /// Takes over an accepted glommio stream (the sink's listener is glommio's).
     pub fn from_glommio(stream: glommio::net::TcpStream) -> io::Result<Tcp> {
-        // glommio's stream has no `into_raw_fd`: keep a duplicate, close the original.
-        // SAFETY: the stream owns the descriptor and is alive until after the duplicate.
-        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()?;
-        drop(stream);
-        Tcp::adopt(fd)
+        Ok(Tcp {
+            sock: Ring::get()?.adopt_glommio(stream)?,
+            rbuf: BytesMut::new(),
+        })
     }
 
     /// Appends what arrived to `out` (moved without a copy when `out` is empty); `Ok(0)` is
