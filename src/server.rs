@@ -461,6 +461,11 @@ async fn run_shard(
             .detach();
     }
 
+    // The open connections (`conn/open.rs`). The guard drops what is left of them if this
+    // future is dropped before the drain below completes.
+    shard.spawn(conn::open::run(shared.clone())).detach();
+    let _opens = ClearOpens(shared.clone());
+
     // Accept loops.
     let mut accepts = Vec::new();
     if let Some(listener) = shard.take_listener("ws") {
@@ -496,6 +501,16 @@ async fn run_shard(
     }
     hub.close_all(CloseCause::Shutdown);
     shared.drained().await;
+}
+
+/// Drops a shard's remaining open connections when its serving future goes (they hold the
+/// shard's state, which holds them).
+struct ClearOpens(Rc<Shared>);
+
+impl Drop for ClearOpens {
+    fn drop(&mut self) {
+        self.0.opens.clear();
+    }
 }
 
 /// Logs the bound addresses in one line (tests and scripts read `ws=` and `tcp=` from it).

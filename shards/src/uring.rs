@@ -691,6 +691,15 @@ impl Socket {
         Poll::Pending
     }
 
+    /// Drops the wakers registered for this socket (the task that registered them handed the
+    /// socket on; the next poll registers the new owner's).
+    pub fn forget_wakers(&self) {
+        let mut slots = self.ring.0.slots.borrow_mut();
+        let s = &mut slots[self.slot as usize];
+        s.reader = None;
+        s.writer = None;
+    }
+
     /// Stops receiving until the next [`Socket::poll_recv`] (backpressure: the kernel's socket
     /// buffer fills and TCP pushes back). What already arrived stays in the inbox.
     pub fn pause_recv(&self) {

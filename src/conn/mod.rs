@@ -22,6 +22,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod http;
+pub(crate) mod open;
 pub(crate) mod tcp;
 pub(crate) mod tls;
 pub(crate) mod ws;
@@ -66,6 +67,8 @@ pub(crate) struct Shared {
     timers: RefCell<Vec<Option<TimerId>>>,
     /// The TLS configuration (when TLS is on), shared by every shard and reloadable.
     pub tls: Option<Arc<tls::TlsAcceptor>>,
+    /// The open connections, served by [`open::run`] without a task each.
+    pub opens: open::Table,
 }
 
 impl Shared {
@@ -77,6 +80,7 @@ impl Shared {
             drained: RefCell::new(None),
             timers: RefCell::new(Vec::new()),
             tls: None,
+            opens: open::Table::default(),
         }
     }
 
@@ -222,6 +226,22 @@ impl Accepted {
         }
     }
 
+    /// Hands the open connection to the shard's table ([`open::Table`]), with its session
+    /// and `keep` (held until it ends); the calling task may then end. The task's wakers are
+    /// dropped here: they would keep the ended task's allocation alive.
+    pub(crate) fn into_open<S: Session + 'static, K: 'static>(
+        self,
+        session: S,
+        keep: K,
+        shared: &Shared,
+    ) {
+        drop(self.client.unpark());
+        self.io.forget_wakers();
+        let slot = self.client.slot;
+        let conn = open::Open::new(self, session, keep, shared);
+        shared.opens.insert(slot, Box::new(conn));
+    }
+
     /// Leaves the rooms, frees the slot, runs the disconnect hooks when the client had been
     /// opened, and closes the socket.
     pub(crate) fn finish(self, shared: &Shared, opened: bool) {
@@ -343,6 +363,14 @@ impl Io {
     pub(crate) fn pause_reading(&self) {
         if let Some(sock) = self.sock.as_ref() {
             sock.pause_recv();
+        }
+    }
+
+    /// Forgets the wakers the socket holds (a handshake task's, when the connection moves to
+    /// the shard's table of open connections).
+    pub(crate) fn forget_wakers(&self) {
+        if let Some(sock) = self.sock.as_ref() {
+            sock.forget_wakers();
         }
     }
 
@@ -480,61 +508,81 @@ pub(crate) enum End {
     Abandoned,
 }
 
-/// Runs the open phase until the connection ends.
-pub(crate) async fn drive<S: Session>(
-    io: &mut Io,
-    session: &mut S,
-    shared: &Shared,
-    client: &Rc<Client>,
-) -> End {
-    let hub = &shared.hub;
-    let config = hub.config();
-    let interval = config.heartbeat_interval();
-    let timeout_ms = config.timeouts.heartbeat_timeout_ms;
-    let mut closing = false;
-    let mut reading = true;
-    let mut deadline: Option<std::time::Instant> = None;
-    shared.arm_timer(client, interval);
-    // What the handshake left in the read buffer has been handled: an idle connection keeps
-    // no buffer (the upgrade request's ~160 bytes otherwise stay allocated).
-    io.release_if_empty();
-    poll_fn(|cx| {
+/// The open phase's own state: closing, reading, and the close grace deadline. The rest is
+/// in the connection's [`Io`], its [`Session`] and its [`Client`]; `open.rs` keeps the four
+/// together in the shard's table of open connections.
+#[derive(Debug)]
+pub(crate) struct Drive {
+    closing: bool,
+    reading: bool,
+    deadline: Option<std::time::Instant>,
+}
+
+impl Drive {
+    /// Starts the open phase: arms the heartbeat and drops what the handshake left of the
+    /// read buffer (an idle connection keeps no buffer).
+    pub(crate) fn start(io: &mut Io, shared: &Shared, client: &Client) -> Drive {
+        shared.arm_timer(client, shared.hub.config().heartbeat_interval());
+        io.release_if_empty();
+        Drive {
+            closing: false,
+            reading: true,
+            deadline: None,
+        }
+    }
+
+    /// Runs the open phase as far as it can go: acts on a close request or the timer,
+    /// flushes the queue, reads and decodes (at most [`READ_BUDGET`] reads). `Ready` once the
+    /// connection has ended.
+    pub(crate) fn poll<S: Session>(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        io: &mut Io,
+        session: &mut S,
+        shared: &Shared,
+        client: &Rc<Client>,
+    ) -> Poll<End> {
+        let hub = &shared.hub;
         let mut budget = READ_BUDGET;
         // Every way out of the loop below flushes first, so a frame this poll queues for its
         // own client needs no wake-up.
         let parked = client.unpark();
         loop {
             if let Some(cause) = client.close_requested() {
-                if !closing {
-                    closing = true;
+                if !self.closing {
+                    self.closing = true;
                     if client.phase() == Phase::Open {
                         client.set_phase(Phase::Closing);
                         hub.counters.disconnect(cause.label());
                     }
                     if cause == CloseCause::InputBudget {
                         // The point of the close is to give this memory back now.
-                        reading = false;
+                        self.reading = false;
                         io.rbuf = BytesMut::new();
                         session.discard_input();
                         hub.set_input_held(client, 0);
                     }
                     session.begin_close(cause, client, hub);
-                    deadline = Some(std::time::Instant::now() + CLOSE_GRACE);
+                    self.deadline = Some(std::time::Instant::now() + CLOSE_GRACE);
                     shared.arm_timer(client, CLOSE_GRACE);
                 }
             }
             if client.take_timer() {
-                if let Some(d) = deadline {
+                if let Some(d) = self.deadline {
                     if std::time::Instant::now() >= d {
                         return Poll::Ready(End::Abandoned);
                     }
                     shared.arm_timer(client, d - std::time::Instant::now());
-                } else if hub.now_ms().saturating_sub(client.last_seen()) > timeout_ms {
-                    client.request_close(CloseCause::HeartbeatTimeout);
-                    continue;
                 } else {
+                    let config = hub.config();
+                    if hub.now_ms().saturating_sub(client.last_seen())
+                        > config.timeouts.heartbeat_timeout_ms
+                    {
+                        client.request_close(CloseCause::HeartbeatTimeout);
+                        continue;
+                    }
                     hub.send_control(client, &Outgoing::new(Body::Ping));
-                    shared.arm_timer(client, interval);
+                    shared.arm_timer(client, config.heartbeat_interval());
                 }
             }
             match io.poll_flush(cx, client, hub) {
@@ -546,7 +594,7 @@ pub(crate) async fn drive<S: Session>(
                 }
                 Poll::Pending => {}
             }
-            if !reading {
+            if !self.reading {
                 break;
             }
             if budget == 0 {
@@ -568,9 +616,9 @@ pub(crate) async fn drive<S: Session>(
                     // read can bring a whole large message at once.
                     hub.set_input_held(client, io.rbuf.len() + session.buffered());
                     if session.handle_input(&mut io.rbuf, shared, client) == Flow::Stop {
-                        reading = false;
-                        if deadline.is_none() {
-                            deadline = Some(std::time::Instant::now() + CLOSE_GRACE);
+                        self.reading = false;
+                        if self.deadline.is_none() {
+                            self.deadline = Some(std::time::Instant::now() + CLOSE_GRACE);
                             shared.arm_timer(client, CLOSE_GRACE);
                         }
                     }
@@ -583,6 +631,5 @@ pub(crate) async fn drive<S: Session>(
         }
         client.park(parked, cx.waker());
         Poll::Pending
-    })
-    .await
+    }
 }

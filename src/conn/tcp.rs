@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use glommio::net::TcpStream;
 
 use super::auth::{FirstMessage, Outcome};
-use super::{drive, Accepted, End, Flow, Io, Session, Shared};
+use super::{Accepted, Flow, Io, Session, Shared};
 use crate::app::dispatch::{self, AckRequest, Data, Env};
 use crate::app::error::ClientError;
 use crate::hub::client::{Client, CloseCause};
@@ -73,7 +73,6 @@ async fn serve_accepted(
     let connect = Outgoing::new(Body::Connect(client.id.to_string().into()));
     hub.send_control(&client, &connect);
     let config = hub.config();
-    let mut opened = false;
     if hub.at_capacity() {
         hub.counters.refuse("server_full");
         Box::pin(refuse(io, &client, &shared, "Server full")).await;
@@ -104,7 +103,6 @@ async fn serve_accepted(
                 Box::pin(refuse(io, &client, &shared, &reject.reason)).await;
             } else {
                 hub.open(&client);
-                opened = true;
                 if let Some(user) = &user {
                     hub.send_to(
                         &client,
@@ -118,16 +116,14 @@ async fn serve_accepted(
                     session.handle_input(&mut buf, &shared, &client);
                     io.rbuf = buf;
                 }
-                match drive(io, &mut session, &shared, &client).await {
-                    End::Closed | End::Abandoned => {}
-                    End::Failed(e) => {
-                        tracing::debug!(client = %client.id, error = %e, "tcp connection failed");
-                    }
-                }
+                // From here the shard's table serves it; this task ends.
+                conn.into_open(session, _ip_slot, &shared);
+                return;
             }
         }
     }
-    conn.finish(&shared, opened);
+    // Refused or gone before it opened (an open one ended in the table).
+    conn.finish(&shared, false);
 }
 
 /// An ERROR frame with `reason`, then the close, for a connection refused before it became

@@ -18,7 +18,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use glommio::net::TcpStream;
 
 use super::auth::{FirstMessage, Outcome};
-use super::{drive, fill, http, Accepted, End, Flow, Interrupted, Io, Session, Shared};
+use super::{fill, http, Accepted, Flow, Interrupted, Io, Session, Shared};
 use crate::app::dispatch::{self, AckRequest, Data, Env};
 use crate::app::error::ClientError;
 use crate::dialect::DialectId;
@@ -78,11 +78,24 @@ async fn serve_accepted(
         return;
     }
     let upgraded = Box::pin(http_then_upgrade(&mut conn.io, &shared, &client, accepted)).await;
-    let opened = upgraded.is_some();
-    if let Some(mut open) = upgraded {
-        run(&mut conn.io, &mut open.session, &shared, &client).await;
+    match upgraded {
+        Some(Opened {
+            mut session,
+            _ip_slot,
+        }) => {
+            if !conn.io.rbuf.is_empty() {
+                // Frames that arrived with the upgrade request (or behind the `auth` message).
+                let mut buf = std::mem::take(&mut conn.io.rbuf);
+                if session.handle_input(&mut buf, &shared, &client) == Flow::Stop {
+                    session.failed = true;
+                }
+                conn.io.rbuf = buf;
+            }
+            // From here the shard's table serves it; this task ends.
+            conn.into_open(session, _ip_slot, &shared);
+        }
+        None => conn.finish(&shared, false),
     }
-    conn.finish(&shared, opened);
 }
 
 /// The HTTP phase, then the upgrade when a request asks for it.
@@ -335,24 +348,6 @@ async fn upgrade(
         session,
         _ip_slot: ip_slot,
     })
-}
-
-/// The open WebSocket, until it ends.
-async fn run(io: &mut Io, session: &mut WsSession, shared: &Shared, client: &Rc<Client>) {
-    if !io.rbuf.is_empty() {
-        // Frames that arrived with the upgrade request (or behind the `auth` message).
-        let mut buf = std::mem::take(&mut io.rbuf);
-        if session.handle_input(&mut buf, shared, client) == Flow::Stop {
-            session.failed = true;
-        }
-        io.rbuf = buf;
-    }
-    match drive(io, session, shared, client).await {
-        End::Closed | End::Abandoned => {}
-        End::Failed(e) => {
-            tracing::debug!(client = %client.id, error = %e, "websocket connection failed");
-        }
-    }
 }
 
 /// Sends a close frame with `code` and `reason` after the 101 and flushes it.

@@ -1,0 +1,334 @@
+//! Open connections without a task of their own.
+//!
+//! A connection runs as a glommio task through its handshake (TLS, the HTTP phase, the
+//! upgrade or CONNECT, authentication, middleware): that part awaits hooks and is rare. Once
+//! it is open, the task hands the connection's state — its [`Accepted`] registration, its
+//! [`Session`], its [`Drive`] state and whatever it must hold until it ends (the per-IP slot)
+//! — to its shard's [`Table`] and ends. An idle open connection is then only that state: no
+//! task header, no future (an `async fn`'s state machine is as large as its largest await
+//! point; a task per idle connection cost ≈ 0.8 KiB of the 1.9 KiB measured in PERF.md).
+//!
+//! One task per shard ([`run`]) serves the table. Each connection's waker is a plain word,
+//! its shard's tag and its slot, with no allocation and no reference count: waking it queues
+//! the slot on the shard's ready list (once) and wakes the serving task, which polls the
+//! ready connections' [`Drive`] in turn, as glommio polled their tasks before. The wakers are
+//! handed to the ring's slots, the client (queue pushes, timers, close requests) and the
+//! mesh overflow list exactly as a task's were.
+//!
+//! The table is indexed by the client's slot in the hub (unique on its shard while the
+//! client lives). A wake-up for a slot with no open connection (one still in its handshake,
+//! or one that ended and whose slot was reused) is ignored: the worst a stale waker can do
+//! is poll a connection once for nothing.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+
+use super::{Accepted, Drive, End, Session, Shared};
+
+/// Connections polled per turn of the serving task before it lets the shard's other tasks
+/// (mesh inbox, timers, accepts, handshakes) run.
+const TURN_BUDGET: usize = 1024;
+
+/// An open connection in the table.
+pub(crate) trait OpenConn {
+    /// Runs it as far as it can go; `Ready` once it has ended ([`OpenConn::finish`] follows).
+    fn poll(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<()>;
+    /// Unregisters it (hooks, rooms, the hub's slot) and closes the socket.
+    fn finish(self: Box<Self>, shared: &Shared);
+}
+
+/// An open connection: its registration, its session, the open phase's state, and `keep`,
+/// held until it ends.
+pub(crate) struct Open<S, K> {
+    conn: Accepted,
+    session: S,
+    drive: Drive,
+    _keep: K,
+}
+
+impl<S: Session, K> Open<S, K> {
+    /// Starts the open phase of `conn` (arms the heartbeat, drops the handshake's buffer).
+    pub(crate) fn new(mut conn: Accepted, session: S, keep: K, shared: &Shared) -> Self {
+        let drive = Drive::start(&mut conn.io, shared, &conn.client);
+        Open {
+            conn,
+            session,
+            drive,
+            _keep: keep,
+        }
+    }
+}
+
+impl<S: Session, K> OpenConn for Open<S, K> {
+    fn poll(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<()> {
+        let client = &self.conn.client;
+        match self
+            .drive
+            .poll(cx, &mut self.conn.io, &mut self.session, shared, client)
+        {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(End::Failed(e)) => {
+                tracing::debug!(
+                    client = %client.id,
+                    transport = ?client.transport(),
+                    error = %e,
+                    "connection failed"
+                );
+                Poll::Ready(())
+            }
+            Poll::Ready(End::Closed | End::Abandoned) => Poll::Ready(()),
+        }
+    }
+
+    fn finish(self: Box<Self>, shared: &Shared) {
+        let Open { conn, session, .. } = *self;
+        drop(session);
+        conn.finish(shared, true);
+    }
+}
+
+/// A shard's open connections, by client slot.
+#[derive(Default)]
+pub(crate) struct Table {
+    conns: RefCell<Vec<Option<Box<dyn OpenConn>>>>,
+}
+
+impl Table {
+    /// Takes `conn` over from its handshake task and polls it soon. The task's wakers are
+    /// forgotten (they would keep the ended task's allocation alive).
+    pub(crate) fn insert(&self, slot: u32, conn: Box<dyn OpenConn>) {
+        {
+            let mut conns = self.conns.borrow_mut();
+            let i = slot as usize;
+            if conns.len() <= i {
+                conns.resize_with(i + 1, || None);
+            }
+            debug_assert!(conns[i].is_none(), "slot {slot} holds an open connection");
+            conns[i] = Some(conn);
+        }
+        schedule(slot);
+    }
+
+    fn take(&self, slot: u32) -> Option<Box<dyn OpenConn>> {
+        self.conns
+            .borrow_mut()
+            .get_mut(slot as usize)
+            .and_then(Option::take)
+    }
+
+    fn put(&self, slot: u32, conn: Box<dyn OpenConn>) {
+        self.conns.borrow_mut()[slot as usize] = Some(conn);
+    }
+
+    /// Drops every connection left (the shard is going away without its drain: sockets are
+    /// closed by their handles, no hooks run). Breaks the cycle table → connection → shard.
+    pub(crate) fn clear(&self) {
+        let conns = std::mem::take(&mut *self.conns.borrow_mut());
+        drop(conns);
+    }
+}
+
+/// Serves the shard's table: polls the connections whose wakers fired, forever.
+pub(crate) async fn run(shared: Rc<Shared>) {
+    let mut batch: Vec<u32> = Vec::new();
+    poll_fn(|cx| {
+        READY.with(|r| r.take(&mut batch, TURN_BUDGET));
+        for slot in batch.drain(..) {
+            let Some(mut conn) = shared.opens.take(slot) else {
+                continue;
+            };
+            let waker = waker(slot);
+            match conn.poll(&mut Context::from_waker(&waker), &shared) {
+                Poll::Pending => shared.opens.put(slot, conn),
+                Poll::Ready(()) => conn.finish(&shared),
+            }
+        }
+        READY.with(|r| {
+            if r.is_empty() {
+                r.park(cx.waker());
+            } else {
+                // More became ready during this turn: let the other tasks run, then serve them.
+                cx.waker().wake_by_ref();
+            }
+        });
+        Poll::<()>::Pending
+    })
+    .await
+}
+
+/// The shard's ready list (one per thread: a shard is a thread).
+struct Ready {
+    /// This thread's tag, in every waker it makes (a waker woken on another thread is a bug,
+    /// and ignored there).
+    tag: u32,
+    slots: RefCell<Vec<u32>>,
+    /// Whether a slot is on the list.
+    queued: RefCell<Vec<bool>>,
+    /// The serving task, parked.
+    server: RefCell<Option<Waker>>,
+    /// Whether the serving task is parked (a wake-up then wakes it).
+    parked: Cell<bool>,
+}
+
+static NEXT_TAG: AtomicU32 = AtomicU32::new(1);
+
+thread_local! {
+    static READY: Ready = Ready {
+        tag: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
+        slots: RefCell::new(Vec::new()),
+        queued: RefCell::new(Vec::new()),
+        server: RefCell::new(None),
+        parked: Cell::new(false),
+    };
+}
+
+impl Ready {
+    fn push(&self, slot: u32) {
+        {
+            let mut queued = self.queued.borrow_mut();
+            let i = slot as usize;
+            if queued.len() <= i {
+                queued.resize(i + 1, false);
+            }
+            if queued[i] {
+                return;
+            }
+            queued[i] = true;
+        }
+        self.slots.borrow_mut().push(slot);
+        if self.parked.replace(false) {
+            if let Some(w) = self.server.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Moves up to `max` ready slots into `out` (oldest first).
+    fn take(&self, out: &mut Vec<u32>, max: usize) {
+        let mut slots = self.slots.borrow_mut();
+        let n = slots.len().min(max);
+        out.extend(slots.drain(..n));
+        let mut queued = self.queued.borrow_mut();
+        for &s in out.iter() {
+            queued[s as usize] = false;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.borrow().is_empty()
+    }
+
+    fn park(&self, waker: &Waker) {
+        let mut server = self.server.borrow_mut();
+        match server.as_ref() {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *server = Some(waker.clone()),
+        }
+        self.parked.set(true);
+    }
+}
+
+/// Queues `slot` on this thread's ready list.
+fn schedule(slot: u32) {
+    let _ = READY.try_with(|r| r.push(slot));
+}
+
+const _: () = assert!(
+    usize::BITS >= 64,
+    "wakers pack a tag and a slot into one word"
+);
+
+/// The waker of the open connection in `slot` on this thread's shard.
+fn waker(slot: u32) -> Waker {
+    let tag = READY.with(|r| r.tag);
+    let word = ((tag as usize) << 32) | slot as usize;
+    // SAFETY: the vtable's functions treat the data as a plain word (never dereferenced);
+    // clone copies it, drop does nothing.
+    unsafe { Waker::from_raw(RawWaker::new(std::ptr::without_provenance(word), &VTABLE)) }
+}
+
+static VTABLE: RawWakerVTable = RawWakerVTable::new(clone_word, wake_word, wake_word, drop_word);
+
+unsafe fn clone_word(data: *const ()) -> RawWaker {
+    RawWaker::new(data, &VTABLE)
+}
+
+unsafe fn wake_word(data: *const ()) {
+    let word = data.addr();
+    let tag = (word >> 32) as u32;
+    let _ = READY.try_with(|r| {
+        if r.tag == tag {
+            r.push(word as u32);
+        } else {
+            debug_assert!(false, "an open connection's waker woken on another thread");
+        }
+    });
+}
+
+unsafe fn drop_word(_: *const ()) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_is_queued_once_and_served_oldest_first() {
+        let w3 = waker(3);
+        let w1 = waker(1);
+        w3.wake_by_ref();
+        w1.wake_by_ref();
+        waker(3).wake();
+        let mut out = Vec::new();
+        READY.with(|r| r.take(&mut out, 16));
+        assert_eq!(out, vec![3, 1]);
+        // Taken off the list: it may be queued again.
+        w3.wake_by_ref();
+        out.clear();
+        READY.with(|r| r.take(&mut out, 16));
+        assert_eq!(out, vec![3]);
+        assert!(READY.with(|r| r.is_empty()));
+    }
+
+    #[test]
+    fn take_respects_its_budget() {
+        for s in 0..5 {
+            waker(s).wake();
+        }
+        let mut out = Vec::new();
+        READY.with(|r| r.take(&mut out, 2));
+        assert_eq!(out, vec![0, 1]);
+        out.clear();
+        READY.with(|r| r.take(&mut out, 16));
+        assert_eq!(out, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn wakers_of_one_slot_are_the_same_waker() {
+        assert!(waker(7).will_wake(&waker(7)));
+        assert!(!waker(7).will_wake(&waker(8)));
+    }
+
+    #[test]
+    fn a_wake_up_wakes_the_parked_server_once() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Arc;
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let server = Waker::from(count.clone());
+        READY.with(|r| r.park(&server));
+        waker(9).wake_by_ref();
+        waker(10).wake_by_ref();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        let mut out = Vec::new();
+        READY.with(|r| r.take(&mut out, 16));
+        assert_eq!(out, vec![9, 10]);
+    }
+}
