@@ -78,7 +78,8 @@ impl Context {
 
     /// Rooms the client is in.
     pub fn rooms(&self) -> Vec<String> {
-        self.client.rooms().iter().map(|r| r.to_string()).collect()
+        self.client
+            .with_rooms(|rooms| rooms.iter().map(|r| r.to_string()).collect())
     }
 
     /// A metadata value.

@@ -263,6 +263,21 @@ impl App {
     pub fn config(&self) -> &Config {
         &self.config
     }
+
+    /// Whether application code can see a client (and so ask for its upgrade request,
+    /// `Context::request`): any handler, hook, middleware or authenticator.
+    pub(crate) fn sees_clients(&self) -> bool {
+        !self.handlers.is_empty()
+            || !self.binary_handlers.is_empty()
+            || !self.acks.is_empty()
+            || self.any.is_some()
+            || !self.middleware.is_empty()
+            || !self.on_connect.is_empty()
+            || !self.on_disconnect.is_empty()
+            || self.on_join.is_some()
+            || !self.on_leave.is_empty()
+            || self.authenticator.is_some()
+    }
 }
 
 /// Entry point of the library API.

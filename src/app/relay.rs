@@ -187,7 +187,7 @@ pub(crate) fn event(env: &Env<'_>, event: &str, data: Option<&Data>) -> bool {
 }
 
 fn is_member(env: &Env<'_>, room: &str) -> bool {
-    env.client.rooms().iter().any(|r| &**r == room)
+    env.client.in_room(room)
 }
 
 /// A built-in ACK. Returns false if `ack.name` is not one of the relay's.

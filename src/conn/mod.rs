@@ -250,7 +250,7 @@ impl Accepted {
         let listened =
             !shared.app.on_leave.is_empty() || !shared.hub.config().relay.member_events.is_empty();
         let rooms: Vec<std::rc::Rc<str>> = if opened && listened {
-            self.client.rooms().clone()
+            self.client.with_rooms(<[_]>::to_vec)
         } else {
             Vec::new()
         };

@@ -278,7 +278,16 @@ async fn upgrade(
         refuse(io, client, hub, 1008, Cow::Borrowed("Server full")).await;
         return None;
     }
-    client.set_request(req.head());
+    // Kept (as its raw head, ≈ 160 bytes) only where something may ask for it: application
+    // code, or a dialect (its authentication reads the path and headers).
+    let keeps_request = match mode {
+        Mode::Echo | Mode::Broadcast => false,
+        Mode::Dialect(_) => true,
+        Mode::Stelar => shared.app.sees_clients(),
+    };
+    if keeps_request {
+        client.set_request(req.head());
+    }
     if let Some(d) = deflate {
         client.set_ws_form(if d.server_to_client().max_window_bits < 15 {
             WsForm::DeflateNarrow

@@ -7,7 +7,7 @@
 //! runs. Single-threaded by construction (`Rc`, `Cell`, `RefCell`): a client never leaves
 //! its shard.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Waker;
@@ -108,6 +108,25 @@ pub struct RequestInfo {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// The parts of a [`Client`] allocated at first use.
+#[derive(Debug, Default)]
+struct Extra {
+    /// Rooms joined, for cleanup and the per-client cap.
+    rooms: RefCell<Vec<Rc<str>>>,
+    /// Application metadata.
+    meta: RefCell<Vec<(String, String)>>,
+    /// The head of the WebSocket upgrade request, when it was kept (`conn/ws.rs`).
+    request: RefCell<Option<Box<[u8]>>>,
+    /// The authenticated user, once known (set through `Hub::set_user`).
+    user: RefCell<Option<Rc<str>>>,
+    /// The reason a backend gave with `POST /api/disconnect` ([`CloseCause::Disconnected`]).
+    close_reason: RefCell<Option<Box<str>>>,
+    /// What its credentials allow (authentication, `auth/`); `None` = anonymous or auth off.
+    grants: RefCell<Option<Rc<crate::auth::Grants>>>,
+    /// Protection: its message rate-limit buckets (`protect::admit_message`).
+    rate: RefCell<crate::protect::RateState>,
+}
+
 /// One connection, as its shard sees it.
 #[derive(Debug)]
 pub(crate) struct Client {
@@ -148,20 +167,9 @@ pub(crate) struct Client {
     timer_fired: Cell<bool>,
     /// Coarse time (shard clock, ms) of the last bytes received.
     last_seen: Cell<u64>,
-    /// Rooms joined, for cleanup and the per-client cap.
-    rooms: RefCell<Vec<Rc<str>>>,
-    /// Application metadata.
-    meta: RefCell<Vec<(String, String)>>,
-    /// The head of the WebSocket upgrade request, when there was one.
-    request: RefCell<Option<Box<[u8]>>>,
-    /// The authenticated user, once known (set through `Hub::set_user`).
-    user: RefCell<Option<Rc<str>>>,
-    /// The reason a backend gave with `POST /api/disconnect` ([`CloseCause::Disconnected`]).
-    close_reason: RefCell<Option<Box<str>>>,
-    /// What its credentials allow (authentication, `auth/`); `None` = anonymous or auth off.
-    grants: RefCell<Option<Rc<crate::auth::Grants>>>,
-    /// Protection: its message rate-limit buckets (`protect::admit_message`).
-    rate: RefCell<crate::protect::RateState>,
+    /// What few connections use (rooms, metadata, user, grants, rate-limit buckets, the
+    /// upgrade request), allocated at first use: an idle connection's memory counts.
+    extra: OnceCell<Box<Extra>>,
 }
 
 impl Client {
@@ -192,45 +200,46 @@ impl Client {
             close: Cell::new(None),
             timer_fired: Cell::new(false),
             last_seen: Cell::new(now),
-            rooms: RefCell::new(Vec::new()),
-            meta: RefCell::new(Vec::new()),
-            request: RefCell::new(None),
-            user: RefCell::new(None),
-            close_reason: RefCell::new(None),
-            grants: RefCell::new(None),
-            rate: RefCell::default(),
+            extra: OnceCell::new(),
         }
+    }
+
+    /// The rarely used parts, allocated now if they were not.
+    fn extra(&self) -> &Extra {
+        self.extra.get_or_init(Box::default)
     }
 
     /// Its message rate-limit buckets (borrowed only inside `protect::admit_message`).
     pub(crate) fn rate_state(&self) -> std::cell::RefMut<'_, crate::protect::RateState> {
-        self.rate.borrow_mut()
+        self.extra().rate.borrow_mut()
     }
 
     /// The authenticated user id, if any.
     pub(crate) fn user(&self) -> Option<Rc<str>> {
-        self.user.borrow().clone()
+        self.extra.get()?.user.borrow().clone()
     }
     /// Records the user (hub only: the hub keeps its user index in step).
     pub(super) fn set_user_field(&self, user: Option<Rc<str>>) {
-        *self.user.borrow_mut() = user;
+        if user.is_some() || self.extra.get().is_some() {
+            *self.extra().user.borrow_mut() = user;
+        }
     }
 
     /// Sets the reason sent with a [`CloseCause::Disconnected`] close.
     pub(crate) fn set_close_reason(&self, reason: &str) {
-        *self.close_reason.borrow_mut() = Some(reason.into());
+        *self.extra().close_reason.borrow_mut() = Some(reason.into());
     }
     /// The reason set by [`Client::set_close_reason`], if any.
     pub(crate) fn close_reason(&self) -> Option<Box<str>> {
-        self.close_reason.borrow().clone()
+        self.extra.get()?.close_reason.borrow().clone()
     }
     /// What the client's credentials allow (`auth::may` reads it).
     pub(crate) fn grants(&self) -> Option<Rc<crate::auth::Grants>> {
-        self.grants.borrow().clone()
+        self.extra.get()?.grants.borrow().clone()
     }
     /// Records what the client's credentials allow (after authentication).
     pub(crate) fn set_grants(&self, grants: Rc<crate::auth::Grants>) {
-        *self.grants.borrow_mut() = Some(grants);
+        *self.extra().grants.borrow_mut() = Some(grants);
     }
 
     /// Transport.
@@ -405,19 +414,37 @@ impl Client {
         self.last_seen.get()
     }
 
-    /// Rooms joined.
-    pub(crate) fn rooms(&self) -> std::cell::Ref<'_, Vec<Rc<str>>> {
-        self.rooms.borrow()
+    /// Calls `f` with the rooms joined.
+    pub(crate) fn with_rooms<R>(&self, f: impl FnOnce(&[Rc<str>]) -> R) -> R {
+        match self.extra.get() {
+            Some(e) => f(&e.rooms.borrow()),
+            None => f(&[]),
+        }
+    }
+
+    /// Whether it joined `room`.
+    pub(crate) fn in_room(&self, room: &str) -> bool {
+        self.with_rooms(|rooms| rooms.iter().any(|r| &**r == room))
     }
 
     /// Rooms joined, mutable (hub only).
     pub(crate) fn rooms_mut(&self) -> std::cell::RefMut<'_, Vec<Rc<str>>> {
-        self.rooms.borrow_mut()
+        self.extra().rooms.borrow_mut()
+    }
+
+    /// Takes the rooms joined (hub only, when the client goes).
+    pub(crate) fn take_rooms(&self) -> Vec<Rc<str>> {
+        self.extra
+            .get()
+            .map(|e| std::mem::take(&mut *e.rooms.borrow_mut()))
+            .unwrap_or_default()
     }
 
     /// Metadata value.
     pub(crate) fn meta(&self, key: &str) -> Option<String> {
-        self.meta
+        self.extra
+            .get()?
+            .meta
             .borrow()
             .iter()
             .find(|(k, _)| k == key)
@@ -426,7 +453,7 @@ impl Client {
 
     /// Sets a metadata value (replacing any previous one).
     pub(crate) fn set_meta(&self, key: &str, value: String) {
-        let mut m = self.meta.borrow_mut();
+        let mut m = self.extra().meta.borrow_mut();
         match m.iter_mut().find(|(k, _)| k == key) {
             Some((_, v)) => *v = value,
             None => m.push((key.to_owned(), value)),
@@ -436,7 +463,7 @@ impl Client {
     /// The upgrade request (WebSocket clients), built from its stored head at each call (it is
     /// asked for rarely: by hooks and at a dialect's authentication).
     pub(crate) fn request(&self) -> Option<Rc<RequestInfo>> {
-        let head = self.request.borrow();
+        let head = self.extra.get()?.request.borrow();
         let head = head.as_deref()?;
         let limits = crate::protocol::http::Limits {
             max_head_size: head.len(),
@@ -457,6 +484,6 @@ impl Client {
     /// Stores the upgrade request's head (one allocation of its size: an idle connection's
     /// memory counts).
     pub(crate) fn set_request(&self, head: &[u8]) {
-        *self.request.borrow_mut() = Some(head.into());
+        *self.extra().request.borrow_mut() = Some(head.into());
     }
 }

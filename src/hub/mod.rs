@@ -566,7 +566,7 @@ impl Hub {
             self.counters.closed(client.transport());
         }
         client.set_phase(Phase::Closing);
-        let rooms: Vec<Rc<str>> = std::mem::take(&mut *client.rooms_mut());
+        let rooms: Vec<Rc<str>> = client.take_rooms();
         let mut announce = Vec::new();
         {
             let mut reg = self.rooms.borrow_mut();
@@ -1235,8 +1235,8 @@ impl Hub {
     /// once every other shard has acknowledged the room (see `rooms.rs`).
     /// `Ok(true)` when the client was not a member before.
     pub(crate) fn join(&self, client: &Rc<Client>, room: &str) -> Result<bool, JoinRefusal> {
-        let member = client.rooms().iter().any(|r| &**r == room);
-        if !member && client.rooms().len() >= self.config().limits.max_rooms_per_client {
+        let member = client.in_room(room);
+        if !member && client.with_rooms(<[_]>::len) >= self.config().limits.max_rooms_per_client {
             return Err(JoinRefusal::ClientRoomLimit);
         }
         let mut announce = Vec::new();
