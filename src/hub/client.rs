@@ -128,7 +128,6 @@ struct Extra {
 }
 
 /// One connection, as its shard sees it.
-#[derive(Debug)]
 pub(crate) struct Client {
     /// Its id (names its shard and slot).
     pub id: ClientId,
@@ -160,7 +159,7 @@ pub(crate) struct Client {
     /// peer is not keeping up right now (the output budget cuts such clients first).
     write_blocked: Cell<bool>,
     /// The connection task's waker, set each time it parks.
-    waker: RefCell<Option<Waker>>,
+    waker: Cell<Option<Waker>>,
     /// A close the server wants; the task acts on it.
     close: Cell<Option<CloseCause>>,
     /// The shard's timer for this connection fired (handshake deadline or heartbeat).
@@ -170,6 +169,19 @@ pub(crate) struct Client {
     /// What few connections use (rooms, metadata, user, grants, rate-limit buckets, the
     /// upgrade request), allocated at first use: an idle connection's memory counts.
     extra: OnceCell<Box<Extra>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("slot", &self.slot)
+            .field("peer", &self.peer)
+            .field("transport", &self.transport)
+            .field("phase", &self.phase.get())
+            .field("close", &self.close.get())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -196,7 +208,7 @@ impl Client {
             input_held: Cell::new(0),
             waits_for_mesh: Cell::new(false),
             write_blocked: Cell::new(false),
-            waker: RefCell::new(None),
+            waker: Cell::new(None),
             close: Cell::new(None),
             timer_fired: Cell::new(false),
             last_seen: Cell::new(now),
@@ -344,7 +356,7 @@ impl Client {
 
     /// Wakes the connection task.
     pub(crate) fn wake(&self) {
-        if let Some(w) = self.waker.borrow_mut().take() {
+        if let Some(w) = self.waker.take() {
             w.wake();
         }
     }
@@ -353,31 +365,31 @@ impl Client {
     /// wakes nobody (it flushes before it parks), instead of scheduling it to run once more
     /// for nothing. Give it back with [`Client::park`].
     pub(crate) fn unpark(&self) -> Option<Waker> {
-        self.waker.borrow_mut().take()
+        self.waker.take()
     }
 
     /// Stores the task's waker before it parks, reusing `prev` (from [`Client::unpark`])
     /// when it wakes the same task.
     pub(crate) fn park(&self, prev: Option<Waker>, waker: &Waker) {
-        {
-            let mut slot = self.waker.borrow_mut();
-            if slot.is_none() {
-                if let Some(w) = prev.filter(|w| w.will_wake(waker)) {
-                    *slot = Some(w);
-                    return;
-                }
-            }
-        }
-        self.register(waker);
+        let current = self.waker.take();
+        let keep = match current {
+            Some(w) if w.will_wake(waker) => w,
+            Some(_) => waker.clone(),
+            None => match prev {
+                Some(w) if w.will_wake(waker) => w,
+                _ => waker.clone(),
+            },
+        };
+        self.waker.set(Some(keep));
     }
 
     /// Stores the task's waker (called by the task before it parks).
     pub(crate) fn register(&self, waker: &Waker) {
-        let mut slot = self.waker.borrow_mut();
-        match slot.as_ref() {
-            Some(w) if w.will_wake(waker) => {}
-            _ => *slot = Some(waker.clone()),
-        }
+        let keep = match self.waker.take() {
+            Some(w) if w.will_wake(waker) => w,
+            _ => waker.clone(),
+        };
+        self.waker.set(Some(keep));
     }
 
     /// Asks the task to close with `cause` (the first cause wins).
