@@ -220,8 +220,10 @@ impl Context {
 
     /// Closes this client with a WebSocket close code and reason (TCP: ERROR frame).
     pub fn disconnect(&self, code: u16, reason: &'static str) {
-        self.hub
-            .cut_off(&self.client, CloseCause::Kicked { code, reason });
+        if self.client.close_requested().is_none() {
+            self.client.set_close_reason(reason);
+        }
+        self.hub.cut_off(&self.client, CloseCause::Kicked { code });
     }
 }
 

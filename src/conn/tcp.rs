@@ -153,7 +153,7 @@ struct TcpSession {
     /// Authentication waits for the first frame (`conn/auth.rs`): it is not dispatched.
     awaiting_first: bool,
     /// That first frame's meaning, once it came; nothing more is decoded until it is taken.
-    first: Option<FirstMessage>,
+    first: Option<Box<FirstMessage>>,
 }
 
 impl Session for TcpSession {
@@ -194,13 +194,13 @@ impl Session for TcpSession {
                 _ if self.awaiting_first => {
                     // Only a JSON frame `auth` may come first; nothing else is processed.
                     self.awaiting_first = false;
-                    self.first = Some(
+                    self.first = Some(Box::new(
                         if frame.frame_type == FrameType::Json && frame.event_name() == Ok("auth") {
                             FirstMessage::auth(Some(&frame.payload))
                         } else {
                             FirstMessage::Refused(crate::auth::Fault::Missing)
                         },
-                    );
+                    ));
                 }
                 FrameType::Json | FrameType::Binary | FrameType::AckReq => {
                     let name = match frame.event_name() {
@@ -277,7 +277,7 @@ impl Session for TcpSession {
     }
 
     fn take_first_message(&mut self) -> Option<FirstMessage> {
-        self.first.take()
+        self.first.take().map(|f| *f)
     }
 }
 

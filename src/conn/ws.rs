@@ -381,7 +381,7 @@ struct WsSession {
     /// Authentication waits for the first message (`conn/auth.rs`): it is not dispatched.
     awaiting_first: bool,
     /// That first message, once it came; nothing more is decoded until it is taken.
-    first: Option<FirstMessage>,
+    first: Option<Box<FirstMessage>>,
 }
 
 impl WsSession {
@@ -438,7 +438,8 @@ impl Session for WsSession {
                     Message::Text(b) if self.awaiting_first => self.first_text(&b),
                     Message::Binary(_) if self.awaiting_first => {
                         self.awaiting_first = false;
-                        self.first = Some(FirstMessage::Refused(crate::auth::Fault::Missing));
+                        self.first =
+                            Some(Box::new(FirstMessage::Refused(crate::auth::Fault::Missing)));
                     }
                     Message::Text(b) => match self.mode {
                         Mode::Stelar => self.text(b, &env),
@@ -532,7 +533,7 @@ impl Session for WsSession {
     }
 
     fn take_first_message(&mut self) -> Option<FirstMessage> {
-        self.first.take()
+        self.first.take().map(|f| *f)
     }
 }
 
@@ -554,6 +555,6 @@ impl WsSession {
             }
         };
         self.awaiting_first = false;
-        self.first = Some(first);
+        self.first = Some(Box::new(first));
     }
 }

@@ -58,12 +58,11 @@ pub enum CloseCause {
     Shutdown,
     /// The client did not authenticate within `auth.timeout_ms` (4001).
     AuthTimeout,
-    /// An application asked for it, with a close code and reason.
+    /// An application asked for it, with a close code; the reason it gave is the client's
+    /// `close_reason` (kept there: a cause small enough for every client to hold).
     Kicked {
         /// WebSocket close code.
         code: u16,
-        /// Reason (static so closing builds no strings).
-        reason: &'static str,
     },
     /// A backend asked for it over the HTTP API (`POST /api/disconnect`), with a close code;
     /// the reason it gave is the client's `close_reason`.

@@ -302,9 +302,9 @@ impl Outgoing {
     /// client over the API.
     pub(crate) fn closing_for(client: &super::client::Client, cause: CloseCause) -> Arc<Outgoing> {
         match cause {
-            CloseCause::Disconnected { .. } | CloseCause::AuthRefused => {
-                Self::closing_with(cause, client.close_reason())
-            }
+            CloseCause::Disconnected { .. }
+            | CloseCause::Kicked { .. }
+            | CloseCause::AuthRefused => Self::closing_with(cause, client.close_reason()),
             _ => Self::closing(cause),
         }
     }
@@ -321,9 +321,7 @@ impl Outgoing {
             CloseCause::AuthTimeout => (CloseCode::AUTH_TIMEOUT, "Authentication timeout"),
             CloseCause::RateLimited => (CloseCode::POLICY, "Rate limit exceeded"),
             CloseCause::AuthRefused => (CloseCode::AUTH_FAILED, "Authentication failed"),
-            CloseCause::Kicked { code, reason } => {
-                (CloseCode::new(code).unwrap_or(CloseCode::POLICY), reason)
-            }
+            CloseCause::Kicked { code } => (CloseCode::new(code).unwrap_or(CloseCode::POLICY), ""),
             CloseCause::Disconnected { code } => (
                 CloseCode::new(code).unwrap_or(CloseCode::POLICY),
                 "Disconnected",

@@ -253,7 +253,8 @@ pub struct Decoder {
     max_frame_size: usize,
     max_message_size: usize,
     /// The fragmented message in progress, if any.
-    partial: Option<Partial>,
+    /// Boxed: most connections never fragment, and an idle connection's memory counts.
+    partial: Option<Box<Partial>>,
     /// Present iff permessage-deflate was negotiated.
     inflater: Option<Inflater>,
     /// UTF-8 state of the text message in progress: across its fragments, and across the
@@ -488,7 +489,7 @@ impl Decoder {
                         done,
                         self.max_message_size,
                     )?;
-                    self.partial = Some(partial);
+                    self.partial = Some(Box::new(partial));
                 }
                 OpCode::Continuation => {
                     // check_header refused a continuation without a partial message.
@@ -508,7 +509,7 @@ impl Decoder {
                             return Err(Error::UnexpectedContinuation);
                         };
                         return finish_message(
-                            partial,
+                            *partial,
                             &mut self.utf8,
                             self.inflater.as_mut(),
                             self.max_message_size,
