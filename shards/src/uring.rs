@@ -40,7 +40,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
@@ -557,13 +558,22 @@ async fn drive(inner: std::rc::Weak<Inner>, eventfd: OwnedFd) {
         Rc::new(unsafe { BufferedFile::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(eventfd)) });
     type Wait = Pin<Box<dyn Future<Output = ()>>>;
     let mut wait: Option<Wait> = None;
+    // glommio's file read adds a clone of the polling waker to its source's list at every poll
+    // while it is pending, and a task's waker count is 16 bits: polled at each of the driver's
+    // turns (every accept, every queued request wakes it), a long wait overflowed it and
+    // aborted the process (19 000 connections opened without the eventfd firing once). So
+    // the read is polled with a waker of its own, once when it starts and then only after
+    // that waker fired; the driver's own waker is kept in it, replaced, never piled up.
+    let signal = Arc::new(Signal::default());
+    let signal_waker = Waker::from(signal.clone());
     poll_fn(move |cx| {
         let Some(inner) = inner.upgrade() else {
             return Poll::Ready(());
         };
         inner.uring.borrow_mut().completion().disable_eventfd();
+        signal.set_task(cx.waker());
         if let Some(w) = wait.as_mut() {
-            if w.as_mut().poll(cx).is_ready() {
+            if signal.take_fired() && w.as_mut().poll(&mut Context::from_waker(&signal_waker)).is_ready() {
                 wait = None;
             }
         }
@@ -603,13 +613,18 @@ async fn drive(inner: std::rc::Weak<Inner>, eventfd: OwnedFd) {
             return Poll::Pending;
         }
         inner.bump(|s| s.parks += 1);
-        let w = wait.get_or_insert_with(|| {
+        if wait.is_none() {
             let f = Rc::clone(&file);
-            Box::pin(async move {
+            wait = Some(Box::pin(async move {
                 let _ = f.read_at(0, 8).await;
-            })
-        });
-        if w.as_mut().poll(cx).is_ready() {
+            }));
+            // A new read is polled once, to start it.
+            signal.fired.store(true, Ordering::SeqCst);
+        }
+        let Some(w) = wait.as_mut() else {
+            return Poll::Pending;
+        };
+        if signal.take_fired() && w.as_mut().poll(&mut Context::from_waker(&signal_waker)).is_ready() {
             wait = None;
             // The eventfd had been signalled: there is work.
             inner.uring.borrow_mut().completion().disable_eventfd();
@@ -618,6 +633,42 @@ async fn drive(inner: std::rc::Weak<Inner>, eventfd: OwnedFd) {
         Poll::Pending
     })
     .await;
+}
+
+/// The waker the driver polls its eventfd read with: records that the read made progress
+/// and wakes the driver's task.
+#[derive(Default)]
+struct Signal {
+    fired: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Signal {
+    fn set_task(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        match task.as_ref() {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *task = Some(waker.clone()),
+        }
+    }
+
+    fn take_fired(&self) -> bool {
+        self.fired.swap(false, Ordering::SeqCst)
+    }
+}
+
+impl std::task::Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::SeqCst);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(t) = task {
+            t.wake();
+        }
+    }
 }
 
 /// A connected socket on the shard's ring. Dropping it cancels its requests and closes it.
@@ -765,5 +816,38 @@ impl Drop for Socket {
             inner.free_slot(self.slot, s);
         }
         inner.bump(|st| st.sockets -= 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The driver is woken (a request queued) far more often than its eventfd fires: before
+    /// the fix every such turn left one more clone of its task's waker with glommio's eventfd
+    /// read, and the 16-bit count overflowed (the process aborted) after ≈ 16 000 turns.
+    #[test]
+    fn the_driver_survives_many_wake_ups_without_the_eventfd_firing() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let ring = Ring::get().expect("ring");
+                let inner = &ring.0;
+                let parks_before = inner.stats.get().parks;
+                for _ in 0..40_000 {
+                    // What `push` does once an entry is queued, with nothing queued: the
+                    // driver runs a turn, finds no work and parks again.
+                    if !inner.queued.replace(true) {
+                        if let Some(w) = inner.driver.borrow().as_ref() {
+                            w.wake_by_ref();
+                        }
+                    }
+                    futures_lite::future::yield_now().await;
+                }
+                let parks = inner.stats.get().parks - parks_before;
+                assert!(parks >= 20_000, "the driver parked {parks} times");
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
     }
 }
