@@ -1,12 +1,15 @@
 //! One connection's life: bytes in → codec → dispatch → batched writes.
 //!
-//! Each accepted socket is one task on the shard that accepted it, and never leaves it.
+//! Each accepted socket is served on the shard that accepted it, and never leaves it: as a
+//! task of its own through its handshake, then from the shard's table of open connections.
 //! - `ws.rs`: the WebSocket/HTTP port — the HTTP phase (`/health`, `/metrics`, the API in
 //!   `http.rs`, or the upgrade), then a [`Session`] speaking stelar envelopes (or a raw bench
 //!   endpoint).
 //! - `tcp.rs`: the stelar TCP port — CONNECT first, then a [`Session`] over TCP frames.
-//! - [`drive`]: the open phase shared by both: one future that flushes the write queue,
-//!   reads and decodes, acts on timers and close requests, until the connection ends.
+//! - [`Drive`]: the open phase shared by both: flushes the write queue, reads and decodes,
+//!   acts on timers and close requests, until the connection ends.
+//! - `open.rs`: the open connections, as plain state polled by one task per shard (no task
+//!   per connection: an idle connection's memory counts).
 //!
 //! Sockets are driven by the shard's own io_uring (`shardcast_shards::uring`): one multishot
 //! recv per socket for its life fills the shard's provided buffers, whose bytes are copied

@@ -6,7 +6,7 @@
 //! plaintext is appended to the connection's read buffer where plain bytes would go; the write
 //! queue's frames are handed to rustls' plaintext writer as one vectored write (rustls packs
 //! them into full-size records) and the records leave in one `sendmsg`. So the codecs,
-//! `drive`, the budgets and the slow-consumer rule are the same for plain and TLS connections;
+//! `Drive`, the budgets and the slow-consumer rule are the same for plain and TLS connections;
 //! a plain connection pays one `Option` test per read and per flush.
 //!
 //! Bounds per connection: rustls holds at most [`TLS_BUFFER`] of encrypted output (frames

@@ -1,11 +1,13 @@
 //! The part of a connection the rest of its shard can touch: its id, its write queue, its
-//! rooms, and the flags that tell its task to act.
+//! rooms, and the flags that tell its connection to act.
 //!
-//! The socket itself belongs to the connection's task (`conn/`). Everything else on the
-//! shard — fan-out, timers, handlers — talks to a connection through this struct: it queues
-//! frames and wakes the task, which writes everything queued in one `sendmsg` when it next
-//! runs. Single-threaded by construction (`Rc`, `Cell`, `RefCell`): a client never leaves
-//! its shard.
+//! The socket itself belongs to the connection (`conn/`: its handshake task, then the shard's
+//! table of open connections). Everything else on the shard — fan-out, timers, handlers —
+//! talks to a connection through this struct: it queues frames and wakes the connection,
+//! which writes everything queued in one `sendmsg` when it next runs. What few connections
+//! use is allocated at first use (`Extra`): an idle connection's memory counts.
+//! Single-threaded by construction (`Rc`, `Cell`, `RefCell`): a client never leaves its
+//! shard.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::net::SocketAddr;
