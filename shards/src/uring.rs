@@ -573,7 +573,11 @@ async fn drive(inner: std::rc::Weak<Inner>, eventfd: OwnedFd) {
         inner.uring.borrow_mut().completion().disable_eventfd();
         signal.set_task(cx.waker());
         if let Some(w) = wait.as_mut() {
-            if signal.take_fired() && w.as_mut().poll(&mut Context::from_waker(&signal_waker)).is_ready() {
+            if signal.take_fired()
+                && w.as_mut()
+                    .poll(&mut Context::from_waker(&signal_waker))
+                    .is_ready()
+            {
                 wait = None;
             }
         }
@@ -624,7 +628,11 @@ async fn drive(inner: std::rc::Weak<Inner>, eventfd: OwnedFd) {
         let Some(w) = wait.as_mut() else {
             return Poll::Pending;
         };
-        if signal.take_fired() && w.as_mut().poll(&mut Context::from_waker(&signal_waker)).is_ready() {
+        if signal.take_fired()
+            && w.as_mut()
+                .poll(&mut Context::from_waker(&signal_waker))
+                .is_ready()
+        {
             wait = None;
             // The eventfd had been signalled: there is work.
             inner.uring.borrow_mut().completion().disable_eventfd();

@@ -264,8 +264,10 @@ impl App {
         &self.config
     }
 
-    /// Whether application code can see a client (and so ask for its upgrade request,
-    /// `Context::request`): any handler, hook, middleware or authenticator.
+    /// Whether application code can see an open client (and so ask for its upgrade request,
+    /// `Context::request`): any handler, hook or middleware. The authenticator is not
+    /// counted: it sees the client only while it authenticates (the standalone server always
+    /// has one, its JWT check, which reads no request).
     pub(crate) fn sees_clients(&self) -> bool {
         !self.handlers.is_empty()
             || !self.binary_handlers.is_empty()
@@ -276,7 +278,6 @@ impl App {
             || !self.on_disconnect.is_empty()
             || self.on_join.is_some()
             || !self.on_leave.is_empty()
-            || self.authenticator.is_some()
     }
 }
 
@@ -588,5 +589,22 @@ impl Builder {
     pub fn run(self) -> Result<(), crate::server::StartError> {
         let running = self.start()?;
         running.join()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What decides whether an open client keeps its upgrade request (`conn/ws.rs`).
+    #[test]
+    fn only_application_code_sees_open_clients() {
+        assert!(!Server::builder().relay(true).build().sees_clients());
+        // An authenticator sees a client only while it authenticates.
+        let auth_only = Server::builder()
+            .authenticate(|_, _| async { Err(crate::auth::AuthReject::new("no")) });
+        assert!(!auth_only.build().sees_clients());
+        let hooked = Server::builder().on_connect(|_| async {});
+        assert!(hooked.build().sees_clients());
     }
 }

@@ -279,11 +279,13 @@ async fn upgrade(
         return None;
     }
     // Kept (as its raw head, ≈ 160 bytes) only where something may ask for it: application
-    // code, or a dialect (its authentication reads the path and headers).
+    // code, a dialect (its authentication reads the path and headers), or an authenticator
+    // (until it has run).
+    let authenticates = mode == Mode::Stelar && config.auth.mode != crate::config::AuthMode::Off;
     let keeps_request = match mode {
         Mode::Echo | Mode::Broadcast => false,
         Mode::Dialect(_) => true,
-        Mode::Stelar => shared.app.sees_clients(),
+        Mode::Stelar => shared.app.sees_clients() || authenticates,
     };
     if keeps_request {
         client.set_request(req.head());
@@ -312,11 +314,15 @@ async fn upgrade(
     };
     // Authentication (`conn/auth.rs`) comes first: the middleware sees who the client is.
     let mut user = None;
-    if mode == Mode::Stelar && config.auth.mode != crate::config::AuthMode::Off {
+    if authenticates {
         let presented = crate::auth::token_from_request(&req);
         match super::auth::authenticate(io, &mut session, shared, client, presented).await {
             Outcome::Open(u) => user = u,
             Outcome::Refused | Outcome::Gone => return None,
+        }
+        if !shared.app.sees_clients() {
+            // Only the authenticator could read it, and it has run.
+            client.drop_request();
         }
     }
     if let Mode::Dialect(id) = mode {

@@ -494,6 +494,13 @@ impl Client {
         }))
     }
 
+    /// Forgets the upgrade request's head (nothing will ask for it any more).
+    pub(crate) fn drop_request(&self) {
+        if let Some(e) = self.extra.get() {
+            *e.request.borrow_mut() = None;
+        }
+    }
+
     /// Stores the upgrade request's head (one allocation of its size: an idle connection's
     /// memory counts).
     pub(crate) fn set_request(&self, head: &[u8]) {
