@@ -431,7 +431,7 @@ pub(crate) fn admit_message(env: &Env<'_>, event: &str) -> bool {
     drop(st);
     let rejection = |reason| Rejection {
         reason,
-        ip: client.peer.ip().to_canonical(),
+        ip: client.peer().ip().to_canonical(),
         transport: client.transport(),
         client: Some(client.id),
         event: Some(event),

@@ -68,7 +68,7 @@ impl Context {
 
     /// The peer's address.
     pub fn peer(&self) -> std::net::SocketAddr {
-        self.client.peer
+        self.client.peer()
     }
 
     /// Whether the client is still connected and taking messages.

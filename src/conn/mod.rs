@@ -116,10 +116,11 @@ impl Shared {
         self
     }
 
-    /// Resolves once no connection task is alive.
+    /// Resolves once no connection is left: no handshake task, nothing in the table of open
+    /// connections.
     pub(crate) async fn drained(&self) {
         poll_fn(|cx| {
-            if self.live.get() == 0 {
+            if self.live.get() == 0 && self.opens.count() == 0 {
                 Poll::Ready(())
             } else {
                 *self.drained.borrow_mut() = Some(cx.waker().clone());
@@ -135,7 +136,12 @@ impl Shared {
 
     fn leave(&self) {
         self.live.set(self.live.get() - 1);
-        if self.live.get() == 0 {
+        self.check_drained();
+    }
+
+    /// Wakes the shutdown drain when no connection is left.
+    fn check_drained(&self) {
+        if self.live.get() == 0 && self.opens.count() == 0 {
             if let Some(w) = self.drained.borrow_mut().take() {
                 w.wake();
             }
@@ -238,49 +244,57 @@ impl Accepted {
         keep: K,
         shared: &Shared,
     ) {
-        drop(self.client.unpark());
-        self.io.forget_wakers();
-        let slot = self.client.slot;
-        let conn = open::Open::new(self, session, keep, shared);
+        let Accepted { client, io, _live } = self;
+        drop(client.unpark());
+        io.forget_wakers();
+        let slot = client.slot;
+        let conn = open::Open::new(client, io, session, keep, shared);
+        // Counted by the table before the handshake's liveness mark goes.
         shared.opens.insert(slot, Box::new(conn));
+        drop(_live);
     }
 
     /// Leaves the rooms, frees the slot, runs the disconnect hooks when the client had been
     /// opened, and closes the socket.
     pub(crate) fn finish(self, shared: &Shared, opened: bool) {
-        shared.cancel_timer(&self.client);
-        // Only when someone listens: the leave hooks, or member events for some rooms.
-        let listened =
-            !shared.app.on_leave.is_empty() || !shared.hub.config().relay.member_events.is_empty();
-        let rooms: Vec<std::rc::Rc<str>> = if opened && listened {
-            self.client.with_rooms(<[_]>::to_vec)
-        } else {
-            Vec::new()
-        };
-        // Told while the client still has its user (unregister releases it); it takes no
-        // more messages (its socket is done).
-        for room in &rooms {
-            crate::app::dispatch::left(&shared.hub, &shared.app, &self.client, room);
-        }
-        shared.hub.unregister(&self.client);
-        if opened {
-            crate::app::dispatch::disconnected(&shared.hub, &shared.app, &self.client);
-            // A cause is set when the server closed it; otherwise the peer closed it or the
-            // socket failed (logged apart, with the error).
-            let reason = self
-                .client
-                .close_requested()
-                .map_or("peer_closed_or_failed", |c| c.label());
-            tracing::debug!(
-                client = %self.client.id,
-                peer = %self.client.peer,
-                transport = ?self.client.transport(),
-                reason,
-                "connection closed"
-            );
-        }
-        self.io.close();
+        finish(&self.client, self.io, shared, opened);
     }
+}
+
+/// Leaves the rooms, frees the slot, runs the disconnect hooks when the client had been
+/// opened, and closes the socket (a handshake task's connection, or an open one's).
+fn finish(client: &Rc<Client>, io: Io, shared: &Shared, opened: bool) {
+    shared.cancel_timer(client);
+    // Only when someone listens: the leave hooks, or member events for some rooms.
+    let listened =
+        !shared.app.on_leave.is_empty() || !shared.hub.config().relay.member_events.is_empty();
+    let rooms: Vec<std::rc::Rc<str>> = if opened && listened {
+        client.with_rooms(<[_]>::to_vec)
+    } else {
+        Vec::new()
+    };
+    // Told while the client still has its user (unregister releases it); it takes no
+    // more messages (its socket is done).
+    for room in &rooms {
+        crate::app::dispatch::left(&shared.hub, &shared.app, client, room);
+    }
+    shared.hub.unregister(client);
+    if opened {
+        crate::app::dispatch::disconnected(&shared.hub, &shared.app, client);
+        // A cause is set when the server closed it; otherwise the peer closed it or the
+        // socket failed (logged apart, with the error).
+        let reason = client
+            .close_requested()
+            .map_or("peer_closed_or_failed", |c| c.label());
+        tracing::debug!(
+            client = %client.id,
+            peer = %client.peer(),
+            transport = ?client.transport(),
+            reason,
+            "connection closed"
+        );
+    }
+    io.close();
 }
 
 /// A socket with its read buffer.
@@ -520,7 +534,8 @@ pub(crate) enum End {
 pub(crate) struct Drive {
     closing: bool,
     reading: bool,
-    deadline: Option<std::time::Instant>,
+    /// When the close grace ends, in shard milliseconds (`Hub::now_ms`); 0 while not closing.
+    deadline: u64,
 }
 
 impl Drive {
@@ -532,7 +547,7 @@ impl Drive {
         Drive {
             closing: false,
             reading: true,
-            deadline: None,
+            deadline: 0,
         }
     }
 
@@ -568,16 +583,17 @@ impl Drive {
                         hub.set_input_held(client, 0);
                     }
                     session.begin_close(cause, client, hub);
-                    self.deadline = Some(std::time::Instant::now() + CLOSE_GRACE);
+                    self.deadline = hub.now_ms() + CLOSE_GRACE.as_millis() as u64;
                     shared.arm_timer(client, CLOSE_GRACE);
                 }
             }
             if client.take_timer() {
-                if let Some(d) = self.deadline {
-                    if std::time::Instant::now() >= d {
+                if self.deadline != 0 {
+                    let now = hub.now_ms();
+                    if now >= self.deadline {
                         return Poll::Ready(End::Abandoned);
                     }
-                    shared.arm_timer(client, d - std::time::Instant::now());
+                    shared.arm_timer(client, Duration::from_millis(self.deadline - now));
                 } else {
                     let config = hub.config();
                     if hub.now_ms().saturating_sub(client.last_seen())
@@ -622,8 +638,8 @@ impl Drive {
                     hub.set_input_held(client, io.rbuf.len() + session.buffered());
                     if session.handle_input(&mut io.rbuf, shared, client) == Flow::Stop {
                         self.reading = false;
-                        if self.deadline.is_none() {
-                            self.deadline = Some(std::time::Instant::now() + CLOSE_GRACE);
+                        if self.deadline == 0 {
+                            self.deadline = hub.now_ms() + CLOSE_GRACE.as_millis() as u64;
                             shared.arm_timer(client, CLOSE_GRACE);
                         }
                     }

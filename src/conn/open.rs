@@ -2,7 +2,7 @@
 //!
 //! A connection runs as a glommio task through its handshake (TLS, the HTTP phase, the
 //! upgrade or CONNECT, authentication, middleware): that part awaits hooks and is rare. Once
-//! it is open, the task hands the connection's state — its [`Accepted`] registration, its
+//! it is open, the task hands the connection's state — its client and socket, its
 //! [`Session`], its [`Drive`] state and whatever it must hold until it ends (the per-IP slot)
 //! — to its shard's [`Table`] and ends. An idle open connection is then only that state: no
 //! task header, no future (an `async fn`'s state machine is as large as its largest await
@@ -26,7 +26,8 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
-use super::{Accepted, Drive, End, Session, Shared};
+use super::{Drive, End, Io, Session, Shared};
+use crate::hub::client::Client;
 
 /// Connections polled per turn of the serving task before it lets the shard's other tasks
 /// (mesh inbox, timers, accepts, handshakes) run.
@@ -40,21 +41,31 @@ pub(crate) trait OpenConn {
     fn finish(self: Box<Self>, shared: &Shared);
 }
 
-/// An open connection: its registration, its session, the open phase's state, and `keep`,
-/// held until it ends.
+/// An open connection: its client and socket, its session, the open phase's state, and
+/// `keep`, held until it ends. (No liveness mark: the table's count stands for it in the
+/// shutdown drain.)
 pub(crate) struct Open<S, K> {
-    conn: Accepted,
+    client: Rc<Client>,
+    io: Io,
     session: S,
     drive: Drive,
     _keep: K,
 }
 
 impl<S: Session, K> Open<S, K> {
-    /// Starts the open phase of `conn` (arms the heartbeat, drops the handshake's buffer).
-    pub(crate) fn new(mut conn: Accepted, session: S, keep: K, shared: &Shared) -> Self {
-        let drive = Drive::start(&mut conn.io, shared, &conn.client);
+    /// Starts the open phase of `client` on `io` (arms the heartbeat, drops the handshake's
+    /// buffer).
+    pub(crate) fn new(
+        client: Rc<Client>,
+        mut io: Io,
+        session: S,
+        keep: K,
+        shared: &Shared,
+    ) -> Self {
+        let drive = Drive::start(&mut io, shared, &client);
         Open {
-            conn,
+            client,
+            io,
             session,
             drive,
             _keep: keep,
@@ -64,10 +75,10 @@ impl<S: Session, K> Open<S, K> {
 
 impl<S: Session, K> OpenConn for Open<S, K> {
     fn poll(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<()> {
-        let client = &self.conn.client;
+        let client = &self.client;
         match self
             .drive
-            .poll(cx, &mut self.conn.io, &mut self.session, shared, client)
+            .poll(cx, &mut self.io, &mut self.session, shared, client)
         {
             Poll::Pending => Poll::Pending,
             Poll::Ready(End::Failed(e)) => {
@@ -84,9 +95,14 @@ impl<S: Session, K> OpenConn for Open<S, K> {
     }
 
     fn finish(self: Box<Self>, shared: &Shared) {
-        let Open { conn, session, .. } = *self;
+        let Open {
+            client,
+            io,
+            session,
+            ..
+        } = *self;
         drop(session);
-        conn.finish(shared, true);
+        super::finish(&client, io, shared, true);
     }
 }
 
@@ -94,6 +110,8 @@ impl<S: Session, K> OpenConn for Open<S, K> {
 #[derive(Default)]
 pub(crate) struct Table {
     conns: RefCell<Vec<Option<Box<dyn OpenConn>>>>,
+    /// Connections in the table (or being polled): the shutdown drain waits for 0.
+    count: Cell<usize>,
 }
 
 impl Table {
@@ -109,6 +127,7 @@ impl Table {
             debug_assert!(conns[i].is_none(), "slot {slot} holds an open connection");
             conns[i] = Some(conn);
         }
+        self.count.set(self.count.get() + 1);
         schedule(slot);
     }
 
@@ -123,10 +142,21 @@ impl Table {
         self.conns.borrow_mut()[slot as usize] = Some(conn);
     }
 
+    /// Counts a connection that ended (it was taken out and finished).
+    fn ended(&self) {
+        self.count.set(self.count.get() - 1);
+    }
+
+    /// Open connections.
+    pub(crate) fn count(&self) -> usize {
+        self.count.get()
+    }
+
     /// Drops every connection left (the shard is going away without its drain: sockets are
     /// closed by their handles, no hooks run). Breaks the cycle table → connection → shard.
     pub(crate) fn clear(&self) {
         let conns = std::mem::take(&mut *self.conns.borrow_mut());
+        self.count.set(0);
         drop(conns);
     }
 }
@@ -143,7 +173,11 @@ pub(crate) async fn run(shared: Rc<Shared>) {
             let waker = waker(slot);
             match conn.poll(&mut Context::from_waker(&waker), &shared) {
                 Poll::Pending => shared.opens.put(slot, conn),
-                Poll::Ready(()) => conn.finish(&shared),
+                Poll::Ready(()) => {
+                    conn.finish(&shared);
+                    shared.opens.ended();
+                    shared.check_drained();
+                }
             }
         }
         READY.with(|r| {

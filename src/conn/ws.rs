@@ -241,7 +241,7 @@ async fn upgrade(
     // Protection, before the 101 and before any client state: handshake rate, origin,
     // connections per IP, the application's vetoes. The slot holds this client's place in
     // the per-IP count until the connection ends.
-    let ip_slot = match crate::protect::admit_ws(hub, &shared.app, client.peer, &req) {
+    let ip_slot = match crate::protect::admit_ws(hub, &shared.app, client.peer(), &req) {
         Ok(slot) => slot,
         Err(refusal) => {
             crate::protect::write_refusal(&refusal, &mut out);
@@ -562,5 +562,18 @@ impl WsSession {
         };
         self.awaiting_first = false;
         self.first = Some(Box::new(first));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// What an idle connection holds (PERF.md, "Memory per idle connection"): an open
+    /// WebSocket connection's state must fit jemalloc's 192-byte size class.
+    #[test]
+    fn an_open_connection_fits_its_size_class() {
+        let size = std::mem::size_of::<
+            super::super::open::Open<super::WsSession, crate::protect::IpSlot>,
+        >();
+        assert!(size <= 192, "{size}");
     }
 }

@@ -540,7 +540,7 @@ impl Hub {
             self.counters.opened(client.transport());
             tracing::debug!(
                 client = %client.id,
-                peer = %client.peer,
+                peer = %client.peer(),
                 transport = ?client.transport(),
                 shard = self.shard,
                 "connection opened"

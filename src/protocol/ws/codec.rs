@@ -256,7 +256,8 @@ pub struct Decoder {
     /// Boxed: most connections never fragment, and an idle connection's memory counts.
     partial: Option<Box<Partial>>,
     /// Present iff permessage-deflate was negotiated.
-    inflater: Option<Inflater>,
+    /// Boxed: 8 bytes in every decoder (an idle connection's memory counts).
+    inflater: Option<Box<Inflater>>,
     /// UTF-8 state of the text message in progress: across its fragments, and across the
     /// pieces of a text frame that has only partly arrived.
     utf8: Utf8Validator,
@@ -285,7 +286,9 @@ impl Decoder {
             max_frame_size: config.max_frame_size.min(isize::MAX as usize),
             max_message_size: config.max_message_size.min(isize::MAX as usize - 1),
             partial: None,
-            inflater: config.inflate.map(|p| Inflater::new(p.no_context_takeover)),
+            inflater: config
+                .inflate
+                .map(|p| Box::new(Inflater::new(p.no_context_takeover))),
             utf8: Utf8Validator::new(),
             progress: 0,
         }
@@ -339,7 +342,7 @@ impl Decoder {
         self.partial = None;
         self.utf8 = Utf8Validator::new();
         self.progress = 0;
-        if let Some(inflater) = self.inflater.as_mut() {
+        if let Some(inflater) = self.inflater.as_deref_mut() {
             inflater.reset();
         }
         buf.clear();
@@ -484,7 +487,7 @@ impl Decoder {
                     append_fragment(
                         &mut partial,
                         &mut self.utf8,
-                        self.inflater.as_mut(),
+                        self.inflater.as_deref_mut(),
                         &payload,
                         done,
                         self.max_message_size,
@@ -499,7 +502,7 @@ impl Decoder {
                     append_fragment(
                         partial,
                         &mut self.utf8,
-                        self.inflater.as_mut(),
+                        self.inflater.as_deref_mut(),
                         &payload,
                         done,
                         self.max_message_size,
@@ -511,7 +514,7 @@ impl Decoder {
                         return finish_message(
                             *partial,
                             &mut self.utf8,
-                            self.inflater.as_mut(),
+                            self.inflater.as_deref_mut(),
                             self.max_message_size,
                         )
                         .map(Some);
@@ -579,7 +582,7 @@ impl Decoder {
         let text = header.opcode == OpCode::Text;
         let bytes = if header.rsv1 {
             // check_header allows RSV1 only when an inflater exists.
-            let Some(inflater) = self.inflater.as_mut() else {
+            let Some(inflater) = self.inflater.as_deref_mut() else {
                 return Err(Error::ReservedBits);
             };
             let mut out = Vec::new();
