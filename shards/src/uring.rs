@@ -572,14 +572,15 @@ async fn drive(inner: std::rc::Weak<Inner>, eventfd: OwnedFd) {
         };
         inner.uring.borrow_mut().completion().disable_eventfd();
         signal.set_task(cx.waker());
-        if let Some(w) = wait.as_mut() {
-            if signal.take_fired()
+        // Whether the read is done (polled only when it starts or has fired).
+        let read_done = |w: &mut Wait| {
+            signal.take_fired()
                 && w.as_mut()
                     .poll(&mut Context::from_waker(&signal_waker))
                     .is_ready()
-            {
-                wait = None;
-            }
+        };
+        if wait.as_mut().is_some_and(read_done) {
+            wait = None;
         }
         let mut work = 0usize;
         loop {
@@ -617,22 +618,15 @@ async fn drive(inner: std::rc::Weak<Inner>, eventfd: OwnedFd) {
             return Poll::Pending;
         }
         inner.bump(|s| s.parks += 1);
-        if wait.is_none() {
-            let f = Rc::clone(&file);
-            wait = Some(Box::pin(async move {
-                let _ = f.read_at(0, 8).await;
-            }));
+        let w = wait.get_or_insert_with(|| {
             // A new read is polled once, to start it.
             signal.fired.store(true, Ordering::SeqCst);
-        }
-        let Some(w) = wait.as_mut() else {
-            return Poll::Pending;
-        };
-        if signal.take_fired()
-            && w.as_mut()
-                .poll(&mut Context::from_waker(&signal_waker))
-                .is_ready()
-        {
+            let f = Rc::clone(&file);
+            Box::pin(async move {
+                let _ = f.read_at(0, 8).await;
+            })
+        });
+        if read_done(w) {
             wait = None;
             // The eventfd had been signalled: there is work.
             inner.uring.borrow_mut().completion().disable_eventfd();

@@ -551,6 +551,13 @@ impl Drive {
         }
     }
 
+    /// Starts the close grace: the connection is dropped if it has not finished closing by
+    /// then.
+    fn start_grace(&mut self, shared: &Shared, client: &Client) {
+        self.deadline = shared.hub.now_ms() + CLOSE_GRACE.as_millis() as u64;
+        shared.arm_timer(client, CLOSE_GRACE);
+    }
+
     /// Runs the open phase as far as it can go: acts on a close request or the timer,
     /// flushes the queue, reads and decodes (at most [`READ_BUDGET`] reads). `Ready` once the
     /// connection has ended.
@@ -583,8 +590,7 @@ impl Drive {
                         hub.set_input_held(client, 0);
                     }
                     session.begin_close(cause, client, hub);
-                    self.deadline = hub.now_ms() + CLOSE_GRACE.as_millis() as u64;
-                    shared.arm_timer(client, CLOSE_GRACE);
+                    self.start_grace(shared, client);
                 }
             }
             if client.take_timer() {
@@ -639,8 +645,7 @@ impl Drive {
                     if session.handle_input(&mut io.rbuf, shared, client) == Flow::Stop {
                         self.reading = false;
                         if self.deadline == 0 {
-                            self.deadline = hub.now_ms() + CLOSE_GRACE.as_millis() as u64;
-                            shared.arm_timer(client, CLOSE_GRACE);
+                            self.start_grace(shared, client);
                         }
                     }
                     io.release_if_empty();

@@ -115,8 +115,7 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    /// Takes `conn` over from its handshake task and polls it soon. The task's wakers are
-    /// forgotten (they would keep the ended task's allocation alive).
+    /// Takes `conn` over from its handshake task and polls it soon.
     pub(crate) fn insert(&self, slot: u32, conn: Box<dyn OpenConn>) {
         {
             let mut conns = self.conns.borrow_mut();
@@ -164,13 +163,14 @@ impl Table {
 /// Serves the shard's table: polls the connections whose wakers fired, forever.
 pub(crate) async fn run(shared: Rc<Shared>) {
     let mut batch: Vec<u32> = Vec::new();
+    let tag = READY.with(|r| r.tag);
     poll_fn(|cx| {
         READY.with(|r| r.take(&mut batch, TURN_BUDGET));
         for slot in batch.drain(..) {
             let Some(mut conn) = shared.opens.take(slot) else {
                 continue;
             };
-            let waker = waker(slot);
+            let waker = waker_of(tag, slot);
             match conn.poll(&mut Context::from_waker(&waker), &shared) {
                 Poll::Pending => shared.opens.put(slot, conn),
                 Poll::Ready(()) => {
@@ -275,9 +275,8 @@ const _: () = assert!(
     "wakers pack a tag and a slot into one word"
 );
 
-/// The waker of the open connection in `slot` on this thread's shard.
-fn waker(slot: u32) -> Waker {
-    let tag = READY.with(|r| r.tag);
+/// The waker of the open connection in `slot` on the shard whose thread has `tag`.
+fn waker_of(tag: u32, slot: u32) -> Waker {
     let word = ((tag as usize) << 32) | slot as usize;
     // SAFETY: the vtable's functions treat the data as a plain word (never dereferenced);
     // clone copies it, drop does nothing.
@@ -307,6 +306,11 @@ unsafe fn drop_word(_: *const ()) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The waker of `slot` on this thread's shard.
+    fn waker(slot: u32) -> Waker {
+        waker_of(READY.with(|r| r.tag), slot)
+    }
 
     #[test]
     fn a_slot_is_queued_once_and_served_oldest_first() {

@@ -2,9 +2,9 @@
 //!
 //! The server's first bytes are a CONNECT frame with the client's id (§4.3), sent before any
 //! handler runs; then limits and middleware (a refusal is an ERROR frame and a close, Q10),
-//! then [`TcpSession`] under [`super::Drive`] (served from the shard's table, `open.rs`). Parser faults are answered with stelar's ERROR
-//! frame and a close (§4.3); faults in one message are answered with a `server:error` event
-//! (Q12) and the connection carries on.
+//! then [`TcpSession`] under [`super::Drive`] (served from the shard's table, `open.rs`).
+//! Parser faults are answered with stelar's ERROR frame and a close (§4.3); faults in one
+//! message are answered with a `server:error` event (Q12) and the connection carries on.
 
 use std::rc::Rc;
 

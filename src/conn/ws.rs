@@ -3,7 +3,8 @@
 //! HTTP phase: requests are read with the handshake timeout (also the keep-alive idle
 //! timeout); plain requests go to `http.rs`; an upgrade is validated by
 //! `protocol::ws::handshake`. After the `101`, limits and middleware run (a refusal is a
-//! close frame, PROTOCOL.md §7.3 / Q9), then [`WsSession`] runs under [`super::Drive`] (served from the shard's table, `open.rs`).
+//! close frame, PROTOCOL.md §7.3 / Q9), then [`WsSession`] runs under [`super::Drive`]
+//! (served from the shard's table, `open.rs`).
 //!
 //! [`WsSession`] decodes with `protocol::ws::codec` (in place, limits, UTF-8, inflate) and,
 //! for stelar clients, parses envelopes with `protocol::stelar` and hands them to

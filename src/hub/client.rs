@@ -419,25 +419,16 @@ impl Client {
     /// Stores the task's waker before it parks, reusing `prev` (from [`Client::unpark`])
     /// when it wakes the same task.
     pub(crate) fn park(&self, prev: Option<Waker>, waker: &Waker) {
-        let current = self.waker.take();
-        let keep = match current {
-            Some(w) if w.will_wake(waker) => w,
-            Some(_) => waker.clone(),
-            None => match prev {
-                Some(w) if w.will_wake(waker) => w,
-                _ => waker.clone(),
-            },
+        let keep = match (self.waker.take(), prev) {
+            (Some(w), _) | (None, Some(w)) if w.will_wake(waker) => w,
+            _ => waker.clone(),
         };
         self.waker.set(Some(keep));
     }
 
     /// Stores the task's waker (called by the task before it parks).
     pub(crate) fn register(&self, waker: &Waker) {
-        let keep = match self.waker.take() {
-            Some(w) if w.will_wake(waker) => w,
-            _ => waker.clone(),
-        };
-        self.waker.set(Some(keep));
+        self.park(None, waker);
     }
 
     /// Asks the task to close with `cause` (the first cause wins).
