@@ -66,7 +66,7 @@ impl Context {
         self.hub.dialects().name(self.client.dialect()).to_owned()
     }
 
-    /// The peer's address.
+    /// The peer's address (for IPv6 with its scope; the flow label is not kept).
     pub fn peer(&self) -> std::net::SocketAddr {
         self.client.peer()
     }
