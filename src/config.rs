@@ -356,11 +356,15 @@ pub struct Limits {
     pub max_connections_per_user: usize,
 }
 
+/// The longest heartbeat interval (one day): an open connection's timer is a 32-bit word of
+/// milliseconds (`conn/open.rs`).
+const MAX_HEARTBEAT_INTERVAL_MS: u64 = 86_400_000;
+
 /// Heartbeats and timeouts, in milliseconds in the file.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
-    /// How often the server pings a client (WebSocket ping, TCP PING frame).
+    /// How often the server pings a client (WebSocket ping, TCP PING frame); at most a day.
     pub heartbeat_interval_ms: u64,
     /// A client that has shown no sign of life (any frame) for this long is dropped
     /// (WebSocket close 1001, TCP ERROR frame) and counted.
@@ -865,6 +869,12 @@ impl Config {
         if t.heartbeat_interval_ms == 0 {
             return bad("timeouts.heartbeat_interval_ms", "must be positive");
         }
+        if t.heartbeat_interval_ms > MAX_HEARTBEAT_INTERVAL_MS {
+            return bad(
+                "timeouts.heartbeat_interval_ms",
+                "must be at most 86400000 (one day)",
+            );
+        }
         if t.heartbeat_timeout_ms < t.heartbeat_interval_ms {
             return bad(
                 "timeouts.heartbeat_timeout_ms",
@@ -1227,6 +1237,13 @@ mod tests {
         c.timeouts.heartbeat_timeout_ms = 10;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("timeouts.heartbeat_timeout_ms"), "{err}");
+        let mut c = Config::default();
+        c.timeouts.heartbeat_interval_ms = MAX_HEARTBEAT_INTERVAL_MS + 1;
+        c.timeouts.heartbeat_timeout_ms = 2 * MAX_HEARTBEAT_INTERVAL_MS;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("timeouts.heartbeat_interval_ms"), "{err}");
+        c.timeouts.heartbeat_interval_ms = MAX_HEARTBEAT_INTERVAL_MS;
+        c.validate().unwrap();
         let c = Config {
             log: "shardcast=loud".into(),
             ..Config::default()

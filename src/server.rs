@@ -2,8 +2,10 @@
 //! shard's hub, inbox, timers and accept loops together.
 //!
 //! Each shard runs: an accept loop per port (each accepted socket becomes a connection task,
-//! `conn/`), a task draining the mesh inbox into [`Hub::handle_mesh`], and a task turning
-//! timer-wheel expirations into wake-ups of the connections concerned. On shutdown (SIGINT /
+//! `conn/`, until it is open), a task draining the mesh inbox into [`Hub::handle_mesh`], a
+//! task turning timer-wheel expirations into wake-ups of the handshakes concerned, and the two
+//! tasks of the table of open connections (`conn/open.rs`: one serves the ready connections,
+//! one fires their heartbeat and close-grace timers). On shutdown (SIGINT /
 //! SIGTERM or [`Running::shutdown`]) the shards stop accepting, ask every client to close
 //! (WebSocket 1001 "Shutting down", TCP DISCONNECT), and end once their connections are gone
 //! or `timeouts.shutdown_timeout_ms` has passed.
@@ -464,6 +466,9 @@ async fn run_shard(
     // The open connections (`conn/open.rs`). The guard drops what is left of them if this
     // future is dropped before the drain below completes.
     shard.spawn(conn::open::run(shared.clone())).detach();
+    shard
+        .spawn(conn::open::sweep(shared.clone(), hub.timers().tick()))
+        .detach();
     let _opens = ClearOpens(shared.clone());
 
     // Accept loops.

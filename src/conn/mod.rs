@@ -66,8 +66,9 @@ pub(crate) struct Shared {
     /// Connection tasks alive on this shard (for the shutdown drain).
     live: Cell<usize>,
     drained: RefCell<Option<Waker>>,
-    /// Timer handles by client slot.
-    timers: RefCell<Vec<Option<TimerId>>>,
+    /// The wheel timers of connections in their handshake, by client slot (an open
+    /// connection's timer is in the table of open connections).
+    timers: RefCell<ahash::AHashMap<u32, TimerId>>,
     /// The TLS configuration (when TLS is on), shared by every shard and reloadable.
     pub tls: Option<Arc<tls::TlsAcceptor>>,
     /// The open connections, served by [`open::run`] without a task each.
@@ -81,7 +82,7 @@ impl Shared {
             app,
             live: Cell::new(0),
             drained: RefCell::new(None),
-            timers: RefCell::new(Vec::new()),
+            timers: RefCell::new(ahash::AHashMap::new()),
             tls: None,
             opens: open::Table::default(),
         }
@@ -148,26 +149,21 @@ impl Shared {
         }
     }
 
-    /// Arms (or re-arms) the client's single timer `after` from now.
+    /// Arms (or re-arms) the client's handshake timer `after` from now.
     pub(crate) fn arm_timer(&self, client: &Client, after: Duration) {
         let mut timers = self.timers.borrow_mut();
-        let slot = client.slot as usize;
-        if timers.len() <= slot {
-            timers.resize(slot + 1, None);
-        }
         let t = self.hub.timers();
-        if let Some(id) = timers[slot] {
+        if let Some(&id) = timers.get(&client.slot) {
             if t.reschedule_after(id, after) {
                 return;
             }
         }
-        timers[slot] = Some(t.insert_after(after, client.id));
+        timers.insert(client.slot, t.insert_after(after, client.id));
     }
 
-    /// Cancels the client's timer.
+    /// Cancels the client's handshake timer.
     pub(crate) fn cancel_timer(&self, client: &Client) {
-        let mut timers = self.timers.borrow_mut();
-        if let Some(Some(id)) = timers.get_mut(client.slot as usize).map(Option::take) {
+        if let Some(id) = self.timers.borrow_mut().remove(&client.slot) {
             self.hub.timers().cancel(id);
         }
     }
@@ -542,7 +538,13 @@ impl Drive {
     /// Starts the open phase: arms the heartbeat and drops what the handshake left of the
     /// read buffer (an idle connection keeps no buffer).
     pub(crate) fn start(io: &mut Io, shared: &Shared, client: &Client) -> Drive {
-        shared.arm_timer(client, shared.hub.config().heartbeat_interval());
+        // The handshake's timer (the shard's wheel) gives way to the table's (`open.rs`).
+        shared.cancel_timer(client);
+        client.take_timer();
+        let hub = &shared.hub;
+        shared
+            .opens
+            .arm(client.slot, hub.now_ms(), hub.config().heartbeat_interval());
         io.release_if_empty();
         Drive {
             closing: false,
@@ -554,8 +556,9 @@ impl Drive {
     /// Starts the close grace: the connection is dropped if it has not finished closing by
     /// then.
     fn start_grace(&mut self, shared: &Shared, client: &Client) {
-        self.deadline = shared.hub.now_ms() + CLOSE_GRACE.as_millis() as u64;
-        shared.arm_timer(client, CLOSE_GRACE);
+        let now = shared.hub.now_ms();
+        self.deadline = now + CLOSE_GRACE.as_millis() as u64;
+        shared.opens.arm(client.slot, now, CLOSE_GRACE);
     }
 
     /// Runs the open phase as far as it can go: acts on a close request or the timer,
@@ -593,23 +596,25 @@ impl Drive {
                     self.start_grace(shared, client);
                 }
             }
-            if client.take_timer() {
+            if shared.opens.take_fired(client.slot) {
+                let now = hub.now_ms();
                 if self.deadline != 0 {
-                    let now = hub.now_ms();
                     if now >= self.deadline {
                         return Poll::Ready(End::Abandoned);
                     }
-                    shared.arm_timer(client, Duration::from_millis(self.deadline - now));
+                    let left = Duration::from_millis(self.deadline - now);
+                    shared.opens.arm(client.slot, now, left);
                 } else {
                     let config = hub.config();
-                    if hub.now_ms().saturating_sub(client.last_seen())
-                        > config.timeouts.heartbeat_timeout_ms
+                    if now.saturating_sub(client.last_seen()) > config.timeouts.heartbeat_timeout_ms
                     {
                         client.request_close(CloseCause::HeartbeatTimeout);
                         continue;
                     }
                     hub.send_control(client, &Outgoing::new(Body::Ping));
-                    shared.arm_timer(client, config.heartbeat_interval());
+                    shared
+                        .opens
+                        .arm(client.slot, now, config.heartbeat_interval());
                 }
             }
             match io.poll_flush(cx, client, hub) {

@@ -1,7 +1,8 @@
 //! Shard-local timers: one hashed wheel per shard (`wheel.rs`) driven by one glommio timer.
 //!
-//! Per-connection heartbeats, handshake and auth timeouts and idle timeouts all go into one
-//! wheel per shard instead of one timer object per connection. [`timers`] returns a pair:
+//! Per-connection timeouts (in shardcast: handshake and auth deadlines; the open connections'
+//! heartbeats are a sweep over their own table) go into one wheel per shard instead of one
+//! timer object per connection. [`timers`] returns a pair:
 //!
 //! - [`Timers<K>`], a cheap clonable handle that shard-local code uses to insert, cancel and
 //!   reschedule `(deadline, key)` entries;
