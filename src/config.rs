@@ -359,6 +359,9 @@ pub struct Limits {
 /// The longest heartbeat interval (one day): an open connection's timer is a 32-bit word of
 /// milliseconds (`conn/open.rs`).
 const MAX_HEARTBEAT_INTERVAL_MS: u64 = 86_400_000;
+/// The longest heartbeat timeout and slow-consumer allowance (a week): a client's times are
+/// kept in milliseconds modulo 2^32 (≈ 49.7 days).
+const MAX_CLIENT_WAIT_MS: u64 = 7 * 86_400_000;
 
 /// Heartbeats and timeouts, in milliseconds in the file.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -367,7 +370,7 @@ pub struct Timeouts {
     /// How often the server pings a client (WebSocket ping, TCP PING frame); at most a day.
     pub heartbeat_interval_ms: u64,
     /// A client that has shown no sign of life (any frame) for this long is dropped
-    /// (WebSocket close 1001, TCP ERROR frame) and counted.
+    /// (WebSocket close 1001, TCP ERROR frame) and counted; at most a week.
     pub heartbeat_timeout_ms: u64,
     /// A socket that has not completed its WebSocket handshake (or sent a full HTTP request)
     /// within this time is closed.
@@ -375,7 +378,7 @@ pub struct Timeouts {
     /// On shutdown, how long clients get to close before they are cut off.
     pub shutdown_timeout_ms: u64,
     /// How long a client may stay more than `limits.max_queued_bytes` behind before it is
-    /// disconnected as a slow consumer. 0 = as soon as it is.
+    /// disconnected as a slow consumer. 0 = as soon as it is; at most a week.
     pub slow_consumer_ms: u64,
 }
 
@@ -875,6 +878,14 @@ impl Config {
                 "must be at most 86400000 (one day)",
             );
         }
+        for (name, ms) in [
+            ("timeouts.heartbeat_timeout_ms", t.heartbeat_timeout_ms),
+            ("timeouts.slow_consumer_ms", t.slow_consumer_ms),
+        ] {
+            if ms > MAX_CLIENT_WAIT_MS {
+                return bad(name, "must be at most 604800000 (a week)");
+            }
+        }
         if t.heartbeat_timeout_ms < t.heartbeat_interval_ms {
             return bad(
                 "timeouts.heartbeat_timeout_ms",
@@ -1244,6 +1255,13 @@ mod tests {
         assert!(err.contains("timeouts.heartbeat_interval_ms"), "{err}");
         c.timeouts.heartbeat_interval_ms = MAX_HEARTBEAT_INTERVAL_MS;
         c.validate().unwrap();
+        c.timeouts.heartbeat_timeout_ms = MAX_CLIENT_WAIT_MS + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("timeouts.heartbeat_timeout_ms"), "{err}");
+        c.timeouts.heartbeat_timeout_ms = MAX_CLIENT_WAIT_MS;
+        c.timeouts.slow_consumer_ms = MAX_CLIENT_WAIT_MS + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("timeouts.slow_consumer_ms"), "{err}");
         let c = Config {
             log: "shardcast=loud".into(),
             ..Config::default()

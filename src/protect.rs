@@ -147,7 +147,7 @@ impl Guard {
         }
         *n += 1;
         Some(IpSlot {
-            guard: self.clone(),
+            guard: Some(self.clone()),
             ip,
         })
     }
@@ -202,13 +202,42 @@ impl Guard {
 /// One open client counted against its address; released on drop (when the connection task
 /// ends).
 pub(crate) struct IpSlot {
-    guard: Arc<Guard>,
+    /// `None` once handed over (`into_held`).
+    guard: Option<Arc<Guard>>,
     ip: IpAddr,
 }
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        self.guard.release(self.ip);
+        if let Some(guard) = self.guard.take() {
+            guard.release(self.ip);
+        }
+    }
+}
+
+impl IpSlot {
+    /// The slot of an open connection from socket peer `peer`, in 8 bytes: the address only
+    /// when it is not the peer's (a client behind a trusted proxy). It is no longer released on
+    /// drop: [`HeldIp::release`] must be called with the same guard and peer.
+    pub(crate) fn into_held(mut self, peer: IpAddr) -> HeldIp {
+        self.guard = None;
+        if self.ip == peer.to_canonical() {
+            HeldIp(None)
+        } else {
+            HeldIp(Some(Box::new(self.ip)))
+        }
+    }
+}
+
+/// One open client counted against its address, as an open connection keeps it (see
+/// [`IpSlot::into_held`]): what an idle connection holds counts.
+#[must_use = "a held slot is released explicitly"]
+pub(crate) struct HeldIp(Option<Box<IpAddr>>);
+
+impl HeldIp {
+    /// Releases the slot of a connection from socket peer `peer` in `guard`.
+    pub(crate) fn release(self, guard: &Guard, peer: IpAddr) {
+        guard.release(self.0.map_or_else(|| peer.to_canonical(), |ip| *ip));
     }
 }
 
@@ -580,6 +609,25 @@ mod tests {
         drop(many);
         drop(_c);
         assert_eq!(g.count(other), 0);
+    }
+
+    #[test]
+    fn a_held_slot_is_released_by_address() {
+        let g = Arc::new(Guard::default());
+        let peer: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let ip = peer.to_canonical();
+        let forwarded: IpAddr = "198.51.100.7".parse().unwrap();
+        // The socket peer's own address: nothing kept but the guard's count.
+        let held = g.acquire(ip, 0).unwrap().into_held(peer);
+        assert!(held.0.is_none());
+        // Behind a trusted proxy: the forwarded address is kept.
+        let behind = g.acquire(forwarded, 0).unwrap().into_held(peer);
+        assert!(behind.0.is_some());
+        assert_eq!((g.count(ip), g.count(forwarded)), (1, 1));
+        held.release(&g, peer);
+        behind.release(&g, peer);
+        assert_eq!((g.count(ip), g.count(forwarded)), (0, 0));
+        assert_eq!(std::mem::size_of::<HeldIp>(), 8);
     }
 
     #[test]

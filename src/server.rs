@@ -514,7 +514,7 @@ struct ClearOpens(Rc<Shared>);
 
 impl Drop for ClearOpens {
     fn drop(&mut self) {
-        self.0.opens.clear();
+        self.0.opens.clear(&self.0.app.guard);
     }
 }
 

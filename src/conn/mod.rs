@@ -153,17 +153,17 @@ impl Shared {
     pub(crate) fn arm_timer(&self, client: &Client, after: Duration) {
         let mut timers = self.timers.borrow_mut();
         let t = self.hub.timers();
-        if let Some(&id) = timers.get(&client.slot) {
+        if let Some(&id) = timers.get(&client.slot()) {
             if t.reschedule_after(id, after) {
                 return;
             }
         }
-        timers.insert(client.slot, t.insert_after(after, client.id));
+        timers.insert(client.slot(), t.insert_after(after, client.id));
     }
 
     /// Cancels the client's handshake timer.
     pub(crate) fn cancel_timer(&self, client: &Client) {
-        if let Some(id) = self.timers.borrow_mut().remove(&client.slot) {
+        if let Some(id) = self.timers.borrow_mut().remove(&client.slot()) {
             self.hub.timers().cancel(id);
         }
     }
@@ -232,19 +232,19 @@ impl Accepted {
     }
 
     /// Hands the open connection to the shard's table ([`open::Table`]), with its session
-    /// and `keep` (held until it ends); the calling task may then end. The task's wakers are
-    /// dropped here: they would keep the ended task's allocation alive.
-    pub(crate) fn into_open<S: Session + 'static, K: 'static>(
+    /// and its place in the per-IP count (held until it ends); the calling task may then end.
+    /// The task's wakers are dropped here: they would keep the ended task's allocation alive.
+    pub(crate) fn into_open<S: Session + 'static>(
         self,
         session: S,
-        keep: K,
+        ip: crate::protect::IpSlot,
         shared: &Shared,
     ) {
         let Accepted { client, io, _live } = self;
         drop(client.unpark());
         io.forget_wakers();
-        let slot = client.slot;
-        let conn = open::Open::new(client, io, session, keep, shared);
+        let slot = client.slot();
+        let conn = open::Open::new(client, io, session, ip, shared);
         // Counted by the table before the handshake's liveness mark goes.
         shared.opens.insert(slot, Box::new(conn));
         drop(_live);
@@ -523,15 +523,16 @@ pub(crate) enum End {
     Abandoned,
 }
 
-/// The open phase's own state: closing, reading, and the close grace deadline. The rest is
+/// The open phase's own state: closing, reading, and whether the close grace runs. The rest is
 /// in the connection's [`Io`], its [`Session`] and its [`Client`]; `open.rs` keeps the four
 /// together in the shard's table of open connections.
 #[derive(Debug)]
 pub(crate) struct Drive {
     closing: bool,
     reading: bool,
-    /// When the close grace ends, in shard milliseconds (`Hub::now_ms`); 0 while not closing.
-    deadline: u64,
+    /// The close grace runs: the connection's timer (`open::Table`) is set for its end, so
+    /// when it fires the connection is dropped.
+    grace: bool,
 }
 
 impl Drive {
@@ -542,23 +543,26 @@ impl Drive {
         shared.cancel_timer(client);
         client.take_timer();
         let hub = &shared.hub;
-        shared
-            .opens
-            .arm(client.slot, hub.now_ms(), hub.config().heartbeat_interval());
+        shared.opens.arm(
+            client.slot(),
+            hub.now_ms(),
+            hub.config().heartbeat_interval(),
+        );
         io.release_if_empty();
         Drive {
             closing: false,
             reading: true,
-            deadline: 0,
+            grace: false,
         }
     }
 
     /// Starts the close grace: the connection is dropped if it has not finished closing by
     /// then.
     fn start_grace(&mut self, shared: &Shared, client: &Client) {
-        let now = shared.hub.now_ms();
-        self.deadline = now + CLOSE_GRACE.as_millis() as u64;
-        shared.opens.arm(client.slot, now, CLOSE_GRACE);
+        self.grace = true;
+        shared
+            .opens
+            .arm(client.slot(), shared.hub.now_ms(), CLOSE_GRACE);
     }
 
     /// Runs the open phase as far as it can go: acts on a close request or the timer,
@@ -596,26 +600,21 @@ impl Drive {
                     self.start_grace(shared, client);
                 }
             }
-            if shared.opens.take_fired(client.slot) {
-                let now = hub.now_ms();
-                if self.deadline != 0 {
-                    if now >= self.deadline {
-                        return Poll::Ready(End::Abandoned);
-                    }
-                    let left = Duration::from_millis(self.deadline - now);
-                    shared.opens.arm(client.slot, now, left);
-                } else {
-                    let config = hub.config();
-                    if now.saturating_sub(client.last_seen()) > config.timeouts.heartbeat_timeout_ms
-                    {
-                        client.request_close(CloseCause::HeartbeatTimeout);
-                        continue;
-                    }
-                    hub.send_control(client, &Outgoing::new(Body::Ping));
-                    shared
-                        .opens
-                        .arm(client.slot, now, config.heartbeat_interval());
+            if shared.opens.take_fired(client.slot()) {
+                if self.grace {
+                    // Only the grace's end sets the timer once it runs.
+                    return Poll::Ready(End::Abandoned);
                 }
+                let now = hub.now_ms();
+                let config = hub.config();
+                if client.silent_for(now) > config.timeouts.heartbeat_timeout_ms {
+                    client.request_close(CloseCause::HeartbeatTimeout);
+                    continue;
+                }
+                hub.send_control(client, &Outgoing::new(Body::Ping));
+                shared
+                    .opens
+                    .arm(client.slot(), now, config.heartbeat_interval());
             }
             match io.poll_flush(cx, client, hub) {
                 Poll::Ready(Err(e)) => return Poll::Ready(End::Failed(e)),
@@ -649,7 +648,7 @@ impl Drive {
                     hub.set_input_held(client, io.rbuf.len() + session.buffered());
                     if session.handle_input(&mut io.rbuf, shared, client) == Flow::Stop {
                         self.reading = false;
-                        if self.deadline == 0 {
+                        if !self.grace {
                             self.start_grace(shared, client);
                         }
                     }

@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use super::{Drive, End, Io, Session, Shared};
 use crate::hub::client::Client;
+use crate::protect::{Guard, HeldIp, IpSlot};
 
 /// Connections polled per turn of the serving task before it lets the shard's other tasks
 /// (mesh inbox, timers, accepts, handshakes) run.
@@ -46,43 +47,48 @@ const TURN_BUDGET: usize = 1024;
 pub(crate) trait OpenConn {
     /// Runs it as far as it can go; `Ready` once it has ended ([`OpenConn::finish`] follows).
     fn poll(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<()>;
-    /// Unregisters it (hooks, rooms, the hub's slot) and closes the socket.
+    /// Unregisters it (hooks, rooms, the hub's slot), closes the socket and releases its
+    /// place in the per-IP count.
     fn finish(self: Box<Self>, shared: &Shared);
+    /// Drops it without its hooks (the shard is going away), releasing only its place in the
+    /// per-IP count (`guard` is process-wide).
+    fn discard(self: Box<Self>, guard: &Guard);
 }
 
-/// An open connection: its client and socket, its session, the open phase's state, and
-/// `keep`, held until it ends. (No liveness mark: the table's count stands for it in the
-/// shutdown drain.)
-pub(crate) struct Open<S, K> {
+/// An open connection: its client and socket, its session, the open phase's state, and its
+/// place in the per-IP count, released when it ends. (No liveness mark: the table's count
+/// stands for it in the shutdown drain.)
+pub(crate) struct Open<S> {
     client: Rc<Client>,
     io: Io,
     session: S,
     drive: Drive,
-    _keep: K,
+    ip: HeldIp,
 }
 
-impl<S: Session, K> Open<S, K> {
+impl<S: Session> Open<S> {
     /// Starts the open phase of `client` on `io` (arms the heartbeat, drops the handshake's
     /// buffer).
     pub(crate) fn new(
         client: Rc<Client>,
         mut io: Io,
         session: S,
-        keep: K,
+        ip: IpSlot,
         shared: &Shared,
     ) -> Self {
         let drive = Drive::start(&mut io, shared, &client);
+        let ip = ip.into_held(client.peer().ip());
         Open {
             client,
             io,
             session,
             drive,
-            _keep: keep,
+            ip,
         }
     }
 }
 
-impl<S: Session, K> OpenConn for Open<S, K> {
+impl<S: Session> OpenConn for Open<S> {
     fn poll(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<()> {
         let client = &self.client;
         match self
@@ -108,10 +114,16 @@ impl<S: Session, K> OpenConn for Open<S, K> {
             client,
             io,
             session,
+            ip,
             ..
         } = *self;
         drop(session);
         super::finish(&client, io, shared, true);
+        ip.release(&shared.app.guard, client.peer().ip());
+    }
+
+    fn discard(self: Box<Self>, guard: &Guard) {
+        self.ip.release(guard, self.client.peer().ip());
     }
 }
 
@@ -233,13 +245,16 @@ impl Table {
     }
 
     /// Drops every connection left (the shard is going away without its drain: sockets are
-    /// closed by their handles, no hooks run). Breaks the cycle table → connection → shard.
-    pub(crate) fn clear(&self) {
+    /// closed by their handles, no hooks run, their places in the per-IP count in `guard` are
+    /// given back). Breaks the cycle table → connection → shard.
+    pub(crate) fn clear(&self, guard: &Guard) {
         let conns = std::mem::take(&mut *self.conns.borrow_mut());
         self.due.borrow_mut().clear();
         self.count.set(0);
         self.sweeper.borrow_mut().take();
-        drop(conns);
+        for conn in conns.into_iter().flatten() {
+            conn.discard(guard);
+        }
     }
 }
 

@@ -132,15 +132,11 @@ struct Extra {
 pub(crate) struct Client {
     /// Its id (names its shard and slot).
     pub id: ClientId,
-    /// Slot in the shard's slab.
-    pub slot: u32,
     /// Peer address.
     peer: Peer,
     transport: Transport,
     phase: Cell<Phase>,
     ws_form: Cell<WsForm>,
-    /// Whether the connection speaks messages (false on raw bench endpoints).
-    stelar: Cell<bool>,
     /// The dialect it speaks (`dialect/`; stelar unless its path chose another).
     dialect: Cell<DialectId>,
     /// Where a dialect client is in its dialect's authentication (stelar clients authenticate
@@ -150,23 +146,19 @@ pub(crate) struct Client {
     out: RefCell<OutQueue>,
     /// Shard time (ms, never 0) since which the backlog has been above the slow-consumer
     /// limit; 0 while it is not.
-    behind_since: Cell<u64>,
+    /// (Shard ms modulo 2^32.)
+    behind_since: Cell<u32>,
     /// Bytes of partly received input this connection holds (read buffer and reassembly),
     /// as last reported to the hub's input budget.
-    input_held: Cell<usize>,
-    /// Its task stopped reading until the shard's mesh overflow drains (listed once).
-    waits_for_mesh: Cell<bool>,
-    /// The last write found the socket full, and the queue has not been empty since: the
-    /// peer is not keeping up right now (the output budget cuts such clients first).
-    write_blocked: Cell<bool>,
+    input_held: Cell<u32>,
+    /// The [`flag`]s.
+    flags: Cell<u8>,
     /// The connection task's waker, set each time it parks.
     waker: Cell<Option<Waker>>,
     /// A close the server wants; the task acts on it.
     close: Cell<Option<CloseCause>>,
-    /// The shard's timer for this connection fired (handshake deadline or heartbeat).
-    timer_fired: Cell<bool>,
-    /// Coarse time (shard clock, ms) of the last bytes received.
-    last_seen: Cell<u64>,
+    /// Coarse time (shard clock, ms modulo 2^32) of the last bytes received.
+    last_seen: Cell<u32>,
     /// What few connections use (rooms, metadata, user, grants, rate-limit buckets, the
     /// upgrade request), allocated at first use: an idle connection's memory counts.
     extra: OnceCell<Box<Extra>>,
@@ -218,7 +210,7 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("id", &self.id)
-            .field("slot", &self.slot)
+            .field("slot", &self.slot())
             .field("peer", &self.peer())
             .field("transport", &self.transport)
             .field("phase", &self.phase.get())
@@ -227,34 +219,41 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// The bits of [`Client`]'s `flags`.
+mod flag {
+    /// The connection speaks messages (off on raw bench endpoints).
+    pub(super) const STELAR: u8 = 1;
+    /// The last write found the socket full (see `Client::write_blocked`).
+    pub(super) const WRITE_BLOCKED: u8 = 2;
+    /// Its task stopped reading until the shard's mesh overflow drains (listed once).
+    pub(super) const WAITS_FOR_MESH: u8 = 4;
+    /// The shard's timer for this connection fired (handshake deadline).
+    pub(super) const TIMER_FIRED: u8 = 8;
+}
+
 impl Client {
+    /// Its slot in the shard's slab (from its id).
+    pub(crate) fn slot(&self) -> u32 {
+        self.id.location().slot
+    }
+
     /// A freshly accepted connection.
-    pub(crate) fn new(
-        id: ClientId,
-        slot: u32,
-        peer: SocketAddr,
-        transport: Transport,
-        now: u64,
-    ) -> Self {
+    pub(crate) fn new(id: ClientId, peer: SocketAddr, transport: Transport, now: u64) -> Self {
         Client {
             id,
-            slot,
             peer: Peer::new(peer),
             transport,
             phase: Cell::new(Phase::Handshake),
             ws_form: Cell::new(WsForm::Plain),
-            stelar: Cell::new(true),
             dialect: Cell::new(DialectId::STELAR),
             dialect_auth: Cell::new(DialectAuth::Done),
             out: RefCell::new(OutQueue::default()),
             behind_since: Cell::new(0),
             input_held: Cell::new(0),
-            waits_for_mesh: Cell::new(false),
-            write_blocked: Cell::new(false),
+            flags: Cell::new(flag::STELAR),
             waker: Cell::new(None),
             close: Cell::new(None),
-            timer_fired: Cell::new(false),
-            last_seen: Cell::new(now),
+            last_seen: Cell::new(now as u32),
             extra: OnceCell::new(),
         }
     }
@@ -355,12 +354,12 @@ impl Client {
     /// Whether room, broadcast and user messages go to it: it speaks messages and, on a
     /// dialect path, has authenticated.
     pub(crate) fn receives_pushes(&self) -> bool {
-        self.stelar.get() && self.dialect_auth.get() == DialectAuth::Done
+        self.flag(flag::STELAR) && self.dialect_auth.get() == DialectAuth::Done
     }
 
     /// Marks a raw bench-endpoint connection.
     pub(crate) fn set_stelar(&self, on: bool) {
-        self.stelar.set(on);
+        self.set_flag(flag::STELAR, on);
     }
     /// Whether the connection is an open client that takes messages.
     pub(crate) fn is_open(&self) -> bool {
@@ -382,24 +381,44 @@ impl Client {
         self.out.borrow().is_empty()
     }
 
-    /// Since when (shard ms) the client has been behind; 0 if it is not.
-    pub(super) fn behind_since(&self) -> &Cell<u64> {
+    /// Since when (shard ms modulo 2^32, never 0) the client has been behind; 0 if it is
+    /// not.
+    pub(super) fn behind_since(&self) -> &Cell<u32> {
         &self.behind_since
     }
 
-    /// Partly received bytes last reported.
-    pub(super) fn input_held(&self) -> &Cell<usize> {
+    /// Partly received bytes last reported (saturating at 4 GiB).
+    pub(super) fn input_held(&self) -> &Cell<u32> {
         &self.input_held
     }
 
-    /// Whether the last write found the socket full (see the field).
-    pub(super) fn write_blocked(&self) -> &Cell<bool> {
-        &self.write_blocked
+    fn flag(&self, f: u8) -> bool {
+        self.flags.get() & f != 0
     }
 
-    /// Whether the client is listed among those waiting for the mesh overflow to drain.
-    pub(super) fn waits_for_mesh(&self) -> &Cell<bool> {
-        &self.waits_for_mesh
+    /// Sets flag `f` to `on`; returns what it was.
+    fn set_flag(&self, f: u8, on: bool) -> bool {
+        let was = self.flags.get();
+        self.flags.set(if on { was | f } else { was & !f });
+        was & f != 0
+    }
+
+    /// Whether the last write found the socket full, and the queue has not been empty
+    /// since: the peer is not keeping up right now (the output budget cuts such clients
+    /// first).
+    pub(super) fn write_blocked(&self) -> bool {
+        self.flag(flag::WRITE_BLOCKED)
+    }
+
+    /// Sets [`Client::write_blocked`].
+    pub(super) fn set_write_blocked(&self, on: bool) {
+        self.set_flag(flag::WRITE_BLOCKED, on);
+    }
+
+    /// Marks (or unmarks) the client as listed among those waiting for the mesh overflow to
+    /// drain (its task stopped reading until then); returns whether it was.
+    pub(super) fn set_waits_for_mesh(&self, on: bool) -> bool {
+        self.set_flag(flag::WAITS_FOR_MESH, on)
     }
 
     /// Wakes the connection task.
@@ -446,23 +465,25 @@ impl Client {
 
     /// Marks the timer as fired and wakes the task.
     pub(crate) fn fire_timer(&self) {
-        self.timer_fired.set(true);
+        self.set_flag(flag::TIMER_FIRED, true);
         self.wake();
     }
 
     /// Takes the timer flag.
     pub(crate) fn take_timer(&self) -> bool {
-        self.timer_fired.replace(false)
+        self.set_flag(flag::TIMER_FIRED, false)
     }
 
     /// Records that bytes arrived at shard time `now`.
     pub(crate) fn seen(&self, now: u64) {
-        self.last_seen.set(now);
+        self.last_seen.set(now as u32);
     }
 
-    /// Shard time of the last bytes received.
-    pub(crate) fn last_seen(&self) -> u64 {
-        self.last_seen.get()
+    /// How long (ms) before shard time `now` the last bytes arrived. Kept modulo 2^32 ms
+    /// (≈ 49.7 days): exact up to that, which the configuration keeps the heartbeat timeout
+    /// well under.
+    pub(crate) fn silent_for(&self, now: u64) -> u64 {
+        u64::from((now as u32).wrapping_sub(self.last_seen.get()))
     }
 
     /// Calls `f` with the rooms joined.
@@ -564,11 +585,11 @@ mod tests {
     }
 
     /// What an idle connection holds (PERF.md, "Memory per idle connection"): with its `Rc`
-    /// header the client must fit jemalloc's 192-byte size class.
+    /// header the client must fit jemalloc's 160-byte size class.
     #[test]
     fn a_client_fits_its_size_class() {
         assert!(
-            std::mem::size_of::<Client>() + 16 <= 192,
+            std::mem::size_of::<Client>() + 16 <= 160,
             "{}",
             std::mem::size_of::<Client>()
         );

@@ -462,7 +462,7 @@ impl Hub {
         if let Some(old) = old {
             self.release_user(client, &old);
         }
-        self.users.borrow_mut().insert(&user, client.slot);
+        self.users.borrow_mut().insert(&user, client.slot());
         if let Some(c) = &self.cluster {
             c.control(Control::User {
                 user: Arc::from(&*user),
@@ -481,7 +481,7 @@ impl Hub {
 
     /// Takes `user` off `client` in the index and the process-wide count.
     fn release_user(&self, client: &Client, user: &str) {
-        self.users.borrow_mut().remove(user, client.slot);
+        self.users.borrow_mut().remove(user, client.slot());
         self.user_counts.release(user);
         if let Some(c) = &self.cluster {
             c.control(Control::User {
@@ -526,7 +526,7 @@ impl Hub {
             }
         };
         let id = ClientId::new(self.node_tag, self.shard, slot, id::random_bytes());
-        let client = Rc::new(Client::new(id, slot, peer, transport, self.now_ms()));
+        let client = Rc::new(Client::new(id, peer, transport, self.now_ms()));
         clients[slot as usize] = Some(client.clone());
         client
     }
@@ -551,7 +551,7 @@ impl Hub {
     /// Removes a connection: leaves its rooms (telling other shards), frees its slot.
     pub(crate) fn unregister(&self, client: &Client) {
         let was_open = client.phase() == Phase::Open || client.phase() == Phase::Closing;
-        let opened = self.clients.borrow()[client.slot as usize]
+        let opened = self.clients.borrow()[client.slot() as usize]
             .as_ref()
             .is_some_and(|c| c.id == client.id);
         if !opened {
@@ -571,20 +571,20 @@ impl Hub {
         {
             let mut reg = self.rooms.borrow_mut();
             for room in &rooms {
-                reg.leave(room, client.slot, &mut announce);
+                reg.leave(room, client.slot(), &mut announce);
                 self.presence(client, room, false);
             }
         }
         self.announce(announce);
         self.raw_broadcast
             .borrow_mut()
-            .retain(|s| *s != client.slot);
+            .retain(|s| *s != client.slot());
         // The socket is gone: everything queued goes, a partly written frame included, and
         // leaves the output budget with it.
         self.with_queue(client, |q| *q = OutQueue::default());
         self.set_input_held(client, 0);
-        self.clients.borrow_mut()[client.slot as usize] = None;
-        self.free.borrow_mut().push(client.slot);
+        self.clients.borrow_mut()[client.slot() as usize] = None;
+        self.free.borrow_mut().push(client.slot());
     }
 
     /// The local client with this id, if it is still connected.
@@ -604,7 +604,7 @@ impl Hub {
 
     /// Adds a client of the raw `/broadcast` endpoint.
     pub(crate) fn join_raw_broadcast(&self, client: &Client) {
-        self.raw_broadcast.borrow_mut().push(client.slot);
+        self.raw_broadcast.borrow_mut().push(client.slot());
     }
 
     // -----------------------------------------------------------------------------------
@@ -676,11 +676,11 @@ impl Hub {
                 Counters::add(&self.counters.writes, 1);
                 if client.queue_is_empty() {
                     client.behind_since().set(0);
-                    client.write_blocked().set(false);
+                    client.set_write_blocked(false);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                client.write_blocked().set(true);
+                client.set_write_blocked(true);
                 self.note_backlog(client);
             }
             Err(_) => {}
@@ -707,13 +707,13 @@ impl Hub {
         Counters::add(&self.counters.writes, 1);
         if client.queue_is_empty() {
             client.behind_since().set(0);
-            client.write_blocked().set(false);
+            client.set_write_blocked(false);
         }
     }
 
     /// TLS: the socket is full; the slow-consumer rule applies to what is left queued.
     pub(crate) fn tls_blocked(&self, client: &Client) {
-        client.write_blocked().set(true);
+        client.set_write_blocked(true);
         self.note_backlog(client);
     }
 
@@ -725,10 +725,11 @@ impl Hub {
             since.set(0);
             return;
         }
-        let now = self.now_ms().max(1);
+        // Modulo 2^32 ms (≈ 49.7 days): a longer `slow_consumer_ms` would never cut.
+        let now = (self.now_ms() as u32).max(1);
         match since.get() {
             0 if self.limits.get().slow_consumer_ms > 0 => since.set(now),
-            t if now.saturating_sub(t) >= self.limits.get().slow_consumer_ms => {
+            t if u64::from(now.wrapping_sub(t)) >= self.limits.get().slow_consumer_ms => {
                 self.cut_off(client, CloseCause::SlowConsumer);
             }
             _ => {}
@@ -749,7 +750,7 @@ impl Hub {
                 .iter()
                 .flatten()
                 .filter(|c| c.is_open() && !c.queue_is_empty())
-                .max_by_key(|c| (c.write_blocked().get(), c.queued_cost()))
+                .max_by_key(|c| (c.write_blocked(), c.queued_cost()))
                 .cloned();
             let Some(victim) = victim else { break };
             tracing::warn!(
@@ -771,8 +772,8 @@ impl Hub {
             return true;
         }
         if self.mesh_congested() {
-            if !client.waits_for_mesh().replace(true) {
-                self.mesh_waiters.borrow_mut().push(client.slot);
+            if !client.set_waits_for_mesh(true) {
+                self.mesh_waiters.borrow_mut().push(client.slot());
             }
             return true;
         }
@@ -783,7 +784,11 @@ impl Hub {
     /// budget is exceeded, the connections holding the most are closed until it is under
     /// 90 % (see `memory.rs`).
     pub(crate) fn set_input_held(&self, client: &Client, held: usize) {
+        // Kept in 32 bits (a connection's input is bounded far below 4 GiB by the message
+        // limits); the budget counts what is kept, so it stays consistent.
+        let held = u32::try_from(held).unwrap_or(u32::MAX);
         let before = client.input_held().replace(held);
+        let (before, held) = (before as usize, held as usize);
         self.input.adjust(before, held);
         if held > before && self.input.would_exceed(0) {
             self.relieve_input();
@@ -1243,7 +1248,7 @@ impl Hub {
         let outcome = self
             .rooms
             .borrow_mut()
-            .join(room, client.slot, &mut announce);
+            .join(room, client.slot(), &mut announce);
         match outcome {
             Join::TooManyRooms => return Err(JoinRefusal::RoomLimit),
             Join::Confirmed => self.confirm(client, "joined-room", room),
@@ -1264,7 +1269,7 @@ impl Hub {
         let outcome = self
             .rooms
             .borrow_mut()
-            .leave(room, client.slot, &mut announce);
+            .leave(room, client.slot(), &mut announce);
         let was_member = matches!(outcome, Leave::Left { .. });
         if let Leave::Left { was_pending } = outcome {
             if was_pending {
@@ -1420,7 +1425,7 @@ impl Hub {
             let waiters = std::mem::take(&mut *self.mesh_waiters.borrow_mut());
             for slot in waiters {
                 if let Some(c) = self.by_slot(slot) {
-                    c.waits_for_mesh().set(false);
+                    c.set_waits_for_mesh(false);
                     c.wake();
                 }
             }
