@@ -107,24 +107,57 @@ enum Recv {
     Cancelling,
 }
 
+/// A socket's state on the ring, one per open connection (kept in a `Vec`): its size is
+/// idle memory per connection, so it is kept to 64 bytes (see the test).
 struct Slot {
     gen: u32,
     fd: RawFd,
     inbox: BytesMut,
-    /// The peer closed its side (after what the inbox holds).
-    eof: bool,
-    /// The socket failed (errno), after what the inbox holds.
-    error: Option<i32>,
-    recv: Recv,
-    /// The task wants bytes (it polled and found none).
-    reader: Option<Waker>,
-    pollout_armed: bool,
-    writable: bool,
-    writer: Option<Waker>,
+    /// The task to wake, for the directions in [`Flags::WANT_READ`] and
+    /// [`Flags::WANT_WRITE`]. One waker serves both: a socket is read and written by one task
+    /// (a handshake task, then the open table's waker of the connection), so two would hold
+    /// the same waker twice. See [`Slot::register`] for a poll that brings another one.
+    waker: Option<Waker>,
+    /// The socket failed with this errno (after what the inbox holds); 0 when it did not.
+    /// Errno values are below 4096.
+    error: i16,
     /// Requests in flight (receive, poll, cancel): the slot is reused only once this is 0.
-    in_flight: u32,
+    /// A handful at most: one receive, one poll, their cancellations.
+    in_flight: u16,
+    recv: Recv,
+    flags: Flags,
+}
+
+/// A slot's booleans in one byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Flags(u8);
+
+impl Flags {
+    /// The peer closed its side (after what the inbox holds).
+    const EOF: Flags = Flags(1);
+    /// The write-readiness poll is in flight.
+    const POLLOUT_ARMED: Flags = Flags(1 << 1);
+    /// The poll completed and no poll of the task has taken it yet.
+    const WRITABLE: Flags = Flags(1 << 2);
     /// The socket handle was dropped.
-    released: bool,
+    const RELEASED: Flags = Flags(1 << 3);
+    /// The task wants bytes (it polled and found none): received bytes wake the waker.
+    const WANT_READ: Flags = Flags(1 << 4);
+    /// The task waits for write readiness: the poll's completion wakes the waker.
+    const WANT_WRITE: Flags = Flags(1 << 5);
+    const WANTS: Flags = Flags(Flags::WANT_READ.0 | Flags::WANT_WRITE.0);
+
+    fn has(self, f: Flags) -> bool {
+        self.0 & f.0 != 0
+    }
+
+    fn insert(&mut self, f: Flags) {
+        self.0 |= f.0;
+    }
+
+    fn remove(&mut self, f: Flags) {
+        self.0 &= !f.0;
+    }
 }
 
 impl Slot {
@@ -133,16 +166,59 @@ impl Slot {
             gen,
             fd,
             inbox: BytesMut::new(),
-            eof: false,
-            error: None,
-            recv: Recv::Idle,
-            reader: None,
-            pollout_armed: false,
-            writable: false,
-            writer: None,
+            waker: None,
+            error: 0,
             in_flight: 0,
-            released: false,
+            recv: Recv::Idle,
+            flags: Flags::default(),
         }
+    }
+
+    /// Registers `waker` for `want` ([`Flags::WANT_READ`] or [`Flags::WANT_WRITE`]).
+    ///
+    /// The slot holds one waker for both directions, so a poll that brings a waker which
+    /// does not `will_wake` the stored one replaces it. If the stored one is still wanted for
+    /// the other direction, it is woken on the way out: its task polls again and registers
+    /// anew, so its wake-up is never lost. The other direction's interest stays, now with
+    /// the new waker (at worst a spurious wake-up for it). With one task per socket, as
+    /// everywhere in this server, the wakers are the same and none of this happens; a
+    /// handover ([`Socket::forget_wakers`]) clears the interest first.
+    fn register(&mut self, want: Flags, waker: &Waker) {
+        match &self.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => {
+                let old = self.waker.replace(waker.clone());
+                let other = Flags(Flags::WANTS.0 & !want.0);
+                if let Some(old) = old {
+                    if self.flags.has(other) {
+                        old.wake();
+                    }
+                }
+            }
+        }
+        self.flags.insert(want);
+    }
+
+    /// Wakes the waker if it is wanted for `want`, which is then no longer wanted. The waker
+    /// is kept while the other direction still wants it, dropped otherwise.
+    fn wake(&mut self, want: Flags) {
+        if !self.flags.has(want) {
+            return;
+        }
+        self.flags.remove(want);
+        if self.flags.has(Flags::WANTS) {
+            if let Some(w) = &self.waker {
+                w.wake_by_ref();
+            }
+        } else if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Drops the waker and the interest in both directions.
+    fn forget_waker(&mut self) {
+        self.waker = None;
+        self.flags.remove(Flags::WANTS);
     }
 }
 
@@ -498,7 +574,7 @@ impl Inner {
         match op {
             OP_RECV => {
                 if let Some(bid) = cqueue::buffer_select(flags) {
-                    if res > 0 && !s.released {
+                    if res > 0 && !s.flags.has(Flags::RELEASED) {
                         s.inbox
                             .extend_from_slice(self.buffers.bytes(bid, res as usize));
                     }
@@ -506,12 +582,13 @@ impl Inner {
                     gave_back = true;
                 }
                 if res == 0 {
-                    s.eof = true;
+                    s.flags.insert(Flags::EOF);
                 } else if res < 0 {
                     match -res {
                         libc::ECANCELED => {}
                         libc::ENOBUFS => self.bump(|st| st.no_buffers += 1),
-                        e => s.error = Some(e),
+                        // Errno values fit (below 4096); EIO stands for anything else.
+                        e => s.error = i16::try_from(e).unwrap_or(libc::EIO as i16),
                     }
                 }
                 if last {
@@ -519,22 +596,18 @@ impl Inner {
                 } else if s.recv == Recv::Armed && s.inbox.len() >= INBOX_MAX {
                     self.cancel_recv(slot, s);
                 }
-                if let Some(w) = s.reader.take() {
-                    w.wake();
-                }
+                s.wake(Flags::WANT_READ);
             }
             OP_POLLOUT => {
-                s.pollout_armed = false;
-                s.writable = true;
-                if let Some(w) = s.writer.take() {
-                    w.wake();
-                }
+                s.flags.remove(Flags::POLLOUT_ARMED);
+                s.flags.insert(Flags::WRITABLE);
+                s.wake(Flags::WANT_WRITE);
             }
             _ => {}
         }
         if last {
             s.in_flight -= 1;
-            if s.released && s.in_flight == 0 {
+            if s.flags.has(Flags::RELEASED) && s.in_flight == 0 {
                 self.free_slot(slot, s);
             }
         }
@@ -543,8 +616,7 @@ impl Inner {
 
     fn free_slot(&self, slot: u32, s: &mut Slot) {
         s.inbox = BytesMut::new();
-        s.reader = None;
-        s.writer = None;
+        s.forget_waker();
         s.fd = -1;
         self.free.borrow_mut().push(slot);
     }
@@ -702,14 +774,21 @@ impl Socket {
             // thread returns from any syscall, e.g. the previous task's send). Reaping them
             // here gives their buffers back now rather than after every task of the turn,
             // so the buffers last: left to the driver alone, a shard with a thousand busy
-            // sockets ran out of them several times per message. This task's own waker is
-            // kept out of the way: its inbox is looked at right below.
-            let mine = inner.slots.borrow_mut()[self.slot as usize].reader.take();
+            // sockets ran out of them several times per message. This task's read interest
+            // is set aside meanwhile (its inbox is looked at right below), and restored after
+            // unless a write-readiness wake-up took the waker (the task was then woken).
+            let wanted = {
+                let mut slots = inner.slots.borrow_mut();
+                let s = &mut slots[self.slot as usize];
+                let wanted = s.flags.has(Flags::WANT_READ);
+                s.flags.remove(Flags::WANT_READ);
+                wanted
+            };
             inner.reap(TASK_REAP_BUDGET);
             let mut slots = inner.slots.borrow_mut();
             let s = &mut slots[self.slot as usize];
-            if s.reader.is_none() {
-                s.reader = mine;
+            if wanted && s.waker.is_some() {
+                s.flags.insert(Flags::WANT_READ);
             }
         }
         let mut slots = inner.slots.borrow_mut();
@@ -722,25 +801,22 @@ impl Socket {
                 out.extend_from_slice(&s.inbox);
                 s.inbox = BytesMut::new();
             }
-            if s.recv == Recv::Idle && !s.eof && s.error.is_none() {
+            if s.recv == Recv::Idle && !s.flags.has(Flags::EOF) && s.error == 0 {
                 inner.bump(|st| st.rearms += 1);
                 inner.arm_recv(self.slot, s);
             }
             return Poll::Ready(Ok(n));
         }
-        if let Some(e) = s.error {
-            return Poll::Ready(Err(io::Error::from_raw_os_error(e)));
+        if s.error != 0 {
+            return Poll::Ready(Err(io::Error::from_raw_os_error(s.error.into())));
         }
-        if s.eof {
+        if s.flags.has(Flags::EOF) {
             return Poll::Ready(Ok(0));
         }
         if s.recv == Recv::Idle {
             inner.arm_recv(self.slot, s);
         }
-        match &s.reader {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => s.reader = Some(cx.waker().clone()),
-        }
+        s.register(Flags::WANT_READ, cx.waker());
         Poll::Pending
     }
 
@@ -748,9 +824,7 @@ impl Socket {
     /// socket on; the next poll registers the new owner's).
     pub fn forget_wakers(&self) {
         let mut slots = self.ring.0.slots.borrow_mut();
-        let s = &mut slots[self.slot as usize];
-        s.reader = None;
-        s.writer = None;
+        slots[self.slot as usize].forget_waker();
     }
 
     /// Stops receiving until the next [`Socket::poll_recv`] (backpressure: the kernel's socket
@@ -769,22 +843,19 @@ impl Socket {
         let inner = &self.ring.0;
         let mut slots = inner.slots.borrow_mut();
         let s = &mut slots[self.slot as usize];
-        if s.writable {
-            s.writable = false;
+        if s.flags.has(Flags::WRITABLE) {
+            s.flags.remove(Flags::WRITABLE);
             return Poll::Ready(());
         }
-        if !s.pollout_armed {
+        if !s.flags.has(Flags::POLLOUT_ARMED) {
             let e = opcode::PollAdd::new(types::Fd(s.fd), libc::POLLOUT as u32)
                 .build()
                 .user_data(user_data(self.slot, s.gen, OP_POLLOUT));
-            s.pollout_armed = true;
+            s.flags.insert(Flags::POLLOUT_ARMED);
             s.in_flight += 1;
             inner.push(e);
         }
-        match &s.writer {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => s.writer = Some(cx.waker().clone()),
-        }
+        s.register(Flags::WANT_WRITE, cx.waker());
         Poll::Pending
     }
 }
@@ -794,14 +865,13 @@ impl Drop for Socket {
         let inner = &self.ring.0;
         let mut slots = inner.slots.borrow_mut();
         let s = &mut slots[self.slot as usize];
-        s.released = true;
+        s.flags.insert(Flags::RELEASED);
         s.inbox = BytesMut::new();
-        s.reader = None;
-        s.writer = None;
+        s.forget_waker();
         if s.recv == Recv::Armed {
             inner.cancel_recv(self.slot, s);
         }
-        if s.pollout_armed {
+        if s.flags.has(Flags::POLLOUT_ARMED) {
             let e = opcode::PollRemove::new(user_data(self.slot, s.gen, OP_POLLOUT))
                 .build()
                 .user_data(user_data(self.slot, s.gen, OP_CANCEL));
@@ -824,6 +894,107 @@ impl Drop for Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A slot is idle memory per connection: 96 bytes with a waker per direction, an
+    /// `Option<i32>` errno and a `bool` per flag; 64 now.
+    #[test]
+    fn a_socket_slot_takes_at_most_64_bytes() {
+        let size = std::mem::size_of::<Slot>();
+        assert!(size <= 64, "a slot takes {size} bytes");
+    }
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count::default());
+        (c.clone(), Waker::from(c))
+    }
+
+    fn woken(c: &Count) -> usize {
+        c.0.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn one_waker_serves_both_directions() {
+        let (c, w) = counting();
+        let mut s = Slot::new(0, -1);
+        s.register(Flags::WANT_READ, &w);
+        s.register(Flags::WANT_WRITE, &w);
+        assert_eq!(
+            woken(&c),
+            0,
+            "the same waker is not woken by its own registration"
+        );
+        // Bytes: woken, and the waker stays for the write side.
+        s.wake(Flags::WANT_READ);
+        assert_eq!(woken(&c), 1);
+        assert!(s.waker.is_some());
+        // Another completion of the receive wakes nobody: the read side is not waited for.
+        s.wake(Flags::WANT_READ);
+        assert_eq!(woken(&c), 1);
+        // Writable: woken, and nothing is waited for any more: the waker goes.
+        s.wake(Flags::WANT_WRITE);
+        assert_eq!(woken(&c), 2);
+        assert!(s.waker.is_none());
+        assert!(!s.flags.has(Flags::WANTS));
+    }
+
+    #[test]
+    fn a_replaced_waker_still_wanted_for_the_other_direction_is_woken() {
+        let (a, wa) = counting();
+        let (b, wb) = counting();
+        let mut s = Slot::new(0, -1);
+        s.register(Flags::WANT_READ, &wa);
+        // Another waker for the write side: the first one's read wake-up must not be lost.
+        s.register(Flags::WANT_WRITE, &wb);
+        assert_eq!((woken(&a), woken(&b)), (1, 0));
+        // The read interest stays, with the new waker (spurious for it at worst).
+        s.wake(Flags::WANT_READ);
+        assert_eq!((woken(&a), woken(&b)), (1, 1));
+        s.wake(Flags::WANT_WRITE);
+        assert_eq!((woken(&a), woken(&b)), (1, 2));
+    }
+
+    #[test]
+    fn a_waker_replaced_for_the_same_direction_only_is_dropped_quietly() {
+        let (a, wa) = counting();
+        let (b, wb) = counting();
+        let mut s = Slot::new(0, -1);
+        s.register(Flags::WANT_READ, &wa);
+        s.register(Flags::WANT_READ, &wb);
+        s.wake(Flags::WANT_READ);
+        assert_eq!((woken(&a), woken(&b)), (0, 1));
+    }
+
+    #[test]
+    fn forgetting_the_waker_drops_the_interest() {
+        let (c, w) = counting();
+        let mut s = Slot::new(0, -1);
+        s.register(Flags::WANT_READ, &w);
+        s.register(Flags::WANT_WRITE, &w);
+        s.forget_waker();
+        s.wake(Flags::WANT_READ);
+        s.wake(Flags::WANT_WRITE);
+        assert_eq!(woken(&c), 0);
+        assert!(s.waker.is_none());
+        // A new owner registers as if the slot were new.
+        let (d, wd) = counting();
+        s.register(Flags::WANT_WRITE, &wd);
+        s.wake(Flags::WANT_WRITE);
+        assert_eq!((woken(&c), woken(&d)), (0, 1));
+    }
 
     /// The driver is woken (a request queued) far more often than its eventfd fires: before
     /// the fix every such turn left one more clone of its task's waker with glommio's eventfd
