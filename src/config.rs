@@ -335,9 +335,10 @@ pub struct Limits {
     pub max_rooms_per_client: usize,
     /// Longest room name, in bytes.
     pub max_room_name: usize,
-    /// Largest WebSocket frame payload / stelar TCP frame (header included), in bytes.
+    /// Largest WebSocket frame payload / stelar TCP frame (header included), in bytes (at
+    /// most 1 GiB).
     pub max_frame_size: usize,
-    /// Largest message (after reassembly and decompression), in bytes.
+    /// Largest message (after reassembly and decompression), in bytes (at most 1 GiB).
     pub max_message_size: usize,
     /// A client's *backlog*: bytes (with a per-frame overhead) still queued for it after its
     /// socket took all it would. A client whose backlog stays above this for
@@ -359,6 +360,8 @@ pub struct Limits {
 /// The longest heartbeat interval (one day): an open connection's timer is a 32-bit word of
 /// milliseconds (`conn/open.rs`).
 const MAX_HEARTBEAT_INTERVAL_MS: u64 = 86_400_000;
+/// The largest frame and message size limits (1 GiB).
+const MAX_MESSAGE_LIMIT: usize = 1 << 30;
 /// The longest heartbeat timeout and slow-consumer allowance (a week): a client's times are
 /// kept in milliseconds modulo 2^32 (≈ 49.7 days).
 const MAX_CLIENT_WAIT_MS: u64 = 7 * 86_400_000;
@@ -839,6 +842,16 @@ impl Config {
         if l.max_frame_size < 126 {
             return bad("limits.max_frame_size", "must be at least 126 bytes");
         }
+        // A connection's held input is counted in 32 bits (`hub::Client`): 1 GiB is far
+        // beyond any message a server should take whole.
+        for (name, size) in [
+            ("limits.max_frame_size", l.max_frame_size),
+            ("limits.max_message_size", l.max_message_size),
+        ] {
+            if size > MAX_MESSAGE_LIMIT {
+                return bad(name, "must be at most 1073741824 (1 GiB)");
+            }
+        }
         if l.max_message_size < l.max_frame_size.min(125) {
             return bad("limits.max_message_size", "too small");
         }
@@ -1255,6 +1268,10 @@ mod tests {
         assert!(err.contains("timeouts.heartbeat_interval_ms"), "{err}");
         c.timeouts.heartbeat_interval_ms = MAX_HEARTBEAT_INTERVAL_MS;
         c.validate().unwrap();
+        let mut big = Config::default();
+        big.limits.max_message_size = MAX_MESSAGE_LIMIT + 1;
+        let err = big.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.max_message_size"), "{err}");
         c.timeouts.heartbeat_timeout_ms = MAX_CLIENT_WAIT_MS + 1;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("timeouts.heartbeat_timeout_ms"), "{err}");

@@ -230,14 +230,26 @@ impl IpSlot {
 }
 
 /// One open client counted against its address, as an open connection keeps it (see
-/// [`IpSlot::into_held`]): what an idle connection holds counts.
+/// [`IpSlot::into_held`]): what an idle connection holds counts, so it keeps no guard and is
+/// released explicitly ([`HeldIp::release`]); dropping it otherwise is a bug (the address
+/// would keep a place), caught in debug builds.
 #[must_use = "a held slot is released explicitly"]
 pub(crate) struct HeldIp(Option<Box<IpAddr>>);
 
 impl HeldIp {
     /// Releases the slot of a connection from socket peer `peer` in `guard`.
     pub(crate) fn release(self, guard: &Guard, peer: IpAddr) {
-        guard.release(self.0.map_or_else(|| peer.to_canonical(), |ip| *ip));
+        let forwarded = std::mem::ManuallyDrop::new(self).0.take();
+        guard.release(forwarded.map_or_else(|| peer.to_canonical(), |ip| *ip));
+    }
+}
+
+impl Drop for HeldIp {
+    fn drop(&mut self) {
+        debug_assert!(
+            std::thread::panicking(),
+            "a held per-IP slot was dropped without being released"
+        );
     }
 }
 
