@@ -144,9 +144,8 @@ pub(crate) struct Client {
     dialect_auth: Cell<DialectAuth>,
     /// Write queue. Mutated only through the hub, which keeps the shard's output budget.
     out: RefCell<OutQueue>,
-    /// Shard time (ms, never 0) since which the backlog has been above the slow-consumer
-    /// limit; 0 while it is not.
-    /// (Shard ms modulo 2^32.)
+    /// Shard time (ms modulo 2^32, never 0) since which the backlog has been above the
+    /// slow-consumer limit; 0 while it is not.
     behind_since: Cell<u32>,
     /// Bytes of partly received input this connection holds (read buffer and reassembly),
     /// as last reported to the hub's input budget.
@@ -381,10 +380,23 @@ impl Client {
         self.out.borrow().is_empty()
     }
 
-    /// Since when (shard ms modulo 2^32, never 0) the client has been behind; 0 if it is
-    /// not.
-    pub(super) fn behind_since(&self) -> &Cell<u32> {
-        &self.behind_since
+    /// How long (ms) before shard time `now` the client fell behind; `None` if it is not
+    /// behind. Kept modulo 2^32 ms, as [`Client::silent_for`].
+    pub(super) fn behind_for(&self, now: u64) -> Option<u64> {
+        match self.behind_since.get() {
+            0 => None,
+            t => Some(u64::from((now as u32).wrapping_sub(t))),
+        }
+    }
+
+    /// Records that the client fell behind at shard time `now`.
+    pub(super) fn fell_behind(&self, now: u64) {
+        self.behind_since.set((now as u32).max(1));
+    }
+
+    /// Records that the client is not behind (any more).
+    pub(super) fn caught_up(&self) {
+        self.behind_since.set(0);
     }
 
     /// Partly received bytes last reported (saturating at 4 GiB).

@@ -675,7 +675,7 @@ impl Hub {
                 Counters::add(&self.counters.bytes_sent, *n as u64);
                 Counters::add(&self.counters.writes, 1);
                 if client.queue_is_empty() {
-                    client.behind_since().set(0);
+                    client.caught_up();
                     client.set_write_blocked(false);
                 }
             }
@@ -706,7 +706,7 @@ impl Hub {
         Counters::add(&self.counters.bytes_sent, n as u64);
         Counters::add(&self.counters.writes, 1);
         if client.queue_is_empty() {
-            client.behind_since().set(0);
+            client.caught_up();
             client.set_write_blocked(false);
         }
     }
@@ -720,16 +720,16 @@ impl Hub {
     /// The socket would not take everything: is the client behind, and for how long?
     fn note_backlog(&self, client: &Client) {
         self.sync_config();
-        let since = client.behind_since();
         if client.queued_cost() <= self.limits.get().max_queued {
-            since.set(0);
+            client.caught_up();
             return;
         }
-        // Modulo 2^32 ms (≈ 49.7 days): a longer `slow_consumer_ms` would never cut.
-        let now = (self.now_ms() as u32).max(1);
-        match since.get() {
-            0 if self.limits.get().slow_consumer_ms > 0 => since.set(now),
-            t if u64::from(now.wrapping_sub(t)) >= self.limits.get().slow_consumer_ms => {
+        let now = self.now_ms();
+        let allowed = self.limits.get().slow_consumer_ms;
+        match client.behind_for(now) {
+            None if allowed > 0 => client.fell_behind(now),
+            // 0 = as soon as it is behind.
+            behind if behind.unwrap_or(0) >= allowed => {
                 self.cut_off(client, CloseCause::SlowConsumer);
             }
             _ => {}
