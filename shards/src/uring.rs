@@ -43,6 +43,7 @@ use std::rc::Rc;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -95,6 +96,10 @@ pub struct RingStats {
     pub parks: u64,
     /// Sockets adopted and not yet released.
     pub sockets: u64,
+    /// Times a task waited on the ring itself ([`Ring::wait`]).
+    pub waits: u64,
+    /// Of those, the ones that ended with completions rather than the timeout.
+    pub waits_served: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,6 +341,68 @@ impl Ring {
             *r.borrow_mut() = Some(ring.clone());
             Ok(ring)
         })
+    }
+
+    /// The ring of the current shard if it was created, without creating it.
+    pub fn current() -> Option<Ring> {
+        RING.with(|r| r.borrow().clone())
+    }
+
+    /// Looks for more work without waiting and without a reactor turn: submits what was
+    /// queued, handles the completions waiting (waking their sockets' tasks) and, when there
+    /// were none but the kernel flags pending task work (receives that arrived since this
+    /// thread last entered the kernel), runs it with one `io_uring_enter` and handles what it
+    /// posted. Returns how many completions were handled.
+    ///
+    /// A task that just served its sockets calls this before it parks: the sends of the turn
+    /// returned through the kernel, which posted the receives that arrived meanwhile, so the
+    /// next round of work is often already here and is served in the same turn.
+    pub fn pump(&self) -> usize {
+        let inner = &self.0;
+        inner.submit();
+        let mut n = inner.reap(REAP_BUDGET);
+        if n == 0 && inner.run_task_work() {
+            n = inner.reap(REAP_BUDGET);
+        }
+        n
+    }
+
+    /// Waits on the ring, up to `timeout`, for the next completion, and handles what came
+    /// (waking the sockets' tasks). Returns how many completions were handled (0: none came).
+    ///
+    /// This blocks the shard's thread, so it is for the one task that serves the sockets,
+    /// with a short timeout, and only when it has just served them and nothing else is
+    /// ready: the thread sleeps in the kernel as it would in glommio's park, but the next
+    /// bytes are served without a reactor turn (glommio's turn re-arms its timers on its
+    /// rings, a handful of syscalls, where this is one). Everything else on the shard waits
+    /// at most `timeout` more. While it waits the ring does not signal its eventfd (a parked
+    /// driver would only be woken to find the work done); after, it is left as it was and
+    /// the queue looked at once more, so nothing posted meanwhile goes unseen.
+    pub fn wait(&self, timeout: Duration) -> usize {
+        let inner = &self.0;
+        let n = self.pump();
+        if n > 0 {
+            return n;
+        }
+        let parked = !inner.uring.borrow_mut().completion().eventfd_disabled();
+        if parked {
+            inner.uring.borrow_mut().completion().disable_eventfd();
+        }
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        // ETIME (the timeout) and EINTR end the wait like a completion would: look.
+        let _ = inner.uring.borrow().submitter().submit_with_args(1, &args);
+        let mut n = inner.reap(REAP_BUDGET);
+        if parked {
+            inner.uring.borrow_mut().completion().enable_eventfd();
+            fence(Ordering::SeqCst);
+            n += inner.reap(REAP_BUDGET);
+        }
+        inner.bump(|s| {
+            s.waits += 1;
+            s.waits_served += u64::from(n > 0);
+        });
+        n
     }
 
     fn new() -> io::Result<Ring> {
@@ -1018,6 +1085,69 @@ mod tests {
                 }
                 let parks = inner.stats.get().parks - parks_before;
                 assert!(parks >= 20_000, "the driver parked {parks} times");
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    /// A task waiting on the ring ([`Ring::wait`]) gets nothing and 0 when nothing comes
+    /// before the timeout, is served by bytes that arrive (woken by them, not by the
+    /// timeout: the second wait would give 0 after 10 s), and leaves the eventfd of a parked
+    /// driver enabled, as it found it.
+    #[test]
+    fn a_wait_on_the_ring_ends_with_the_bytes_that_arrive() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                use std::io::Write;
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                let mut peer =
+                    std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+                let (ours, _) = listener.accept().expect("accept");
+                ours.set_nonblocking(true).expect("nonblocking");
+                let ring = Ring::get().expect("ring");
+                let sock = ring.adopt(OwnedFd::from(ours));
+                let (c, w) = counting();
+                let mut out = BytesMut::new();
+                assert!(sock
+                    .poll_recv(&mut Context::from_waker(&w), &mut out)
+                    .is_pending());
+                // Let the driver submit the receive and park on its eventfd.
+                while ring.stats().parks == 0 {
+                    futures_lite::future::yield_now().await;
+                }
+                let eventfd_enabled = || !ring.0.uring.borrow_mut().completion().eventfd_disabled();
+                assert!(eventfd_enabled());
+
+                assert_eq!(ring.wait(Duration::from_millis(2)), 0);
+                assert_eq!(woken(&c), 0);
+                assert!(eventfd_enabled());
+
+                let writer = std::thread::spawn(move || {
+                    peer.write_all(b"ping").expect("write");
+                    peer
+                });
+                let mut handled = 0;
+                let started = std::time::Instant::now();
+                while woken(&c) == 0 {
+                    let n = ring.wait(Duration::from_secs(10));
+                    assert!(n > 0, "the wait timed out with the bytes sent");
+                    handled += n;
+                }
+                assert!(handled > 0);
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "served by the timeout"
+                );
+                assert!(eventfd_enabled());
+                assert!(matches!(
+                    sock.poll_recv(&mut Context::from_waker(&w), &mut out),
+                    Poll::Ready(Ok(4))
+                ));
+                assert_eq!(&out[..], b"ping");
+                let waits = ring.stats();
+                assert!(waits.waits >= 2 && waits.waits_served >= 1, "{waits:?}");
+                drop(writer.join());
             })
             .expect("executor")
             .join()

@@ -33,7 +33,9 @@ use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use shardcast_shards::uring::Ring;
 
 use super::{Drive, End, Io, Session, Shared};
 use crate::hub::client::Client;
@@ -42,6 +44,9 @@ use crate::protect::{Guard, HeldIp, IpSlot};
 /// Connections polled per turn of the serving task before it lets the shard's other tasks
 /// (mesh inbox, timers, accepts, handshakes) run.
 const TURN_BUDGET: usize = 1024;
+/// How long the serving task may wait on the shard's ring for more bytes in one poll, before
+/// it parks and lets the reactor turn.
+const WAIT_BUDGET: Duration = Duration::from_micros(250);
 
 /// An open connection in the table.
 pub(crate) trait OpenConn {
@@ -262,22 +267,60 @@ impl Table {
 pub(crate) async fn run(shared: Rc<Shared>) {
     let mut batch: Vec<u32> = Vec::new();
     let tag = READY.with(|r| r.tag);
+    // While work keeps coming, the end of the window in which this task may wait on the ring
+    // rather than park, and whether it let the shard's other tasks run before waiting.
+    let mut window: Option<Instant> = None;
+    let mut yielded = false;
     poll_fn(|cx| {
-        READY.with(|r| r.take(&mut batch, TURN_BUDGET));
-        for slot in batch.drain(..) {
-            let Some(mut conn) = shared.opens.take(slot) else {
-                continue;
-            };
-            let waker = waker_of(tag, slot);
-            match conn.poll(&mut Context::from_waker(&waker), &shared) {
-                Poll::Pending => shared.opens.put(slot, conn),
-                Poll::Ready(()) => {
-                    conn.finish(&shared);
-                    shared.opens.ended(slot);
-                    shared.check_drained();
+        let mut served = 0;
+        loop {
+            READY.with(|r| r.take(&mut batch, TURN_BUDGET - served));
+            served += batch.len();
+            for slot in batch.drain(..) {
+                let Some(mut conn) = shared.opens.take(slot) else {
+                    continue;
+                };
+                let waker = waker_of(tag, slot);
+                match conn.poll(&mut Context::from_waker(&waker), &shared) {
+                    Poll::Pending => shared.opens.put(slot, conn),
+                    Poll::Ready(()) => {
+                        conn.finish(&shared);
+                        shared.opens.ended(slot);
+                        shared.check_drained();
+                    }
                 }
             }
+            if served >= TURN_BUDGET || READY.with(|r| !r.is_empty()) {
+                break;
+            }
+            // Nothing ready. Before parking, and paying a reactor turn to learn of the next
+            // bytes, look at the ring (the turn's sends may have filled it: the kernel posts
+            // what arrived when the thread returns from a syscall), then wait on it for what
+            // is left of the window.
+            let Some(ring) = Ring::current() else { break };
+            if ring.pump() == 0 {
+                let now = Instant::now();
+                let until = *window.get_or_insert(now + WAIT_BUDGET);
+                if now >= until || glommio::executor().need_preempt() {
+                    break;
+                }
+                if !yielded {
+                    // Waiting blocks the thread: let every other task that is ready run
+                    // first (this comes back in the same reactor turn).
+                    yielded = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                yielded = false;
+                ring.wait(until - now);
+            }
+            if READY.with(|r| r.is_empty()) {
+                // What came was for tasks of their own (handshakes): let them run.
+                break;
+            }
         }
+        window = None;
+        yielded = false;
         READY.with(|r| {
             if r.is_empty() {
                 r.park(cx.waker());
