@@ -28,7 +28,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -341,6 +341,8 @@ pub(crate) fn attach<M>(
         capacity,
         waker: Cell::new(None),
     });
+    // A task serving sockets may wait on the shard's ring: a ring of the doorbell ends it.
+    crate::uring::watch(parts.bell_read.as_raw_fd());
     // SAFETY: `bell_read` is an open socket we own; ownership moves into the stream.
     let bell = unsafe { glommio::net::UnixStream::from_raw_fd(parts.bell_read.into_raw_fd()) };
     let mesh = ShardMesh {

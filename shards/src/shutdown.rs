@@ -15,7 +15,7 @@
 //! shard-local events (`event.rs`) that local tasks await. This file owns the handle, the
 //! phase and that task; the runtime (`runtime.rs`) wires it to the shards.
 
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -185,6 +185,8 @@ pub(crate) async fn watch(
     bell_read: OwnedFd,
     drain_timeout: Duration,
 ) {
+    // A task serving sockets may wait on the shard's ring: a ring of the doorbell ends it.
+    crate::uring::watch(bell_read.as_raw_fd());
     // SAFETY: `bell_read` is an open socket we own; ownership moves into the stream.
     let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(bell_read.into_raw_fd()) };
     let mut buf = [0u8; 64];

@@ -70,6 +70,8 @@ const IORING_ENTER_GETEVENTS: u32 = 1;
 const OP_RECV: u64 = 1;
 const OP_POLLOUT: u64 = 2;
 const OP_CANCEL: u64 = 3;
+/// Readiness of a watched descriptor ([`watch`]): nothing to hand over, it only ends a wait.
+const OP_WATCH: u64 = 4;
 
 fn user_data(slot: u32, gen: u32, op: u64) -> u64 {
     (op << 56) | (((gen & 0x00ff_ffff) as u64) << 32) | slot as u64
@@ -327,6 +329,20 @@ pub struct Ring(Rc<Inner>);
 
 thread_local! {
     static RING: RefCell<Option<Ring>> = const { RefCell::new(None) };
+    /// Descriptors whose readiness ends a [`Ring::wait`] on this thread.
+    static WATCHED: RefCell<Vec<RawFd>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Makes `fd` becoming readable end any [`Ring::wait`] on this shard: a descriptor that some
+/// other task of the shard reads through glommio (a doorbell that another thread rings), so
+/// that a task waiting on the ring does not make that task wait for the timeout. The ring
+/// polls it (one multishot poll for its life: a completion per wake-up, nothing read);
+/// `fd` must stay open for as long as the shard runs.
+pub fn watch(fd: RawFd) {
+    WATCHED.with(|w| w.borrow_mut().push(fd));
+    if let Some(ring) = Ring::current() {
+        ring.0.arm_watch(fd);
+    }
 }
 
 impl Ring {
@@ -443,6 +459,11 @@ impl Ring {
             _eventfd: eventfd,
             stats: Cell::new(RingStats::default()),
         });
+        WATCHED.with(|w| {
+            for &fd in w.borrow().iter() {
+                inner.arm_watch(fd);
+            }
+        });
         glommio::spawn_local(drive(Rc::downgrade(&inner), dup)).detach();
         Ok(Ring(inner))
     }
@@ -522,6 +543,14 @@ impl Inner {
             .user_data(user_data(slot, s.gen, OP_RECV));
         s.recv = Recv::Armed;
         s.in_flight += 1;
+        self.push(e);
+    }
+
+    fn arm_watch(&self, fd: RawFd) {
+        let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(user_data(fd as u32, 0, OP_WATCH));
         self.push(e);
     }
 
@@ -624,6 +653,13 @@ impl Inner {
     /// One completion. Returns whether a buffer went back to the ring.
     fn complete(&self, data: u64, res: i32, flags: u32) -> bool {
         let (slot, gen, op) = split(data);
+        if op == OP_WATCH {
+            // The watched descriptor's owner reads it; only re-arm a poll the kernel ended.
+            if !cqueue::more(flags) && res >= 0 {
+                self.arm_watch(slot as RawFd);
+            }
+            return false;
+        }
         let mut slots = self.slots.borrow_mut();
         let Some(s) = slots.get_mut(slot as usize) else {
             return false;
@@ -1148,6 +1184,37 @@ mod tests {
                 let waits = ring.stats();
                 assert!(waits.waits >= 2 && waits.waits_served >= 1, "{waits:?}");
                 drop(writer.join());
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    /// A watched descriptor (a doorbell that another thread rings) ends a wait on the ring
+    /// as soon as it becomes readable, and again at the next ring (the poll stays armed).
+    #[test]
+    fn a_watched_descriptor_ends_a_wait() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                use std::io::Write;
+                let (read, mut write) = std::os::unix::net::UnixStream::pair().expect("pair");
+                watch(read.as_raw_fd());
+                let ring = Ring::get().expect("ring");
+                assert_eq!(ring.wait(Duration::from_millis(2)), 0);
+                for _ in 0..2 {
+                    let started = std::time::Instant::now();
+                    let writer = std::thread::spawn(move || {
+                        write.write_all(&[1]).expect("write");
+                        write
+                    });
+                    let n = ring.wait(Duration::from_secs(10));
+                    assert!(n > 0, "the wait timed out with the doorbell rung");
+                    assert!(started.elapsed() < Duration::from_secs(10));
+                    write = writer.join().expect("writer");
+                    // Its owner reads it.
+                    let mut b = [0u8; 8];
+                    assert_eq!(std::io::Read::read(&mut &read, &mut b).expect("read"), 1);
+                }
             })
             .expect("executor")
             .join()

@@ -271,6 +271,7 @@ pub(crate) async fn run(shared: Rc<Shared>) {
     // rather than park, and whether it let the shard's other tasks run before waiting.
     let mut window: Option<Instant> = None;
     let mut yielded = false;
+    let mut lulls = Lulls::default();
     poll_fn(|cx| {
         let mut served = 0;
         loop {
@@ -301,7 +302,7 @@ pub(crate) async fn run(shared: Rc<Shared>) {
             if ring.pump() == 0 {
                 let now = Instant::now();
                 let until = *window.get_or_insert(now + WAIT_BUDGET);
-                if now >= until || glommio::executor().need_preempt() {
+                if now >= until || glommio::executor().need_preempt() || !lulls.try_wait() {
                     break;
                 }
                 if !yielded {
@@ -312,7 +313,7 @@ pub(crate) async fn run(shared: Rc<Shared>) {
                     return Poll::Pending;
                 }
                 yielded = false;
-                ring.wait(until - now);
+                lulls.waited(ring.wait(until - now) > 0);
             }
             if READY.with(|r| r.is_empty()) {
                 // What came was for tasks of their own (handshakes): let them run.
@@ -332,6 +333,41 @@ pub(crate) async fn run(shared: Rc<Shared>) {
         Poll::<()>::Pending
     })
     .await
+}
+
+/// Whether waiting on the ring pays: a wait that ends with completions saves a reactor turn;
+/// one that times out costs a syscall and a timer on top of the park that follows. After a
+/// timed-out wait the next 1, 2, 4 … 64 chances to wait are skipped (parked right away), and a
+/// served wait starts over, so a shard whose traffic comes in gaps longer than the window
+/// (a few messages a second, or a publish every few milliseconds) stops waiting.
+#[derive(Debug, Default)]
+struct Lulls {
+    /// Chances to wait still to skip.
+    skip: u32,
+    /// How many the last timed-out wait set to skip.
+    backoff: u32,
+}
+
+impl Lulls {
+    /// Whether to wait at this chance.
+    fn try_wait(&mut self) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            false
+        } else {
+            true
+        }
+    }
+
+    /// A wait ended, `served` (completions came) or timed out.
+    fn waited(&mut self, served: bool) {
+        if served {
+            self.backoff = 0;
+        } else {
+            self.backoff = (self.backoff * 2).clamp(1, 64);
+            self.skip = self.backoff;
+        }
+    }
 }
 
 /// Fires the open connections' timers: once per `tick` while the table holds connections
@@ -487,6 +523,33 @@ mod tests {
         READY.with(|r| r.take(&mut out, 16));
         assert_eq!(out, vec![3]);
         assert!(READY.with(|r| r.is_empty()));
+    }
+
+    #[test]
+    fn waiting_backs_off_after_timeouts_and_starts_over_when_served() {
+        let mut l = Lulls::default();
+        assert!(l.try_wait());
+        let skipped = |l: &mut Lulls| {
+            let mut n = 0;
+            while !l.try_wait() {
+                n += 1;
+            }
+            n
+        };
+        l.waited(false);
+        assert_eq!(skipped(&mut l), 1);
+        l.waited(false);
+        assert_eq!(skipped(&mut l), 2);
+        l.waited(false);
+        assert_eq!(skipped(&mut l), 4);
+        for _ in 0..10 {
+            l.waited(false);
+        }
+        assert_eq!(skipped(&mut l), 64);
+        l.waited(true);
+        assert!(l.try_wait());
+        l.waited(false);
+        assert_eq!(skipped(&mut l), 1);
     }
 
     #[test]
