@@ -33,6 +33,9 @@
 #   Default: shardcast, plus uws-native when UWS_PEER is an executable (e.g.
 #   UWS_PEER=../shared/peers/uws-peer). The Node peers (uWebSockets.js, `ws`) run only when
 #   PEERS names them; they need Node.js and npm (installed from bench/peers/package-lock.json).
+#   shardcast-base: another shardcast build, SHARDCAST_BASE=path/to/shardcast (e.g. one built
+#   from an earlier commit into its own target dir), run with the same flags: a change
+#   measured alone, against its baseline, in the same rounds.
 # Other settings (environment): DURATION (5s; short 2s), WARMUP (1s; short 0.5s), HOLD (3s;
 #   short 1s) for idle-N, CAP_DURATION (3s), SERVER_CPU, LOAD_CPU, FANOUT_SUBS, P99_MS,
 #   CAP_STEPS, CAP_BUDGET_S, OUT (target/peers).
@@ -106,8 +109,12 @@ for p in "${PEER_LIST[@]}"; do
       if [ -z "${UWS_PEER:-}" ] || [ ! -x "$UWS_PEER" ]; then
         echo "uws-native needs UWS_PEER=path/to/uws-peer (an executable)" >&2; exit 2
       fi ;;
+    shardcast-base)
+      if [ -z "${SHARDCAST_BASE:-}" ] || [ ! -x "$SHARDCAST_BASE" ]; then
+        echo "shardcast-base needs SHARDCAST_BASE=path/to/shardcast (an executable)" >&2; exit 2
+      fi ;;
     uws-js|node-ws) NEED_NODE=1 ;;
-    *) echo "unknown peer $p (shardcast, uws-native, uws-js, node-ws)" >&2; exit 2 ;;
+    *) echo "unknown peer $p (shardcast, shardcast-base, uws-native, uws-js, node-ws)" >&2; exit 2 ;;
   esac
 done
 if [ "$NEED_NODE" = 1 ]; then
@@ -166,7 +173,9 @@ start_server() { # start_server PEER LOG: PEER on a free port, pinned; sets SERV
     case "$peer" in
       # The connection cap set to the open-file limit less 50 (the default keeps a reserve of
       # 64 + 1/64 of it, 376 here, for files an application opens): idle-N goes to N = limit − 100.
-      shardcast)  taskset -c "$SERVER_CPU" "$BIN/shardcast" --host 127.0.0.1 --port "$PORT" \
+      shardcast|shardcast-base)
+                  local bin="$BIN/shardcast"; [ "$peer" = shardcast ] || bin="$SHARDCAST_BASE"
+                  taskset -c "$SERVER_CPU" "$bin" --host 127.0.0.1 --port "$PORT" \
                     --tcp-port 0 --shards 1 --bench-endpoints \
                     --max-connections $(( NOFILE - 50 )) >"$log" 2>&1 & ;;
       uws-native) taskset -c "$SERVER_CPU" "$UWS_PEER" "$PORT" >"$log" 2>&1 & ;;

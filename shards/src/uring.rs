@@ -21,6 +21,11 @@
 //!   disabled and completions cost no wake-up. A socket's task also reaps what is waiting
 //!   when it looks for bytes ([`Socket::poll_recv`]), so buffers go back to the kernel
 //!   between the tasks of a turn, not only once per turn.
+//! - **Waiting on the ring.** The task that serves a shard's open sockets can look at the
+//!   ring without waiting ([`Ring::pump`]) and wait on it with a short timeout
+//!   ([`Ring::wait`]) before it parks, so that the next bytes are served without a glommio
+//!   reactor turn. Descriptors that other threads ring ([`watch`]: the doorbells) end such a
+//!   wait.
 //! - **Bounds.** Once a socket's inbox holds [`INBOX_MAX`] bytes its receive is cancelled, the
 //!   kernel's socket buffer fills and TCP pushes back, and it is re-armed once the task has
 //!   taken the inbox. What the kernel posted before the cancel took effect still lands in the
