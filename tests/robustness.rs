@@ -394,3 +394,65 @@ async fn graceful_shutdown_closes_clients_with_1001_and_disconnect() {
     let rest = t.read_to_end().await;
     assert_eq!(rest, vec![0, 0, 0, 7, 0x08, 0, 0]);
 }
+
+/// `/echo` frames its answers to one batch of input into one buffer: a burst written at once
+/// (so it is decoded as one batch) comes back whole and in order, with answers of every header
+/// size, and the close (the client's, or a fault's) comes after every answer before it.
+#[tokio::test]
+async fn echo_answers_a_burst_in_order_and_closes_after_the_answers() {
+    let server = ServerProc::start(&["--shards", "1", "--bench-endpoints"]);
+    // Payloads with 2-, 4- and 10-byte server headers, text and binary, and a ping among them.
+    let messages: Vec<(u8, Vec<u8>)> = (0..60)
+        .map(|i| {
+            let len = match i % 4 {
+                0 => 5,
+                1 => 125,
+                2 => 126 + i,
+                _ if i == 7 => 70_000,
+                _ => 3000,
+            };
+            let op = if i % 3 == 0 { 2 } else { 1 };
+            let payload: Vec<u8> = (0..len).map(|k| b'a' + ((i + k) % 26) as u8).collect();
+            (op, payload)
+        })
+        .collect();
+    let burst = |tail: &[u8]| {
+        let mut bytes = Vec::new();
+        for (i, (op, payload)) in messages.iter().enumerate() {
+            bytes.extend(client_frame(*op, payload, true));
+            if i == 30 {
+                bytes.extend(client_frame(9, b"ping", true));
+            }
+        }
+        bytes.extend_from_slice(tail);
+        bytes
+    };
+    let check = |frames: Vec<(u8, Vec<u8>)>, code: u16| {
+        let (pongs, rest): (Vec<_>, Vec<_>) = frames.into_iter().partition(|(op, _)| *op == 10);
+        assert_eq!(pongs, vec![(10, b"ping".to_vec())]);
+        let summary: Vec<(u8, usize)> = rest.iter().map(|(op, p)| (*op, p.len())).collect();
+        assert_eq!(rest.len(), messages.len() + 1, "{summary:?}");
+        for (i, (got, want)) in rest.iter().zip(&messages).enumerate() {
+            assert!(got == want, "answer {i} differs: {:?}", summary[i]);
+        }
+        assert_closed_with(&rest, code);
+    };
+
+    // A normal close: every answer, then the close reply echoing 1000.
+    let (mut s, rest) = raw_ws(server.ws, "/echo").await;
+    s.write_all(&burst(&client_frame(8, &close_payload(1000), true)))
+        .await
+        .unwrap();
+    check(server_frames(&read_until_eof(&mut s, rest).await), 1000);
+
+    // A fault after the burst (invalid UTF-8): the answers before it still go out, then 1007.
+    let (mut s, rest) = raw_ws(server.ws, "/echo").await;
+    s.write_all(&burst(&client_frame(1, &[0xff, 0xfe], true)))
+        .await
+        .unwrap();
+    check(server_frames(&read_until_eof(&mut s, rest).await), 1007);
+
+    // Counted per message, not per batch (the counter is final: both connections have ended).
+    let sent = server.metric("shardcast_messages_sent_total").await;
+    assert_eq!(sent, 2 * messages.len() as u64);
+}

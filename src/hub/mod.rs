@@ -615,6 +615,13 @@ impl Hub {
     /// does not take messages (not open, or disconnected now to keep the shard within its
     /// output budget: see `memory.rs`).
     pub(crate) fn send_frame(&self, client: &Client, frame: Bytes) -> bool {
+        self.send_frames(client, frame, 1)
+    }
+
+    /// Like [`Hub::send_frame`], for `messages` frames written back to back into one buffer
+    /// (the `/echo` endpoint's answers to one batch of input): one queued frame, counted as
+    /// that many messages sent.
+    pub(crate) fn send_frames(&self, client: &Client, frame: Bytes, messages: u64) -> bool {
         if !client.is_open() {
             return false;
         }
@@ -626,7 +633,7 @@ impl Hub {
         }
         self.with_queue(client, |q| q.push(frame));
         client.wake();
-        Counters::add(&self.counters.messages_sent, 1);
+        Counters::add(&self.counters.messages_sent, messages);
         true
     }
 

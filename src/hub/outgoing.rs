@@ -703,13 +703,6 @@ impl Outgoing {
         frame.encode().ok()
     }
 
-    /// The [`Body::RawWs`] frame for a single recipient (the `/echo` bench endpoint), built
-    /// directly: an echo is never shared, so it skips the `Arc` and the form cache.
-    pub(crate) fn raw_ws_frame(text: bool, payload: &[u8]) -> Bytes {
-        let op = if text { OpCode::Text } else { OpCode::Binary };
-        server_frame(op, payload)
-    }
-
     /// A copy of `frame` in this shard's own allocation (see the module docs).
     pub(crate) fn local(frame: &Bytes) -> Bytes {
         Bytes::copy_from_slice(frame)
