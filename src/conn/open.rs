@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use std::time::{Duration, Instant};
 
-use shardcast_shards::uring::Ring;
+use shardcast_shards::uring::{Ring, Waited};
 
 use super::{Drive, End, Io, Session, Shared};
 use crate::hub::client::Client;
@@ -300,9 +300,8 @@ pub(crate) async fn run(shared: Rc<Shared>) {
             // is left of the window.
             let Some(ring) = Ring::current() else { break };
             if ring.pump() == 0 {
-                let now = Instant::now();
-                let until = *window.get_or_insert(now + WAIT_BUDGET);
-                if now >= until || glommio::executor().need_preempt() || !lulls.try_wait() {
+                let until = *window.get_or_insert_with(|| Instant::now() + WAIT_BUDGET);
+                if glommio::executor().need_preempt() || !lulls.try_wait() {
                     break;
                 }
                 if !yielded {
@@ -313,7 +312,15 @@ pub(crate) async fn run(shared: Rc<Shared>) {
                     return Poll::Pending;
                 }
                 yielded = false;
-                lulls.waited(ring.wait(until - now) > 0);
+                match ring.wait_until(until) {
+                    Waited::Served(_) => lulls.waited(true),
+                    Waited::TimedOut => {
+                        lulls.waited(false);
+                        break;
+                    }
+                    // The window ran out while serving: nothing to learn about lulls.
+                    Waited::Expired => break,
+                }
             }
             if READY.with(|r| r.is_empty()) {
                 // What came was for tasks of their own (handshakes): let them run.
