@@ -1261,6 +1261,43 @@ mod tests {
             .expect("join");
     }
 
+    /// A connected socket adopted by the shard's ring, its receive armed with a counting
+    /// waker, and the ring's driver parked on its eventfd; the other end is `peer`.
+    struct Parked {
+        ring: Ring,
+        sock: Socket,
+        peer: std::net::TcpStream,
+        c: Arc<Count>,
+        w: Waker,
+        out: BytesMut,
+    }
+
+    async fn parked_socket() -> Parked {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+        let (ours, _) = listener.accept().expect("accept");
+        ours.set_nonblocking(true).expect("nonblocking");
+        let ring = Ring::get().expect("ring");
+        let sock = ring.adopt(OwnedFd::from(ours));
+        let (c, w) = counting();
+        let mut out = BytesMut::new();
+        assert!(sock
+            .poll_recv(&mut Context::from_waker(&w), &mut out)
+            .is_pending());
+        // Let the driver submit the receive and park on its eventfd.
+        while ring.stats().parks == 0 {
+            futures_lite::future::yield_now().await;
+        }
+        Parked {
+            ring,
+            sock,
+            peer,
+            c,
+            w,
+            out,
+        }
+    }
+
     /// A task waiting on the ring ([`Ring::wait`]) gets nothing and 0 when nothing comes
     /// before the timeout, is served by bytes that arrive (woken by them, not by the
     /// timeout: the second wait would give 0 after 10 s), and leaves the eventfd of a parked
@@ -1270,22 +1307,14 @@ mod tests {
         glommio::LocalExecutorBuilder::default()
             .spawn(|| async {
                 use std::io::Write;
-                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-                let mut peer =
-                    std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
-                let (ours, _) = listener.accept().expect("accept");
-                ours.set_nonblocking(true).expect("nonblocking");
-                let ring = Ring::get().expect("ring");
-                let sock = ring.adopt(OwnedFd::from(ours));
-                let (c, w) = counting();
-                let mut out = BytesMut::new();
-                assert!(sock
-                    .poll_recv(&mut Context::from_waker(&w), &mut out)
-                    .is_pending());
-                // Let the driver submit the receive and park on its eventfd.
-                while ring.stats().parks == 0 {
-                    futures_lite::future::yield_now().await;
-                }
+                let Parked {
+                    ring,
+                    sock,
+                    mut peer,
+                    c,
+                    w,
+                    mut out,
+                } = parked_socket().await;
                 let eventfd_enabled = || !ring.0.uring.borrow_mut().completion().eventfd_disabled();
                 assert!(eventfd_enabled());
 
@@ -1333,21 +1362,13 @@ mod tests {
         glommio::LocalExecutorBuilder::default()
             .spawn(|| async {
                 use std::io::Write;
-                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-                let mut peer =
-                    std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
-                let (ours, _) = listener.accept().expect("accept");
-                ours.set_nonblocking(true).expect("nonblocking");
-                let ring = Ring::get().expect("ring");
-                let sock = ring.adopt(OwnedFd::from(ours));
-                let (c, w) = counting();
-                let mut out = BytesMut::new();
-                assert!(sock
-                    .poll_recv(&mut Context::from_waker(&w), &mut out)
-                    .is_pending());
-                while ring.stats().parks == 0 {
-                    futures_lite::future::yield_now().await;
-                }
+                let Parked {
+                    ring,
+                    sock: _sock,
+                    mut peer,
+                    c,
+                    ..
+                } = parked_socket().await;
                 let timers = ring.stats().wait_timers;
                 let deadline = Instant::now() + Duration::from_millis(300);
 
