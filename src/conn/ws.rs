@@ -434,6 +434,40 @@ struct WsSession {
 }
 
 impl WsSession {
+    /// A stelar text message: envelope → dispatch.
+    fn text(&self, msg: Bytes, env: &Env<'_>) {
+        // One scan validates the message and finds `data`'s members for the relay.
+        match envelope::parse_with_members(&msg) {
+            Ok((e, members)) => {
+                let data = e.data_range(&msg).map(|r| Data {
+                    text: msg.slice(r),
+                    members,
+                });
+                let ack = e.ack_name.as_ref().map(|name| AckRequest {
+                    name: name.to_string(),
+                    correlation_id: e.correlation_id.as_ref().map(|c| c.to_string()),
+                    received: std::time::Instant::now(),
+                });
+                dispatch::event(env, &e.event, data, ack);
+            }
+            Err(err) => env.error(ClientError::InvalidEnvelope(err), None),
+        }
+    }
+
+    /// A stelar binary message: envelope → dispatch.
+    fn binary(&self, msg: Bytes, env: &Env<'_>) {
+        match binary::parse(&msg) {
+            Ok(b) => match b.event.as_deref() {
+                Some(event) => {
+                    let payload = msg.slice(b.payload_range());
+                    dispatch::binary(env, event, payload);
+                }
+                None => env.error(ClientError::BinaryWithoutEvent, None),
+            },
+            Err(err) => env.error(ClientError::InvalidBinaryEnvelope(err), None),
+        }
+    }
+
     /// Decodes and dispatches every complete message in `buf`; `/echo`'s answers are
     /// gathered in `echoes` (queued by the caller, or here before a close).
     fn handle_messages(&mut self, buf: &mut BytesMut, env: &Env<'_>, echoes: &mut Echoes) -> Flow {
@@ -507,40 +541,6 @@ impl WsSession {
                     return Flow::Stop;
                 }
             }
-        }
-    }
-
-    /// A stelar text message: envelope → dispatch.
-    fn text(&self, msg: Bytes, env: &Env<'_>) {
-        // One scan validates the message and finds `data`'s members for the relay.
-        match envelope::parse_with_members(&msg) {
-            Ok((e, members)) => {
-                let data = e.data_range(&msg).map(|r| Data {
-                    text: msg.slice(r),
-                    members,
-                });
-                let ack = e.ack_name.as_ref().map(|name| AckRequest {
-                    name: name.to_string(),
-                    correlation_id: e.correlation_id.as_ref().map(|c| c.to_string()),
-                    received: std::time::Instant::now(),
-                });
-                dispatch::event(env, &e.event, data, ack);
-            }
-            Err(err) => env.error(ClientError::InvalidEnvelope(err), None),
-        }
-    }
-
-    /// A stelar binary message: envelope → dispatch.
-    fn binary(&self, msg: Bytes, env: &Env<'_>) {
-        match binary::parse(&msg) {
-            Ok(b) => match b.event.as_deref() {
-                Some(event) => {
-                    let payload = msg.slice(b.payload_range());
-                    dispatch::binary(env, event, payload);
-                }
-                None => env.error(ClientError::BinaryWithoutEvent, None),
-            },
-            Err(err) => env.error(ClientError::InvalidBinaryEnvelope(err), None),
         }
     }
 }
