@@ -1,26 +1,34 @@
-//! The shard's own io_uring for connection sockets: multishot receives into a ring of
-//! provided buffers, write-readiness polls, and one `io_uring_enter` per turn for all of them.
+//! The shard's own io_uring for connection sockets: one multishot read-readiness poll per
+//! socket for its life, write-readiness polls, and one `io_uring_enter` per turn for all the
+//! requests the sockets queued.
 //!
 //! glommio 0.9 reads a socket with a plain `recv` and, whenever that does not fill the buffer,
 //! allocates a new poll request on its main ring to learn when the next bytes come: one
 //! syscall plus one submission per read, and one pending poll (with its allocation) per idle
-//! socket. Here each socket has **one multishot receive for its life**: the kernel picks a
-//! buffer from the shard's provided-buffer ring whenever bytes arrive and posts a completion,
-//! so a read costs no syscall at all and an idle socket costs no user memory beyond its slot.
+//! socket. Here each socket has **one multishot poll for its life**: the kernel posts a
+//! completion whenever bytes arrive, which marks the socket readable and wakes its task; the
+//! task reads with `recv` when it is served ([`Socket::poll_recv`]), everything that came
+//! meanwhile in one call, and a read that comes back short leaves the socket marked empty, so
+//! the next look costs no syscall. An idle socket costs no user memory beyond its 32-byte
+//! slot: bytes stay in the kernel until they are read.
+//!
+//! (Until 2026-12-07 the sockets had a multishot *receive* into a ring of provided buffers:
+//! the kernel read each arrival as it came, at the shard's next syscall exit, and the bytes
+//! were copied to a per-socket inbox. Reading when served instead costs the same CPU in the
+//! echo and fan-out runs (PERF.md), reads once per service like an epoll server, and drops
+//! the inbox (32 bytes per connection) and the shard's 1 MiB of provided buffers.)
 //!
 //! - [`Ring::get`] gives the shard's ring (created on first use on the shard's thread, with its
 //!   driver task); [`Ring::adopt`] takes a connected socket and returns its [`Socket`].
 //! - **The driver** is a glommio task. Whenever it runs it submits what the sockets queued
 //!   (every socket's requests of the turn in one `io_uring_enter`), reaps the completion queue
-//!   (no syscall), copies received bytes into the socket's inbox, gives the buffer back to
-//!   the kernel at once and wakes the socket's task. With nothing to do it parks: it enables
-//!   the ring's eventfd, looks at the completion queue once more (so a completion posted in
+//!   (no syscall) and wakes the sockets' tasks. With nothing to do it parks: it enables the
+//!   ring's eventfd, looks at the completion queue once more (so a completion posted in
 //!   between is not missed: the kernel posts, then checks the flag; the driver sets the flag,
 //!   then checks the queue) and waits on the eventfd through glommio, so the shard sleeps
 //!   until the kernel has something for it. While the driver is awake the eventfd stays
 //!   disabled and completions cost no wake-up. A socket's task also reaps what is waiting
-//!   when it looks for bytes ([`Socket::poll_recv`]), so buffers go back to the kernel
-//!   between the tasks of a turn, not only once per turn.
+//!   when it looks for bytes ([`Socket::poll_recv`]), so its readiness is up to date.
 //! - **Waiting on the ring.** The task that serves a shard's open sockets can look at the
 //!   ring without waiting ([`Ring::pump`]) and wait on it with a short timeout
 //!   ([`Ring::wait`]) before it parks, so that the next bytes are served without a glommio
@@ -29,15 +37,13 @@
 //!   ([`Ring::wait_until`]) rather than each arming and cancelling a kernel timer (a trap to
 //!   the hypervisor each, in a VM), and they are not counted as I/O wait
 //!   (`IORING_ENTER_NO_IOWAIT`, where the kernel has it).
-//! - **Bounds.** Once a socket's inbox holds [`INBOX_MAX`] bytes its receive is cancelled, the
-//!   kernel's socket buffer fills and TCP pushes back, and it is re-armed once the task has
-//!   taken the inbox. What the kernel posted before the cancel took effect still lands in the
-//!   inbox, and that is bounded by the provided buffers (the kernel fills no more than
-//!   [`BUFFERS`] × [`BUFFER_SIZE`] between two reaps): an inbox holds at most `INBOX_MAX` +
-//!   1 MiB. So a connection that is not read (paused under
-//!   backpressure) holds no more than that here. The provided buffers are
-//!   [`BUFFERS`] × [`BUFFER_SIZE`] bytes per shard, given back as soon as copied; when they run
-//!   out the kernel ends the affected receives (`ENOBUFS`) and they are re-armed.
+//! - **Bounds.** Nothing is read that the reader did not ask for: one [`Socket::poll_recv`]
+//!   reads at most [`RECV_MAX`] bytes (through one [`RECV_CHUNK`] scratch buffer per shard),
+//!   and a connection paused under backpressure ([`Socket::pause_recv`]) is not read at all:
+//!   its poll is cancelled, the kernel's socket buffer fills and TCP pushes back.
+//! - **The end and errors.** The poll reports the peer's end (`POLLRDHUP`) or an error once;
+//!   after that the socket stays marked readable, so a short read of the last bytes is
+//!   followed by the `recv` that returns the end or the error.
 //!
 //! **Architecture invariant:** like the rest of this crate, nothing here knows what the bytes
 //! mean.
@@ -59,14 +65,10 @@ use io_uring::{cqueue, opcode, squeue, types, EnterFlags, IoUring};
 /// Submission queue entries (the completion queue is four times larger; the kernel keeps
 /// overflowing completions on a list rather than dropping them).
 const SQ_ENTRIES: u32 = 1024;
-/// Provided buffers per shard (a power of two).
-pub const BUFFERS: u16 = 256;
-/// Bytes per provided buffer.
-pub const BUFFER_SIZE: usize = 4096;
-/// Received bytes a socket holds before its receive is paused until they are taken.
-pub const INBOX_MAX: usize = 64 * 1024;
-/// The buffer group id of the provided buffers.
-const BGID: u16 = 0;
+/// Bytes one `recv` asks for (into the shard's scratch buffer, copied out at once).
+pub const RECV_CHUNK: usize = 16 * 1024;
+/// Bytes one [`Socket::poll_recv`] reads at most before it returns them.
+pub const RECV_MAX: usize = 64 * 1024;
 /// Completions handled per driver poll before it lets other tasks run.
 const REAP_BUDGET: usize = 4096;
 /// Completions a socket's task reaps when it looks for bytes ([`Socket::poll_recv`]).
@@ -75,7 +77,8 @@ const TASK_REAP_BUDGET: usize = 64;
 /// `io_uring_enter` flag: process completions (the crate does not export it).
 const IORING_ENTER_GETEVENTS: u32 = 1;
 
-const OP_RECV: u64 = 1;
+/// A socket's read-readiness poll (multishot, for its life).
+const OP_POLLIN: u64 = 1;
 const OP_POLLOUT: u64 = 2;
 const OP_CANCEL: u64 = 3;
 /// Readiness of a watched descriptor ([`watch`]): nothing to hand over, it only ends a wait.
@@ -101,10 +104,12 @@ pub struct RingStats {
     pub submitted: u64,
     /// Completions reaped.
     pub completions: u64,
-    /// Receives re-armed after the kernel ended them (buffers ran out, inbox full).
+    /// Read-readiness polls re-armed after the kernel ended them or a pause cancelled them.
     pub rearms: u64,
-    /// Times the provided buffers ran out.
-    pub no_buffers: u64,
+    /// `recv` calls made.
+    pub recvs: u64,
+    /// Of those, the ones that found nothing (readiness reported for bytes already read).
+    pub empty_recvs: u64,
     /// Times the driver parked on its eventfd.
     pub parks: u64,
     /// Sockets adopted and not yet released.
@@ -146,30 +151,29 @@ struct WindowTimer {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Recv {
-    /// No receive in flight.
+    /// No read-readiness poll in flight.
     Idle,
-    /// The multishot receive is in flight.
+    /// The multishot read-readiness poll is in flight.
     Armed,
     /// Its cancellation was asked; it ends with its next final completion.
     Cancelling,
 }
 
 /// A socket's state on the ring, one per open connection (kept in a `Vec`): its size is
-/// idle memory per connection, so it is kept to 64 bytes (see the test).
+/// idle memory per connection, so it is kept to 32 bytes (see the test).
 struct Slot {
     gen: u32,
     fd: RawFd,
-    inbox: BytesMut,
     /// The task to wake, for the directions in [`Flags::WANT_READ`] and
     /// [`Flags::WANT_WRITE`]. One waker serves both: a socket is read and written by one task
     /// (a handshake task, then the open table's waker of the connection), so two would hold
     /// the same waker twice. See [`Slot::register`] for a poll that brings another one.
     waker: Option<Waker>,
-    /// The socket failed with this errno (after what the inbox holds); 0 when it did not.
-    /// Errno values are below 4096.
+    /// A `recv` failed with this errno (after it had returned bytes, which went out first);
+    /// 0 when none did. Errno values are below 4096.
     error: i16,
-    /// Requests in flight (receive, poll, cancel): the slot is reused only once this is 0.
-    /// A handful at most: one receive, one poll, their cancellations.
+    /// Requests in flight (polls, cancels): the slot is reused only once this is 0. A handful
+    /// at most: one read poll, one write poll, their cancellations.
     in_flight: u16,
     recv: Recv,
     flags: Flags,
@@ -180,7 +184,7 @@ struct Slot {
 struct Flags(u8);
 
 impl Flags {
-    /// The peer closed its side (after what the inbox holds).
+    /// A `recv` saw the end of the stream (the peer closed its side).
     const EOF: Flags = Flags(1);
     /// The write-readiness poll is in flight.
     const POLLOUT_ARMED: Flags = Flags(1 << 1);
@@ -193,6 +197,13 @@ impl Flags {
     /// The task waits for write readiness: the poll's completion wakes the waker.
     const WANT_WRITE: Flags = Flags(1 << 5);
     const WANTS: Flags = Flags(Flags::WANT_READ.0 | Flags::WANT_WRITE.0);
+    /// The socket may have bytes to read: the read poll reported it (or it was just armed)
+    /// and no `recv` has found the socket empty since.
+    const READABLE: Flags = Flags(1 << 6);
+    /// The read poll reported the peer's end or an error: the socket stays readable (a
+    /// `recv` returns 0 or the error) even after a read that came back short, and no more
+    /// completions will say so.
+    const HANGUP: Flags = Flags(1 << 7);
 
     fn has(self, f: Flags) -> bool {
         self.0 & f.0 != 0
@@ -212,7 +223,6 @@ impl Slot {
         Slot {
             gen,
             fd,
-            inbox: BytesMut::new(),
             waker: None,
             error: 0,
             in_flight: 0,
@@ -269,90 +279,10 @@ impl Slot {
     }
 }
 
-/// The provided buffers: the ring the kernel takes them from, and their memory.
-struct Buffers {
-    /// `BUFFERS` ring entries (16 bytes each), page-aligned as the kernel requires.
-    ring: *mut types::BufRingEntry,
-    ring_len: usize,
-    data: Box<[u8]>,
-    /// Our copy of the ring's tail (published to the kernel by `publish`).
-    tail: Cell<u16>,
-}
-
-impl Buffers {
-    fn new() -> io::Result<Buffers> {
-        let ring_len = BUFFERS as usize * std::mem::size_of::<types::BufRingEntry>();
-        // SAFETY: an anonymous private mapping; checked for failure below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ring_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let b = Buffers {
-            ring: ptr.cast(),
-            ring_len,
-            data: vec![0u8; BUFFERS as usize * BUFFER_SIZE].into_boxed_slice(),
-            tail: Cell::new(0),
-        };
-        for bid in 0..BUFFERS {
-            b.give_back(bid);
-        }
-        b.publish();
-        Ok(b)
-    }
-
-    /// Puts buffer `bid` back at the ring's tail (visible to the kernel after `publish`).
-    fn give_back(&self, bid: u16) {
-        let tail = self.tail.get();
-        let idx = (tail & (BUFFERS - 1)) as usize;
-        // SAFETY: idx < BUFFERS entries of the mapping; only this thread writes entries, and
-        // the kernel reads only entries before the published tail, which this one is not.
-        unsafe {
-            let e = &mut *self.ring.add(idx);
-            e.set_addr(self.data.as_ptr().add(bid as usize * BUFFER_SIZE) as u64);
-            e.set_len(BUFFER_SIZE as u32);
-            e.set_bid(bid);
-        }
-        self.tail.set(tail.wrapping_add(1));
-    }
-
-    fn publish(&self) {
-        // SAFETY: the tail field lives in the mapping; a release store orders the entries
-        // written before it.
-        unsafe {
-            let tail = types::BufRingEntry::tail(self.ring) as *const std::sync::atomic::AtomicU16;
-            (*tail).store(self.tail.get(), Ordering::Release);
-        }
-    }
-
-    fn bytes(&self, bid: u16, len: usize) -> &[u8] {
-        let start = bid as usize * BUFFER_SIZE;
-        &self.data[start..start + len.min(BUFFER_SIZE)]
-    }
-}
-
-impl Drop for Buffers {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once (the ring was dropped before: see
-        // `Inner`'s field order).
-        unsafe {
-            libc::munmap(self.ring.cast(), self.ring_len);
-        }
-    }
-}
-
 struct Inner {
-    // Field order matters: the ring (and its registration of the buffers) goes first.
     uring: RefCell<IoUring>,
-    buffers: Buffers,
+    /// Where `recv` reads to, before the bytes are copied to the socket's reader.
+    scratch: RefCell<Box<[u8]>>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
     driver: RefCell<Option<Waker>>,
@@ -523,16 +453,6 @@ impl Ring {
             .setup_coop_taskrun()
             .setup_taskrun_flag()
             .build(SQ_ENTRIES)?;
-        let buffers = Buffers::new()?;
-        // SAFETY: the ring entries stay mapped for as long as the ring exists (field order).
-        unsafe {
-            uring.submitter().register_buf_ring_with_flags(
-                buffers.ring as u64,
-                BUFFERS,
-                BGID,
-                0,
-            )?;
-        }
         // SAFETY: eventfd returns a new descriptor or -1.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if efd < 0 {
@@ -551,7 +471,7 @@ impl Ring {
         };
         let inner = Rc::new(Inner {
             uring: RefCell::new(uring),
-            buffers,
+            scratch: RefCell::new(vec![0u8; RECV_CHUNK].into_boxed_slice()),
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             driver: RefCell::new(None),
@@ -621,8 +541,8 @@ impl Inner {
     /// Queues one request; the driver submits it with the rest of the turn's.
     fn push(&self, entry: squeue::Entry) {
         let mut uring = self.uring.borrow_mut();
-        // SAFETY: every entry pushed here refers only to a socket descriptor and, for the
-        // receive, to the provided buffers, which outlive the ring.
+        // SAFETY: every entry pushed here refers only to a socket descriptor, or (the window
+        // timer) to a timespec in `Inner`, which outlives the ring's use of it.
         while unsafe { uring.submission().push(&entry) }.is_err() {
             // The queue is full: hand it to the kernel now.
             let n = uring.submit().unwrap_or(0);
@@ -639,11 +559,15 @@ impl Inner {
         }
     }
 
-    fn arm_recv(&self, slot: u32, s: &mut Slot) {
-        let e = opcode::RecvMulti::new(types::Fd(s.fd), BGID)
+    /// Arms the socket's read poll. Until its first completion comes, the socket counts as
+    /// readable (bytes may have come while no poll was in flight).
+    fn arm_pollin(&self, slot: u32, s: &mut Slot) {
+        let e = opcode::PollAdd::new(types::Fd(s.fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
+            .multi(true)
             .build()
-            .user_data(user_data(slot, s.gen, OP_RECV));
+            .user_data(user_data(slot, s.gen, OP_POLLIN));
         s.recv = Recv::Armed;
+        s.flags.insert(Flags::READABLE);
         s.in_flight += 1;
         self.push(e);
     }
@@ -675,8 +599,8 @@ impl Inner {
         self.push(e);
     }
 
-    fn cancel_recv(&self, slot: u32, s: &mut Slot) {
-        let e = opcode::AsyncCancel::new(user_data(slot, s.gen, OP_RECV))
+    fn cancel_pollin(&self, slot: u32, s: &mut Slot) {
+        let e = opcode::PollRemove::new(user_data(slot, s.gen, OP_POLLIN))
             .build()
             .user_data(user_data(slot, s.gen, OP_CANCEL));
         s.recv = Recv::Cancelling;
@@ -754,12 +678,8 @@ impl Inner {
             if len == 0 {
                 break;
             }
-            let mut gave_back = false;
             for &(data, res, flags) in &done[..len] {
-                gave_back |= self.complete(data, res, flags);
-            }
-            if gave_back {
-                self.buffers.publish();
+                self.complete(data, res, flags);
             }
             handled += len;
             if handled >= budget {
@@ -773,8 +693,8 @@ impl Inner {
         handled - (self.window.borrow().ticks - ticks)
     }
 
-    /// One completion. Returns whether a buffer went back to the ring.
-    fn complete(&self, data: u64, res: i32, flags: u32) -> bool {
+    /// One completion.
+    fn complete(&self, data: u64, res: i32, flags: u32) {
         let (slot, gen, op) = split(data);
         if op == OP_WINDOW {
             let mut w = self.window.borrow_mut();
@@ -785,54 +705,37 @@ impl Inner {
                     w.fired = Some(deadline);
                 }
             }
-            return false;
+            return;
         }
         if op == OP_WATCH {
             // The watched descriptor's owner reads it; only re-arm a poll the kernel ended.
             if !cqueue::more(flags) && res >= 0 {
                 self.arm_watch(slot as RawFd);
             }
-            return false;
+            return;
         }
         let mut slots = self.slots.borrow_mut();
         let Some(s) = slots.get_mut(slot as usize) else {
-            return false;
+            return;
         };
-        let mut gave_back = false;
         if s.gen != gen {
-            // A request of a slot's earlier life; only its buffer matters.
-            if let Some(bid) = cqueue::buffer_select(flags) {
-                self.buffers.give_back(bid);
-                gave_back = true;
-            }
-            return gave_back;
+            // A request of a slot's earlier life (its in-flight count went with it).
+            return;
         }
-        let last = op != OP_RECV || !cqueue::more(flags);
+        let last = op != OP_POLLIN || !cqueue::more(flags);
         match op {
-            OP_RECV => {
-                if let Some(bid) = cqueue::buffer_select(flags) {
-                    if res > 0 && !s.flags.has(Flags::RELEASED) {
-                        s.inbox
-                            .extend_from_slice(self.buffers.bytes(bid, res as usize));
-                    }
-                    self.buffers.give_back(bid);
-                    gave_back = true;
-                }
-                if res == 0 {
-                    s.flags.insert(Flags::EOF);
-                } else if res < 0 {
-                    match -res {
-                        libc::ECANCELED => {}
-                        libc::ENOBUFS => self.bump(|st| st.no_buffers += 1),
-                        // Errno values fit (below 4096); EIO stands for anything else.
-                        e => s.error = i16::try_from(e).unwrap_or(libc::EIO as i16),
-                    }
-                }
+            OP_POLLIN => {
                 if last {
                     s.recv = Recv::Idle;
-                } else if s.recv == Recv::Armed && s.inbox.len() >= INBOX_MAX {
-                    self.cancel_recv(slot, s);
                 }
+                // Readable, or the poll ended (a pause's cancel, an overflowing completion
+                // queue, an error): either way a waiting reader looks with a `recv`, and
+                // re-arms the poll if it ended. (A reader that paused is not waiting: at worst
+                // it is woken once, sees it is paused and waits on.)
+                if res > 0 && res & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as i32 != 0 {
+                    s.flags.insert(Flags::HANGUP);
+                }
+                s.flags.insert(Flags::READABLE);
                 s.wake(Flags::WANT_READ);
             }
             OP_POLLOUT => {
@@ -848,11 +751,9 @@ impl Inner {
                 self.free_slot(slot, s);
             }
         }
-        gave_back
     }
 
     fn free_slot(&self, slot: u32, s: &mut Slot) {
-        s.inbox = BytesMut::new();
         s.forget_waker();
         s.fd = -1;
         self.free.borrow_mut().push(slot);
@@ -1002,18 +903,25 @@ impl AsRawFd for Socket {
 }
 
 impl Socket {
-    /// Moves what was received into `out` (appended; moved without a copy when `out` is
-    /// empty). `Ready(Ok(0))` is the end of the stream; `Pending` registers the task.
+    /// Reads what the socket has into `out` (appended), up to [`RECV_MAX`] bytes.
+    /// `Ready(Ok(0))` is the end of the stream; `Pending` registers the task, which the
+    /// socket's read poll wakes when bytes come.
+    ///
+    /// The bytes are read here, with `recv`, when the reader asks, not when they arrive: a
+    /// connection served once per turn reads once per turn whatever arrived meanwhile, and the
+    /// acknowledgement of what it read leaves with its answer. (A receive run by the kernel
+    /// at each arrival read the same bytes in more, smaller pieces, and a read of more than a
+    /// segment's worth since the last answer sent an acknowledgement of its own.) A read
+    /// that comes back short leaves the socket empty: the next call waits for the poll
+    /// without a syscall.
     pub fn poll_recv(&self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<io::Result<usize>> {
         let inner = &self.ring.0;
         if inner.completions_waiting() {
             // Completions posted since the driver last ran (the kernel posts them when this
-            // thread returns from any syscall, e.g. the previous task's send). Reaping them
-            // here gives their buffers back now rather than after every task of the turn,
-            // so the buffers last: left to the driver alone, a shard with a thousand busy
-            // sockets ran out of them several times per message. This task's read interest
-            // is set aside meanwhile (its inbox is looked at right below), and restored after
-            // unless a write-readiness wake-up took the waker (the task was then woken).
+            // thread returns from any syscall, e.g. the previous task's send): handled now,
+            // so this socket's readiness is up to date. This task's read interest is set
+            // aside meanwhile (it looks right below), and restored after unless a
+            // write-readiness wake-up took the waker (the task was then woken).
             let wanted = {
                 let mut slots = inner.slots.borrow_mut();
                 let s = &mut slots[self.slot as usize];
@@ -1030,20 +938,6 @@ impl Socket {
         }
         let mut slots = inner.slots.borrow_mut();
         let s = &mut slots[self.slot as usize];
-        let n = s.inbox.len();
-        if n > 0 {
-            if out.is_empty() {
-                *out = std::mem::take(&mut s.inbox);
-            } else {
-                out.extend_from_slice(&s.inbox);
-                s.inbox = BytesMut::new();
-            }
-            if s.recv == Recv::Idle && !s.flags.has(Flags::EOF) && s.error == 0 {
-                inner.bump(|st| st.rearms += 1);
-                inner.arm_recv(self.slot, s);
-            }
-            return Poll::Ready(Ok(n));
-        }
         if s.error != 0 {
             return Poll::Ready(Err(io::Error::from_raw_os_error(s.error.into())));
         }
@@ -1051,7 +945,79 @@ impl Socket {
             return Poll::Ready(Ok(0));
         }
         if s.recv == Recv::Idle {
-            inner.arm_recv(self.slot, s);
+            if s.flags.has(Flags::RELEASED) {
+                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+            }
+            inner.bump(|st| st.rearms += 1);
+            inner.arm_pollin(self.slot, s);
+        }
+        if s.flags.has(Flags::READABLE) {
+            let mut scratch = inner.scratch.borrow_mut();
+            let mut total = 0;
+            let mut recvs = 0;
+            loop {
+                recvs += 1;
+                // SAFETY: `scratch` is a live buffer of `scratch.len()` bytes, written only by
+                // this call; `fd` is this handle's open socket.
+                let n = unsafe {
+                    libc::recv(
+                        self.fd,
+                        scratch.as_mut_ptr().cast(),
+                        scratch.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n > 0 {
+                    let n = n as usize;
+                    out.extend_from_slice(&scratch[..n]);
+                    total += n;
+                    if n < scratch.len() {
+                        // Short: no more bytes now (but the end or an error may follow them,
+                        // which the poll reported once).
+                        if !s.flags.has(Flags::HANGUP) {
+                            s.flags.remove(Flags::READABLE);
+                        }
+                        break;
+                    }
+                    if total >= RECV_MAX {
+                        break;
+                    }
+                    continue;
+                }
+                if n == 0 {
+                    s.flags.insert(Flags::EOF);
+                    break;
+                }
+                match io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO)
+                {
+                    libc::EINTR => {}
+                    libc::EAGAIN => {
+                        s.flags.remove(Flags::READABLE);
+                        break;
+                    }
+                    // Errno values fit (below 4096); EIO stands for anything else.
+                    e => {
+                        s.error = i16::try_from(e).unwrap_or(libc::EIO as i16);
+                        break;
+                    }
+                }
+            }
+            let empty = total == 0 && s.error == 0 && !s.flags.has(Flags::EOF);
+            inner.bump(|st| {
+                st.recvs += recvs;
+                st.empty_recvs += u64::from(empty);
+            });
+            if total > 0 {
+                return Poll::Ready(Ok(total));
+            }
+            if s.error != 0 {
+                return Poll::Ready(Err(io::Error::from_raw_os_error(s.error.into())));
+            }
+            if s.flags.has(Flags::EOF) {
+                return Poll::Ready(Ok(0));
+            }
         }
         s.register(Flags::WANT_READ, cx.waker());
         Poll::Pending
@@ -1064,14 +1030,15 @@ impl Socket {
         slots[self.slot as usize].forget_waker();
     }
 
-    /// Stops receiving until the next [`Socket::poll_recv`] (backpressure: the kernel's socket
-    /// buffer fills and TCP pushes back). What already arrived stays in the inbox.
+    /// Stops watching for bytes until the next [`Socket::poll_recv`] (backpressure: the
+    /// kernel's socket buffer fills and TCP pushes back; the paused reader is not woken by
+    /// each arrival meanwhile).
     pub fn pause_recv(&self) {
         let inner = &self.ring.0;
         let mut slots = inner.slots.borrow_mut();
         let s = &mut slots[self.slot as usize];
         if s.recv == Recv::Armed {
-            inner.cancel_recv(self.slot, s);
+            inner.cancel_pollin(self.slot, s);
         }
     }
 
@@ -1103,10 +1070,9 @@ impl Drop for Socket {
         let mut slots = inner.slots.borrow_mut();
         let s = &mut slots[self.slot as usize];
         s.flags.insert(Flags::RELEASED);
-        s.inbox = BytesMut::new();
         s.forget_waker();
         if s.recv == Recv::Armed {
-            inner.cancel_recv(self.slot, s);
+            inner.cancel_pollin(self.slot, s);
         }
         if s.flags.has(Flags::POLLOUT_ARMED) {
             let e = opcode::PollRemove::new(user_data(self.slot, s.gen, OP_POLLOUT))
@@ -1133,11 +1099,12 @@ mod tests {
     use super::*;
 
     /// A slot is idle memory per connection: 96 bytes with a waker per direction, an
-    /// `Option<i32>` errno and a `bool` per flag; 64 now.
+    /// `Option<i32>` errno and a `bool` per flag; 64 with an inbox of received bytes; 32 now
+    /// that bytes stay in the kernel until read.
     #[test]
-    fn a_socket_slot_takes_at_most_64_bytes() {
+    fn a_socket_slot_takes_at_most_32_bytes() {
         let size = std::mem::size_of::<Slot>();
-        assert!(size <= 64, "a slot takes {size} bytes");
+        assert!(size <= 32, "a slot takes {size} bytes");
     }
 
     /// A waker that counts its wake-ups.
@@ -1425,6 +1392,160 @@ mod tests {
                     let mut b = [0u8; 8];
                     assert_eq!(std::io::Read::read(&mut &read, &mut b).expect("read"), 1);
                 }
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    /// Polls `sock` until it is ready, waiting on the ring between polls (at most 10 s).
+    fn recv_ready(ring: &Ring, sock: &Socket, w: &Waker, out: &mut BytesMut) -> io::Result<usize> {
+        let started = Instant::now();
+        loop {
+            if let Poll::Ready(r) = sock.poll_recv(&mut Context::from_waker(w), out) {
+                return r;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nothing to read after 10 s"
+            );
+            ring.wait(Duration::from_millis(100));
+        }
+    }
+
+    /// Bytes are read when the reader asks, with one `recv` for what came meanwhile; a read
+    /// that came back short left the socket empty, so the next poll waits without a syscall;
+    /// the end of the stream comes after the bytes before it.
+    #[test]
+    fn bytes_are_read_when_asked_and_the_end_comes_after_them() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                use std::io::Write;
+                let Parked {
+                    ring,
+                    sock,
+                    mut peer,
+                    c,
+                    w,
+                    mut out,
+                } = parked_socket().await;
+                for part in [&b"one "[..], b"two ", b"three"] {
+                    peer.write_all(part).expect("write");
+                }
+                while out.len() < 13 {
+                    let n = recv_ready(&ring, &sock, &w, &mut out).expect("read");
+                    assert!(n > 0, "the end of the stream before the bytes");
+                }
+                assert_eq!(&out[..], b"one two three");
+                assert!(woken(&c) >= 1, "the bytes woke the reader");
+                let recvs = ring.stats().recvs;
+                assert!(sock
+                    .poll_recv(&mut Context::from_waker(&w), &mut out)
+                    .is_pending());
+                assert_eq!(
+                    ring.stats().recvs,
+                    recvs,
+                    "a poll after a short read made a recv"
+                );
+                peer.write_all(b" four").expect("write");
+                drop(peer);
+                let mut got = BytesMut::new();
+                loop {
+                    match recv_ready(&ring, &sock, &w, &mut got).expect("read") {
+                        0 => break,
+                        _ => continue,
+                    }
+                }
+                assert_eq!(&got[..], b" four");
+                // The end stays the end, without another recv.
+                let recvs = ring.stats().recvs;
+                assert!(matches!(
+                    sock.poll_recv(&mut Context::from_waker(&w), &mut got),
+                    Poll::Ready(Ok(0))
+                ));
+                assert_eq!(ring.stats().recvs, recvs);
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    /// A large write comes in reads of at most `RECV_MAX` bytes, in order, then the end.
+    #[test]
+    fn a_large_write_is_read_in_bounded_pieces() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                use std::io::Write;
+                let Parked {
+                    ring,
+                    sock,
+                    mut peer,
+                    w,
+                    ..
+                } = parked_socket().await;
+                let data: Vec<u8> = (0..3 * RECV_MAX + 123).map(|i| (i % 251) as u8).collect();
+                let sent = data.clone();
+                let writer = std::thread::spawn(move || {
+                    peer.write_all(&sent).expect("write");
+                });
+                let mut got = BytesMut::new();
+                loop {
+                    let mut piece = BytesMut::new();
+                    let n = recv_ready(&ring, &sock, &w, &mut piece).expect("read");
+                    if n == 0 {
+                        break;
+                    }
+                    assert_eq!(n, piece.len());
+                    assert!(n <= RECV_MAX, "one read took {n} bytes");
+                    got.extend_from_slice(&piece);
+                }
+                writer.join().expect("writer");
+                assert!(
+                    got[..] == data[..],
+                    "{} of {} bytes, in order",
+                    got.len(),
+                    data.len()
+                );
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    /// A paused socket is not watched: bytes that come meanwhile wake nobody (they stay in
+    /// the kernel, which pushes back on the peer) and are read at the next poll.
+    #[test]
+    fn a_paused_socket_is_not_woken_and_reads_what_came_when_resumed() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                use std::io::Write;
+                let Parked {
+                    ring,
+                    sock,
+                    mut peer,
+                    c,
+                    w,
+                    mut out,
+                } = parked_socket().await;
+                sock.pause_recv();
+                let idle =
+                    |ring: &Ring| ring.0.slots.borrow()[sock.slot as usize].recv == Recv::Idle;
+                let started = Instant::now();
+                while !idle(&ring) {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(10),
+                        "the pause never ended the poll"
+                    );
+                    ring.wait(Duration::from_millis(100));
+                }
+                let woken_by_pause = woken(&c);
+                peer.write_all(b"meanwhile").expect("write");
+                // Nothing is watching the socket: the wait runs out, nobody is woken.
+                assert_eq!(ring.wait(Duration::from_millis(50)), 0);
+                assert_eq!(woken(&c), woken_by_pause);
+                let n = recv_ready(&ring, &sock, &w, &mut out).expect("read");
+                assert_eq!(&out[..n], b"meanwhile");
+                assert!(!idle(&ring), "the poll is armed again");
             })
             .expect("executor")
             .join()

@@ -12,9 +12,9 @@
 //!   per connection: an idle connection's memory counts).
 //!
 //! Sockets are driven by the shard's own io_uring (`shardcast_shards::uring`): one multishot
-//! recv per socket for its life fills the shard's provided buffers, whose bytes are copied
-//! into the socket's inbox and moved into the connection's own buffer when it polls; that
-//! buffer is dropped whenever it is drained, so an idle connection holds no read buffer. Codecs
+//! read poll per socket for its life marks it readable, and the connection reads its bytes
+//! into its own buffer when it is served; that buffer is dropped whenever it is drained, so an
+//! idle connection holds no read buffer. Codecs
 //! parse and unmask in place in that buffer and hand payloads out as `Bytes` views of it.
 //! Writes are queued as `Bytes` (`hub/outq.rs`, through the hub, which keeps the shard's
 //! memory budgets) and leave in one `sendmsg` per turn.
@@ -307,7 +307,7 @@ pub(crate) struct Io {
 }
 
 impl Io {
-    /// Hands the accepted socket to the shard's ring (multishot receive, no glommio source).
+    /// Hands the accepted socket to the shard's ring (multishot read poll, no glommio source).
     pub(crate) fn new(stream: TcpStream) -> io::Result<Io> {
         let sock = Ring::get()?.adopt_glommio(stream)?;
         Ok(Io {

@@ -2,7 +2,7 @@
 //! handshake, and the record layer under [`super::Io`].
 //!
 //! A TLS connection is a plain [`super::Io`] with a sans-IO `rustls::ServerConnection` in it:
-//! ciphertext arrives from the shard's ring (the socket's inbox), is fed to rustls, and the
+//! ciphertext is read from the socket (through the shard's ring), is fed to rustls, and the
 //! plaintext is appended to the connection's read buffer where plain bytes would go; the write
 //! queue's frames are handed to rustls' plaintext writer as one vectored write (rustls packs
 //! them into full-size records) and the records leave in one `sendmsg`. So the codecs,

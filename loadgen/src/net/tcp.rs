@@ -180,7 +180,8 @@ mod tests {
         });
         on_executor(move || async move {
             let mut tcp = dial::open(addr, DialOptions::default()).unwrap();
-            // More than one provided buffer and more than a socket buffer takes at once.
+            // More than one read takes (`uring::RECV_MAX`) and more than a socket buffer takes
+            // at once.
             let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
             let mut got = BytesMut::new();
             let mut off = 0;
