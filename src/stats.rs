@@ -9,6 +9,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use shardcast_shards::uring::{Ring, RingStats};
+
 /// The two client transports, for per-transport counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -237,6 +239,8 @@ impl Counters {
             queued_by_shard: Vec::new(),
             reloads: (0, 0),
             cluster: None,
+            // This shard's ring (a snapshot is taken on each shard's own thread).
+            ring: Ring::current().map(|r| r.stats()).unwrap_or_default(),
         }
     }
 }
@@ -329,6 +333,8 @@ pub(crate) struct Snapshot {
     pub reloads: (u64, u64),
     /// The cluster bridge's counters (process-wide), in a cluster.
     pub cluster: Option<crate::cluster::StatsSnapshot>,
+    /// What the shards' own io_uring rings did (`shards/src/uring.rs`), summed.
+    pub ring: RingStats,
 }
 
 fn merge_map(into: &mut BTreeMap<&'static str, u64>, from: &BTreeMap<&'static str, u64>) {
@@ -373,6 +379,7 @@ impl Snapshot {
         if self.cluster.is_none() {
             self.cluster.clone_from(&o.cluster);
         }
+        self.ring.merge(&o.ring);
     }
 
     /// Open WebSocket connections.
@@ -700,12 +707,81 @@ pub(crate) fn prometheus_text(s: &Snapshot, p: &Process) -> String {
             );
         }
     }
+    prom_ring(&mut out, &s.ring);
     let _ = writeln!(
         out,
         "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
         p.rss_bytes
     );
     out
+}
+
+/// The shards' io_uring rings: what the socket path costs in the kernel, for whoever tunes it.
+fn prom_ring(out: &mut String, r: &RingStats) {
+    let mut counter = |name: &str, help: &str, rows: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (labels, v) in rows {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {v}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        }
+    };
+    counter(
+        "shardcast_ring_submits_total",
+        "io_uring_enter calls on the shards' rings that submitted requests.",
+        &[("", r.submits)],
+    );
+    counter(
+        "shardcast_ring_requests_total",
+        "Requests submitted to the shards' rings (read and write polls, cancels, wait timers).",
+        &[("", r.submitted)],
+    );
+    counter(
+        "shardcast_ring_completions_total",
+        "Completions reaped from the shards' rings.",
+        &[("", r.completions)],
+    );
+    counter(
+        "shardcast_socket_reads_total",
+        "recv calls on client sockets, by result: bytes, or empty (readiness reported for bytes already read).",
+        &[
+            ("result=\"bytes\"", r.recvs.saturating_sub(r.empty_recvs)),
+            ("result=\"empty\"", r.empty_recvs),
+        ],
+    );
+    counter(
+        "shardcast_ring_read_poll_rearms_total",
+        "Read-readiness polls armed again after the kernel ended them or a pause cancelled them.",
+        &[("", r.rearms)],
+    );
+    counter(
+        "shardcast_ring_parks_total",
+        "Times a shard's ring driver parked (the shard had nothing to do).",
+        &[("", r.parks)],
+    );
+    counter(
+        "shardcast_ring_waits_total",
+        "Waits on a shard's ring between bursts of work, by how they ended.",
+        &[
+            ("result=\"served\"", r.waits_served),
+            (
+                "result=\"timed_out\"",
+                r.waits.saturating_sub(r.waits_served),
+            ),
+        ],
+    );
+    counter(
+        "shardcast_ring_wait_timers_total",
+        "Timer requests armed to bound those waits (one per window of waits).",
+        &[("", r.wait_timers)],
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_ring_sockets Sockets on the shards' rings.\n# TYPE shardcast_ring_sockets gauge\nshardcast_ring_sockets {}",
+        r.sockets
+    );
 }
 
 #[cfg(test)]
@@ -771,7 +847,27 @@ mod tests {
         s.merge(&b.snapshot());
         assert_eq!(s.errors["ws_invalid_utf8"], 3);
         assert_eq!(s.shards, 2);
+        s.ring = RingStats {
+            recvs: 10,
+            empty_recvs: 3,
+            waits: 5,
+            waits_served: 4,
+            sockets: 2,
+            ..RingStats::default()
+        };
+        s.merge(&Snapshot {
+            ring: RingStats {
+                recvs: 1,
+                sockets: 1,
+                ..RingStats::default()
+            },
+            ..Snapshot::default()
+        });
         let text = prometheus_text(&s, &Process::default());
+        assert!(text.contains("shardcast_socket_reads_total{result=\"bytes\"} 8"));
+        assert!(text.contains("shardcast_socket_reads_total{result=\"empty\"} 3"));
+        assert!(text.contains("shardcast_ring_waits_total{result=\"timed_out\"} 1"));
+        assert!(text.contains("shardcast_ring_sockets 3"));
         assert!(text.contains("shardcast_protocol_errors_total{kind=\"ws_invalid_utf8\"} 3"));
         assert!(text.contains("shardcast_disconnects_total{reason=\"slow_consumer\"} 1"));
         // Every sample line belongs to a declared family.

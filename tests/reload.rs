@@ -296,6 +296,17 @@ async fn metrics_have_latency_histograms_queue_bytes_per_shard_and_reloads() {
         text.contains("shardcast_reloads_total{result=\"ok\"} 0"),
         "{text}"
     );
+    // The shards' rings: the upgrade request and the message were read from a socket on one
+    // of them, and the WebSocket connection is still open on it.
+    let reads = server
+        .metric("shardcast_socket_reads_total{result=\"bytes\"}")
+        .await;
+    assert!(reads >= 2, "{text}");
+    assert!(server.metric("shardcast_ring_sockets").await >= 1, "{text}");
+    assert!(
+        text.contains("# TYPE shardcast_ring_waits_total counter"),
+        "{text}"
+    );
     // /health is unchanged (stelar's keys).
     let (status, body) = common::http(server.ws, "GET", "/health", &[], "").await;
     assert_eq!(status, 200);

@@ -96,7 +96,7 @@ fn split(data: u64) -> (u32, u32, u64) {
 }
 
 /// What the shard's ring did, for the metrics.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RingStats {
     /// `io_uring_enter` calls that submitted requests.
     pub submits: u64,
@@ -322,6 +322,23 @@ pub fn watch(fd: RawFd) {
     }
 }
 
+impl RingStats {
+    /// Adds another ring's figures (the shards' rings summed).
+    pub fn merge(&mut self, o: &RingStats) {
+        self.submits += o.submits;
+        self.submitted += o.submitted;
+        self.completions += o.completions;
+        self.rearms += o.rearms;
+        self.recvs += o.recvs;
+        self.empty_recvs += o.empty_recvs;
+        self.parks += o.parks;
+        self.sockets += o.sockets;
+        self.waits += o.waits;
+        self.waits_served += o.waits_served;
+        self.wait_timers += o.wait_timers;
+    }
+}
+
 impl Ring {
     /// The ring of the current shard, created (with its driver task) on first use. Must be
     /// called on a glommio executor.
@@ -490,7 +507,8 @@ impl Ring {
         Ok(Ring(inner))
     }
 
-    /// Takes a connected, non-blocking socket; the returned handle closes it when dropped.
+    /// Takes a connected, non-blocking socket and arms its read poll; the returned handle
+    /// closes it when dropped.
     pub fn adopt(&self, fd: OwnedFd) -> Socket {
         let fd = std::os::fd::IntoRawFd::into_raw_fd(fd);
         let mut slots = self.0.slots.borrow_mut();
@@ -506,6 +524,8 @@ impl Ring {
                 (slots.len() - 1) as u32
             }
         };
+        // Its read poll, for its life (bytes already there count: it starts readable).
+        self.0.arm_pollin(slot, &mut slots[slot as usize]);
         self.0.bump(|s| s.sockets += 1);
         Socket {
             ring: self.clone(),
