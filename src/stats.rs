@@ -491,14 +491,7 @@ fn prom_labelled(
 pub(crate) fn prometheus_text(s: &Snapshot, p: &Process) -> String {
     let mut out = String::with_capacity(2048);
     let mut counter = |name: &str, help: &str, rows: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (labels, v) in rows {
-            if labels.is_empty() {
-                let _ = writeln!(out, "{name} {v}");
-            } else {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
-            }
-        }
+        prom_counter(&mut out, name, help, rows);
     };
     counter(
         "shardcast_connections_total",
@@ -716,17 +709,22 @@ pub(crate) fn prometheus_text(s: &Snapshot, p: &Process) -> String {
     out
 }
 
+/// A counter family: its help and type lines, then one sample per row (labels, value).
+fn prom_counter(out: &mut String, name: &str, help: &str, rows: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (labels, v) in rows {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
 /// The shards' io_uring rings: what the socket path costs in the kernel, for whoever tunes it.
 fn prom_ring(out: &mut String, r: &RingStats) {
     let mut counter = |name: &str, help: &str, rows: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (labels, v) in rows {
-            if labels.is_empty() {
-                let _ = writeln!(out, "{name} {v}");
-            } else {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
-            }
-        }
+        prom_counter(out, name, help, rows);
     };
     counter(
         "shardcast_ring_submits_total",
