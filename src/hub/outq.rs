@@ -3,7 +3,9 @@
 //!
 //! Everything queued for a socket during a loop turn goes out in one `sendmsg(2)`: runs of
 //! small frames copied into one buffer, larger frames with an iovec each (DESIGN.md: a `send`
-//! costs about 5 µs on these VMs, so the number of sends decides fan-out speed). Frames are
+//! costs about 5 µs on these VMs, so the number of sends decides fan-out speed). When that is
+//! one buffer, the usual case, it goes out with `send(2)`: no message header and iovec array
+//! for the kernel to copy in (1–5 % of the server's CPU at fan-out, PERF.md). Frames are
 //! `Bytes`, so a large fan-out frame shared by thousands of sockets is never copied.
 //!
 //! **Pongs.** At most [`MAX_PONGS`] pongs wait at a time: each ping is answered (Autobahn
@@ -301,8 +303,8 @@ impl OutQueue {
         n
     }
 
-    /// Writes as much as the socket takes in one `sendmsg` without blocking. Returns the
-    /// bytes written; `WouldBlock` when the socket is full.
+    /// Writes as much as the socket takes in one `sendmsg` (`send` for one buffer) without
+    /// blocking. Returns the bytes written; `WouldBlock` when the socket is full.
     ///
     /// Runs of small frames (up to [`SMALL_FRAME`] bytes each, [`COALESCE`] in all) are copied
     /// into one buffer and go out as one iovec: the kernel's cost per iovec (an iteration of
@@ -364,6 +366,33 @@ impl OutQueue {
                 // SAFETY: entry `i` is written; its offset and length lie within `scratch`.
                 let e = unsafe { entry.assume_init_mut() };
                 e.iov_base = unsafe { base.add(e.iov_base as usize) } as *mut libc::c_void;
+            }
+        }
+        if count == 1 {
+            // One buffer (the usual case: a turn's small frames copied together): `send`, which
+            // spares the kernel copying in a message header and an iovec array per call.
+            // SAFETY: entry 0 is written and points into `scratch` or into a `Bytes` of the
+            // queue, untouched until the call returns.
+            let one = unsafe { iov[0].assume_init() };
+            loop {
+                // SAFETY: as above; MSG_NOSIGNAL turns EPIPE into an error, not a SIGPIPE.
+                let n = unsafe {
+                    libc::send(
+                        fd,
+                        one.iov_base,
+                        one.iov_len,
+                        libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                    )
+                };
+                if n >= 0 {
+                    let n = n as usize;
+                    self.consume(n);
+                    return Ok(n);
+                }
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
             }
         }
         // SAFETY: a zeroed msghdr is valid; we set only the iovec fields.
