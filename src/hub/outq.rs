@@ -368,43 +368,26 @@ impl OutQueue {
                 e.iov_base = unsafe { base.add(e.iov_base as usize) } as *mut libc::c_void;
             }
         }
-        if count == 1 {
-            // One buffer (the usual case: a turn's small frames copied together): `send`, which
-            // spares the kernel copying in a message header and an iovec array per call.
-            // SAFETY: entry 0 is written and points into `scratch` or into a `Bytes` of the
-            // queue, untouched until the call returns.
-            let one = unsafe { iov[0].assume_init() };
-            loop {
-                // SAFETY: as above; MSG_NOSIGNAL turns EPIPE into an error, not a SIGPIPE.
-                let n = unsafe {
-                    libc::send(
-                        fd,
-                        one.iov_base,
-                        one.iov_len,
-                        libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                    )
-                };
-                if n >= 0 {
-                    let n = n as usize;
-                    self.consume(n);
-                    return Ok(n);
-                }
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-        }
         // SAFETY: a zeroed msghdr is valid; we set only the iovec fields.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         // `MaybeUninit<iovec>` has iovec's layout and the first `count` entries are written.
         msg.msg_iov = iov.as_mut_ptr().cast::<libc::iovec>();
         msg.msg_iovlen = count as _;
+        let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
         loop {
             // SAFETY: every iovec points into `scratch` or into a `Bytes` owned by
             // `self.frames` or `self.pongs`, none of which is touched until the call returns;
-            // MSG_NOSIGNAL turns EPIPE into an error instead of a SIGPIPE.
-            let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+            // MSG_NOSIGNAL turns EPIPE into an error instead of a SIGPIPE. One buffer (the
+            // usual case: a turn's small frames copied together) goes out with `send`, which
+            // spares the kernel copying in a message header and an iovec array per call.
+            let n = unsafe {
+                if count == 1 {
+                    let one = iov[0].assume_init_ref();
+                    libc::send(fd, one.iov_base, one.iov_len, flags)
+                } else {
+                    libc::sendmsg(fd, &msg, flags)
+                }
+            };
             if n >= 0 {
                 let n = n as usize;
                 self.consume(n);
