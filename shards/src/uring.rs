@@ -1259,6 +1259,17 @@ mod tests {
         out: BytesMut,
     }
 
+    /// Runs `test` on a glommio executor with a [`parked_socket`].
+    fn with_parked_socket<F: Future<Output = ()> + 'static>(
+        test: impl FnOnce(Parked) -> F + Send + 'static,
+    ) {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move { test(parked_socket().await).await })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
     async fn parked_socket() -> Parked {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
@@ -1291,53 +1302,49 @@ mod tests {
     /// driver enabled, as it found it.
     #[test]
     fn a_wait_on_the_ring_ends_with_the_bytes_that_arrive() {
-        glommio::LocalExecutorBuilder::default()
-            .spawn(|| async {
-                use std::io::Write;
-                let Parked {
-                    ring,
-                    sock,
-                    mut peer,
-                    c,
-                    w,
-                    mut out,
-                } = parked_socket().await;
-                let eventfd_enabled = || !ring.0.uring.borrow_mut().completion().eventfd_disabled();
-                assert!(eventfd_enabled());
+        with_parked_socket(|p| async move {
+            use std::io::Write;
+            let Parked {
+                ring,
+                sock,
+                mut peer,
+                c,
+                w,
+                mut out,
+            } = p;
+            let eventfd_enabled = || !ring.0.uring.borrow_mut().completion().eventfd_disabled();
+            assert!(eventfd_enabled());
 
-                assert_eq!(ring.wait(Duration::from_millis(2)), 0);
-                assert_eq!(woken(&c), 0);
-                assert!(eventfd_enabled());
+            assert_eq!(ring.wait(Duration::from_millis(2)), 0);
+            assert_eq!(woken(&c), 0);
+            assert!(eventfd_enabled());
 
-                let writer = std::thread::spawn(move || {
-                    peer.write_all(b"ping").expect("write");
-                    peer
-                });
-                let mut handled = 0;
-                let started = std::time::Instant::now();
-                while woken(&c) == 0 {
-                    let n = ring.wait(Duration::from_secs(10));
-                    assert!(n > 0, "the wait timed out with the bytes sent");
-                    handled += n;
-                }
-                assert!(handled > 0);
-                assert!(
-                    started.elapsed() < Duration::from_secs(10),
-                    "served by the timeout"
-                );
-                assert!(eventfd_enabled());
-                assert!(matches!(
-                    sock.poll_recv(&mut Context::from_waker(&w), &mut out),
-                    Poll::Ready(Ok(4))
-                ));
-                assert_eq!(&out[..], b"ping");
-                let waits = ring.stats();
-                assert!(waits.waits >= 2 && waits.waits_served >= 1, "{waits:?}");
-                drop(writer.join());
-            })
-            .expect("executor")
-            .join()
-            .expect("join");
+            let writer = std::thread::spawn(move || {
+                peer.write_all(b"ping").expect("write");
+                peer
+            });
+            let mut handled = 0;
+            let started = std::time::Instant::now();
+            while woken(&c) == 0 {
+                let n = ring.wait(Duration::from_secs(10));
+                assert!(n > 0, "the wait timed out with the bytes sent");
+                handled += n;
+            }
+            assert!(handled > 0);
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "served by the timeout"
+            );
+            assert!(eventfd_enabled());
+            assert!(matches!(
+                sock.poll_recv(&mut Context::from_waker(&w), &mut out),
+                Poll::Ready(Ok(4))
+            ));
+            assert_eq!(&out[..], b"ping");
+            let waits = ring.stats();
+            assert!(waits.waits >= 2 && waits.waits_served >= 1, "{waits:?}");
+            drop(writer.join());
+        });
     }
 
     /// Waits with one deadline share one timer request (no kernel timer armed and cancelled
@@ -1346,45 +1353,41 @@ mod tests {
     /// no timer is armed.
     #[test]
     fn waits_with_one_deadline_share_one_timer() {
-        glommio::LocalExecutorBuilder::default()
-            .spawn(|| async {
-                use std::io::Write;
-                let Parked {
-                    ring,
-                    sock: _sock,
-                    mut peer,
-                    c,
-                    ..
-                } = parked_socket().await;
-                let timers = ring.stats().wait_timers;
-                let deadline = Instant::now() + Duration::from_millis(300);
+        with_parked_socket(|p| async move {
+            use std::io::Write;
+            let Parked {
+                ring,
+                sock: _sock,
+                mut peer,
+                c,
+                ..
+            } = p;
+            let timers = ring.stats().wait_timers;
+            let deadline = Instant::now() + Duration::from_millis(300);
 
-                let writer = std::thread::spawn(move || {
-                    peer.write_all(b"ping").expect("write");
-                    peer
-                });
-                while woken(&c) == 0 {
-                    assert!(
-                        matches!(ring.wait_until(deadline), Waited::Served(_)),
-                        "the wait did not end with the bytes"
-                    );
-                }
-                assert!(Instant::now() < deadline, "served by the deadline");
-                assert_eq!(ring.stats().wait_timers, timers + 1);
+            let writer = std::thread::spawn(move || {
+                peer.write_all(b"ping").expect("write");
+                peer
+            });
+            while woken(&c) == 0 {
+                assert!(
+                    matches!(ring.wait_until(deadline), Waited::Served(_)),
+                    "the wait did not end with the bytes"
+                );
+            }
+            assert!(Instant::now() < deadline, "served by the deadline");
+            assert_eq!(ring.stats().wait_timers, timers + 1);
 
-                // Nothing more comes: the same timer ends the next wait, at the deadline.
-                assert_eq!(ring.wait_until(deadline), Waited::TimedOut);
-                assert!(Instant::now() >= deadline);
-                assert_eq!(ring.stats().wait_timers, timers + 1);
-                // Its deadline passed: no wait, no timer.
-                assert_eq!(ring.wait_until(deadline), Waited::Expired);
-                assert_eq!(ring.wait_until(Instant::now()), Waited::Expired);
-                assert_eq!(ring.stats().wait_timers, timers + 1);
-                drop(writer.join());
-            })
-            .expect("executor")
-            .join()
-            .expect("join");
+            // Nothing more comes: the same timer ends the next wait, at the deadline.
+            assert_eq!(ring.wait_until(deadline), Waited::TimedOut);
+            assert!(Instant::now() >= deadline);
+            assert_eq!(ring.stats().wait_timers, timers + 1);
+            // Its deadline passed: no wait, no timer.
+            assert_eq!(ring.wait_until(deadline), Waited::Expired);
+            assert_eq!(ring.wait_until(Instant::now()), Waited::Expired);
+            assert_eq!(ring.stats().wait_timers, timers + 1);
+            drop(writer.join());
+        });
     }
 
     /// A watched descriptor (a doorbell that another thread rings) ends a wait on the ring
@@ -1438,137 +1441,124 @@ mod tests {
     /// the end of the stream comes after the bytes before it.
     #[test]
     fn bytes_are_read_when_asked_and_the_end_comes_after_them() {
-        glommio::LocalExecutorBuilder::default()
-            .spawn(|| async {
-                use std::io::Write;
-                let Parked {
-                    ring,
-                    sock,
-                    mut peer,
-                    c,
-                    w,
-                    mut out,
-                } = parked_socket().await;
-                for part in [&b"one "[..], b"two ", b"three"] {
-                    peer.write_all(part).expect("write");
+        with_parked_socket(|p| async move {
+            use std::io::Write;
+            let Parked {
+                ring,
+                sock,
+                mut peer,
+                c,
+                w,
+                mut out,
+            } = p;
+            for part in [&b"one "[..], b"two ", b"three"] {
+                peer.write_all(part).expect("write");
+            }
+            while out.len() < 13 {
+                let n = recv_ready(&ring, &sock, &w, &mut out).expect("read");
+                assert!(n > 0, "the end of the stream before the bytes");
+            }
+            assert_eq!(&out[..], b"one two three");
+            assert!(woken(&c) >= 1, "the bytes woke the reader");
+            let recvs = ring.stats().recvs;
+            assert!(sock
+                .poll_recv(&mut Context::from_waker(&w), &mut out)
+                .is_pending());
+            assert_eq!(
+                ring.stats().recvs,
+                recvs,
+                "a poll after a short read made a recv"
+            );
+            peer.write_all(b" four").expect("write");
+            drop(peer);
+            let mut got = BytesMut::new();
+            loop {
+                match recv_ready(&ring, &sock, &w, &mut got).expect("read") {
+                    0 => break,
+                    _ => continue,
                 }
-                while out.len() < 13 {
-                    let n = recv_ready(&ring, &sock, &w, &mut out).expect("read");
-                    assert!(n > 0, "the end of the stream before the bytes");
-                }
-                assert_eq!(&out[..], b"one two three");
-                assert!(woken(&c) >= 1, "the bytes woke the reader");
-                let recvs = ring.stats().recvs;
-                assert!(sock
-                    .poll_recv(&mut Context::from_waker(&w), &mut out)
-                    .is_pending());
-                assert_eq!(
-                    ring.stats().recvs,
-                    recvs,
-                    "a poll after a short read made a recv"
-                );
-                peer.write_all(b" four").expect("write");
-                drop(peer);
-                let mut got = BytesMut::new();
-                loop {
-                    match recv_ready(&ring, &sock, &w, &mut got).expect("read") {
-                        0 => break,
-                        _ => continue,
-                    }
-                }
-                assert_eq!(&got[..], b" four");
-                // The end stays the end, without another recv.
-                let recvs = ring.stats().recvs;
-                assert!(matches!(
-                    sock.poll_recv(&mut Context::from_waker(&w), &mut got),
-                    Poll::Ready(Ok(0))
-                ));
-                assert_eq!(ring.stats().recvs, recvs);
-            })
-            .expect("executor")
-            .join()
-            .expect("join");
+            }
+            assert_eq!(&got[..], b" four");
+            // The end stays the end, without another recv.
+            let recvs = ring.stats().recvs;
+            assert!(matches!(
+                sock.poll_recv(&mut Context::from_waker(&w), &mut got),
+                Poll::Ready(Ok(0))
+            ));
+            assert_eq!(ring.stats().recvs, recvs);
+        });
     }
 
     /// A large write comes in reads of at most `RECV_MAX` bytes, in order, then the end.
     #[test]
     fn a_large_write_is_read_in_bounded_pieces() {
-        glommio::LocalExecutorBuilder::default()
-            .spawn(|| async {
-                use std::io::Write;
-                let Parked {
-                    ring,
-                    sock,
-                    mut peer,
-                    w,
-                    ..
-                } = parked_socket().await;
-                let data: Vec<u8> = (0..3 * RECV_MAX + 123).map(|i| (i % 251) as u8).collect();
-                let sent = data.clone();
-                let writer = std::thread::spawn(move || {
-                    peer.write_all(&sent).expect("write");
-                });
-                let mut got = BytesMut::new();
-                loop {
-                    let mut piece = BytesMut::new();
-                    let n = recv_ready(&ring, &sock, &w, &mut piece).expect("read");
-                    if n == 0 {
-                        break;
-                    }
-                    assert_eq!(n, piece.len());
-                    assert!(n <= RECV_MAX, "one read took {n} bytes");
-                    got.extend_from_slice(&piece);
+        with_parked_socket(|p| async move {
+            use std::io::Write;
+            let Parked {
+                ring,
+                sock,
+                mut peer,
+                w,
+                ..
+            } = p;
+            let data: Vec<u8> = (0..3 * RECV_MAX + 123).map(|i| (i % 251) as u8).collect();
+            let sent = data.clone();
+            let writer = std::thread::spawn(move || {
+                peer.write_all(&sent).expect("write");
+            });
+            let mut got = BytesMut::new();
+            loop {
+                let mut piece = BytesMut::new();
+                let n = recv_ready(&ring, &sock, &w, &mut piece).expect("read");
+                if n == 0 {
+                    break;
                 }
-                writer.join().expect("writer");
-                assert!(
-                    got[..] == data[..],
-                    "{} of {} bytes, in order",
-                    got.len(),
-                    data.len()
-                );
-            })
-            .expect("executor")
-            .join()
-            .expect("join");
+                assert_eq!(n, piece.len());
+                assert!(n <= RECV_MAX, "one read took {n} bytes");
+                got.extend_from_slice(&piece);
+            }
+            writer.join().expect("writer");
+            assert!(
+                got[..] == data[..],
+                "{} of {} bytes, in order",
+                got.len(),
+                data.len()
+            );
+        });
     }
 
     /// A paused socket is not watched: bytes that come meanwhile wake nobody (they stay in
     /// the kernel, which pushes back on the peer) and are read at the next poll.
     #[test]
     fn a_paused_socket_is_not_woken_and_reads_what_came_when_resumed() {
-        glommio::LocalExecutorBuilder::default()
-            .spawn(|| async {
-                use std::io::Write;
-                let Parked {
-                    ring,
-                    sock,
-                    mut peer,
-                    c,
-                    w,
-                    mut out,
-                } = parked_socket().await;
-                sock.pause_recv();
-                let idle =
-                    |ring: &Ring| ring.0.slots.borrow()[sock.slot as usize].recv == Recv::Idle;
-                let started = Instant::now();
-                while !idle(&ring) {
-                    assert!(
-                        started.elapsed() < Duration::from_secs(10),
-                        "the pause never ended the poll"
-                    );
-                    ring.wait(Duration::from_millis(100));
-                }
-                let woken_by_pause = woken(&c);
-                peer.write_all(b"meanwhile").expect("write");
-                // Nothing is watching the socket: the wait runs out, nobody is woken.
-                assert_eq!(ring.wait(Duration::from_millis(50)), 0);
-                assert_eq!(woken(&c), woken_by_pause);
-                let n = recv_ready(&ring, &sock, &w, &mut out).expect("read");
-                assert_eq!(&out[..n], b"meanwhile");
-                assert!(!idle(&ring), "the poll is armed again");
-            })
-            .expect("executor")
-            .join()
-            .expect("join");
+        with_parked_socket(|p| async move {
+            use std::io::Write;
+            let Parked {
+                ring,
+                sock,
+                mut peer,
+                c,
+                w,
+                mut out,
+            } = p;
+            sock.pause_recv();
+            let idle = |ring: &Ring| ring.0.slots.borrow()[sock.slot as usize].recv == Recv::Idle;
+            let started = Instant::now();
+            while !idle(&ring) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the pause never ended the poll"
+                );
+                ring.wait(Duration::from_millis(100));
+            }
+            let woken_by_pause = woken(&c);
+            peer.write_all(b"meanwhile").expect("write");
+            // Nothing is watching the socket: the wait runs out, nobody is woken.
+            assert_eq!(ring.wait(Duration::from_millis(50)), 0);
+            assert_eq!(woken(&c), woken_by_pause);
+            let n = recv_ready(&ring, &sock, &w, &mut out).expect("read");
+            assert_eq!(&out[..n], b"meanwhile");
+            assert!(!idle(&ring), "the poll is armed again");
+        });
     }
 }
