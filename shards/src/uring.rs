@@ -965,9 +965,6 @@ impl Socket {
             return Poll::Ready(Ok(0));
         }
         if s.recv == Recv::Idle {
-            if s.flags.has(Flags::RELEASED) {
-                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
-            }
             inner.bump(|st| st.rearms += 1);
             inner.arm_pollin(self.slot, s);
         }

@@ -162,8 +162,8 @@ impl TlsIo {
     }
 }
 
-/// Non-blocking writes straight to the socket (`sendmsg` with `MSG_DONTWAIT`), so the
-/// records rustls holds leave in one call.
+/// Non-blocking writes straight to the socket (`outq::send_iov`), so the records rustls holds
+/// leave in one call.
 struct FdWriter(RawFd);
 
 impl Write for FdWriter {
@@ -172,22 +172,7 @@ impl Write for FdWriter {
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        // SAFETY: a zeroed msghdr is valid; only the iovec fields are set. `IoSlice` is
-        // ABI-compatible with `iovec` on Unix and the slices outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = bufs.len() as _;
-        loop {
-            // SAFETY: see above; MSG_NOSIGNAL turns EPIPE into an error, not a SIGPIPE.
-            let n = unsafe { libc::sendmsg(self.0, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
+        crate::hub::outq::send_iov(self.0, bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {

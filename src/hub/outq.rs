@@ -22,7 +22,7 @@
 //! all mutation goes through the hub so the sum stays exact.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 
 use bytes::{Buf, Bytes};
@@ -368,35 +368,41 @@ impl OutQueue {
                 e.iov_base = unsafe { base.add(e.iov_base as usize) } as *mut libc::c_void;
             }
         }
-        // SAFETY: a zeroed msghdr is valid; we set only the iovec fields.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        // `MaybeUninit<iovec>` has iovec's layout and the first `count` entries are written.
-        msg.msg_iov = iov.as_mut_ptr().cast::<libc::iovec>();
-        msg.msg_iovlen = count as _;
-        let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
-        loop {
-            // SAFETY: every iovec points into `scratch` or into a `Bytes` owned by
-            // `self.frames` or `self.pongs`, none of which is touched until the call returns;
-            // MSG_NOSIGNAL turns EPIPE into an error instead of a SIGPIPE. One buffer (the
-            // usual case: a turn's small frames copied together) goes out with `send`, which
-            // spares the kernel copying in a message header and an iovec array per call.
-            let n = unsafe {
-                if count == 1 {
-                    let one = iov[0].assume_init_ref();
-                    libc::send(fd, one.iov_base, one.iov_len, flags)
-                } else {
-                    libc::sendmsg(fd, &msg, flags)
-                }
-            };
-            if n >= 0 {
-                let n = n as usize;
-                self.consume(n);
-                return Ok(n);
+        // SAFETY: the first `count` entries are written, and `IoSlice` has `iovec`'s layout
+        // on Unix. Every one points into `scratch` or into a `Bytes` owned by `self.frames` or
+        // `self.pongs`, none of which is touched until the call returns.
+        let bufs = unsafe { std::slice::from_raw_parts(iov.as_ptr().cast::<IoSlice<'_>>(), count) };
+        let n = send_iov(fd, bufs)?;
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// Writes `bufs` to the socket `fd` in one non-blocking call (retried on `EINTR`): `send` for
+/// one buffer, the usual case (the kernel copies in no message header and iovec array),
+/// `sendmsg` for more. `WouldBlock` when the socket is full; `MSG_NOSIGNAL` turns `EPIPE` into
+/// an error instead of a `SIGPIPE`. The write queue and the TLS record writer both use it.
+pub(crate) fn send_iov(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    // SAFETY: a zeroed msghdr is valid; only the iovec fields are set. `IoSlice` is
+    // ABI-compatible with `iovec` on Unix, and the slices outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len() as _;
+    loop {
+        // SAFETY: see above: every pointer handed over is a live slice of `bufs`.
+        let n = unsafe {
+            match bufs {
+                [one] => libc::send(fd, one.as_ptr().cast(), one.len(), flags),
+                _ => libc::sendmsg(fd, &msg, flags),
             }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
         }
     }
 }
