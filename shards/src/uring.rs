@@ -1338,15 +1338,21 @@ mod tests {
                 Poll::Ready(Ok(4))
             ));
             assert_eq!(&out[..], b"ping");
+            // The first wait timed out; a later one counts as served only if it blocked (the
+            // bytes may be there before it looks, and then it serves them without waiting).
             let waits = ring.stats();
-            assert!(waits.waits >= 2 && waits.waits_served >= 1, "{waits:?}");
+            assert!(
+                waits.waits >= 1 && waits.waits_served < waits.waits,
+                "{waits:?}"
+            );
             drop(writer.join());
         });
     }
 
     /// Waits with one deadline share one timer request (no kernel timer armed and cancelled
     /// per wait): a wait ended by bytes leaves it in flight for the next, which ends when it
-    /// fires at the deadline; after that, or with a deadline already past, nothing waits and
+    /// fires at the deadline (if the bytes came before the first wait looked, that one armed
+    /// none and the next arms it); after that, or with a deadline already past, nothing waits and
     /// no timer is armed.
     #[test]
     fn waits_with_one_deadline_share_one_timer() {
@@ -1373,9 +1379,11 @@ mod tests {
                 );
             }
             assert!(Instant::now() < deadline, "served by the deadline");
-            assert_eq!(ring.stats().wait_timers, timers + 1);
+            // One timer, or none if the bytes were there before the first wait looked.
+            assert!(ring.stats().wait_timers <= timers + 1);
 
-            // Nothing more comes: the same timer ends the next wait, at the deadline.
+            // Nothing more comes: the same timer (or the first one) ends the next wait, at the
+            // deadline; one timer in all for the waits of this deadline.
             assert_eq!(ring.wait_until(deadline), Waited::TimedOut);
             assert!(Instant::now() >= deadline);
             assert_eq!(ring.stats().wait_timers, timers + 1);
