@@ -5,9 +5,9 @@
 //! ciphertext is read from the socket (through the shard's ring), is fed to rustls, and the
 //! plaintext is appended to the connection's read buffer where plain bytes would go; the write
 //! queue's frames are handed to rustls' plaintext writer as one vectored write (rustls packs
-//! them into full-size records) and the records leave in one `sendmsg`. So the codecs,
-//! `Drive`, the budgets and the slow-consumer rule are the same for plain and TLS connections;
-//! a plain connection pays one `Option` test per read and per flush.
+//! them into full-size records) and the records leave in one call (`outq::send_iov`). So the
+//! codecs, `Drive`, the budgets and the slow-consumer rule are the same for plain and TLS
+//! connections; a plain connection pays one `Option` test per read and per flush.
 //!
 //! Bounds per connection: rustls holds at most [`TLS_BUFFER`] of encrypted output (frames
 //! stay in the write queue, and in the output budget, until rustls takes them), one record of
