@@ -294,9 +294,11 @@ impl Decoder {
         }
     }
 
-    /// The most bytes a caller ever needs to hold in its read buffer: one maximal frame.
+    /// The most bytes a caller ever needs to hold in its read buffer: one maximal frame. A
+    /// control frame may carry 125 bytes whatever the frame limit (§5.5), so a limit below
+    /// that still lets one whole control frame in.
     pub fn max_buffered(&self) -> usize {
-        self.max_frame_size + MAX_HEADER_LEN
+        self.max_frame_size.max(MAX_CONTROL_PAYLOAD) + MAX_HEADER_LEN
     }
 
     /// Where the close handshake stands.
