@@ -2,7 +2,7 @@
 //! shard's hub, inbox, timers and accept loops together.
 //!
 //! Each shard runs: an accept loop per port (each accepted socket becomes a connection task,
-//! `conn/`, until it is open), a task draining the mesh inbox into [`Hub::handle_mesh`], a
+//! `conn/`, until it is open), a task draining the mesh inbox into `Hub::handle_mesh`, a
 //! task turning timer-wheel expirations into wake-ups of the handshakes concerned, and the two
 //! tasks of the table of open connections (`conn/open.rs`: one serves the ready connections,
 //! one fires their heartbeat and close-grace timers). On shutdown (SIGINT /

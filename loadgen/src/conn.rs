@@ -2,7 +2,7 @@
 //! CONNECT), join its rooms, then drive it through the run's phases: send on schedule,
 //! read and record, answer pings, close.
 //!
-//! The open connection is one poll loop ([`Driver::poll_run`]), like the server's own
+//! The open connection is one poll loop (`Driver::poll_run`), like the server's own
 //! connection driver: generate the sends that are due into the write buffer, write it in
 //! one call, read and decode everything available (in place, through `wire.rs`), repeat;
 //! sleep on the socket, on a timer for the next scheduled send, or on the shard's phase

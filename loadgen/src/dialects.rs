@@ -9,7 +9,7 @@
 //! | ignis | `{"event":"authenticate","data":{"token":T}}` → `connected` (or `error` + close 4003) | `{"event":"join","data":{"rooms":[R,…]}}` | no message: an `echo` sent after the join comes back once the server has processed it ([`IGNIS_BARRIER`]) | `{"event":E,"data":D}` |
 //! | stonyx | `{"request":"auth","data":{"token":T}}` → `{"request":"auth","response":"success"}` (or close 4003) | `{"request":"join-room","data":R}` | `{"request":"join-room","response":R}` | `{"request":E,"data":D}` |
 //!
-//! Measured deliveries travel under the event [`EVENT`](crate::wire::EVENT) with a stamp
+//! Measured deliveries travel under the event [`EVENT`] with a stamp
 //! as their data (a JSON string). The fast path reads the name off the front
 //! (`{"type":"lg"`, `{"event":"lg"`, `{"request":"lg"`) and finds the stamp after it;
 //! everything else (setup answers, errors, another key order) goes through `serde_json`.

@@ -272,6 +272,10 @@ pub(crate) struct Hub {
     free: RefCell<Vec<u32>>,
     rooms: RefCell<Rooms>,
     raw_broadcast: RefCell<Vec<u32>>,
+    /// Messages queued for local clients by fan-out so far (room publishes, broadcasts,
+    /// sends to a user, raw broadcasts): `conn/open.rs` serves a connection whose input fans
+    /// out ahead of the ones that only write.
+    fanned: Cell<u64>,
     mesh: ShardMesh<ShardMsg>,
     overflow: RefCell<Overflow>,
     /// Slots of connections that stopped reading while the mesh overflow was above half its
@@ -330,6 +334,7 @@ impl Hub {
             clients: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             raw_broadcast: RefCell::new(Vec::new()),
+            fanned: Cell::new(0),
             mesh,
             overflow: RefCell::new(Overflow::default()),
             mesh_waiters: RefCell::new(Vec::new()),
@@ -1007,7 +1012,13 @@ impl Hub {
                 None => self.counters.drop_message("not_sendable_in_dialect"),
             }
         }
+        self.fanned.set(self.fanned.get() + delivered as u64);
         delivered
+    }
+
+    /// Messages queued for local clients by fan-out on this shard so far.
+    pub(crate) fn fanned_out(&self) -> u64 {
+        self.fanned.get()
     }
 
     /// Publishes to a room: local members now, other shards with members by message.
@@ -1104,7 +1115,9 @@ impl Hub {
                     plain.clone()
                 }
             });
-            self.send_frame(&client, f.clone());
+            if self.send_frame(&client, f.clone()) {
+                self.fanned.set(self.fanned.get() + 1);
+            }
         }
     }
 

@@ -41,7 +41,7 @@
 //!
 //! Cost: a head is re-parsed from the start on every call until it is complete; the head is
 //! capped at 8 KiB by default, so a peer trickling bytes costs at most that much re-scanning per
-//! read. httparse writes header fields into slots the caller provides: [`STACK_HEADER_SLOTS`]
+//! read. httparse writes header fields into slots the caller provides: `STACK_HEADER_SLOTS`
 //! on the stack cover nearly every request; only a head with more fields is parsed again with
 //! heap slots, one per line of the head. Headers are kept as offsets in one `Vec`; nothing
 //! else is allocated per request.

@@ -6,7 +6,7 @@
 //! simd-json does not expose. This scanner validates the whole text against RFC 8259's
 //! grammar without building anything: it walks the members of a top-level object, hands each
 //! key and the span of each value to the caller, and decodes a string only when asked
-//! ([`decode_str`]). Nested values are checked iteratively with a 128-bit stack of
+//! (`decode_str`). Nested values are checked iteratively with a 128-bit stack of
 //! object/array flags, so hostile nesting can't touch the call stack; [`MAX_DEPTH`] bounds it.
 //!
 //! Accepted language, kept identical to `serde_json::from_str` (a differential proptest in
