@@ -53,6 +53,11 @@ const WAIT_BUDGET: Duration = Duration::from_millis(1);
 /// Connections served between two looks at the ring within a batch: input that arrived
 /// meanwhile for a connection that fans out is served before the rest of the batch.
 const LOOK_EVERY: usize = 32;
+/// Sources are served within a batch only while the shard's queued output is below this.
+/// Above it the subscribers are not keeping up with what was read, and reading more would only
+/// queue more: sources are then served once per pass, in first-come order, as before (the
+/// publisher's socket, not the shard's memory, holds the rest).
+const SOURCES_FIRST_BELOW: usize = 8 << 20;
 /// Messages queued for other connections in one service (room publishes, broadcasts) that make
 /// a connection a source (its input fans out: a publisher), served ahead of connections that
 /// only have output waiting.
@@ -287,7 +292,8 @@ impl Table {
 /// that fan out nothing (echo, subscribers) keep the plain first-come order, each served once
 /// per pass; while the shard knows no source, a batch is served without looking at the ring
 /// in between (a look that finds nothing may cost a syscall: at thin echo that was 6 % more
-/// CPU).
+/// CPU). Under overload (more than [`SOURCES_FIRST_BELOW`] queued on the shard) a source is
+/// read once per pass, so that input is not taken faster than the subscribers drain it.
 pub(crate) async fn run(shared: Rc<Shared>) {
     let mut batch: Vec<u32> = Vec::new();
     let mut sources: Vec<u32> = Vec::new();
@@ -328,6 +334,7 @@ pub(crate) async fn run(shared: Rc<Shared>) {
                 if (i + 1) % LOOK_EVERY == 0
                     && i + 1 < batch.len()
                     && READY.with(|r| r.known_sources.get() > 0)
+                    && shared.hub.output_queued() < SOURCES_FIRST_BELOW
                 {
                     if let Some(ring) = &ring {
                         ring.pump();

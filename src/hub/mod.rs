@@ -1021,6 +1021,11 @@ impl Hub {
         self.fanned.get()
     }
 
+    /// Bytes queued for this shard's clients (the output budget in use).
+    pub(crate) fn output_queued(&self) -> usize {
+        self.output.used()
+    }
+
     /// Publishes to a room: local members now, other shards with members by message.
     pub(crate) fn publish(
         &self,
