@@ -1106,6 +1106,7 @@ impl Hub {
         let Some(plain) = msg.ws_plain() else { return };
         let slots: Vec<u32> = self.raw_broadcast.borrow().clone();
         let mut frame: Option<Bytes> = None;
+        let mut delivered = 0;
         for slot in slots {
             let Some(client) = self.by_slot(slot) else {
                 continue;
@@ -1121,9 +1122,10 @@ impl Hub {
                 }
             });
             if self.send_frame(&client, f.clone()) {
-                self.fanned.set(self.fanned.get() + 1);
+                delivered += 1;
             }
         }
+        self.fanned.set(self.fanned.get() + delivered);
     }
 
     /// Sends to one client anywhere in the process. When the recipient is gone, `from` (if
