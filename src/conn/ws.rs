@@ -63,18 +63,47 @@ impl Echoes {
     const AHEAD: usize = 16 * 1024;
 
     /// Frames `payload` as the answer to a message; `rest` is the input still buffered.
-    fn push(&mut self, opcode: OpCode, payload: &[u8], rest: usize) {
+    fn push(&mut self, opcode: OpCode, payload: &[u8], rest: &[u8]) {
         let mut header = [0u8; MAX_HEADER_LEN];
         let header_len = FrameHeader::new(opcode, payload.len() as u64).encode(&mut header);
         let need = header_len + payload.len();
         if self.out.capacity() - self.out.len() < need {
-            // An answer is never longer than the frame it answers (a server's header is a
-            // client's without the mask key), so the input left bounds the rest of the batch.
-            self.out.reserve_exact(need + rest.min(Self::AHEAD));
+            // Room for this answer and those to the whole messages already buffered behind
+            // it, counted exactly, so the buffer becomes a `Bytes` as it is (no shrinking
+            // reallocation, no second allocation for a header of spare room).
+            self.out.reserve_exact(need + Self::answers_ahead(rest));
         }
         self.out.extend_from_slice(&header[..header_len]);
         self.out.extend_from_slice(payload);
         self.count += 1;
+    }
+
+    /// The length of the answers to the whole, unfragmented, uncompressed data frames at the
+    /// front of `input` (control frames skipped), up to [`Echoes::AHEAD`]: a server's header
+    /// is a client's without the mask key, so this reads headers only.
+    fn answers_ahead(mut input: &[u8]) -> usize {
+        let mut total = 0;
+        while let Ok(Some((h, len))) = FrameHeader::parse(input) {
+            let Some(frame) = len
+                .checked_add(h.payload_len as usize)
+                .filter(|&f| f <= input.len())
+            else {
+                break;
+            };
+            match h.opcode {
+                OpCode::Text | OpCode::Binary if h.fin && !h.rsv1 => {
+                    total += FrameHeader::new(h.opcode, h.payload_len).encoded_len()
+                        + h.payload_len as usize;
+                    if total >= Self::AHEAD {
+                        return Self::AHEAD;
+                    }
+                }
+                OpCode::Ping | OpCode::Pong => {}
+                _ => break,
+            }
+            input = &input[frame..];
+        }
+        total
     }
 
     /// Queues what was framed so far.
@@ -82,8 +111,11 @@ impl Echoes {
         if self.count > 0 {
             let mut out = std::mem::take(&mut self.out);
             // A buffer with spare room would become a `Bytes` with a header of its own (a
-            // second allocation); trimmed, it becomes one as it is.
-            out.shrink_to_fit();
+            // second allocation); sized exactly (the usual case, see `push`) it becomes one as
+            // it is. Only a lot of spare room (the batch ended in a fault) is given back.
+            if out.capacity() - out.len() > out.len() / 4 {
+                out.shrink_to_fit();
+            }
             hub.send_frames(client, Bytes::from(out), self.count);
             self.count = 0;
         }
@@ -488,7 +520,7 @@ impl WsSession {
                     Message::Text(b) => match self.mode {
                         Mode::Stelar => self.text(b, env),
                         Mode::Dialect(id) => crate::dialect::engine::text(env, id, &b),
-                        Mode::Echo => echoes.push(OpCode::Text, &b, buf.len()),
+                        Mode::Echo => echoes.push(OpCode::Text, &b, buf),
                         Mode::Broadcast => hub.raw_broadcast(
                             Outgoing::new(Body::RawWs {
                                 text: true,
@@ -500,7 +532,7 @@ impl WsSession {
                     Message::Binary(b) => match self.mode {
                         Mode::Stelar => self.binary(b, env),
                         Mode::Dialect(id) => crate::dialect::engine::binary(env, id, &b),
-                        Mode::Echo => echoes.push(OpCode::Binary, &b, buf.len()),
+                        Mode::Echo => echoes.push(OpCode::Binary, &b, buf),
                         Mode::Broadcast => hub.raw_broadcast(
                             Outgoing::new(Body::RawWs {
                                 text: false,
@@ -619,6 +651,60 @@ impl WsSession {
 
 #[cfg(test)]
 mod tests {
+    use super::Echoes;
+    use crate::protocol::ws::frame::{FrameHeader, OpCode};
+
+    /// A client frame: header with a mask key (zero key: the payload reads as is).
+    fn client_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut h = FrameHeader::new(opcode, payload.len() as u64);
+        h.fin = fin;
+        h.mask = Some([0; 4]);
+        let mut header = [0u8; 14];
+        let n = h.encode(&mut header);
+        let mut out = header[..n].to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// `/echo` sizes a batch's buffer from the whole data frames already buffered, so it
+    /// becomes a `Bytes` without reallocating: exact for a run of messages of every header
+    /// size with a ping among them, stopping at a partial frame, a fragment or a compressed
+    /// frame (whose answer the headers cannot tell).
+    #[test]
+    fn echo_sizes_a_batch_exactly_from_the_buffered_frames() {
+        let sizes = [0usize, 5, 125, 126, 300, 65_535, 65_536];
+        let mut input = Vec::new();
+        let mut answers = 0;
+        for (i, &n) in sizes.iter().enumerate() {
+            input.extend(client_frame(OpCode::Binary, true, &vec![b'x'; n]));
+            answers += FrameHeader::new(OpCode::Binary, n as u64).encoded_len() + n;
+            if i == 2 {
+                input.extend(client_frame(OpCode::Ping, true, b"p"));
+            }
+        }
+        // Capped: the largest frames pass the cap.
+        assert_eq!(Echoes::answers_ahead(&input), Echoes::AHEAD);
+        // Under the cap: exact.
+        let small: Vec<u8> = input[..input.len() - (65_536 + 14) - (65_535 + 8)].to_vec();
+        let small_answers = answers - (65_536 + 10) - (65_535 + 4);
+        assert_eq!(Echoes::answers_ahead(&small), small_answers);
+        // A partial frame, a fragment, a compressed frame end the count.
+        let mut partial = small.clone();
+        partial.extend(&client_frame(OpCode::Text, true, b"hello")[..7]);
+        assert_eq!(Echoes::answers_ahead(&partial), small_answers);
+        let mut fragment = small.clone();
+        fragment.extend(client_frame(OpCode::Text, false, b"hel"));
+        fragment.extend(client_frame(OpCode::Continuation, true, b"lo"));
+        assert_eq!(Echoes::answers_ahead(&fragment), small_answers);
+        let mut compressed = client_frame(OpCode::Text, true, b"zz");
+        compressed[0] |= 0x40;
+        assert_eq!(Echoes::answers_ahead(&compressed), 0);
+        // A batch framed with it is exactly the size it reserved.
+        let mut echoes = Echoes::default();
+        let first = b"first message";
+        echoes.push(OpCode::Text, first, &small);
+        assert_eq!(echoes.out.capacity(), 2 + first.len() + small_answers);
+    }
     /// What an idle connection holds (PERF.md, "Memory per idle connection"): an open
     /// WebSocket connection's state must fit jemalloc's 160-byte size class.
     #[test]
