@@ -642,7 +642,7 @@ impl Drive {
             match io.poll_fill(cx, shared) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(End::Closed),
                 Poll::Ready(Ok(_)) => {
-                    client.seen(hub.now_ms());
+                    client.seen(hub.coarse_now_ms());
                     // What arrived counts against the input budget before it is decoded: a
                     // read can bring a whole large message at once.
                     hub.set_input_held(client, io.rbuf.len() + session.buffered());

@@ -492,10 +492,16 @@ impl Client {
     }
 
     /// How long (ms) before shard time `now` the last bytes arrived. Kept modulo 2^32 ms
-    /// (≈ 49.7 days): exact up to that, which the configuration keeps the heartbeat timeout
-    /// well under.
+    /// (≈ 49.7 days): exact up to half of that (≈ 24.9 days), which the configuration keeps
+    /// the heartbeat timeout well under. A `now` behind the last arrival (the arrival is read
+    /// from the coarse clock, `now` may be too) is no silence, not almost 2^32 ms of it.
     pub(crate) fn silent_for(&self, now: u64) -> u64 {
-        u64::from((now as u32).wrapping_sub(self.last_seen.get()))
+        let d = (now as u32).wrapping_sub(self.last_seen.get());
+        if d > u32::MAX / 2 {
+            0
+        } else {
+            u64::from(d)
+        }
     }
 
     /// Calls `f` with the rooms joined.
@@ -594,6 +600,26 @@ mod tests {
             let addr: SocketAddr = text.parse().unwrap();
             assert_eq!(Peer::new(addr).get(), addr, "{text}");
         }
+    }
+
+    /// Arrivals are stamped from the coarse clock and checked against the precise one; a
+    /// stamp ahead of `now` (a clock behind the other) is no silence, and silence is still
+    /// measured across the 2^32 ms wrap.
+    #[test]
+    fn silence_is_never_counted_from_an_arrival_ahead_of_now() {
+        let c = Client::new(
+            ClientId::new(0, 0, 1, [7; 16]),
+            "127.0.0.1:1".parse().unwrap(),
+            Transport::Ws,
+            1_000,
+        );
+        assert_eq!(c.silent_for(1_000), 0);
+        assert_eq!(c.silent_for(61_000), 60_000);
+        c.seen(5_000);
+        assert_eq!(c.silent_for(4_996), 0);
+        assert_eq!(c.silent_for(5_030), 30);
+        c.seen(u64::from(u32::MAX) - 10);
+        assert_eq!(c.silent_for(u64::from(u32::MAX) + 20), 30);
     }
 
     /// What an idle connection holds (PERF.md, "Memory per idle connection"): with its `Rc`
