@@ -311,6 +311,13 @@ impl OutQueue {
     /// its copy loop and a hardened-usercopy check each) is more than a copy of a small frame
     /// here. Larger frames go out from their own buffers, uncopied.
     pub(crate) fn write_to(&mut self, fd: RawFd) -> io::Result<usize> {
+        if self.pongs.is_empty() && self.frames.len() == 1 {
+            // The usual flush, one frame (a batch's answers, a reply, a fan-out's frame):
+            // sent from its own buffer, with nothing to gather.
+            let n = send_iov(fd, &[IoSlice::new(&self.frames[0])])?;
+            self.consume(n);
+            return Ok(n);
+        }
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             scratch.clear();
@@ -647,6 +654,37 @@ mod tests {
         let got = reader.join().unwrap();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "the bytes differ from what was queued");
+    }
+
+    /// A lone frame goes out from its own buffer in as many writes as the socket needs, and
+    /// a pong queued while it is half written follows it, not inside it.
+    #[test]
+    fn a_lone_frame_goes_out_whole_through_partial_writes_before_a_pong() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let frame: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7) as u8).collect();
+        let mut q = OutQueue::default();
+        q.push(Bytes::from(frame.clone()));
+        let first = q.write_to(a.as_raw_fd()).unwrap();
+        assert!(first > 0 && first < frame.len(), "{first}");
+        q.push_pong(Bytes::from_static(b"PONG"));
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).unwrap();
+            got
+        });
+        while !q.is_empty() {
+            match q.write_to(a.as_raw_fd()) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        drop(a);
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), frame.len() + 4);
+        assert!(got[..frame.len()] == frame[..], "the frame was cut");
+        assert_eq!(&got[frame.len()..], b"PONG");
     }
 
     #[test]
