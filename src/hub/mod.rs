@@ -1801,6 +1801,17 @@ impl Drop for GatherFuture {
     }
 }
 
+/// `clock`'s reading in nanoseconds.
+fn monotonic_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; the monotonic clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1898,15 +1909,4 @@ mod tests {
         runtime.join().expect("shards end");
         result.unwrap();
     }
-}
-
-/// `clock`'s reading in nanoseconds.
-fn monotonic_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write; the monotonic clocks always exist on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
