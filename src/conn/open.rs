@@ -327,7 +327,8 @@ pub(crate) async fn run(shared: Rc<Shared>) {
     poll_fn(|cx| {
         let mut served = 0;
         // This task looks at the ring itself while it runs: no eventfd wake-ups meanwhile.
-        // Declared first, dropped last: after the wake-ups below are registered.
+        // Held to the end of this poll, so it is dropped (and what came meanwhile handed
+        // over) after this task has registered for those wake-ups below.
         let current = Ring::current();
         let _quiet = current.as_ref().map(Ring::quiet);
         loop {
