@@ -307,15 +307,24 @@ pub struct Quiet<'a> {
     restore: bool,
 }
 
+impl Quiet<'_> {
+    /// Restores the eventfd (if the guard turned it off) and hands over what was posted
+    /// meanwhile. Returns how many completions that was.
+    fn end(&mut self) -> usize {
+        if !std::mem::take(&mut self.restore) {
+            return 0;
+        }
+        let inner = &self.ring.0;
+        inner.uring.borrow_mut().completion().enable_eventfd();
+        // The kernel posts, then checks the flag; this sets the flag, then looks.
+        fence(Ordering::SeqCst);
+        inner.reap(REAP_BUDGET)
+    }
+}
+
 impl Drop for Quiet<'_> {
     fn drop(&mut self) {
-        if self.restore {
-            let inner = &self.ring.0;
-            inner.uring.borrow_mut().completion().enable_eventfd();
-            // The kernel posts, then checks the flag; this sets the flag, then looks.
-            fence(Ordering::SeqCst);
-            inner.reap(REAP_BUDGET);
-        }
+        self.end();
     }
 }
 
@@ -452,10 +461,7 @@ impl Ring {
         if n > 0 {
             return Waited::Served(n);
         }
-        let parked = !inner.uring.borrow_mut().completion().eventfd_disabled();
-        if parked {
-            inner.uring.borrow_mut().completion().disable_eventfd();
-        }
+        let mut quiet = self.quiet();
         let mut n = 0;
         let mut waited = false;
         loop {
@@ -485,11 +491,7 @@ impl Ring {
             }
             // Only a timer fired: this window's (the loop ends) or an earlier one's.
         }
-        if parked {
-            inner.uring.borrow_mut().completion().enable_eventfd();
-            fence(Ordering::SeqCst);
-            n += inner.reap(REAP_BUDGET);
-        }
+        n += quiet.end();
         if waited {
             inner.bump(|s| {
                 s.waits += 1;
